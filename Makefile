@@ -1,0 +1,46 @@
+# innerear: the two commands of the README.
+#   make reproduce   set-up, then the whole pipeline on the embedded default (demo profile)
+#   make test        set-up, then every test (pytest, nbval, smoke book build)
+# Both create or update .venv themselves; only Python 3.11, pip and the registries are needed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-install
+PROFILE ?= demo
+SEED   ?= 0
+export TF_CPP_MIN_LOG_LEVEL := 3
+export PYTHONHASHSEED := 0
+
+.PHONY: setup reproduce test test-fast book bench clean-runs clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,dev]"
+	@touch $(STAMP)
+
+reproduce: setup
+	$(BIN)/innerear reproduce --profile $(PROFILE) --seed $(SEED)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+	INNEREAR_PROFILE=smoke $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider notebooks/01_data_preparation.ipynb
+	$(BIN)/innerear reproduce --profile smoke --seed $(SEED) --site _build/test-site
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests
+
+book: setup
+	$(BIN)/python -m jupyter_book build . -W -n --keep-going
+
+bench: setup
+	$(BIN)/python benchmarks/bench_inference.py
+
+clean-runs:
+	rm -rf runs/smoke book/executed _build
+
+clean:
+	rm -rf _build book/executed runs data/cache

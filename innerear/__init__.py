@@ -1,0 +1,8 @@
+"""innerear: an open reproduction of AutoCasNet (Hussain et al., Sci Rep 2021).
+
+Automatic segmentation of the human inner ear in micro-CT with an auto-context cascade of
+2D U-Nets. Modules: ``config`` (profiles), ``phantom`` (synthetic data), ``io``,
+``preprocess``, ``backbones``, ``train``, ``cascade``, ``metrics``, ``table1``, ``viz``,
+``pipeline`` and ``cli``.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,264 @@
+"""The auto-context cascade (AutoCasNet) and the single-view baselines.
+
+Stage *k* sees the image and the *k-1* earlier stages' post-processed masks as channels,
+sliced along its own view. After each stage the slice predictions are reassembled in 3D,
+thresholded at 0.5 and reduced to the largest 3D connected component.
+
+Runs are stored as a prefix tree, one folder per stage::
+
+    runs/<profile>/<backbone>/fold<k>/<view1>/<view2>/<view3>/
+
+A single-view baseline is the first level of that tree (``fold0/axial``), and cascades that
+share their first views share those stages' training: the six stage orders need 15 stage
+trainings, not 18, and the three single-view baselines come with them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+from scipy import ndimage
+
+from .config import PAPER_ORDER, Profile
+from .io import save_npz, write_json
+from .preprocess import (
+    Normalizer,
+    PreparedCase,
+    dice,
+    fit_normalizer,
+    orientation_axis,
+    split_fold,
+)
+from .train import SliceDataset, fit, load_model, predict_volume
+
+STRUCTURE_26 = np.ones((3, 3, 3), bool)
+
+
+# --------------------------------------------------------------------------- building blocks
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected component of a binary volume (empty stays empty)."""
+    mask = np.asarray(mask) != 0
+    labels, n = ndimage.label(mask, structure=STRUCTURE_26)
+    if n <= 1:
+        return mask.astype(np.uint8)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return (labels == int(np.argmax(sizes))).astype(np.uint8)
+
+
+def postprocess(probabilities: np.ndarray, threshold: float = 0.5, keep_largest: bool = True) -> np.ndarray:
+    """Threshold stage probabilities and keep the largest 3D component (the paper's step)."""
+    mask = (np.asarray(probabilities) >= threshold).astype(np.uint8)
+    return largest_component(mask) if keep_largest else mask
+
+
+def stage_inputs(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack the (z-scored) image and the earlier stages' masks as channels: (x, y, z, 1+k)."""
+    channels = [np.asarray(image, np.float32)] + [np.asarray(m, np.float32) for m in masks]
+    shapes = {c.shape for c in channels}
+    if len(shapes) != 1:
+        raise ValueError(f"image and masks must share a shape, got {sorted(shapes)}")
+    return np.stack(channels, axis=-1)
+
+
+def check_order(order: Sequence[str]) -> tuple[str, ...]:
+    """Validate a view order: 1–3 distinct views."""
+    order = tuple(order)
+    for view in order:
+        orientation_axis(view)
+    if not 1 <= len(order) <= 3 or len(set(order)) != len(order):
+        raise ValueError(f"a stage order is 1–3 distinct views, got {order}")
+    return order
+
+
+# --------------------------------------------------------------------------- inference
+@dataclass
+class Cascade:
+    """A trained cascade: its stages (view, model), normaliser and grid."""
+
+    stages: list[tuple[str, keras.Model]]
+    normalizer: Normalizer
+    grid: int
+    threshold: float = 0.5
+    batch_size: int = 32
+    info: dict = field(default_factory=dict)
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return tuple(view for view, _ in self.stages)
+
+
+def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
+              threshold: float = 0.5, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """One stage on one volume: ``(probabilities, post-processed mask)``."""
+    prob = predict_volume(model, stage_inputs(image_norm, masks), view, batch_size)
+    return prob, postprocess(prob, threshold)
+
+
+def segment(volume: np.ndarray, models: Cascade, return_stages: bool = False):
+    """Segment a prepared volume (resampled to the cascade's grid, raw intensities).
+
+    Returns ``(mask, probabilities)`` of the last stage; with ``return_stages`` also the list
+    of every stage's ``(probabilities, mask)``.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    image = models.normalizer(volume)
+    masks: list[np.ndarray] = []
+    stages = []
+    for view, model in models.stages:
+        prob, mask = run_stage(model, view, image, masks, models.threshold, models.batch_size)
+        masks.append(mask)
+        stages.append((prob, mask))
+    mask, prob = stages[-1][1], stages[-1][0]
+    return (mask, prob, stages) if return_stages else (mask, prob)
+
+
+def load_cascade(run_dir: str | os.PathLike) -> Cascade:
+    """Load a trained cascade from its deepest stage folder (or a folder with ``cascade.json``)."""
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "cascade.json"
+    if not spec_path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a trained cascade (no cascade.json)")
+    spec = json.loads(spec_path.read_text())
+    stages = []
+    for rel in spec["stages"]:
+        stage_dir = (run_dir / rel).resolve()
+        model_path = stage_dir / "best.keras"
+        if not model_path.exists():
+            raise FileNotFoundError(f"{model_path}: model file missing; the run folder is incomplete")
+        stages.append((json.loads((stage_dir / "stage.json").read_text())["view"], load_model(model_path)))
+    norm = Normalizer(**spec["normalizer"])
+    return Cascade(stages=stages, normalizer=norm, grid=int(spec["grid"]), threshold=float(spec.get("threshold", 0.5)), info=spec)
+
+
+# --------------------------------------------------------------------------- training
+def fold_dir(runs_root: str | os.PathLike, profile: Profile, backbone: str, fold: int) -> Path:
+    """``runs/<profile>/<backbone>/fold<k>``."""
+    return Path(runs_root) / profile.name / backbone / f"fold{fold}"
+
+
+def stage_dir(runs_root: str | os.PathLike, profile: Profile, backbone: str, fold: int, order: Sequence[str]) -> Path:
+    """The folder of the last stage of ``order`` in the prefix tree."""
+    return fold_dir(runs_root, profile, backbone, fold).joinpath(*order)
+
+
+def _stage_seed(seed: int, backbone: str, fold: int, order: Sequence[str]) -> int:
+    key = f"{backbone}|{fold}|{'/'.join(order)}"
+    return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(key))) % (2**31 - 1)
+
+
+def _load_predictions(folder: Path, case_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for cid in case_ids:
+        with np.load(folder / "pred" / f"{cid}.npz") as z:
+            out[cid] = z["mask"]
+    return out
+
+
+def read_stage_predictions(folder: str | os.PathLike, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Saved ``(probabilities, mask)`` of one stage for one case."""
+    with np.load(Path(folder) / "pred" / f"{case_id}.npz") as z:
+        if "prob" not in z:
+            raise KeyError(f"{folder}: {case_id} is a training volume of this fold (no held-out prediction)")
+        return z["prob"].astype(np.float32), z["mask"]
+
+
+def train_cascade(
+    cases: Sequence[PreparedCase],
+    folds: list[list[str]],
+    fold: int,
+    backbone: str,
+    order: Sequence[str],
+    profile: Profile,
+    runs_root: str | os.PathLike = "runs",
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict:
+    """Train (or resume, or skip) every stage of one cascade on one fold.
+
+    Each stage trains on the previous stage's post-processed predictions *on the training
+    volumes* (as the paper did), then predicts both training and held-out volumes; held-out
+    probabilities and masks are saved per case under ``<stage>/pred/``. Returns a summary
+    with each stage's held-out Dice per case.
+    """
+    from .backbones import build
+
+    order = check_order(order)
+    by_id = {c.case_id: c for c in cases}
+    ids = sorted(by_id)
+    train_ids, test_ids = split_fold(ids, folds, fold)
+    root = fold_dir(runs_root, profile, backbone, fold)
+    root.mkdir(parents=True, exist_ok=True)
+    normalizer = fit_normalizer(by_id[c].image for c in train_ids)
+    write_json(root / "fold.json", {"train": train_ids, "test": test_ids, "normalizer": normalizer.to_dict(),
+                                    "profile": profile.to_dict(), "backbone": backbone, "fold": fold})
+    images = {c: normalizer(by_id[c].image) for c in ids}
+    masks: dict[str, list[np.ndarray]] = {c: [] for c in ids}
+    summary: dict = {"fold": fold, "backbone": backbone, "order": list(order), "stages": []}
+    for k, view in enumerate(order):
+        folder = stage_dir(runs_root, profile, backbone, fold, order[: k + 1])
+        done = folder / "stage.json"
+        if done.exists():
+            info = json.loads(done.read_text())
+            prev = _load_predictions(folder, ids)
+            if verbose:
+                print(f"stage {k + 1} ({view}) already trained: {folder}", flush=True)
+        else:
+            t0 = time.perf_counter()
+            if verbose:
+                print(f"stage {k + 1}/{len(order)} ({view}, {1 + k} channel(s)) -> {folder}", flush=True)
+            train_data = SliceDataset([stage_inputs(images[c], masks[c]) for c in train_ids],
+                                      [by_id[c].label for c in train_ids], view, profile.batch_size,
+                                      seed=_stage_seed(seed, backbone, fold, order[: k + 1]))
+            result = fit(
+                lambda: build(backbone, channels=1 + k, size=None, base_filters=profile.base_filters,
+                              depth=profile.depth, dropout=profile.dropout,
+                              **({"se_mode": profile.se_mode} if backbone == "se_unet" else {})),
+                train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
+                learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
+                seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose,
+            )
+            train_seconds = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            (folder / "pred").mkdir(exist_ok=True)
+            prev = {}
+            test_dice = {}
+            for c in ids:
+                prob, mask = run_stage(result.model, view, images[c], masks[c])
+                prev[c] = mask
+                if c in test_ids:
+                    save_npz(folder / "pred" / f"{c}.npz", prob=prob.astype(np.float16), mask=mask)
+                    test_dice[c] = dice(mask, by_id[c].label)
+                else:  # training volumes: only the mask, which the next stage trains on
+                    save_npz(folder / "pred" / f"{c}.npz", mask=mask)
+            info = {"view": view, "stage": k + 1, "channels": 1 + k, "order": list(order[: k + 1]),
+                    "epochs": result.epochs, "best_epoch": result.best_epoch, "train_seconds": train_seconds,
+                    "predict_seconds": time.perf_counter() - t1, "test_dice": test_dice,
+                    "mean_test_dice": float(np.mean(list(test_dice.values()))), "train_ids": train_ids,
+                    "test_ids": test_ids, "backbone": backbone, "fold": fold}
+            write_json(folder / "stage.json", info)
+            keras.backend.clear_session()
+        for c in ids:
+            masks[c].append(prev[c])
+        summary["stages"].append(info)
+    last = stage_dir(runs_root, profile, backbone, fold, order)
+    write_json(last / "cascade.json", {
+        "stages": [os.path.relpath(stage_dir(runs_root, profile, backbone, fold, order[: k + 1]), last)
+                   for k in range(len(order))],
+        "order": list(order), "normalizer": normalizer.to_dict(), "grid": profile.grid, "threshold": 0.5,
+        "backbone": backbone, "fold": fold, "profile": profile.name,
+    })
+    return summary
+
+
+def paper_order() -> tuple[str, ...]:
+    """The paper's stage order: coronal → sagittal → axial."""
+    return PAPER_ORDER

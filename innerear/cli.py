@@ -1,0 +1,139 @@
+"""The ``innerear`` command line (also ``python -m innerear``).
+
+Every failure ends with one line ``innerear: error: <file>: <problem>`` and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .config import BACKBONES, PAPER_ORDER, PROFILES, get_profile
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .phantom import generate_specimen, write_phantom_set, write_specimen
+
+    profile = get_profile(args.profile)
+    settings = profile.phantoms
+    if args.binning is not None:
+        settings = replace(settings, binning=args.binning)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.shape:
+        spec = generate_specimen(args.index, args.seed, settings, shape=tuple(args.shape))
+        entry = write_specimen(spec, out)
+        print(json.dumps(entry, indent=2, default=str))
+    else:
+        manifest = write_phantom_set(out, settings, seed=args.seed, n=args.n, progress=not args.quiet)
+        print(f"{len(manifest['specimens'])} phantoms in {out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .config import default_data_dir, project_root
+    from .preprocess import prepare_dataset
+
+    profile = get_profile(args.profile)
+    root = project_root()
+    data_dir = Path(args.data) if args.data else default_data_dir(profile.name, root)
+    cache = root / "data" / "cache" / f"{profile.name}-{profile.grid}"
+    cases = prepare_dataset(data_dir, profile.grid, cache, progress=not args.quiet)
+    print(f"{len(cases)} cases prepared at {profile.grid}^3 in {cache}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .cascade import train_cascade
+    from .config import default_data_dir, project_root
+    from .preprocess import make_folds, prepare_dataset
+
+    profile = get_profile(args.profile)
+    root = project_root()
+    data_dir = Path(args.data) if args.data else default_data_dir(profile.name, root)
+    cases = prepare_dataset(data_dir, profile.grid, root / "data" / "cache" / f"{profile.name}-{profile.grid}")
+    folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
+    summary = train_cascade(cases, folds, args.fold, args.backbone, args.order.split(","), profile,
+                            Path(args.runs) if args.runs else root / "runs", seed=args.seed, verbose=True)
+    for st in summary["stages"]:
+        print(f"stage {st['stage']} ({st['view']}): held-out Dice {st['mean_test_dice']:.3f}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .pipeline import reproduce
+
+    times = reproduce(args.profile, seed=args.seed, book=not args.no_book, only=args.only, site=args.site)
+    print("seconds per step:")
+    for k, v in times.items():
+        print(f"  {k:<45} {v:8.1f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``innerear`` command."""
+    parser = argparse.ArgumentParser(prog="innerear", description="AutoCasNet inner-ear segmentation, reproduced.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantoms", help="write synthetic inner-ear micro-CT phantoms (NIfTI + manifest)")
+    p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=None, help="number of specimens (default: the profile's)")
+    p.add_argument("--binning", type=int, default=None, help="voxel binning (1 = full 16.3/19.5 um resolution)")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="write ONE specimen of this exact shape (e.g. 618 892 600 with --binning 1)")
+    p.add_argument("--index", type=int, default=0, help="specimen index with --shape")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_phantoms)
+
+    p = sub.add_parser("prepare", help="resample a data folder to the profile's grid (cached)")
+    p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    p.add_argument("--data", default=None, help="data folder (default: data/hear-eu if present, else the phantoms)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("run", help="train one cascade (or single-view baseline) on one fold")
+    p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--backbone", default="unet", choices=BACKBONES)
+    p.add_argument("--order", default=",".join(PAPER_ORDER), help="views, comma-separated (one view = baseline)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None)
+    p.add_argument("--runs", default=None, help="runs folder (default: runs/)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("reproduce", help="the whole pipeline for a profile, ending with the built book")
+    p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-book", action="store_true", help="skip the book build")
+    p.add_argument("--only", nargs="*", default=None, help="only notebooks whose name starts with these")
+    p.add_argument("--site", default=None, help="where executed pages and the HTML go (default: the project)")
+    p.set_defaults(func=_cmd_reproduce)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError, OSError) as exc:
+        print(f"innerear: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("innerear: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Named profiles: one set of sizes per use (smoke tests, CPU demo, the paper's settings).
+
+Every notebook, the command line and the tests pick a profile by name with
+:func:`get_profile`; nothing else in the package hard-codes a size.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ORIENTATIONS = ("sagittal", "coronal", "axial")
+PAPER_ORDER = ("coronal", "sagittal", "axial")
+BACKBONES = ("unet", "res_unet", "se_unet")
+
+
+@dataclass(frozen=True)
+class PhantomSettings:
+    """How the synthetic specimens are generated for a profile."""
+
+    n_specimens: int
+    # The phantoms carry the two protocols' voxel sizes (16.3 / 19.5 um) multiplied by
+    # ``binning``: binning=1 is a full-resolution, paper-sized specimen.
+    binning: int
+    protocols_um: tuple[float, ...] = (16.3, 19.5)
+    # share of specimens acquired with the second protocol (4 of 17 in Hear-EU)
+    second_protocol_share: float = 4 / 17
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and training settings for one use of the pipeline."""
+
+    name: str
+    grid: int  # prepared volumes are grid**3 voxels
+    base_filters: int
+    depth: int
+    batch_size: int
+    max_epochs: int
+    patience: int
+    learning_rate: float
+    phantoms: PhantomSettings
+    n_folds: int = 4
+    loss: str = "bce"  # "bce" (paper text) or "bce_dice" (authors' code)
+    monitor: str = "loss"  # best model by training loss, as the paper did
+    dropout: float = 0.2
+    se_mode: str = "authors"  # "authors" (scalar gate) or "standard" (Hu et al.)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, for manifests and run records."""
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", grid=32, base_filters=4, depth=2, batch_size=20, max_epochs=2,
+        patience=2, learning_rate=1e-3,
+        phantoms=PhantomSettings(n_specimens=8, binning=24),
+    ),
+    "demo": Profile(
+        name="demo", grid=64, base_filters=8, depth=3, batch_size=20, max_epochs=12,
+        patience=3, learning_rate=1e-3,
+        phantoms=PhantomSettings(n_specimens=17, binning=8),
+    ),
+    "paper": Profile(
+        name="paper", grid=256, base_filters=32, depth=3, batch_size=20, max_epochs=200,
+        patience=10, learning_rate=1e-4,
+        phantoms=PhantomSettings(n_specimens=17, binning=2),
+    ),
+}
+
+
+def get_profile(name: str, **overrides: Any) -> Profile:
+    """Return the named profile, optionally with some fields replaced."""
+    try:
+        profile = PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+    return replace(profile, **overrides) if overrides else profile
+
+
+# --------------------------------------------------------------------------- locations
+def project_root(start: str | None = None) -> Path:
+    """The project folder: ``$INNEREAR_HOME``, else the nearest parent holding ``_config.yml``
+    and ``innerear/``, else the current folder (so notebooks work from ``notebooks/``)."""
+    env = os.environ.get("INNEREAR_HOME")
+    if env:
+        return Path(env).resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_config.yml").exists() and (folder / "innerear").is_dir():
+            return folder
+    return here
+
+
+def default_data_dir(profile: str, root: Path | None = None) -> Path:
+    """Real Hear-EU scans in ``data/hear-eu`` when present, else ``data/phantoms/<profile>``."""
+    root = project_root() if root is None else root
+    hear_eu = root / "data" / "hear-eu"
+    if hear_eu.is_dir() and any(hear_eu.glob("*_label.*")):
+        return hear_eu
+    return root / "data" / "phantoms" / profile
+
+
+def is_synthetic(data_dir: Path) -> bool:
+    """True when ``data_dir`` holds the project's generated phantoms (it has their manifest)."""
+    manifest = data_dir / "manifest.json"
+    return manifest.exists() and json.loads(manifest.read_text()).get("synthetic", False)

@@ -1,0 +1,203 @@
+"""The whole reproduction in order: phantoms → prepared data → notebooks (papermill) → book.
+
+``innerear reproduce --profile demo`` (what ``make reproduce`` calls) runs every step; each
+step skips what is already complete, so a rerun after an interruption picks up where the
+last one stopped, and one failed notebook run does not touch the others' results.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import BACKBONES, ORIENTATIONS, PAPER_ORDER, Profile, default_data_dir, get_profile, project_root
+
+NOTEBOOKS = {
+    "01": "01_data_preparation",
+    "02": "02_backbones",
+    "03": "03_cascade_training",
+    "04": "04_evaluation",
+    "05": "05_3d_visualization",
+}
+ALL_ORDERS = (
+    ("coronal", "sagittal", "axial"),
+    ("coronal", "axial", "sagittal"),
+    ("sagittal", "coronal", "axial"),
+    ("sagittal", "axial", "coronal"),
+    ("axial", "coronal", "sagittal"),
+    ("axial", "sagittal", "coronal"),
+)
+
+
+@dataclass(frozen=True)
+class NotebookRun:
+    """One papermill execution: which notebook, with which parameters, into which page."""
+
+    notebook: str
+    output: str  # relative to book/executed/
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a profile runs: folds, backbones and ablations."""
+
+    folds: tuple[int, ...]
+    backbones: tuple[str, ...]
+    orientation_folds: tuple[int, ...]  # U-Net single-view comparison (all three views)
+    order_folds: tuple[int, ...]  # U-Net six-order ablation
+
+
+PLANS = {
+    "smoke": Plan(folds=(0,), backbones=BACKBONES, orientation_folds=(0,), order_folds=()),
+    "demo": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0, 1, 2, 3), order_folds=(0,)),
+    "paper": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0, 1, 2, 3), order_folds=(0, 1, 2, 3)),
+}
+
+
+def notebook_runs(profile: Profile, seed: int = 0) -> list[NotebookRun]:
+    """Every notebook execution of ``make reproduce`` for a profile, in order."""
+    plan = PLANS[profile.name]
+    p = {"profile": profile.name, "seed": seed}
+    runs = [NotebookRun(NOTEBOOKS["01"], f"{NOTEBOOKS['01']}.ipynb", dict(p))]
+    for fold in plan.folds:
+        for backbone in plan.backbones:
+            views = ORIENTATIONS if backbone == "unet" and fold in plan.orientation_folds else ("axial",)
+            views = ("axial",) + tuple(v for v in views if v != "axial")
+            runs.append(NotebookRun(NOTEBOOKS["02"], f"02_backbones/{backbone}_fold{fold}.ipynb",
+                                    dict(p, fold=fold, backbone=backbone, orientation=",".join(views))))
+    for backbone in plan.backbones:
+        for fold in plan.folds:
+            runs.append(NotebookRun(NOTEBOOKS["03"], f"03_cascade/{backbone}_fold{fold}.ipynb",
+                                    dict(p, fold=fold, backbone=backbone, order=",".join(PAPER_ORDER))))
+    runs.append(NotebookRun(NOTEBOOKS["04"], f"{NOTEBOOKS['04']}.ipynb", dict(p)))
+    runs.append(NotebookRun(NOTEBOOKS["05"], f"{NOTEBOOKS['05']}.ipynb", dict(p)))
+    return runs
+
+
+def execute_notebook(run: NotebookRun, root: Path, site: Path, env: dict[str, str] | None = None) -> float:
+    """Execute one notebook with papermill into ``book/executed/``; return the seconds taken.
+
+    The executed copy is written to a temporary name and renamed on success, so a failed
+    run never leaves a page that looks complete.
+    """
+    import papermill as pm
+
+    src = root / "notebooks" / f"{run.notebook}.ipynb"
+    dst = site / "book" / "executed" / run.output
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.stem}.running.ipynb")
+    t0 = time.perf_counter()
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        pm.execute_notebook(str(src), str(tmp), parameters=run.parameters, cwd=str(root / "notebooks"),
+                            progress_bar=False, kernel_name="python3")
+        os.replace(tmp, dst)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return time.perf_counter() - t0
+
+
+def train_order_ablation(profile: Profile, seed: int, root: Path, verbose: bool = True) -> None:
+    """Train the six stage orders of AutoCas-U-Net on the plan's ablation folds."""
+    from .cascade import train_cascade
+    from .preprocess import make_folds, prepare_dataset
+
+    plan = PLANS[profile.name]
+    if not plan.order_folds:
+        return
+    data_dir = default_data_dir(profile.name, root)
+    cases = prepare_dataset(data_dir, profile.grid, root / "data" / "cache" / f"{profile.name}-{profile.grid}")
+    folds = make_folds([c.case_id for c in cases], profile.n_folds, seed)
+    for fold in plan.order_folds:
+        for order in ALL_ORDERS:
+            if verbose:
+                print(f"[ablation] unet fold {fold} order {'→'.join(order)}", flush=True)
+            train_cascade(cases, folds, fold, "unet", order, profile, root / "runs", seed=seed)
+
+
+def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
+    """Generate the profile's phantom set unless real data or a matching set is present."""
+    from .phantom import write_phantom_set
+
+    data_dir = default_data_dir(profile.name, root)
+    if data_dir.name == "hear-eu":
+        return data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
+    return data_dir
+
+
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "book")
+
+
+def prepare_site(root: Path, site: Path) -> Path:
+    """Copy the book's static sources into ``site`` (a separate book, e.g. the test build)."""
+    import shutil
+
+    if site.resolve() == root.resolve():
+        return site
+    site.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_SOURCES:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, site / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("executed", "*.png"))
+        elif src.exists():
+            shutil.copy2(src, site / name)
+    return site
+
+
+def build_book(site: Path, warnings_as_errors: bool = True) -> Path:
+    """Build the Jupyter Book (HTML) in ``site``; return the index page."""
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(site), "--path-output", str(site)]
+    if warnings_as_errors:
+        cmd += ["-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True, cwd=site)
+    return site / "_build" / "html" / "index.html"
+
+
+def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only: Sequence[str] | None = None,
+              site: str | os.PathLike | None = None) -> dict:
+    """Run the whole pipeline for a profile; return the seconds each step took.
+
+    The executed pages and the HTML go to ``site`` (default: the project itself, so
+    ``_build/html``); ``make test`` builds its smoke book in a separate site so that it
+    never replaces the pages of a demo run.
+    """
+    profile = get_profile(profile_name)
+    root = project_root()
+    site_dir = prepare_site(root, Path(site).resolve() if site else root)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ensure_phantoms(profile, seed, root)
+    times["phantoms"] = time.perf_counter() - t0
+    env = {"INNEREAR_HOME": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    failures = []
+    for run in notebook_runs(profile, seed):
+        if only and not any(run.notebook.startswith(o) for o in only):
+            continue
+        if run.notebook == NOTEBOOKS["04"]:
+            t = time.perf_counter()
+            train_order_ablation(profile, seed, root)
+            times["order ablation"] = time.perf_counter() - t
+        print(f"[papermill] {run.notebook} {run.parameters} -> book/executed/{run.output}", flush=True)
+        try:
+            times[run.output] = execute_notebook(run, root, site_dir, env)
+        except Exception as exc:  # keep going: other runs' results stay valid
+            failures.append(f"{run.output}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            print(f"[papermill] FAILED {run.output}: {exc}", file=sys.stderr, flush=True)
+    if failures:
+        raise RuntimeError("notebook runs failed:\n" + "\n".join(failures))
+    if book:
+        t = time.perf_counter()
+        index = build_book(site_dir)
+        times["book"] = time.perf_counter() - t
+        print(f"Book built: open {index}", flush=True)
+    times["total"] = time.perf_counter() - t0
+    return times

@@ -1,0 +1,388 @@
+"""Data preparation as in the paper: pairs, resampling to N³, z-scoring, folds and slice views.
+
+Axis convention (documented once, used everywhere): prepared volumes are reoriented to the
+closest RAS+ orientation, so array axis 0 runs left→right, axis 1 posterior→anterior and
+axis 2 inferior→superior. A *sagittal* slice fixes axis 0, a *coronal* slice fixes axis 1
+and an *axial* slice fixes axis 2. (The authors' code sliced stage 1 along the last array
+axis, stage 2 along the middle one and stage 3 along the first, on arrays in their files'
+storage order; micro-CT specimens have no patient orientation, so which scanner axis is
+"coronal" is a convention in both cases.)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from .io import VolumeError, read_volume, save_npz
+
+ORIENTATION_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+CACHE_VERSION = 2
+IMAGE_SUFFIXES = ("_image", "_img", "_ct")
+LABEL_SUFFIXES = ("_label", "_seg", "_mask")
+VOLUME_EXTS = (".nii.gz", ".nii", ".nrrd", ".nhdr")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One specimen on disk: its image, its label and (optionally) its structure map."""
+
+    case_id: str
+    image: Path
+    label: Path | None
+    structures: Path | None = None
+
+
+@dataclass
+class PreparedCase:
+    """One specimen resampled to the profile's grid (raw intensities, not yet z-scored)."""
+
+    case_id: str
+    image: np.ndarray  # float32 (g, g, g)
+    label: np.ndarray | None  # uint8 (g, g, g)
+    structures: np.ndarray | None  # uint8 (g, g, g), 0 bg, 1 cochlea, 2 vestibule, 3 canals
+    spacing: tuple[float, float, float]  # mm, of the prepared grid
+    affine: np.ndarray  # prepared grid -> world (mm)
+    source_shape: tuple[int, int, int]
+    source_affine: np.ndarray  # the scan's own voxel -> world (mm), as stored
+    meta: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- discovery
+def _split_name(path: Path) -> tuple[str, str] | None:
+    name = path.name
+    for ext in VOLUME_EXTS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)], ext
+    return None
+
+
+def discover_pairs(data_dir: str | os.PathLike) -> list[Case]:
+    """Pair ``<id>_image.<ext>`` with ``<id>_label.<ext>`` (and ``<id>_structures``) files.
+
+    Raises :class:`FileNotFoundError` for a missing folder and :class:`VolumeError` for an
+    image without a label (or the reverse), naming the file.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder not found (run `innerear phantoms` or put scans there)")
+    images: dict[str, Path] = {}
+    labels: dict[str, Path] = {}
+    structures: dict[str, Path] = {}
+    for path in sorted(data_dir.iterdir()):
+        parts = _split_name(path)
+        if parts is None or path.name.startswith("."):
+            continue
+        stem = parts[0]
+        for suffixes, bucket in ((IMAGE_SUFFIXES, images), (LABEL_SUFFIXES, labels), (("_structures",), structures)):
+            for suffix in suffixes:
+                if stem.lower().endswith(suffix):
+                    bucket[stem[: -len(suffix)]] = path
+                    break
+    for cid, path in labels.items():
+        if cid not in images:
+            raise VolumeError(path, "label without a matching image file")
+    cases = []
+    for cid, path in sorted(images.items()):
+        if cid not in labels:
+            raise VolumeError(path, "image without a matching label file (expected <id>_label.<ext>)")
+        cases.append(Case(cid, path, labels[cid], structures.get(cid)))
+    if not cases:
+        raise FileNotFoundError(f"{data_dir}: no <id>_image / <id>_label volume pairs found")
+    return cases
+
+
+# --------------------------------------------------------------------------- geometry
+def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient an array to the closest RAS+ axis order (flips and permutations only)."""
+    ornt = nib.orientations.io_orientation(affine)
+    out = nib.orientations.apply_orientation(array, ornt)
+    new_affine = np.asarray(affine) @ nib.orientations.inv_ornt_aff(ornt, array.shape)
+    return np.ascontiguousarray(out), new_affine
+
+
+def resampled_affine(affine: np.ndarray, shape: Sequence[int], grid: Sequence[int]) -> np.ndarray:
+    """Affine of a grid of ``grid`` voxels covering the same extent as ``shape`` voxels.
+
+    Voxel edges coincide (scipy's ``grid_mode=True``): new voxel ``i`` has its centre at old
+    continuous index ``(i + 0.5) * shape / grid - 0.5``.
+    """
+    scale = np.asarray(shape, float) / np.asarray(grid, float)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(scale)
+    step[:3, 3] = 0.5 * scale - 0.5
+    return np.asarray(affine) @ step
+
+
+def _grid(grid: int | Sequence[int]) -> tuple[int, int, int]:
+    return (grid,) * 3 if isinstance(grid, int) else tuple(int(g) for g in grid)
+
+
+def resample_image(array: np.ndarray, grid: int | Sequence[int], order: int = 3) -> np.ndarray:
+    """Resample an image to ``grid`` voxels with a cubic B-spline (the paper's choice)."""
+    grid = _grid(grid)
+    zoom = [g / s for g, s in zip(grid, array.shape)]
+    out = ndimage.zoom(np.asarray(array, np.float32), zoom, order=order, mode="nearest", grid_mode=True)
+    return out.astype(np.float32, copy=False)
+
+
+def resample_label(label: np.ndarray, grid: int | Sequence[int], method: str = "antialiased") -> np.ndarray:
+    """Resample a binary label to ``grid`` voxels, keeping it binary.
+
+    ``"antialiased"`` (default) low-pass filters the 0/1 mask in proportion to the
+    down-sampling factor, interpolates linearly and thresholds at 0.5: each new voxel is
+    foreground when most of its footprint is, which keeps thin canals continuous.
+    ``"nearest"`` picks the nearest original voxel (thin structures can break);
+    ``"linear"`` interpolates without the low-pass filter.
+    """
+    grid = _grid(grid)
+    factors = np.asarray(label.shape, float) / np.asarray(grid, float)
+    mask = (np.asarray(label) != 0).astype(np.float32)
+    zoom = 1.0 / factors
+    if method == "nearest":
+        return ndimage.zoom(mask, zoom, order=0, mode="nearest", grid_mode=True).astype(np.uint8)
+    if method == "antialiased":
+        sigma = np.maximum(0.0, (factors - 1.0) / 2.0)
+        if np.any(sigma > 0):
+            mask = ndimage.gaussian_filter(mask, sigma, mode="nearest")
+    elif method != "linear":
+        raise ValueError(f"unknown label resampling method {method!r}")
+    out = ndimage.zoom(mask, zoom, order=1, mode="nearest", grid_mode=True)
+    return (out >= 0.5).astype(np.uint8)
+
+
+def resample_structures(structures: np.ndarray, label: np.ndarray, grid: int | Sequence[int]) -> np.ndarray:
+    """Resample a structure map so that it agrees with the resampled ``label``."""
+    grid = _grid(grid)
+    factors = np.asarray(structures.shape, float) / np.asarray(grid, float)
+    sigma = np.maximum(0.0, (factors - 1.0) / 2.0)
+    classes = [c for c in np.unique(structures) if c != 0]
+    if not classes:
+        return np.zeros(grid, np.uint8)
+    scores = []
+    for c in classes:
+        m = (structures == c).astype(np.float32)
+        if np.any(sigma > 0):
+            m = ndimage.gaussian_filter(m, sigma, mode="nearest")
+        scores.append(ndimage.zoom(m, 1.0 / factors, order=1, mode="nearest", grid_mode=True))
+    best = np.asarray(classes, np.uint8)[np.argmax(np.stack(scores), axis=0)]
+    return np.where(label != 0, best, 0).astype(np.uint8)
+
+
+def upsample_label(label: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour map of a resampled label back onto the original ``shape``."""
+    zoom = [s / g for s, g in zip(shape, label.shape)]
+    return ndimage.zoom(label.astype(np.uint8), zoom, order=0, mode="nearest", grid_mode=True)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two binary arrays (1.0 when both are empty)."""
+    a = np.asarray(a) != 0
+    b = np.asarray(b) != 0
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def label_resampling_dice(label: np.ndarray, grid: int | Sequence[int], method: str = "antialiased") -> float:
+    """Dice of a label resampled to ``grid`` and mapped back, against the original label."""
+    small = resample_label(label, grid, method)
+    return dice(upsample_label(small, label.shape), label)
+
+
+# --------------------------------------------------------------------------- loading
+def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Read a case's image, label and structure map, checking that their grids agree."""
+    image, _, affine = read_volume(case.image)
+    if np.ptp(image) == 0:
+        raise VolumeError(case.image, "image is constant (all voxels have the same value)")
+    arrays = []
+    for path in (case.label, case.structures):
+        if path is None:
+            arrays.append(None)
+            continue
+        arr, _, aff = read_volume(path)
+        if arr.shape != image.shape:
+            raise VolumeError(path, f"shape {arr.shape} differs from its image's {image.shape} ({case.image.name})")
+        if not np.allclose(aff, affine, atol=1e-3):
+            raise VolumeError(path, f"affine differs from its image's ({case.image.name}); the label is not on the image grid")
+        arrays.append(arr)
+    return image, arrays[0], arrays[1], affine
+
+
+def _source_key(case: Case, grid: tuple[int, int, int]) -> str:
+    h = hashlib.sha256()
+    h.update(f"v{CACHE_VERSION}|{grid}".encode())
+    for path in (case.image, case.label, case.structures):
+        if path is not None:
+            st = path.stat()
+            h.update(f"|{path.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def prepare_case(case: Case, grid: int | Sequence[int]) -> PreparedCase:
+    """Load one case, reorient to RAS+, resample image (cubic spline) and label to ``grid``."""
+    grid = _grid(grid)
+    image, label, structures, affine = load_case(case)
+    source_shape, source_affine = tuple(int(s) for s in image.shape), affine
+    image_c, affine_c = to_canonical(image, affine)
+    prepared_affine = resampled_affine(affine_c, image_c.shape, grid)
+    lab = struct = None
+    if label is not None:
+        label_c, _ = to_canonical(label, affine)
+        lab = resample_label(label_c, grid)
+        if structures is not None:
+            struct = resample_structures(to_canonical(structures, affine)[0], lab, grid)
+    spacing = tuple(float(v) for v in np.linalg.norm(prepared_affine[:3, :3], axis=0))
+    return PreparedCase(
+        case_id=case.case_id,
+        image=resample_image(image_c, grid),
+        label=lab,
+        structures=struct,
+        spacing=spacing,
+        affine=prepared_affine,
+        source_shape=source_shape,
+        source_affine=source_affine,
+        meta={"image": str(case.image), "label": str(case.label) if case.label else None},
+    )
+
+
+def prepare_dataset(
+    data_dir: str | os.PathLike,
+    grid: int,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> list[PreparedCase]:
+    """Prepare every case of ``data_dir``; reuse cached arrays when the sources are unchanged."""
+    cases = discover_pairs(data_dir)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    iterator: Iterable[Case] = cases
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(cases, desc="prepare", unit="case")
+    for case in iterator:
+        if cache is None:
+            out.append(prepare_case(case, grid))
+            continue
+        key = _source_key(case, _grid(grid))
+        path = cache / f"{case.case_id}.npz"
+        prepared = _load_cached(path, key)
+        if prepared is None:
+            prepared = prepare_case(case, grid)
+            _save_cached(path, key, prepared)
+        out.append(prepared)
+    return out
+
+
+def _save_cached(path: Path, key: str, p: PreparedCase) -> None:
+    meta = dict(p.meta, key=key, case_id=p.case_id, spacing=p.spacing, source_shape=p.source_shape)
+    arrays = dict(image=p.image, affine=p.affine, source_affine=p.source_affine, meta=np.array(json.dumps(meta)))
+    if p.label is not None:
+        arrays["label"] = p.label
+    if p.structures is not None:
+        arrays["structures"] = p.structures
+    save_npz(path, **arrays)
+
+
+def _load_cached(path: Path, key: str) -> PreparedCase | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("key") != key:
+                return None
+            return PreparedCase(
+                case_id=meta["case_id"],
+                image=z["image"],
+                label=z["label"] if "label" in z else None,
+                structures=z["structures"] if "structures" in z else None,
+                spacing=tuple(meta["spacing"]),
+                affine=z["affine"],
+                source_shape=tuple(meta["source_shape"]),
+                source_affine=z["source_affine"],
+                meta={k: v for k, v in meta.items() if k not in ("key", "case_id", "spacing", "source_shape")},
+            )
+    except Exception:  # a damaged cache entry is rebuilt, never trusted
+        return None
+
+
+# --------------------------------------------------------------------------- normalisation
+@dataclass(frozen=True)
+class Normalizer:
+    """Z-scoring with statistics from the training volumes of one fold only."""
+
+    mean: float
+    std: float
+
+    def __call__(self, volume: np.ndarray) -> np.ndarray:
+        return ((np.asarray(volume, np.float32) - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+
+def fit_normalizer(volumes: Iterable[np.ndarray]) -> Normalizer:
+    """Mean and standard deviation over all voxels of the given (training) volumes."""
+    n = 0
+    s = 0.0
+    ss = 0.0
+    for v in volumes:
+        v = np.asarray(v, np.float64)
+        n += v.size
+        s += float(v.sum())
+        ss += float(np.square(v).sum())
+    if n == 0:
+        raise ValueError("no training volumes to fit the normaliser on")
+    mean = s / n
+    std = float(np.sqrt(max(ss / n - mean * mean, 0.0)))
+    if std == 0:
+        raise ValueError("training volumes are constant; cannot z-score")
+    return Normalizer(mean=float(mean), std=std)
+
+
+# --------------------------------------------------------------------------- folds
+def make_folds(case_ids: Sequence[str], n_folds: int = 4, seed: int = 0) -> list[list[str]]:
+    """Split specimens (not slices) into ``n_folds`` test folds at random, with a seed."""
+    ids = sorted(case_ids)
+    if len(ids) < n_folds:
+        raise ValueError(f"{len(ids)} specimens cannot make {n_folds} folds")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return [sorted(ids[i] for i in chunk) for chunk in np.array_split(order, n_folds)]
+
+
+def split_fold(case_ids: Sequence[str], folds: list[list[str]], fold: int) -> tuple[list[str], list[str]]:
+    """Return ``(train_ids, test_ids)`` for one fold."""
+    if not 0 <= fold < len(folds):
+        raise ValueError(f"fold must be in 0..{len(folds) - 1}, got {fold}")
+    test = list(folds[fold])
+    return [c for c in sorted(case_ids) if c not in test], test
+
+
+# --------------------------------------------------------------------------- slice views
+def orientation_axis(orientation: str) -> int:
+    """Array axis a slice of this orientation fixes (see the module docstring)."""
+    try:
+        return ORIENTATION_AXIS[orientation]
+    except KeyError:
+        raise ValueError(f"unknown orientation {orientation!r}; use one of {list(ORIENTATION_AXIS)}") from None
+
+
+def to_slices(volume: np.ndarray, orientation: str) -> np.ndarray:
+    """View a volume (x, y, z[, c]) as a stack of 2D slices (n, h, w[, c]) along ``orientation``."""
+    return np.moveaxis(volume, orientation_axis(orientation), 0)
+
+
+def from_slices(slices: np.ndarray, orientation: str) -> np.ndarray:
+    """Inverse of :func:`to_slices`: put a slice stack back into (x, y, z[, c]) order."""
+    return np.moveaxis(slices, 0, orientation_axis(orientation))

@@ -1,0 +1,279 @@
+"""Fitting a 2D network on slices of 3D volumes, with checkpoints that survive interruption.
+
+A run folder holds ``last.keras`` (weights and optimizer state after the latest epoch),
+``best.keras`` (the best epoch by the monitored loss), ``state.json`` (epoch, best value,
+epochs without improvement), ``history.csv`` and, once finished, ``done.json``. Calling
+:func:`fit` again on an unfinished folder resumes after the last completed epoch; on a
+finished one it only loads the result.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from .io import atomic_path, write_json
+from .preprocess import to_slices
+
+
+# --------------------------------------------------------------------------- determinism
+def set_seed(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and the backend; on TensorFlow also ask for deterministic ops."""
+    keras.utils.set_random_seed(int(seed))
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # backend-specific switch, only when that backend is active
+
+        tf.config.experimental.enable_op_determinism()
+
+
+# --------------------------------------------------------------------------- losses
+@keras.saving.register_keras_serializable(package="innerear")
+def dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """Soft Dice loss over the whole batch."""
+    y_true = keras.ops.cast(y_true, y_pred.dtype)
+    inter = keras.ops.sum(y_true * y_pred)
+    return 1.0 - (2.0 * inter + smooth) / (keras.ops.sum(y_true) + keras.ops.sum(y_pred) + smooth)
+
+
+@keras.saving.register_keras_serializable(package="innerear")
+def bce_dice_loss(y_true, y_pred):
+    """Binary cross-entropy plus soft Dice (the loss of the authors' public code)."""
+    bce = keras.ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
+    return bce + dice_loss(y_true, y_pred)
+
+
+def make_loss(name: str):
+    """``"bce"`` (the paper's text) or ``"bce_dice"`` (the authors' code)."""
+    if name == "bce":
+        return keras.losses.BinaryCrossentropy()
+    if name == "bce_dice":
+        return bce_dice_loss
+    raise ValueError(f"unknown loss {name!r}; use 'bce' or 'bce_dice'")
+
+
+# --------------------------------------------------------------------------- data
+class SliceDataset(keras.utils.PyDataset):
+    """Batches of 2D slices (h, w, channels) and their labels, cut from 3D volumes on the fly.
+
+    ``inputs`` are (x, y, z, channels) float32 arrays, ``labels`` (x, y, z) binary arrays.
+    The slice order is reshuffled every epoch from ``seed`` and the epoch number, so a
+    resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        orientation: str,
+        batch_size: int = 20,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(inputs) != len(labels) or not inputs:
+            raise ValueError("need the same, non-zero number of input volumes and labels")
+        self.inputs = [to_slices(np.asarray(v, np.float32), orientation) for v in inputs]
+        self.labels = [to_slices(np.asarray(v, np.float32), orientation) for v in labels]
+        self.index = np.array([(v, s) for v, vol in enumerate(self.inputs) for s in range(vol.shape[0])])
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+        self._order = self._make_order()
+
+    def _make_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.index))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.index))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._order = self._make_order()
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.index) / self.batch_size))
+
+    def __getitem__(self, i: int):
+        rows = self.index[self._order[i * self.batch_size : (i + 1) * self.batch_size]]
+        x = np.stack([self.inputs[v][s] for v, s in rows])
+        y = np.stack([self.labels[v][s] for v, s in rows])[..., None]
+        return x, y
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _save_model_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0].keys())
+    for r in rows[1:]:
+        keys += [k for k in r if k not in keys]
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def read_history(run_dir: str | os.PathLike) -> list[dict]:
+    """The per-epoch history of a run folder (empty if none yet)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+class RunKeeper(keras.callbacks.Callback):
+    """Saves last/best checkpoints, history and state each epoch; stops early on a plateau."""
+
+    def __init__(self, run_dir: Path, monitor: str, patience: int, state: dict, history: list[dict],
+                 dataset: SliceDataset | None, max_epochs: int, verbose: bool) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.monitor = monitor
+        self.patience = patience
+        self.state = state
+        self.history = history
+        self.dataset = dataset
+        self.max_epochs = max_epochs
+        self.verbose = verbose
+        self._t0 = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._t0 = time.perf_counter()
+        if self.dataset is not None:
+            self.dataset.set_epoch(epoch)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = dict(logs or {})
+        seconds = time.perf_counter() - self._t0
+        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}, "seconds": seconds}
+        self.history.append(row)
+        value = float(logs.get(self.monitor, np.inf))
+        improved = value < self.state["best"]
+        if improved:
+            self.state.update(best=value, best_epoch=epoch, wait=0)
+            _save_model_atomic(self.model, self.run_dir / "best.keras")
+        else:
+            self.state["wait"] += 1
+        _save_model_atomic(self.model, self.run_dir / "last.keras")
+        _write_history(self.run_dir / "history.csv", self.history)
+        self.state["epoch"] = epoch
+        write_json(self.run_dir / "state.json", self.state)
+        if self.verbose:
+            mark = " *" if improved else ""
+            print(f"  epoch {epoch + 1}/{self.max_epochs} {self.monitor}={value:.4f} ({seconds:.1f} s){mark}", flush=True)
+        if self.state["wait"] >= self.patience:
+            self.model.stop_training = True
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` leaves behind."""
+
+    model: keras.Model  # the best model, loaded from best.keras
+    history: list[dict]
+    epochs: int
+    best_epoch: int
+    seconds: float
+    resumed_from: int | None
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Load a ``.keras`` file with Keras' safe mode on."""
+    from . import backbones  # noqa: F401  (registers the custom layers)
+
+    return keras.saving.load_model(str(path), safe_mode=True)
+
+
+def fit(
+    build: Callable[[], keras.Model],
+    train_data: SliceDataset,
+    run_dir: str | os.PathLike,
+    *,
+    max_epochs: int,
+    patience: int,
+    learning_rate: float = 1e-4,
+    loss: str = "bce",
+    monitor: str = "loss",
+    val_data: SliceDataset | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> FitResult:
+    """Train (or resume, or just load) a network in ``run_dir`` and return the best model.
+
+    ``monitor="loss"`` keeps the epoch with the lowest training loss, as the paper did;
+    ``"val_loss"`` needs ``val_data``. Training stops after ``patience`` epochs without
+    improvement or at ``max_epochs``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = run_dir / "done.json"
+    if done.exists():
+        info = json.loads(done.read_text())
+        return FitResult(load_model(run_dir / "best.keras"), read_history(run_dir), info["epochs"],
+                         info["best_epoch"], info["seconds"], None)
+    if monitor == "val_loss" and val_data is None:
+        raise ValueError("monitor='val_loss' needs val_data")
+    t0 = time.perf_counter()
+    state_path = run_dir / "state.json"
+    resumed_from = None
+    if state_path.exists() and (run_dir / "last.keras").exists() and (run_dir / "best.keras").exists():
+        state = json.loads(state_path.read_text())
+        set_seed(seed + 1000 * (state["epoch"] + 1))
+        model = load_model(run_dir / "last.keras")
+        history = read_history(run_dir)[: state["epoch"] + 1]
+        initial_epoch = resumed_from = state["epoch"] + 1
+        if verbose:
+            print(f"  resuming {run_dir} after epoch {initial_epoch}", flush=True)
+    else:
+        set_seed(seed)
+        model = build()
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss))
+        state = {"epoch": -1, "best": float("inf"), "best_epoch": -1, "wait": 0, "monitor": monitor,
+                 "seconds": 0.0}
+        history, initial_epoch = [], 0
+    if state["wait"] < patience and initial_epoch < max_epochs:
+        keeper = RunKeeper(run_dir, monitor, patience, state, history, train_data, max_epochs, verbose)
+        model.fit(train_data, validation_data=val_data, epochs=max_epochs, initial_epoch=initial_epoch,
+                  callbacks=[keeper], verbose=0)
+    seconds = state.get("seconds", 0.0) + time.perf_counter() - t0
+    state["seconds"] = seconds
+    write_json(state_path, state)
+    epochs = state["epoch"] + 1
+    write_json(done, {"epochs": epochs, "best_epoch": state["best_epoch"], "best": state["best"],
+                      "monitor": monitor, "seconds": seconds, "seed": seed, "learning_rate": learning_rate,
+                      "loss": loss, "patience": patience, "max_epochs": max_epochs})
+    (run_dir / "last.keras").unlink(missing_ok=True)  # the finished run keeps only its best model
+    return FitResult(load_model(run_dir / "best.keras"), history, epochs, state["best_epoch"], seconds, resumed_from)
+
+
+# --------------------------------------------------------------------------- prediction
+def predict_volume(model: keras.Model, inputs: np.ndarray, orientation: str, batch_size: int = 32) -> np.ndarray:
+    """Predict every slice of a (x, y, z, channels) volume; reassemble (x, y, z) probabilities."""
+    from .preprocess import from_slices
+
+    slices = to_slices(np.asarray(inputs, np.float32), orientation)
+    out = np.empty(slices.shape[:3], np.float32)
+    for start in range(0, slices.shape[0], batch_size):
+        batch = np.ascontiguousarray(slices[start : start + batch_size])
+        out[start : start + batch_size] = keras.ops.convert_to_numpy(model(batch, training=False))[..., 0]
+    return from_slices(out, orientation)
