@@ -64,6 +64,7 @@ class SliceDataset(keras.utils.PyDataset):
     """Batches of 2D slices (h, w, channels) and their labels, cut from 3D volumes on the fly.
 
     ``inputs`` are (x, y, z, channels) float32 arrays, ``labels`` (x, y, z) binary arrays.
+    Every batch holds ``batch_size`` slices (the last one wraps around to the epoch's first).
     The slice order is reshuffled every epoch from ``seed`` and the epoch number, so a
     resumed run sees the same batches as an uninterrupted one.
     """
@@ -102,7 +103,14 @@ class SliceDataset(keras.utils.PyDataset):
         return int(np.ceil(len(self.index) / self.batch_size))
 
     def __getitem__(self, i: int):
-        rows = self.index[self._order[i * self.batch_size : (i + 1) * self.batch_size]]
+        # the last batch is filled up from the start of the epoch's order, so every batch has
+        # the same shape and the training step is traced (compiled) only once
+        pos = np.arange(i * self.batch_size, (i + 1) * self.batch_size)
+        if len(self.index) >= self.batch_size:
+            pos %= len(self.index)
+        else:
+            pos = pos[pos < len(self.index)]
+        rows = self.index[self._order[pos]]
         x = np.stack([self.inputs[v][s] for v, s in rows])
         y = np.stack([self.labels[v][s] for v, s in rows])[..., None]
         return x, y
@@ -142,10 +150,16 @@ def read_history(run_dir: str | os.PathLike) -> list[dict]:
 
 
 class RunKeeper(keras.callbacks.Callback):
-    """Saves last/best checkpoints, history and state each epoch; stops early on a plateau."""
+    """Keeps the best weights, writes checkpoints, history and state; stops early on a plateau.
+
+    Writing a ``.keras`` file takes about a second on a CPU, so checkpoints are written when
+    ``checkpoint_seconds`` have passed since the last one (every epoch when epochs are long,
+    as at the paper's sizes) and when training stops. An interrupted run resumes from the
+    last checkpoint; the epochs after it are trained again.
+    """
 
     def __init__(self, run_dir: Path, monitor: str, patience: int, state: dict, history: list[dict],
-                 dataset: SliceDataset | None, max_epochs: int, verbose: bool) -> None:
+                 dataset: SliceDataset | None, max_epochs: int, verbose: bool, checkpoint_seconds: float) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.monitor = monitor
@@ -155,7 +169,10 @@ class RunKeeper(keras.callbacks.Callback):
         self.dataset = dataset
         self.max_epochs = max_epochs
         self.verbose = verbose
+        self.checkpoint_seconds = checkpoint_seconds
+        self.best_weights: list[np.ndarray] | None = None
         self._t0 = time.perf_counter()
+        self._last_save = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._t0 = time.perf_counter()
@@ -165,24 +182,35 @@ class RunKeeper(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = dict(logs or {})
         seconds = time.perf_counter() - self._t0
-        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}, "seconds": seconds}
-        self.history.append(row)
+        self.history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}, "seconds": seconds})
         value = float(logs.get(self.monitor, np.inf))
         improved = value < self.state["best"]
         if improved:
             self.state.update(best=value, best_epoch=epoch, wait=0)
-            _save_model_atomic(self.model, self.run_dir / "best.keras")
+            self.best_weights = self.model.get_weights()
         else:
             self.state["wait"] += 1
-        _save_model_atomic(self.model, self.run_dir / "last.keras")
-        _write_history(self.run_dir / "history.csv", self.history)
         self.state["epoch"] = epoch
-        write_json(self.run_dir / "state.json", self.state)
+        stopping = self.state["wait"] >= self.patience or epoch + 1 >= self.max_epochs
+        if stopping or time.perf_counter() - self._last_save >= self.checkpoint_seconds:
+            self.checkpoint()
         if self.verbose:
             mark = " *" if improved else ""
             print(f"  epoch {epoch + 1}/{self.max_epochs} {self.monitor}={value:.4f} ({seconds:.1f} s){mark}", flush=True)
         if self.state["wait"] >= self.patience:
             self.model.stop_training = True
+
+    def checkpoint(self) -> None:
+        """Write best.keras, last.keras, history and state (state last, so it never runs ahead)."""
+        if self.best_weights is not None:
+            current = self.model.get_weights()
+            self.model.set_weights(self.best_weights)
+            _save_model_atomic(self.model, self.run_dir / "best.keras")
+            self.model.set_weights(current)
+        _save_model_atomic(self.model, self.run_dir / "last.keras")
+        _write_history(self.run_dir / "history.csv", self.history)
+        write_json(self.run_dir / "state.json", self.state)
+        self._last_save = time.perf_counter()
 
 
 @dataclass
@@ -217,6 +245,7 @@ def fit(
     val_data: SliceDataset | None = None,
     seed: int = 0,
     verbose: bool = False,
+    checkpoint_seconds: float = 30.0,
 ) -> FitResult:
     """Train (or resume, or just load) a network in ``run_dir`` and return the best model.
 
@@ -251,10 +280,16 @@ def fit(
         state = {"epoch": -1, "best": float("inf"), "best_epoch": -1, "wait": 0, "monitor": monitor,
                  "seconds": 0.0}
         history, initial_epoch = [], 0
+    keeper = RunKeeper(run_dir, monitor, patience, state, history, train_data, max_epochs, verbose,
+                       checkpoint_seconds)
     if state["wait"] < patience and initial_epoch < max_epochs:
-        keeper = RunKeeper(run_dir, monitor, patience, state, history, train_data, max_epochs, verbose)
         model.fit(train_data, validation_data=val_data, epochs=max_epochs, initial_epoch=initial_epoch,
                   callbacks=[keeper], verbose=0)
+    if keeper.best_weights is not None:
+        model.set_weights(keeper.best_weights)
+        _save_model_atomic(model, run_dir / "best.keras")
+    else:  # resumed and never improved: the best model is the one on disk
+        model = load_model(run_dir / "best.keras")
     seconds = state.get("seconds", 0.0) + time.perf_counter() - t0
     state["seconds"] = seconds
     write_json(state_path, state)
@@ -263,7 +298,7 @@ def fit(
                       "monitor": monitor, "seconds": seconds, "seed": seed, "learning_rate": learning_rate,
                       "loss": loss, "patience": patience, "max_epochs": max_epochs})
     (run_dir / "last.keras").unlink(missing_ok=True)  # the finished run keeps only its best model
-    return FitResult(load_model(run_dir / "best.keras"), history, epochs, state["best_epoch"], seconds, resumed_from)
+    return FitResult(model, history, epochs, state["best_epoch"], seconds, resumed_from)
 
 
 # --------------------------------------------------------------------------- prediction

@@ -1,0 +1,197 @@
+"""Trainer (overfit, resume, determinism) and cascade (wiring, orders, end-to-end) tests."""
+import json
+
+import numpy as np
+import pytest
+
+from innerear import cascade as cs
+from innerear import preprocess as pp
+from innerear.backbones import build
+from innerear.config import get_profile
+from innerear.train import SliceDataset, fit, predict_volume, read_history
+from conftest import make_tube_volume
+
+
+def _tiny_build(channels=1):
+    return lambda: build("unet", channels=channels, size=None, base_filters=4, depth=2)
+
+
+def _data(n=2, shape=(16, 16, 16)):
+    vols = [make_tube_volume(shape, seed=i) for i in range(n)]
+    imgs = [(v - v.mean()) / v.std() for v, _ in vols]
+    return imgs, [lab for _, lab in vols]
+
+
+def test_model_overfits_a_tiny_batch(tmp_path):
+    imgs, labs = _data(1)
+    ds = SliceDataset([imgs[0][..., None]], labs, "axial", batch_size=2, seed=0)
+    res = fit(_tiny_build(), ds, tmp_path / "run", max_epochs=15, patience=15, learning_rate=1e-2, seed=0)
+    losses = [r["loss"] for r in res.history]
+    assert losses[-1] < 0.5 * losses[0]
+    prob = predict_volume(res.model, imgs[0][..., None], "axial")
+    assert pp.dice(prob >= 0.5, labs[0]) > 0.6
+
+
+def test_resume_continues_from_saved_epoch(tmp_path):
+    imgs, labs = _data(1)
+    ds = SliceDataset([imgs[0][..., None]], labs, "coronal", batch_size=8, seed=0)
+    run = tmp_path / "run"
+    fit(_tiny_build(), ds, run, max_epochs=2, patience=10, learning_rate=1e-3, seed=0, checkpoint_seconds=0)
+    # simulate an interruption after epoch 2 of a 4-epoch run: remove the "finished" marker
+    # and bring back a last checkpoint, as a killed run would have left them
+    import shutil
+
+    (run / "done.json").unlink()
+    shutil.copy(run / "best.keras", run / "last.keras")
+    res = fit(_tiny_build(), ds, run, max_epochs=4, patience=10, learning_rate=1e-3, seed=0)
+    assert res.resumed_from == 2
+    hist = read_history(run)
+    assert [r["epoch"] for r in hist] == [0, 1, 2, 3]
+    assert json.loads((run / "state.json").read_text())["epoch"] == 3
+    # a finished run is loaded, not retrained
+    again = fit(_tiny_build(), ds, run, max_epochs=4, patience=10, learning_rate=1e-3, seed=0)
+    assert again.epochs == 4 and again.resumed_from is None
+
+
+def test_same_seed_gives_identical_losses(tmp_path):
+    imgs, labs = _data(1)
+    losses = []
+    for name in ("a", "b"):
+        ds = SliceDataset([imgs[0][..., None]], labs, "axial", batch_size=8, seed=5)
+        res = fit(_tiny_build(), ds, tmp_path / name, max_epochs=2, patience=5, learning_rate=1e-3, seed=7)
+        losses.append([r["loss"] for r in res.history])
+    assert losses[0] == losses[1]
+
+
+def test_slice_dataset_batches():
+    imgs, labs = _data(2, (8, 10, 12))
+    ds = SliceDataset([np.stack([i, i], -1) for i in imgs], labs, "sagittal", batch_size=5, seed=0)
+    assert len(ds) == int(np.ceil(16 / 5))
+    x, y = ds[0]
+    assert x.shape == (5, 10, 12, 2) and y.shape == (5, 10, 12, 1)
+    assert ds[len(ds) - 1][0].shape == (5, 10, 12, 2)  # the last batch is filled up too
+    order0 = ds._order.copy()
+    ds.on_epoch_end()
+    assert not np.array_equal(order0, ds._order)
+
+
+def test_prediction_reassembles_in_the_right_orientation():
+    # an "identity" network (1x1 conv passing channel 0 through a sigmoid) on a known volume
+    import keras
+
+    inp = keras.Input((None, None, 1))
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer="ones", bias_initializer="zeros")(inp)
+    model = keras.Model(inp, out)
+    vol = np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32)
+    for view in ("sagittal", "coronal", "axial"):
+        prob = predict_volume(model, vol[..., None], view, batch_size=4)
+        np.testing.assert_allclose(prob, 1 / (1 + np.exp(-vol)), rtol=1e-5, atol=1e-6)
+
+
+def test_largest_component_on_constructed_volume():
+    m = np.zeros((20, 20, 20), np.uint8)
+    m[2:8, 2:8, 2:8] = 1  # 216 voxels
+    m[12:15, 12:15, 12:15] = 1  # 27 voxels
+    m[9, 9, 9] = 1  # touches nothing
+    out = cs.largest_component(m)
+    assert out.sum() == 216 and out[3, 3, 3] == 1 and out[13, 13, 13] == 0
+    # diagonal (26-)neighbours belong to the same component
+    m2 = np.zeros((5, 5, 5), np.uint8)
+    m2[1, 1, 1] = m2[2, 2, 2] = m2[3, 3, 3] = 1
+    assert cs.largest_component(m2).sum() == 3
+    assert cs.largest_component(np.zeros((4, 4, 4))).sum() == 0
+    prob = np.where(m > 0, 0.9, 0.1)
+    np.testing.assert_array_equal(cs.postprocess(prob), out)
+
+
+def test_stage_inputs_wiring():
+    img = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    m1 = np.zeros((2, 3, 4), np.uint8)
+    m1[0] = 1
+    m2 = np.ones((2, 3, 4), np.uint8)
+    x = cs.stage_inputs(img, [m1, m2])
+    assert x.shape == (2, 3, 4, 3)
+    np.testing.assert_array_equal(x[..., 0], img)
+    np.testing.assert_array_equal(x[..., 1], m1)
+    np.testing.assert_array_equal(x[..., 2], m2)
+    with pytest.raises(ValueError):
+        cs.stage_inputs(img, [np.zeros((3, 3, 3))])
+
+
+def test_check_order():
+    assert cs.check_order(["axial"]) == ("axial",)
+    for bad in ([], ["axial", "axial"], ["axial", "coronal", "sagittal", "axial"], ["oblique"]):
+        with pytest.raises(ValueError):
+            cs.check_order(bad)
+
+
+def _prepared_cases(n=4, shape=(16, 16, 16)):
+    cases = []
+    for i in range(n):
+        img, lab = make_tube_volume(shape, seed=i)
+        cases.append(pp.PreparedCase(f"c{i}", img, lab, None, (0.1, 0.1, 0.1), np.diag([0.1, 0.1, 0.1, 1]),
+                                     shape, np.eye(4)))
+    return cases
+
+
+@pytest.mark.parametrize("order", [("coronal", "sagittal", "axial"), ("axial", "coronal", "sagittal")])
+def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch, order):
+    """Stage k receives exactly image + k-1 masks, sliced along its own view."""
+    seen = []
+    real_ds = cs.SliceDataset
+
+    class Spy(real_ds):
+        def __init__(self, inputs, labels, orientation, *a, **kw):
+            seen.append((orientation, inputs[0].shape[-1], inputs[0].copy()))
+            super().__init__(inputs, labels, orientation, *a, **kw)
+
+    monkeypatch.setattr(cs, "SliceDataset", Spy)
+    profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
+    cases = _prepared_cases(4)
+    folds = pp.make_folds([c.case_id for c in cases], 4, 0)
+    summary = cs.train_cascade(cases, folds, 0, "unet", order, profile, tmp_path, seed=0)
+    assert [s[0] for s in seen] == list(order)
+    assert [s[1] for s in seen] == [1, 2, 3]
+    train_ids, _ = pp.split_fold([c.case_id for c in cases], folds, 0)
+    first = train_ids[0]
+    for k in range(1, 3):
+        prev_dir = cs.stage_dir(tmp_path, profile, "unet", 0, order[:k])
+        with np.load(prev_dir / "pred" / f"{first}.npz") as z:
+            np.testing.assert_array_equal(seen[k][2][..., k], z["mask"])  # mask k in channel k
+    assert len(summary["stages"]) == 3
+    casc = cs.load_cascade(cs.stage_dir(tmp_path, profile, "unet", 0, order))
+    assert casc.order == tuple(order)
+    mask, prob = cs.segment(cases[0].image, casc)
+    assert mask.shape == prob.shape == cases[0].image.shape
+
+
+def test_prefix_tree_reuses_shared_stages(tmp_path):
+    profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
+    cases = _prepared_cases(4)
+    folds = pp.make_folds([c.case_id for c in cases], 4, 0)
+    cs.train_cascade(cases, folds, 0, "unet", ("coronal",), profile, tmp_path)
+    stamp = (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal",)) / "best.keras").stat().st_mtime_ns
+    cs.train_cascade(cases, folds, 0, "unet", ("coronal", "axial"), profile, tmp_path)
+    assert (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal",)) / "best.keras").stat().st_mtime_ns == stamp
+    assert (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal", "axial")) / "stage.json").exists()
+
+
+def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
+    from innerear.phantom import write_phantom_set
+
+    profile = get_profile("smoke", max_epochs=6, patience=6, base_filters=4, depth=2, grid=32)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_phantom_set(data, profile.phantoms, seed=0, n=4)
+    cases = pp.prepare_dataset(data, profile.grid)
+    folds = pp.make_folds([c.case_id for c in cases], 4, 0)
+    summary = cs.train_cascade(cases, folds, 0, "unet", ("coronal", "sagittal", "axial"), profile, tmp_path / "runs")
+    final = summary["stages"][-1]["mean_test_dice"]
+    test_case = folds[0][0]
+    fg = np.mean([c.label.mean() for c in cases])
+    chance = 2 * fg / (1 + fg)  # Dice of a random mask with the right foreground fraction... at most fg
+    assert final > max(0.5, 5 * chance), (final, chance)
+    casc = cs.load_cascade(cs.stage_dir(tmp_path / "runs", profile, "unet", 0, ("coronal", "sagittal", "axial")))
+    by_id = {c.case_id: c for c in cases}
+    mask, _ = cs.segment(by_id[test_case].image, casc)
+    assert pp.dice(mask, by_id[test_case].label) == pytest.approx(summary["stages"][-1]["test_dice"][test_case])
