@@ -160,3 +160,148 @@ def channel_panel(channels: np.ndarray, label: np.ndarray, spacing: Sequence[flo
     _show(axes[0, k], lab_s.astype(float), "target (truth)", aspect)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- 3D surfaces
+def surface_mesh(mask: np.ndarray, spacing: Sequence[float], affine: np.ndarray | None = None,
+                 smooth_sigma: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Marching-cubes surface of a binary mask: ``(vertices, faces)``, vertices in mm.
+
+    With ``affine`` the vertices are in world coordinates (mm), otherwise in the grid's own
+    frame scaled by ``spacing``. A light Gaussian smoothing removes voxel staircases.
+    """
+    from skimage import measure
+
+    m = np.pad(np.asarray(mask, np.float32), 1)
+    if smooth_sigma > 0:
+        m = ndimage.gaussian_filter(m, smooth_sigma)
+    if m.max() < 0.5:
+        return np.zeros((0, 3)), np.zeros((0, 3), int)
+    verts, faces, _, _ = measure.marching_cubes(m, 0.5)
+    verts -= 1.0  # undo the padding: vertices in voxel-index coordinates
+    if affine is not None:
+        verts = (np.c_[verts, np.ones(len(verts))] @ np.asarray(affine).T)[:, :3]
+    else:
+        verts = verts * np.asarray(spacing, float)
+    return verts, faces
+
+
+def vertex_distances(verts: np.ndarray, reference_verts: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each vertex to the nearest vertex of a reference surface."""
+    from scipy.spatial import cKDTree
+
+    if len(verts) == 0 or len(reference_verts) == 0:
+        return np.full(len(verts), np.inf)
+    return cKDTree(reference_verts).query(verts)[0]
+
+
+def plotly_surfaces(meshes: dict[str, tuple[np.ndarray, np.ndarray]], colors: dict[str, str] | None = None,
+                    intensity: dict[str, np.ndarray] | None = None, opacity: dict[str, float] | None = None,
+                    title: str = "", cmax: float | None = None):
+    """An interactive plotly figure of named surfaces (``Mesh3d``), optionally colour-mapped."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    palette = ["#2ca02c", "#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+    for i, (name, (v, f)) in enumerate(meshes.items()):
+        if len(f) == 0:
+            continue
+        kw = dict(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name=name, showlegend=True,
+                  opacity=(opacity or {}).get(name, 1.0), flatshading=False,
+                  lighting=dict(ambient=0.45, diffuse=0.8, specular=0.2))
+        if intensity and name in intensity:
+            kw.update(intensity=intensity[name], colorscale="Turbo", cmin=0, cmax=cmax,
+                      colorbar=dict(title="mm", len=0.6))
+        else:
+            kw.update(color=(colors or {}).get(name, palette[i % len(palette)]))
+        fig.add_trace(go.Mesh3d(**kw))
+    fig.update_layout(title=title, scene=dict(aspectmode="data", xaxis_title="x (mm)", yaxis_title="y (mm)",
+                                              zaxis_title="z (mm)"),
+                      margin=dict(l=0, r=0, t=40 if title else 0, b=0), height=520,
+                      legend=dict(itemclick="toggle"))
+    return fig
+
+
+def offline_html(fig, include_plotlyjs: bool = True) -> str:
+    """HTML of a plotly figure with plotly.js embedded (no CDN), for offline pages."""
+    return fig.to_html(include_plotlyjs=include_plotlyjs, full_html=False, config={"displaylogo": False})
+
+
+def render_views(verts: np.ndarray, faces: np.ndarray, views: Sequence[tuple[float, float]] = ((20, -60), (20, 30), (80, 0), (-10, 150)),
+                 color: str = "#d9a441", title: str = "", max_faces: int = 60000) -> plt.Figure:
+    """Static multi-view renders of one surface (cf. the paper's Figure 5)."""
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    if len(faces) > max_faces:  # keep the figure light: every k-th face
+        faces = faces[:: int(np.ceil(len(faces) / max_faces))]
+    tri = verts[faces]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+    light = np.array([0.3, 0.3, 0.9]) / np.linalg.norm([0.3, 0.3, 0.9])
+    shade = 0.35 + 0.65 * np.abs(normals @ light)
+    base = np.array(matplotlib_colors_to_rgb(color))
+    facecolors = np.clip(shade[:, None] * base[None, :], 0, 1)
+    fig = plt.figure(figsize=(3.2 * len(views), 3.4))
+    lo, hi = verts.min(0), verts.max(0)
+    for i, (elev, azim) in enumerate(views):
+        ax = fig.add_subplot(1, len(views), i + 1, projection="3d")
+        ax.add_collection3d(Poly3DCollection(tri, facecolors=facecolors, edgecolor="none"))
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_zlim(lo[2], hi[2])
+        ax.set_box_aspect(hi - lo)
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_axis_off()
+        ax.set_title(f"elev {elev}°, azim {azim}°", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def matplotlib_colors_to_rgb(color: str) -> tuple[float, float, float]:
+    """A matplotlib colour as an RGB triple in [0, 1]."""
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(color)
+
+
+def write_stl(path, verts: np.ndarray, faces: np.ndarray, name: str = "innerear") -> None:
+    """Write a binary STL file atomically (vertices in mm)."""
+    from .io import atomic_path
+
+    tri = np.asarray(verts, np.float32)[np.asarray(faces)]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+    records = np.zeros(len(tri), dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")])
+    records["n"] = normals
+    records["v"] = tri
+    header = name.encode("ascii", "replace")[:80].ljust(80, b" ")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(header)
+            fh.write(np.uint32(len(tri)).tobytes())
+            fh.write(records.tobytes())
+
+
+def read_stl(path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a binary STL written by :func:`write_stl`: ``(triangles (n, 3, 3), normals)``."""
+    with open(path, "rb") as fh:
+        fh.read(80)
+        n = int(np.frombuffer(fh.read(4), "<u4")[0])
+        records = np.frombuffer(fh.read(), dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")], count=n)
+    return records["v"].copy(), records["n"].copy()
+
+
+def live_view(image: np.ndarray, label: np.ndarray | None = None):
+    """An itkwidgets volume view for JupyterLab (opt-in; it loads its viewer from the network).
+
+    Returns the viewer, or ``None`` with a printed explanation when itkwidgets is missing.
+    """
+    try:
+        from itkwidgets import view  # type: ignore[import-not-found]
+    except Exception as exc:  # not installed, or its viewer cannot load
+        print(f"itkwidgets is not available ({type(exc).__name__}: {exc}). Install the optional extra with "
+              "`pip install -e '.[itk]'` and run this cell in JupyterLab with network access.")
+        return None
+    return view(image=image, label_image=label)

@@ -1,0 +1,127 @@
+"""Collect saved out-of-fold predictions from ``runs/`` and evaluate them per volume.
+
+Nothing here trains: every function reads the held-out probabilities and masks that
+:func:`innerear.cascade.train_cascade` saved, and the prepared ground truth.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .backbones import BACKBONE_LABELS
+from .cascade import read_stage_predictions, stage_dir
+from .config import PAPER_ORDER, Profile
+from .metrics import evaluate, fragmentation
+from .preprocess import PreparedCase, orientation_axis
+
+
+def table1_methods(order: Sequence[str] = PAPER_ORDER) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Table 1's six rows: name → (backbone, views). Baselines are single axial views."""
+    out = {}
+    for backbone, label in BACKBONE_LABELS.items():
+        out[label] = (backbone, ("axial",))
+        out[f"AutoCas-{label}"] = (backbone, tuple(order))
+    return out
+
+
+def available_folds(runs_root: str | os.PathLike, profile: Profile, backbone: str, views: Sequence[str]) -> list[int]:
+    """Folds for which the run ``views`` of ``backbone`` has finished."""
+    return [k for k in range(profile.n_folds)
+            if (stage_dir(runs_root, profile, backbone, k, views) / "stage.json").exists()]
+
+
+def evaluate_run(cases: dict[str, PreparedCase], runs_root: str | os.PathLike, profile: Profile, backbone: str,
+                 views: Sequence[str], method: str, fragmentation_axis: str = "axial") -> list[dict]:
+    """Per-volume metrics of one method over all folds it has finished."""
+    rows = []
+    for fold in available_folds(runs_root, profile, backbone, views):
+        folder = stage_dir(runs_root, profile, backbone, fold, views)
+        info = json.loads((folder / "stage.json").read_text())
+        for cid in info["test_ids"]:
+            prob, mask = read_stage_predictions(folder, cid)
+            truth = cases[cid].label
+            row = {"method": method, "volume_id": cid, "fold": fold, "backbone": backbone, "order": "-".join(views)}
+            row.update(evaluate(mask, truth, cases[cid].spacing, probabilities=np.clip(prob, 0, 1)))
+            frag = fragmentation(mask, truth, orientation_axis(fragmentation_axis))
+            row.update(fragmented_slices=frag["n_fragmented"], slices=frag["n_slices"])
+            rows.append(row)
+    return rows
+
+
+def per_volume_table(cases: Sequence[PreparedCase], runs_root: str | os.PathLike, profile: Profile,
+                     methods: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> pd.DataFrame:
+    """Tidy per-volume results (one row per method and held-out volume)."""
+    by_id = {c.case_id: c for c in cases}
+    rows: list[dict] = []
+    for method, (backbone, views) in (methods or table1_methods()).items():
+        rows += evaluate_run(by_id, runs_root, profile, backbone, views, method)
+    return pd.DataFrame(rows)
+
+
+def time_segmentation(cascade_dir: str | os.PathLike, cache_file: str | os.PathLike, repeats: int = 1) -> dict:
+    """Seconds to segment one volume, counting the loading of the prepared volume and models."""
+    from .cascade import load_cascade, segment
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with np.load(cache_file) as z:
+            volume = z["image"]
+        models = load_cascade(cascade_dir)
+        t1 = time.perf_counter()
+        segment(volume, models)
+        t2 = time.perf_counter()
+        times.append((t2 - t0, t1 - t0, t2 - t1))
+    total, load, seg = (float(np.median([t[i] for t in times])) for i in range(3))
+    return {"total_s": total, "load_s": load, "segment_s": seg, "shape": tuple(volume.shape), "repeats": repeats}
+
+
+def save_tidy(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a per-volume table as CSV atomically."""
+    from .io import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def time_paper_size(grid: int = 256, seed: int = 0, backbone: str = "unet") -> dict:
+    """Seconds to segment a ``grid``³ volume with a paper-size cascade (untrained weights).
+
+    The three paper-size networks (base 32 filters, three pooling levels; 1, 2 and 3 input
+    channels) are saved and loaded like trained ones; the weights do not change the time.
+    Counts the loading of the models and of a prepared volume, as in the paper.
+    """
+    import tempfile
+
+    from .backbones import build
+    from .cascade import Cascade, segment
+    from .io import save_npz
+    from .preprocess import Normalizer
+    from .train import load_model, set_seed
+
+    set_seed(seed, deterministic=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for k in range(3):
+            path = Path(tmp) / f"stage{k + 1}.keras"
+            build(backbone, channels=k + 1, size=None, base_filters=32, depth=3).save(path)
+            paths.append(path)
+        vol_path = save_npz(Path(tmp) / "volume.npz",
+                            image=np.random.default_rng(seed).normal(size=(grid,) * 3).astype(np.float32))
+        t0 = time.perf_counter()
+        with np.load(vol_path) as z:
+            volume = z["image"]
+        models = Cascade([(v, load_model(p)) for v, p in zip(PAPER_ORDER, paths)], Normalizer(0.0, 1.0), grid)
+        t1 = time.perf_counter()
+        segment(volume, models)
+        t2 = time.perf_counter()
+    return {"total_s": t2 - t0, "load_s": t1 - t0, "segment_s": t2 - t1, "shape": (grid,) * 3, "repeats": 1}
