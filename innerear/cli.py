@@ -70,7 +70,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .pipeline import reproduce
 
-    times = reproduce(args.profile, seed=args.seed, book=not args.no_book, only=args.only, site=args.site)
+    times = reproduce(args.profile, seed=args.seed, book=not args.no_book, only=args.only, site=args.site,
+                      workers=args.workers, scheduler=args.scheduler)
     print("seconds per step:")
     for k, v in times.items():
         print(f"  {k:<45} {v:8.1f}")
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-book", action="store_true", help="skip the book build")
     p.add_argument("--only", nargs="*", default=None, help="only notebooks whose name starts with these")
     p.add_argument("--site", default=None, help="where executed pages and the HTML go (default: the project)")
+    p.add_argument("--workers", type=int, default=None, help="local Dask workers for training (default: one per core)")
+    p.add_argument("--scheduler", default=None, help="address of a Dask scheduler (tcp://host:8786) to train on")
     p.set_defaults(func=_cmd_reproduce)
     return parser
 

@@ -104,22 +104,94 @@ def execute_notebook(run: NotebookRun, root: Path, site: Path, env: dict[str, st
     return time.perf_counter() - t0
 
 
-def train_order_ablation(profile: Profile, seed: int, root: Path, verbose: bool = True) -> None:
-    """Train the six stage orders of AutoCas-U-Net on the plan's ablation folds."""
+def training_jobs(profile: Profile) -> list[tuple[str, int, tuple[str, ...]]]:
+    """Every (backbone, fold, views) run a profile's book needs, before notebooks read them."""
+    plan = PLANS[profile.name]
+    jobs: list[tuple[str, int, tuple[str, ...]]] = []
+    for fold in plan.folds:
+        for backbone in plan.backbones:
+            jobs += [(backbone, fold, ("axial",)), (backbone, fold, tuple(PAPER_ORDER))]
+    for fold in plan.orientation_folds:
+        jobs += [("unet", fold, (v,)) for v in ORIENTATIONS]
+    for fold in plan.order_folds:
+        jobs += [("unet", fold, tuple(o)) for o in ALL_ORDERS]
+    return list(dict.fromkeys(jobs))
+
+
+def stage_nodes(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> list[tuple[str, int, tuple[str, ...]]]:
+    """The distinct stages of a set of runs (prefix-tree nodes), parents before children."""
+    nodes = {(b, f, views[: k + 1]) for b, f, views in jobs for k in range(len(views))}
+    return sorted(nodes, key=lambda n: (len(n[2]), n[0], n[1], n[2]))
+
+
+def _train_node(profile_name: str, seed: int, root: str, backbone: str, fold: int, views: tuple[str, ...],
+                threads: int | None, *parents) -> dict:
+    """Worker task: train one stage (its parents are complete, or are trained first)."""
+    if threads:
+        from .train import set_threads
+
+        set_threads(threads)
     from .cascade import train_cascade
     from .preprocess import make_folds, prepare_dataset
 
-    plan = PLANS[profile.name]
-    if not plan.order_folds:
-        return
-    data_dir = default_data_dir(profile.name, root)
-    cases = prepare_dataset(data_dir, profile.grid, root / "data" / "cache" / f"{profile.name}-{profile.grid}")
+    profile = get_profile(profile_name)
+    rootp = Path(root)
+    cases = prepare_dataset(default_data_dir(profile.name, rootp), profile.grid,
+                            rootp / "data" / "cache" / f"{profile.name}-{profile.grid}")
     folds = make_folds([c.case_id for c in cases], profile.n_folds, seed)
-    for fold in plan.order_folds:
-        for order in ALL_ORDERS:
+    summary = train_cascade(cases, folds, fold, backbone, views, profile, rootp / "runs", seed=seed)
+    st = summary["stages"][-1]
+    return {"backbone": backbone, "fold": fold, "views": "/".join(views), "dice": st["mean_test_dice"],
+            "epochs": st["epochs"], "train_seconds": st["train_seconds"]}
+
+
+def train_all(profile: Profile, seed: int, root: Path, workers: int | None = None,
+              scheduler: str | None = None, verbose: bool = True) -> list[dict]:
+    """Train every stage the book needs, in parallel on a Dask cluster.
+
+    Each stage is one task that depends on its parent stage's task, so shared stages are
+    trained once and no two workers ever write the same folder. Without ``scheduler`` a
+    local cluster of ``workers`` single-threaded processes is started (default: one per
+    CPU core); with a scheduler address (``tcp://host:8786``) the tasks go to that cluster,
+    whose workers must see the same project folder.
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    nodes = [n for n in stage_nodes(training_jobs(profile))
+             if not (root / "runs" / profile.name / n[0] / f"fold{n[1]}").joinpath(*n[2], "stage.json").exists()]
+    if not nodes:
+        return []
+    n_workers = workers or max(1, min(os.cpu_count() or 1, len(nodes)))
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+        threads = None
+    else:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, memory_limit=0, silence_logs=40)
+        client = Client(cluster)
+        threads = max(1, (os.cpu_count() or 1) // n_workers)
+    futures = {}
+    try:
+        for node in nodes:
+            backbone, fold, views = node
+            parent = (backbone, fold, views[:-1])
+            deps = [futures[parent]] if parent in futures else []
+            key = f"train-{profile.name}-{backbone}-fold{fold}-{'-'.join(views)}"
+            futures[node] = client.submit(_train_node, profile.name, seed, str(root), backbone, fold, views, threads,
+                                          *deps, key=key, pure=False)
+        results = []
+        for fut in as_completed(list(futures.values())):
+            r = fut.result()
+            results.append(r)
             if verbose:
-                print(f"[ablation] unet fold {fold} order {'→'.join(order)}", flush=True)
-            train_cascade(cases, folds, fold, "unet", order, profile, root / "runs", seed=seed)
+                print(f"[train {len(results)}/{len(futures)}] {r['backbone']} fold {r['fold']} {r['views']}: "
+                      f"held-out Dice {r['dice']:.3f}, {r['epochs']} epochs, {r['train_seconds']:.0f} s", flush=True)
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
@@ -163,7 +235,8 @@ def build_book(site: Path, warnings_as_errors: bool = True) -> Path:
 
 
 def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only: Sequence[str] | None = None,
-              site: str | os.PathLike | None = None) -> dict:
+              site: str | os.PathLike | None = None, workers: int | None = None,
+              scheduler: str | None = None) -> dict:
     """Run the whole pipeline for a profile; return the seconds each step took.
 
     The executed pages and the HTML go to ``site`` (default: the project itself, so
@@ -177,15 +250,21 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
     t0 = time.perf_counter()
     ensure_phantoms(profile, seed, root)
     times["phantoms"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    from .preprocess import prepare_dataset
+
+    prepare_dataset(default_data_dir(profile.name, root), profile.grid,
+                    root / "data" / "cache" / f"{profile.name}-{profile.grid}", progress=True)
+    times["prepare"] = time.perf_counter() - t
+    if not only:
+        t = time.perf_counter()
+        train_all(profile, seed, root, workers=workers, scheduler=scheduler)
+        times["training (all stages)"] = time.perf_counter() - t
     env = {"INNEREAR_HOME": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
     failures = []
     for run in notebook_runs(profile, seed):
         if only and not any(run.notebook.startswith(o) for o in only):
             continue
-        if run.notebook == NOTEBOOKS["04"]:
-            t = time.perf_counter()
-            train_order_ablation(profile, seed, root)
-            times["order ablation"] = time.perf_counter() - t
         print(f"[papermill] {run.notebook} {run.parameters} -> book/executed/{run.output}", flush=True)
         try:
             times[run.output] = execute_notebook(run, root, site_dir, env)

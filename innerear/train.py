@@ -34,6 +34,19 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def set_threads(n: int) -> None:
+    """Limit the backend's CPU threads (call before the first model is built)."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+            tf.config.threading.set_inter_op_parallelism_threads(n)
+        except RuntimeError:  # the runtime is already initialised in this process
+            pass
+
+
 # --------------------------------------------------------------------------- losses
 @keras.saving.register_keras_serializable(package="innerear")
 def dice_loss(y_true, y_pred, smooth: float = 1.0):
@@ -60,13 +73,13 @@ def make_loss(name: str):
 
 
 # --------------------------------------------------------------------------- data
-class SliceDataset(keras.utils.PyDataset):
-    """Batches of 2D slices (h, w, channels) and their labels, cut from 3D volumes on the fly.
+class SliceDataset:
+    """The 2D training slices (h, w, channels) of 3D volumes, and their labels.
 
     ``inputs`` are (x, y, z, channels) float32 arrays, ``labels`` (x, y, z) binary arrays.
-    Every batch holds ``batch_size`` slices (the last one wraps around to the epoch's first).
-    The slice order is reshuffled every epoch from ``seed`` and the epoch number, so a
-    resumed run sees the same batches as an uninterrupted one.
+    :meth:`arrays` stacks every slice along ``orientation`` into two arrays for
+    ``model.fit``, padded (by repeating the first slices) to a whole number of batches so
+    that every batch has the same shape and the training step is compiled only once.
     """
 
     def __init__(
@@ -78,45 +91,35 @@ class SliceDataset(keras.utils.PyDataset):
         shuffle: bool = True,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         if len(inputs) != len(labels) or not inputs:
             raise ValueError("need the same, non-zero number of input volumes and labels")
         self.inputs = [to_slices(np.asarray(v, np.float32), orientation) for v in inputs]
-        self.labels = [to_slices(np.asarray(v, np.float32), orientation) for v in labels]
-        self.index = np.array([(v, s) for v, vol in enumerate(self.inputs) for s in range(vol.shape[0])])
+        self.labels = [to_slices(np.asarray(v, np.uint8), orientation) for v in labels]
+        for x, y in zip(self.inputs, self.labels):
+            if x.shape[:3] != y.shape:
+                raise ValueError(f"input slices {x.shape[:3]} and label slices {y.shape} differ")
+        self.orientation = orientation
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.epoch = 0
-        self._order = self._make_order()
 
-    def _make_order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.index))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.index))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._order = self._make_order()
+    @property
+    def n_slices(self) -> int:
+        return sum(x.shape[0] for x in self.inputs)
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.index) / self.batch_size))
+        """Number of batches per epoch."""
+        return int(np.ceil(self.n_slices / self.batch_size))
 
-    def __getitem__(self, i: int):
-        # the last batch is filled up from the start of the epoch's order, so every batch has
-        # the same shape and the training step is traced (compiled) only once
-        pos = np.arange(i * self.batch_size, (i + 1) * self.batch_size)
-        if len(self.index) >= self.batch_size:
-            pos %= len(self.index)
-        else:
-            pos = pos[pos < len(self.index)]
-        rows = self.index[self._order[pos]]
-        x = np.stack([self.inputs[v][s] for v, s in rows])
-        y = np.stack([self.labels[v][s] for v, s in rows])[..., None]
-        return x, y
-
-    def on_epoch_end(self) -> None:
-        self.set_epoch(self.epoch + 1)
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All slices as ``(x, y)`` arrays, padded to a whole number of batches."""
+        x = np.concatenate(self.inputs, axis=0)
+        y = np.concatenate(self.labels, axis=0)[..., None].astype(np.float32)
+        pad = len(self) * self.batch_size - len(x)
+        if pad and len(x) >= pad:
+            x = np.concatenate([x, x[:pad]])
+            y = np.concatenate([y, y[:pad]])
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -159,14 +162,13 @@ class RunKeeper(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: Path, monitor: str, patience: int, state: dict, history: list[dict],
-                 dataset: SliceDataset | None, max_epochs: int, verbose: bool, checkpoint_seconds: float) -> None:
+                 max_epochs: int, verbose: bool, checkpoint_seconds: float) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.monitor = monitor
         self.patience = patience
         self.state = state
         self.history = history
-        self.dataset = dataset
         self.max_epochs = max_epochs
         self.verbose = verbose
         self.checkpoint_seconds = checkpoint_seconds
@@ -176,8 +178,6 @@ class RunKeeper(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._t0 = time.perf_counter()
-        if self.dataset is not None:
-            self.dataset.set_epoch(epoch)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = dict(logs or {})
@@ -280,11 +280,12 @@ def fit(
         state = {"epoch": -1, "best": float("inf"), "best_epoch": -1, "wait": 0, "monitor": monitor,
                  "seconds": 0.0}
         history, initial_epoch = [], 0
-    keeper = RunKeeper(run_dir, monitor, patience, state, history, train_data, max_epochs, verbose,
-                       checkpoint_seconds)
+    keeper = RunKeeper(run_dir, monitor, patience, state, history, max_epochs, verbose, checkpoint_seconds)
     if state["wait"] < patience and initial_epoch < max_epochs:
-        model.fit(train_data, validation_data=val_data, epochs=max_epochs, initial_epoch=initial_epoch,
-                  callbacks=[keeper], verbose=0)
+        x, y = train_data.arrays()
+        validation = val_data.arrays() if val_data is not None else None
+        model.fit(x, y, batch_size=train_data.batch_size, shuffle=train_data.shuffle, validation_data=validation,
+                  epochs=max_epochs, initial_epoch=initial_epoch, callbacks=[keeper], verbose=0)
     if keeper.best_weights is not None:
         model.set_weights(keeper.best_weights)
         _save_model_atomic(model, run_dir / "best.keras")

@@ -63,16 +63,17 @@ def test_same_seed_gives_identical_losses(tmp_path):
     assert losses[0] == losses[1]
 
 
-def test_slice_dataset_batches():
+def test_slice_dataset_arrays():
     imgs, labs = _data(2, (8, 10, 12))
     ds = SliceDataset([np.stack([i, i], -1) for i in imgs], labs, "sagittal", batch_size=5, seed=0)
     assert len(ds) == int(np.ceil(16 / 5))
-    x, y = ds[0]
-    assert x.shape == (5, 10, 12, 2) and y.shape == (5, 10, 12, 1)
-    assert ds[len(ds) - 1][0].shape == (5, 10, 12, 2)  # the last batch is filled up too
-    order0 = ds._order.copy()
-    ds.on_epoch_end()
-    assert not np.array_equal(order0, ds._order)
+    x, y = ds.arrays()
+    assert x.shape == (20, 10, 12, 2) and y.shape == (20, 10, 12, 1)  # padded to whole batches
+    np.testing.assert_array_equal(x[3, ..., 0], imgs[0][3])
+    np.testing.assert_array_equal(y[9, ..., 0], labs[1][1])
+    np.testing.assert_array_equal(x[16:], x[:4])  # padding repeats the first slices
+    with pytest.raises(ValueError):
+        SliceDataset([imgs[0][..., None]], [labs[0][:4]], "axial")
 
 
 def test_prediction_reassembles_in_the_right_orientation():
@@ -134,8 +135,8 @@ def _prepared_cases(n=4, shape=(16, 16, 16)):
     return cases
 
 
-@pytest.mark.parametrize("order", [("coronal", "sagittal", "axial"), ("axial", "coronal", "sagittal")])
-def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch, order):
+def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch):
+    order = ("axial", "coronal", "sagittal")
     """Stage k receives exactly image + k-1 masks, sliced along its own view."""
     seen = []
     real_ds = cs.SliceDataset
@@ -163,6 +164,32 @@ def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch, order):
     assert casc.order == tuple(order)
     mask, prob = cs.segment(cases[0].image, casc)
     assert mask.shape == prob.shape == cases[0].image.shape
+
+
+@pytest.mark.parametrize("order", __import__("innerear.pipeline", fromlist=["ALL_ORDERS"]).ALL_ORDERS)
+def test_six_orders_give_correctly_oriented_outputs(order):
+    """Hand-built stages that pass the image channel through: every order must return the
+    thresholded image itself on a non-cubic volume (a wrong slicing or reassembly could not)."""
+    import keras
+
+    def passthrough(channels):
+        inp = keras.Input((None, None, channels))
+        w = np.zeros((1, 1, channels, 1), np.float32)
+        w[0, 0, 0, 0] = 10.0
+        conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+        out = conv(inp)
+        conv.set_weights([w, np.zeros(1, np.float32)])
+        return keras.Model(inp, out)
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(9, 11, 13)).astype(np.float32)
+    vol[2:7, 3:9, 1:12] = 3.0  # one big bright block: the largest component
+    models = cs.Cascade([(v, passthrough(k + 1)) for k, v in enumerate(order)], pp.Normalizer(0.0, 1.0), 0)
+    mask, prob, stages = cs.segment(vol, models, return_stages=True)
+    expected = cs.largest_component(vol > 0)
+    assert mask.shape == vol.shape
+    for _, m in stages:
+        np.testing.assert_array_equal(m, expected)
 
 
 def test_prefix_tree_reuses_shared_stages(tmp_path):
