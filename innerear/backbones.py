@@ -89,29 +89,29 @@ def _check_args(channels: Any, size: Any, base_filters: Any, depth: Any, dropout
 # --------------------------------------------------------------------------- blocks
 
 
-def _conv_bn_relu(x, filters: int, name: str):
+def _conv_bn_relu(x, filters: int, name: str, momentum: float = 0.99):
     """Conv3x3 (same padding, with bias) - BatchNorm - ReLU."""
     x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=_CONV_INIT, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _plain_block(x, filters: int, name: str):
-    x = _conv_bn_relu(x, filters, f"{name}_a")
-    return _conv_bn_relu(x, filters, f"{name}_b")
+def _plain_block(x, filters: int, name: str, momentum: float = 0.99):
+    x = _conv_bn_relu(x, filters, f"{name}_a", momentum)
+    return _conv_bn_relu(x, filters, f"{name}_b", momentum)
 
 
-def _residual_block(x, filters: int, name: str):
+def _residual_block(x, filters: int, name: str, momentum: float = 0.99):
     """Authors' residual block: CBR(x) + Conv1x1(x), then CBR."""
-    y = _conv_bn_relu(x, filters, f"{name}_a")
+    y = _conv_bn_relu(x, filters, f"{name}_a", momentum)
     shortcut = layers.Conv2D(filters, 1, padding="same", name=f"{name}_shortcut")(x)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return _conv_bn_relu(y, filters, f"{name}_b")
+    return _conv_bn_relu(y, filters, f"{name}_b", momentum)
 
 
-def _authors_se_block(x, filters: int, name: str, ratio: int):
+def _authors_se_block(x, filters: int, name: str, ratio: int, momentum: float = 0.99):
     """Authors' SE block: CBR, scalar gate (global max pool) times a 1-channel 1x1 conv, CBR."""
-    y = _conv_bn_relu(x, filters, f"{name}_a")
+    y = _conv_bn_relu(x, filters, f"{name}_a", momentum)
     gate = layers.GlobalMaxPooling2D(name=f"{name}_se_pool")(y)
     gate = layers.Dense(
         max(1, filters // ratio), activation="relu", kernel_initializer="he_normal", name=f"{name}_se_fc1"
@@ -120,12 +120,12 @@ def _authors_se_block(x, filters: int, name: str, ratio: int):
     gate = layers.Reshape((1, 1, 1), name=f"{name}_se_reshape")(gate)
     reduced = layers.Conv2D(1, 1, padding="same", name=f"{name}_se_reduce")(y)
     y = layers.Multiply(name=f"{name}_se_scale")([reduced, gate])
-    return _conv_bn_relu(y, filters, f"{name}_b")
+    return _conv_bn_relu(y, filters, f"{name}_b", momentum)
 
 
-def _standard_se_block(x, filters: int, name: str, ratio: int):
+def _standard_se_block(x, filters: int, name: str, ratio: int, momentum: float = 0.99):
     """Plain block followed by Hu et al.'s squeeze-and-excitation (channel-wise gates)."""
-    y = _plain_block(x, filters, name)
+    y = _plain_block(x, filters, name, momentum)
     gate = layers.GlobalAveragePooling2D(name=f"{name}_se_pool")(y)
     gate = layers.Dense(max(1, filters // ratio), activation="relu", name=f"{name}_se_fc1")(gate)
     gate = layers.Dense(filters, activation="sigmoid", name=f"{name}_se_fc2")(gate)
@@ -146,6 +146,7 @@ def _encoder_decoder(
     dropout: float,
     name: str,
     bottleneck_block: Callable | None = None,
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     _check_args(channels, size, base_filters, depth, dropout)
     bottleneck_block = bottleneck_block or block
@@ -154,18 +155,18 @@ def _encoder_decoder(
     x = inputs
     skips = []
     for level in range(depth):
-        x = block(x, base_filters * 2**level, f"enc{level}")
+        x = block(x, base_filters * 2**level, f"enc{level}", bn_momentum)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
 
-    x = bottleneck_block(x, base_filters * 2**depth, "bottleneck")
+    x = bottleneck_block(x, base_filters * 2**depth, "bottleneck", bn_momentum)
     x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
 
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
-        x = block(x, filters, f"dec{level}")
+        x = block(x, filters, f"dec{level}", bn_momentum)
 
     outputs = layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=_CONV_INIT, name="mask")(x)
     return keras.Model(inputs, outputs, name=name)
@@ -181,12 +182,13 @@ def unet(
     depth: int = 3,
     dropout: float = 0.2,
     name: str | None = None,
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """U-Net with Conv-BN-ReLU blocks; at the defaults it is the authors' network
     (1,930,657 parameters with one input channel)."""
     return _encoder_decoder(
         _plain_block, channels=channels, size=size, base_filters=base_filters, depth=depth,
-        dropout=dropout, name=name or "unet",
+        dropout=dropout, name=name or "unet", bn_momentum=bn_momentum,
     )
 
 
@@ -198,13 +200,14 @@ def res_unet(
     dropout: float = 0.2,
     name: str | None = None,
     plain_bottleneck: bool = False,
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """U-Net with the authors' residual block at every level (and the bottleneck unless
     ``plain_bottleneck``)."""
     return _encoder_decoder(
         _residual_block, channels=channels, size=size, base_filters=base_filters, depth=depth,
         dropout=dropout, name=name or "res_unet",
-        bottleneck_block=_plain_block if plain_bottleneck else None,
+        bottleneck_block=_plain_block if plain_bottleneck else None, bn_momentum=bn_momentum,
     )
 
 
@@ -218,6 +221,7 @@ def se_unet(
     ratio: int = 8,
     name: str | None = None,
     plain_bottleneck: bool = False,
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """U-Net with squeeze-and-excitation blocks: the authors' scalar-gate block
     (``se_mode="authors"``) or Hu et al.'s channel-wise SE (``se_mode="standard"``)."""
@@ -227,13 +231,13 @@ def se_unet(
         raise ValueError(f"ratio must be an integer >= 1, got {ratio!r}")
     se_block = _authors_se_block if se_mode == "authors" else _standard_se_block
 
-    def block(x, filters, block_name):
-        return se_block(x, filters, block_name, ratio)
+    def block(x, filters, block_name, momentum):
+        return se_block(x, filters, block_name, ratio, momentum)
 
     return _encoder_decoder(
         block, channels=channels, size=size, base_filters=base_filters, depth=depth,
         dropout=dropout, name=name or f"se_unet_{se_mode}",
-        bottleneck_block=_plain_block if plain_bottleneck else None,
+        bottleneck_block=_plain_block if plain_bottleneck else None, bn_momentum=bn_momentum,
     )
 
 

@@ -220,7 +220,7 @@ def train_cascade(
                                       seed=_stage_seed(seed, backbone, fold, order[: k + 1]))
             result = fit(
                 lambda: build(backbone, channels=1 + k, size=None, base_filters=profile.base_filters,
-                              depth=profile.depth, dropout=profile.dropout,
+                              depth=profile.depth, dropout=profile.dropout, bn_momentum=profile.bn_momentum,
                               **({"se_mode": profile.se_mode} if backbone == "se_unet" else {})),
                 train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
                 learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,

@@ -51,6 +51,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if os.environ.get("INNEREAR_THREADS"):
+        from .train import set_threads
+
+        set_threads(int(os.environ["INNEREAR_THREADS"]))
     from .cascade import train_cascade
     from .config import default_data_dir, project_root
     from .preprocess import make_folds, prepare_dataset

@@ -55,20 +55,25 @@ def orthogonal_views(image: np.ndarray, label: np.ndarray | None = None, spacing
     return fig
 
 
-def lookalike_mask(image: np.ndarray, label: np.ndarray, margin: float = 0.35) -> np.ndarray:
-    """Dark voxels outside the label that are as dark as the lumen: air cells, vessels, canals.
+def lookalike_mask(image: np.ndarray, label: np.ndarray, level: float = 0.15, min_voxels: int = 4) -> np.ndarray:
+    """Dark structures outside the label that are as dark as the lumen: air cells, vessels, canals.
 
-    A voxel is a look-alike when its intensity is below the midpoint between the lumen's
-    median and the surrounding bone's median (shifted by ``margin`` towards the lumen) and it
-    is not within one voxel of the label.
+    A voxel is a look-alike when the lightly smoothed image is below ``lumen + level ×
+    (bone − lumen)``, where ``lumen`` is the 10th percentile of the label's voxels (the
+    lumen's dark core; thin canals are blurred) and ``bone`` the median of a shell around it,
+    it lies at least two voxels from the label, and its 3D component has ``min_voxels``.
     """
     label = np.asarray(label) != 0
-    near = ndimage.binary_dilation(label, iterations=3) & ~label
-    lumen = np.median(image[label])
-    bone = np.median(image[near]) if near.any() else np.median(image)
-    threshold = lumen + (bone - lumen) * (0.5 - margin / 2)
-    dark = image < threshold
-    return dark & ~ndimage.binary_dilation(label, iterations=1)
+    smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), 1.0)
+    shell = ndimage.binary_dilation(label, iterations=3) & ~ndimage.binary_dilation(label, iterations=1)
+    lumen = np.percentile(smooth[label], 10)
+    bone = np.median(smooth[shell]) if shell.any() else np.median(smooth)
+    dark = (smooth < lumen + level * (bone - lumen)) & ~ndimage.binary_dilation(label, iterations=2)
+    comp, n = ndimage.label(dark)
+    if n:
+        sizes = np.bincount(comp.ravel())
+        dark &= sizes[comp] >= min_voxels
+    return dark
 
 
 def lookalike_panel(image: np.ndarray, label: np.ndarray, spacing: Sequence[float], n: int = 3,
