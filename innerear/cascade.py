@@ -198,7 +198,13 @@ def train_cascade(
     root = fold_dir(runs_root, profile, backbone, fold)
     root.mkdir(parents=True, exist_ok=True)
     normalizer = fit_normalizer(by_id[c].image for c in train_ids)
-    write_json(root / "fold.json", {"train": train_ids, "test": test_ids, "normalizer": normalizer.to_dict(),
+    fold_file = root / "fold.json"
+    if fold_file.exists():
+        old = json.loads(fold_file.read_text())
+        if old.get("train") != train_ids or old.get("test") != test_ids:
+            raise RuntimeError(f"{root}: trained on other specimens than this data set's fold {fold} "
+                               f"(fold.json differs); remove the folder or use another runs folder")
+    write_json(fold_file, {"train": train_ids, "test": test_ids, "normalizer": normalizer.to_dict(),
                                     "profile": profile.to_dict(), "backbone": backbone, "fold": fold})
     images = {c: normalizer(by_id[c].image) for c in ids}
     masks: dict[str, list[np.ndarray]] = {c: [] for c in ids}

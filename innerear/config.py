@@ -66,7 +66,7 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         name="demo", grid=48, base_filters=8, depth=3, batch_size=20, max_epochs=6,
         patience=2, learning_rate=1e-3, bn_momentum=0.9,
-        phantoms=PhantomSettings(n_specimens=17, binning=8),
+        phantoms=PhantomSettings(n_specimens=12, binning=8),
     ),
     "paper": Profile(
         name="paper", grid=256, base_filters=32, depth=3, batch_size=20, max_epochs=200,

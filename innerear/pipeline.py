@@ -124,12 +124,34 @@ def stage_nodes(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> list[tuple[
     return sorted(nodes, key=lambda n: (len(n[2]), n[0], n[1], n[2]))
 
 
-def _train_node(profile_name: str, seed: int, root: str, backbone: str, fold: int, views: tuple[str, ...],
-                threads: int | None, *parents) -> dict:
-    """Worker task: train one stage (its parents are complete) in a fresh Python process.
+def job_dependencies(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> dict[tuple, tuple | None]:
+    """For each run, the earlier run that trains the longest prefix it shares (or None).
 
-    A separate process per stage keeps each training's memory and threads to itself and
-    runs at full speed (TensorFlow inside a Dask worker thread ran 2-3x slower here).
+    A run then trains only the stages beyond that prefix, after the earlier run finished,
+    so no stage is trained twice and no two workers write the same folder.
+    """
+    owner: dict[tuple, tuple] = {}
+    deps: dict[tuple, tuple | None] = {}
+    for job in jobs:
+        backbone, fold, views = job
+        dep = None
+        for k in range(len(views), 0, -1):
+            node = (backbone, fold, views[:k])
+            if node in owner:
+                dep = owner[node]
+                break
+        deps[job] = dep
+        for k in range(1, len(views) + 1):
+            owner.setdefault((backbone, fold, views[:k]), job)
+    return deps
+
+
+def _train_job(profile_name: str, seed: int, root: str, backbone: str, fold: int, views: tuple[str, ...],
+               threads: int | None, *parents) -> dict:
+    """Worker task: train one run's missing stages in a fresh Python process.
+
+    A separate process per run keeps each training's memory and threads to itself and runs
+    at full speed (TensorFlow inside a Dask worker thread ran 2-3x slower here).
     """
     env = dict(os.environ, INNEREAR_HOME=root, TF_CPP_MIN_LOG_LEVEL="3")
     if threads:
@@ -143,28 +165,42 @@ def _train_node(profile_name: str, seed: int, root: str, backbone: str, fold: in
         raise RuntimeError(f"training {backbone} fold {fold} {'/'.join(views)} failed:\n{tail}")
     import json
 
-    st = json.loads((folder / "stage.json").read_text())
-    return {"backbone": backbone, "fold": fold, "views": "/".join(views), "dice": st["mean_test_dice"],
-            "epochs": st["epochs"], "train_seconds": st["train_seconds"]}
+    stages = []
+    for k in range(len(views)):
+        st = json.loads(Path(root, "runs", profile_name, backbone, f"fold{fold}", *views[: k + 1], "stage.json").read_text())
+        stages.append(st)
+    return {"backbone": backbone, "fold": fold, "views": "/".join(views),
+            "dice": [round(st["mean_test_dice"], 3) for st in stages],
+            "epochs": [st["epochs"] for st in stages], "train_seconds": sum(st["train_seconds"] for st in stages)}
 
 
 def train_all(profile: Profile, seed: int, root: Path, workers: int | None = None,
               scheduler: str | None = None, verbose: bool = True) -> list[dict]:
-    """Train every stage the book needs, in parallel on a Dask cluster.
+    """Train every run the book needs, in parallel on a Dask cluster.
 
-    Each stage is one task that depends on its parent stage's task, so shared stages are
-    trained once and no two workers ever write the same folder. Without ``scheduler`` a
-    local cluster of ``workers`` single-threaded processes is started (default: one per
-    CPU core); with a scheduler address (``tcp://host:8786``) the tasks go to that cluster,
-    whose workers must see the same project folder.
+    Each run (a baseline or a cascade) is one task; a run that shares its first stages with
+    an earlier run waits for it and trains only its own later stages, so shared stages are
+    trained once and no two workers write the same folder. Without ``scheduler`` a local
+    cluster of ``workers`` single-threaded processes is started (default: one per CPU core);
+    with a scheduler address (``tcp://host:8786``) the tasks go to that cluster, whose
+    workers must see the same project folder.
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
-    nodes = [n for n in stage_nodes(training_jobs(profile))
-             if not (root / "runs" / profile.name / n[0] / f"fold{n[1]}").joinpath(*n[2], "stage.json").exists()]
-    if not nodes:
+    runs_dir = root / "runs" / profile.name
+    jobs = [j for j in training_jobs(profile)
+            if not (runs_dir / j[0] / f"fold{j[1]}").joinpath(*j[2], "stage.json").exists()]
+    if not jobs:
         return []
-    n_workers = workers or max(1, min(os.cpu_count() or 1, len(nodes)))
+    deps = job_dependencies(jobs)
+    # a run whose every stage is trained by an earlier run needs no task of its own
+    owners = {}
+    for job in jobs:
+        owners.setdefault((job[0], job[1], job[2]), job)
+        for k in range(1, len(job[2])):
+            owners.setdefault((job[0], job[1], job[2][:k]), job)
+    jobs = [j for j in jobs if owners[j] == j]
+    n_workers = workers or max(1, min(os.cpu_count() or 1, len(jobs)))
     cluster = None
     if scheduler:
         client = Client(scheduler)
@@ -176,20 +212,20 @@ def train_all(profile: Profile, seed: int, root: Path, workers: int | None = Non
         threads = max(1, (os.cpu_count() or 1) // n_workers)
     futures = {}
     try:
-        for node in nodes:
-            backbone, fold, views = node
-            parent = (backbone, fold, views[:-1])
-            deps = [futures[parent]] if parent in futures else []
+        for job in jobs:
+            backbone, fold, views = job
+            parents = [futures[deps[job]]] if deps[job] is not None else []
             key = f"train-{profile.name}-{backbone}-fold{fold}-{'-'.join(views)}"
-            futures[node] = client.submit(_train_node, profile.name, seed, str(root), backbone, fold, views, threads,
-                                          *deps, key=key, pure=False)
+            futures[job] = client.submit(_train_job, profile.name, seed, str(root), backbone, fold, views, threads,
+                                         *parents, key=key, pure=False)
         results = []
         for fut in as_completed(list(futures.values())):
             r = fut.result()
             results.append(r)
             if verbose:
                 print(f"[train {len(results)}/{len(futures)}] {r['backbone']} fold {r['fold']} {r['views']}: "
-                      f"held-out Dice {r['dice']:.3f}, {r['epochs']} epochs, {r['train_seconds']:.0f} s", flush=True)
+                      f"held-out Dice per stage {r['dice']}, epochs {r['epochs']}, {r['train_seconds']:.0f} s",
+                      flush=True)
         return results
     finally:
         client.close()
@@ -205,7 +241,25 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
     if data_dir.name == "hear-eu":
         return data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
+    try:
+        write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
+    except FileExistsError:
+        # the profile's own phantom folder holds another set (other settings, seed or
+        # generator version): replace it, saying so, and drop what was prepared from it
+        import json
+        import shutil
+
+        manifest = data_dir / "manifest.json"
+        if not (manifest.exists() and json.loads(manifest.read_text()).get("synthetic")):
+            raise
+        print(f"[phantoms] {data_dir} holds a different phantom set; regenerating it", flush=True)
+        shutil.rmtree(data_dir)
+        shutil.rmtree(root / "data" / "cache" / f"{profile.name}-{profile.grid}", ignore_errors=True)
+        if (root / "runs" / profile.name).exists():
+            print(f"[phantoms] removing runs/{profile.name}: trained on the previous phantom set", flush=True)
+            shutil.rmtree(root / "runs" / profile.name)
+        data_dir.mkdir(parents=True)
+        write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
     return data_dir
 
 

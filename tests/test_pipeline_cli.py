@@ -1,0 +1,85 @@
+"""Pipeline plan, CLI exit codes and messages, viz helpers."""
+import numpy as np
+import pytest
+
+from innerear import cli, pipeline, viz
+from innerear.config import PAPER_ORDER, get_profile
+
+
+def test_training_jobs_cover_table1_and_share_prefixes():
+    jobs = pipeline.training_jobs(get_profile("demo"))
+    for backbone in ("unet", "res_unet", "se_unet"):
+        for fold in range(4):
+            assert (backbone, fold, ("axial",)) in jobs
+            assert (backbone, fold, tuple(PAPER_ORDER)) in jobs
+    nodes = pipeline.stage_nodes(jobs)
+    assert len(nodes) == len(set(nodes))
+    seen = set()
+    for b, f, views in nodes:  # parents come before children
+        if len(views) > 1:
+            assert (b, f, views[:-1]) in seen
+        seen.add((b, f, views))
+    # six orders on fold 0: 3 + 6 + 6 stages, of which the paper cascade and baselines are shared
+    fold0_unet = [n for n in nodes if n[0] == "unet" and n[1] == 0]
+    assert len(fold0_unet) == 15
+    deps = pipeline.job_dependencies(jobs)
+    assert deps[("unet", 0, ("coronal", "axial", "sagittal"))] == ("unet", 0, tuple(PAPER_ORDER))
+    assert deps[("unet", 0, tuple(PAPER_ORDER))] is None
+    assert deps[("unet", 0, ("sagittal", "axial", "coronal"))] in {("unet", 0, ("sagittal",)),
+                                                                   ("unet", 0, ("sagittal", "coronal", "axial"))}
+
+
+def test_notebook_runs_have_a_page_per_fold_and_backbone():
+    runs = pipeline.notebook_runs(get_profile("demo"))
+    pages = [r.output for r in runs]
+    assert len(pages) == len(set(pages))
+    assert sum(p.startswith("03_cascade/") for p in pages) == 12
+    assert sum(p.startswith("02_backbones/") for p in pages) == 12
+    unet02 = [r for r in runs if r.notebook == "02_backbones" and r.parameters["backbone"] == "unet"]
+    assert all(r.parameters["orientation"].startswith("axial") for r in unet02)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    code = cli.main(["prepare", "--profile", "smoke", "--data", str(tmp_path / "missing")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("innerear: error:") and "missing" in err[0]
+
+
+def test_cli_phantoms_writes_a_set(tmp_path, capsys):
+    out = tmp_path / "ph"
+    assert cli.main(["phantoms", "--profile", "smoke", "--seed", "3", "--n", "2", "--out", str(out), "--quiet"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "manifest.json" in names and "phantom_000_image.nii.gz" in names and "phantom_001_label.nii.gz" in names
+
+
+def test_stl_round_trip(tmp_path):
+    mask = np.zeros((12, 12, 12), np.uint8)
+    mask[3:9, 3:9, 3:9] = 1
+    verts, faces = viz.surface_mesh(mask, (0.5, 0.5, 1.0))
+    assert len(faces) > 0
+    extent = verts.max(0) - verts.min(0)
+    np.testing.assert_allclose(extent, [3.0, 3.0, 6.0], atol=1.0)  # about 6 voxels in mm
+    viz.write_stl(tmp_path / "cube.stl", verts, faces)
+    tri, normals = viz.read_stl(tmp_path / "cube.stl")
+    assert tri.shape == (len(faces), 3, 3)
+    np.testing.assert_allclose(tri, verts[faces], atol=1e-5)
+
+
+def test_offline_plotly_html_embeds_the_library():
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:6, 2:6, 2:6] = 1
+    fig = viz.plotly_surfaces({"cube": viz.surface_mesh(mask, (1, 1, 1))})
+    html = viz.offline_html(fig)
+    import re
+
+    assert not re.search(r"<script[^>]*src=[\"']https?://", html)  # nothing loaded from a CDN
+    assert len(html) > 1_000_000  # plotly.js itself is inside
+
+
+def test_lookalike_mask_finds_dark_blob_not_label():
+    from conftest import make_tube_volume
+
+    img, lab = make_tube_volume((40, 36, 32))
+    look = viz.lookalike_mask(img, lab)
+    assert look[6, 6, 16] and not (look & (lab > 0)).any()
