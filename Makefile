@@ -12,7 +12,7 @@ SEED   ?= 0
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONHASHSEED := 0
 
-.PHONY: setup reproduce test test-fast book bench clean-runs clean
+.PHONY: setup reproduce test test-fast book bench chromium clean-runs clean
 
 setup: $(STAMP)
 
@@ -29,9 +29,15 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 	INNEREAR_PROFILE=smoke $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider notebooks/01_data_preparation.ipynb
 	$(BIN)/innerear reproduce --profile smoke --seed $(SEED) --site _build/test-site
+	$(MAKE) --no-print-directory chromium
+	INNEREAR_SITE=_build/test-site $(BIN)/python -m pytest -q -p no:cacheprovider tests_book
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests
+
+# Debian's Chromium for the offline rendering test of the built book (root, as in CI)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 book: setup
 	$(BIN)/python -m jupyter_book build . -W -n --keep-going

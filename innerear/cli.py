@@ -82,9 +82,69 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads_from_env() -> None:
+    if os.environ.get("INNEREAR_THREADS"):
+        from .train import set_threads
+
+        set_threads(int(os.environ["INNEREAR_THREADS"]))
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .segment import segment_to_files
+
+    _threads_from_env()
+    rep = segment_to_files(args.scan, args.out, args.model, mesh=args.mesh, report=args.report,
+                           spacing=args.spacing, force=args.force, progress=not args.quiet)
+    ear = rep["inner_ear"]
+    for warning in rep["warnings"]:
+        print(f"innerear: warning: {args.scan}: {warning}", file=sys.stderr)
+    extra = "".join(f", {k} {v}" for k, v in (("mesh", args.mesh), ("report", args.report)) if v)
+    print(f"{args.out}: inner ear {ear['volume_mm3']:.2f} mm^3 ({ear['voxels']} voxels of "
+          f"{'x'.join(map(str, rep['input']['shape']))}, {ear['components']} component(s) before cleanup)"
+          f"{extra} in {rep['total_s']:.1f} s")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    _threads_from_env()
+    from .cascade import check_order, stage_dir, train_cascade
+    from .preprocess import make_folds, prepare_dataset
+
+    profile = get_profile(args.profile)
+    order = check_order(args.order.split(","))
+    data_dir, out = Path(args.data_dir), Path(args.out)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder not found")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out}: its parent folder {out.parent} does not exist")
+    cases = prepare_dataset(data_dir, profile.grid, out / "cache" / f"{profile.name}-{profile.grid}",
+                            progress=not args.quiet)
+    folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
+    todo = range(len(folds)) if args.all else [args.fold]
+    if not args.all and not 0 <= args.fold < len(folds):
+        raise ValueError(f"--fold must be in 0..{len(folds) - 1}, got {args.fold}")
+    for fold in todo:
+        summary = train_cascade(cases, folds, fold, args.backbone, order, profile, out, seed=args.seed,
+                                verbose=not args.quiet)
+        print(f"fold {fold}: held out {', '.join(folds[fold])}")
+        for st in summary["stages"]:
+            print(f"  stage {st['stage']} ({st['view']}): held-out Dice {st['mean_test_dice']:.3f}")
+        last = stage_dir(out, profile, args.backbone, fold, order)
+        print(f"  cascade: {last / 'cascade.json'}  (innerear segment SCAN -o MASK --model {last})")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other failure."""
+
+    def error(self, message: str):  # noqa: D102
+        sub = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"innerear: error: {sub}{message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``innerear`` command."""
-    parser = argparse.ArgumentParser(prog="innerear", description="AutoCasNet inner-ear segmentation, reproduced.")
+    parser = _Parser(prog="innerear", description="AutoCasNet inner-ear segmentation, reproduced.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("phantoms", help="write synthetic inner-ear micro-CT phantoms (NIfTI + manifest)")
@@ -115,6 +175,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=None, help="runs folder (default: runs/)")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("segment", help="segment the inner ear in your own scan (NIfTI, NRRD, MetaImage, DICOM, TIFF)",
+                       description="Segment the inner ear in one scan and write the mask on the scan's own grid. "
+                                   "Without --model the shipped model is used, which was trained on SYNTHETIC phantoms.")
+    p.add_argument("scan", help="a .nii/.nii.gz, .nrrd, .mha/.mhd or multipage .tif file, or a folder holding a "
+                                "DICOM series or 2D TIFF slices")
+    p.add_argument("-o", "--out", required=True, help="mask to write: .nii.gz, .nii, .nrrd or .mha")
+    p.add_argument("--model", default=None, help="model folder with cascade.json (default: the shipped phantom model)")
+    p.add_argument("--mesh", default=None, help="also write the mask's surface as STL (world mm)")
+    p.add_argument("--report", default=None, help="also write a JSON report (volume, bounding box, timings)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
+                   help="voxel size in mm along the array axes (TIFF: column, row, slice); required for TIFF "
+                        "stacks that do not record it, overrides the header otherwise")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("train", help="train a cascade on a folder of labelled scans (<id>_image / <id>_label)")
+    p.add_argument("data_dir", help="folder of <id>_image.<ext> and <id>_label.<ext> pairs")
+    p.add_argument("--out", required=True, help="folder for the run tree (and its cache)")
+    p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--fold", type=int, default=0, help="held-out fold to train (default 0)")
+    group.add_argument("--all", action="store_true", help="train every fold")
+    p.add_argument("--backbone", default="unet", choices=BACKBONES)
+    p.add_argument("--order", default=",".join(PAPER_ORDER), help="views, comma-separated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("reproduce", help="the whole pipeline for a profile, ending with the built book")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     p.add_argument("--seed", type=int, default=0)
@@ -131,7 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already reported in one line
+        return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError, OSError) as exc:

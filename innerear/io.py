@@ -152,6 +152,29 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, _space_to_ras(str(header.get("space", "left-posterior-superior"))) @ affine
 
 
+def _sitk():
+    """SimpleITK, imported on first use, with ITK's multi-line warnings on stderr turned off
+    (problems surface as one-line :class:`VolumeError` messages instead)."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return sitk
+
+
+@contextmanager
+def keep_locale() -> Iterator[None]:
+    """Restore the C locale after native code that changes it (ITK's GDCM writer sets
+    ``LC_CTYPE`` to ``C``, which would turn Python's default text encoding into ASCII)."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_ALL) != saved:
+            locale.setlocale(locale.LC_ALL, saved)
+
+
 def _sitk_problem(exc: Exception) -> str:
     """The useful part of a SimpleITK exception text (which spans lines and names C++ files)."""
     text = " ".join(str(exc).split())
@@ -162,7 +185,7 @@ def _sitk_problem(exc: Exception) -> str:
 
 def _sitk_to_array(path: Path, img) -> tuple[np.ndarray, np.ndarray]:
     """A SimpleITK image as an (x, y, z) array and its RAS affine."""
-    import SimpleITK as sitk
+    sitk = _sitk()
 
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel (expected a scalar volume)")
@@ -178,13 +201,14 @@ def _sitk_to_array(path: Path, img) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import SimpleITK as sitk
+    sitk = _sitk()
 
     try:
         reader = sitk.ImageFileReader()
         reader.SetImageIO("MetaImageIO")
         reader.SetFileName(str(path))
-        img = reader.Execute()
+        with keep_locale():
+            img = reader.Execute()
     except Exception as exc:
         raise VolumeError(path, f"cannot be read as MetaImage ({_sitk_problem(exc)})") from exc
     return _sitk_to_array(path, img)
@@ -192,23 +216,24 @@ def _read_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A DICOM series: a folder holding one series, or one of its files."""
-    import SimpleITK as sitk
+    sitk = _sitk()
 
     folder = path if path.is_dir() else path.parent
     try:
-        reader = sitk.ImageSeriesReader()
-        series = list(reader.GetGDCMSeriesIDs(str(folder)))
-        if not series:
-            raise VolumeError(path, "no readable DICOM series found")
-        if path.is_dir():
-            if len(series) > 1:
-                raise VolumeError(path, f"folder holds {len(series)} DICOM series; put each series in its own folder")
-            files = list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-        else:
-            files = next((f for f in (list(reader.GetGDCMSeriesFileNames(str(folder), s)) for s in series)
-                          if any(Path(x).resolve() == path.resolve() for x in f)), [str(path)])
-        reader.SetFileNames(files)
-        img = reader.Execute()
+        with keep_locale():
+            reader = sitk.ImageSeriesReader()
+            series = list(reader.GetGDCMSeriesIDs(str(folder)))
+            if not series:
+                raise VolumeError(path, "no readable DICOM series found")
+            if path.is_dir():
+                if len(series) > 1:
+                    raise VolumeError(path, f"folder holds {len(series)} DICOM series; put each series in its own folder")
+                files = list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+            else:
+                files = next((f for f in (list(reader.GetGDCMSeriesFileNames(str(folder), s)) for s in series)
+                              if any(Path(x).resolve() == path.resolve() for x in f)), [str(path)])
+            reader.SetFileNames(files)
+            img = reader.Execute()
     except VolumeError:
         raise
     except Exception as exc:
@@ -435,7 +460,7 @@ def write_volume_to(tmp: str | os.PathLike, array: np.ndarray, affine: np.ndarra
         }
         nrrd.write(str(tmp), array, header, index_order="F")
     else:
-        import SimpleITK as sitk
+        sitk = _sitk()
 
         lps = _LPS @ affine
         spacing = np.linalg.norm(lps[:3, :3], axis=0)
@@ -447,7 +472,8 @@ def write_volume_to(tmp: str | os.PathLike, array: np.ndarray, affine: np.ndarra
         writer.SetImageIO("MetaImageIO")
         writer.SetFileName(str(tmp))
         writer.SetUseCompression(True)
-        writer.Execute(img)
+        with keep_locale():
+            writer.Execute(img)
 
 
 def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, *, overwrite: bool = True) -> Path:

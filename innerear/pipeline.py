@@ -53,7 +53,7 @@ class Plan:
 
 
 PLANS = {
-    "smoke": Plan(folds=(0,), backbones=BACKBONES, orientation_folds=(0,), order_folds=()),
+    "smoke": Plan(folds=(0,), backbones=("unet",), orientation_folds=(), order_folds=()),
     "demo": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0, 1, 2, 3), order_folds=(0,)),
     "paper": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0, 1, 2, 3), order_folds=(0, 1, 2, 3)),
 }
@@ -284,7 +284,7 @@ def prepare_site(root: Path, site: Path) -> Path:
 
 def build_book(site: Path, warnings_as_errors: bool = True) -> Path:
     """Build the Jupyter Book (HTML) in ``site``; return the index page."""
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(site), "--path-output", str(site)]
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(site), "--path-output", str(site)]
     if warnings_as_errors:
         cmd += ["-W", "-n", "--keep-going"]
     subprocess.run(cmd, check=True, cwd=site)

@@ -118,16 +118,29 @@ def _stage_summary(info: dict) -> dict:
     return {k: info[k] for k in keys if k in info}
 
 
-def load_model_dir(model_dir: str | os.PathLike | None = None):
-    """Load a trained cascade (default: the shipped phantom model) as a :class:`~innerear.cascade.Cascade`."""
+_LOADED: dict[tuple, object] = {}
+
+
+def load_model_dir(model_dir: str | os.PathLike | None = None, *, reuse: bool = True):
+    """Load a trained cascade (default: the shipped phantom model) as a :class:`~innerear.cascade.Cascade`.
+
+    With ``reuse`` a folder whose files are unchanged is loaded once per process.
+    """
     from .cascade import load_cascade
 
-    folder, _ = check_model_dir(model_dir)
+    folder, spec = check_model_dir(model_dir)
+    files = [folder / "cascade.json"] + [(folder / rel).resolve() / "best.keras" for rel in spec["stages"]]
+    key = (str(folder.resolve()), tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+    if reuse and key in _LOADED:
+        return _LOADED[key]
     try:
         cascade = load_cascade(folder)
     except Exception as exc:  # keras raises many types for a damaged .keras file
         raise SegmentError(folder, f"model cannot be loaded ({type(exc).__name__}: {exc})") from exc
     cascade.info = dict(cascade.info, folder=str(folder))
+    if reuse:
+        _LOADED.clear()  # keep one model in memory
+        _LOADED[key] = cascade
     return cascade
 
 
@@ -227,8 +240,15 @@ def segment_scan(
     path = Path(path)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    steps = ["read", "load model", "prepare", "cascade", "map back", "largest component", "measure"]
-    bar = tqdm(total=len(steps), desc="segment", unit="step", file=sys.stderr, disable=not progress)
+    # reading and checking the scan come first, before any progress bar: a bad file fails in one line
+    t = time.perf_counter()
+    image, spacing_mm, affine = read_volume(path, spacing=spacing)
+    lo, hi = float(np.min(image)), float(np.max(image))
+    if lo == hi:
+        raise VolumeError(path, f"image is constant (every voxel is {lo:g}); nothing to segment")
+    timings["read"] = round(time.perf_counter() - t, 3)
+    steps = ["load model", "prepare", "cascade", "map back", "largest component", "measure"]
+    bar = tqdm(total=len(steps), desc="segment", unit="step", file=sys.stderr, disable=not progress, leave=False)
 
     def step(name: str, t0: float) -> float:
         timings[name.replace(" ", "_")] = round(time.perf_counter() - t0, 3)
@@ -237,13 +257,6 @@ def segment_scan(
 
     try:
         t = time.perf_counter()
-        bar.set_description("read")
-        image, spacing_mm, affine = read_volume(path, spacing=spacing)
-        lo, hi = float(np.min(image)), float(np.max(image))
-        if lo == hi:
-            raise VolumeError(path, f"image is constant (every voxel is {lo:g}); nothing to segment")
-        t = step("read", t)
-
         bar.set_description("load model")
         if cascade is None:
             cascade = load_model_dir(model_dir)
@@ -449,6 +462,8 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
             **(card or {}),
         }
         (tmp / "model_card.json").write_text(json.dumps(model_card, indent=2, sort_keys=True, default=str) + "\n")
+        for path in [tmp, *tmp.rglob("*")]:  # temporary files are private; a model folder is not
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
