@@ -79,7 +79,7 @@ def notebook_runs(profile: Profile, seed: int = 0) -> list[NotebookRun]:
     return runs
 
 
-def execute_notebook(run: NotebookRun, root: Path, site: Path, env: dict[str, str] | None = None) -> float:
+def execute_notebook(run: NotebookRun, root: Path, site: Path) -> float:
     """Execute one notebook with papermill into ``book/executed/``; return the seconds taken.
 
     The executed copy is written to a temporary name and renamed on success, so a failed
@@ -92,15 +92,12 @@ def execute_notebook(run: NotebookRun, root: Path, site: Path, env: dict[str, st
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.running.ipynb")
     t0 = time.perf_counter()
-    old = dict(os.environ)
-    os.environ.update(env or {})
     try:
         pm.execute_notebook(str(src), str(tmp), parameters=run.parameters, cwd=str(root / "notebooks"),
                             progress_bar=False, kernel_name="python3")
         os.replace(tmp, dst)
     finally:
-        os.environ.clear()
-        os.environ.update(old)
+        tmp.unlink(missing_ok=True)
     return time.perf_counter() - t0
 
 
@@ -317,17 +314,25 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
         t = time.perf_counter()
         train_all(profile, seed, root, workers=workers, scheduler=scheduler)
         times["training (all stages)"] = time.perf_counter() - t
-    env = {"INNEREAR_HOME": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # the kernels inherit these; set once, before the notebooks run side by side
+    os.environ.update(INNEREAR_HOME=str(root), TF_CPP_MIN_LOG_LEVEL="3")
+    runs = [r for r in notebook_runs(profile, seed) if not only or any(r.notebook.startswith(o) for o in only)]
     failures = []
-    for run in notebook_runs(profile, seed):
-        if only and not any(run.notebook.startswith(o) for o in only):
-            continue
+
+    def one(run: NotebookRun) -> None:
         print(f"[papermill] {run.notebook} {run.parameters} -> book/executed/{run.output}", flush=True)
         try:
-            times[run.output] = execute_notebook(run, root, site_dir, env)
+            times[run.output] = execute_notebook(run, root, site_dir)
         except Exception as exc:  # keep going: other runs' results stay valid
-            failures.append(f"{run.output}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            failures.append(f"{run.output}: {type(exc).__name__}")
             print(f"[papermill] FAILED {run.output}: {exc}", file=sys.stderr, flush=True)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, runs))
+    times["notebooks (all)"] = time.perf_counter() - t
     if failures:
         raise RuntimeError("notebook runs failed:\n" + "\n".join(failures))
     if book:
