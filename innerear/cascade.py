@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from scipy import ndimage
 
-from .config import PAPER_ORDER, Profile
+from .config import Profile
 from .io import save_npz, write_json
 from .preprocess import (
     Normalizer,
@@ -263,8 +263,3 @@ def train_cascade(
         "backbone": backbone, "fold": fold, "profile": profile.name,
     })
     return summary
-
-
-def paper_order() -> tuple[str, ...]:
-    """The paper's stage order: coronal → sagittal → axial."""
-    return PAPER_ORDER
