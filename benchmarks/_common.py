@@ -153,8 +153,11 @@ def paper_unets(seed: int = 0, bn_momentum: float = 0.9):
     return [unet(channels=k, bn_momentum=bn_momentum, name=f"stage{k}") for k in (1, 2, 3)]
 
 
-def weights_path(grid: int = 256) -> Path:
-    return CACHE / f"bench_unet_weights_v{WEIGHTS_VERSION}_g{grid}.npz"
+FIT_GRID = 256  # the weights are fitted at 256³; the networks are fully convolutional
+
+
+def weights_path() -> Path:
+    return CACHE / f"bench_unet_weights_v{WEIGHTS_VERSION}_g{FIT_GRID}.npz"
 
 
 def save_weights(path: Path, models, meta: dict) -> None:
@@ -236,18 +239,18 @@ def fit_bench_weights(grid: int = 256, verbose: bool = True, **overrides) -> tup
 
 
 def bench_weights(grid: int = 256, refit: bool = False, verbose: bool = True):
-    """``(models, meta)``: the cached quick-fit stages, fitted first if not cached."""
-    path = weights_path(grid)
+    """``(models, meta)``: the cached quick-fit stages (fitted at 256³ first if not cached);
+    ``meta["grid"]`` is set to ``grid``, the size they are applied at."""
+    path = weights_path()
     if path.exists() and not refit:
         models = paper_unets(FIT["seed"], FIT["bn_momentum"])
         meta = load_weights(path, models)
-        meta["cached"] = str(path)
-        return models, meta
-    if verbose:
-        print(f"fitting the benchmark weights (once; cached in {path}) ...", flush=True)
-    models, meta = fit_bench_weights(grid, verbose)
-    save_weights(path, models, meta)
-    meta["cached"] = str(path)
+    else:
+        if verbose:
+            print(f"fitting the benchmark weights (once; cached in {path}) ...", flush=True)
+        models, meta = fit_bench_weights(FIT_GRID, verbose)
+        save_weights(path, models, meta)
+    meta.update(cached=str(path), grid=grid)
     return models, meta
 
 

@@ -90,7 +90,8 @@ def _warm_up(casc, batch: int) -> None:
         predict_slices(model, x[:1], 1, compiled=False)
 
 
-def run_variants(image, label, casc, args) -> dict:
+def run_variants(image, label, casc, args) -> tuple[dict, np.ndarray]:
+    """Time the variants interleaved; returns the table and the full-size path's final mask."""
     from innerear.cascade import segment
     from innerear.fastinfer import segment_fast
 
@@ -138,7 +139,7 @@ def run_variants(image, label, casc, args) -> dict:
     for name in names:
         per_repeat = [f["seconds"] / x["seconds"] for f, x in zip(runs["full"], runs[name])]
         table[name]["speedup_per_repeat_median"] = float(np.median(per_repeat))
-    return table
+    return table, ref[-1]
 
 
 def print_table(table: dict, args, info: dict) -> None:
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--margin", type=int, default=16)
     ap.add_argument("--batch", type=int, default=8, help="slices per call on the fast path")
-    ap.add_argument("--bucket", type=int, default=32)
+    ap.add_argument("--bucket", type=int, default=None, help="rectangle sides rounded to this (default: fastinfer's)")
     ap.add_argument("--full-fraction", type=float, default=0.75)
     ap.add_argument("--no-compiled-full", action="store_true", help="skip the full-compiled variant")
     ap.add_argument("--sweep", default="", help="comma-separated margins for one extra fast run each")
@@ -254,14 +255,11 @@ def main(argv=None) -> int:
     _warm_up(casc, args.batch)
     print(f"volume {image.shape}, label {int(label.sum())} voxels ({label.mean():.2%}); weights: {meta.get('cached')}",
           flush=True)
-    table = run_variants(image, label, casc, args)
+    table, ref_mask = run_variants(image, label, casc, args)
     info["load_avg_end"] = os.getloadavg()
     print_table(table, args, info)
     out = {"machine": info, "args": vars(args), "variants": table, "weights": {k: v for k, v in meta.items() if k != "fit"}}
     if args.sweep:
-        from innerear.cascade import segment
-
-        ref_mask, _ = segment(image, casc)
         print("margin sweep (one run each):", flush=True)
         out["sweep"] = sweep(image, casc, ref_mask, [int(m) for m in args.sweep.split(",")], args)
     if args.json:

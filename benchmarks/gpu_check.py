@@ -150,7 +150,7 @@ def p_setup(args) -> dict:
     info["volume_s"] = round(time.perf_counter() - t, 1)
     models = C.paper_unets()
     STATE["models_fp32"] = models
-    wpath = C.CACHE / "bench_unet_weights_v1_g256.npz"
+    wpath = C.weights_path()
     if wpath.exists():
         meta = C.load_weights(wpath, models)
         info["weights"] = f"quick-fit benchmark weights ({wpath.name})"

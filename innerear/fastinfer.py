@@ -28,8 +28,9 @@ Why this gives (almost) the same masks, and where it does not:
   the earlier mask is so poor that the later stage's largest component lies elsewhere.
 * A 2D CNN with zero ("same") padding sees zeros at the rectangle's border where the full
   slice has image content, so values near the border differ. The paper-size U-Net's
-  receptive field is ±~90 pixels, far more than a useful margin, but its effective reach
-  is much shorter; how much margin is enough is measured (``benchmarks/bench_inference.py``
+  receptive field reaches about ±46 pixels (a change of one input pixel changes outputs up
+  to 46 pixels away), more than a useful margin, but the influence decays fast with the
+  distance; how much margin is enough is measured (``benchmarks/bench_inference.py``
   reports the Dice between this and :func:`~innerear.cascade.segment`, which has to stay
   ≥ 0.995), not assumed.
 * An empty earlier mask gives no region: the stage is then predicted at full size, exactly
@@ -64,6 +65,12 @@ def pooling_factor(model: keras.Model) -> int:
             strides = layer.strides if layer.strides is not None else layer.pool_size
             factor *= int(strides[0])
     return factor
+
+
+def _auto_bucket(align: int) -> int:
+    # TensorFlow compiles one shape-generic predict step (reduce_retracing), so any rectangle
+    # size is cheap; JAX compiles once per shape, so few shapes pay off
+    return 64 if keras.backend.backend() == "jax" else align
 
 
 def _auto_fixed_batch() -> bool:
@@ -122,7 +129,7 @@ def _span(lo: int, hi: int, size: int, align: int, bucket: int) -> tuple[int, in
     return start, length
 
 
-def roi_crops(masks: Sequence[np.ndarray], orientation: str, margin: int, align: int = 8, bucket: int = 32,
+def roi_crops(masks: Sequence[np.ndarray], orientation: str, margin: int, align: int = 8, bucket: int = 8,
               full_fraction: float = 0.75) -> list[tuple[int, int, int, int, int]]:
     """The rectangles a later stage predicts: ``(slice, row0, rows, col0, cols)`` per slice.
 
@@ -158,7 +165,7 @@ def roi_crops(masks: Sequence[np.ndarray], orientation: str, margin: int, align:
 
 def run_stage_fast(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
                    threshold: float = 0.5, margin: int | None = DEFAULT_MARGIN, batch_size: int = 8,
-                   bucket: int = 32, full_fraction: float = 0.75, compiled: bool = True,
+                   bucket: int | None = None, full_fraction: float = 0.75, compiled: bool = True,
                    fixed_batch: bool | None = None, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One stage on one volume, restricted to the earlier masks' region: ``(probabilities, mask)``.
 
@@ -171,7 +178,9 @@ def run_stage_fast(model: keras.Model, view: str, image_norm: np.ndarray, masks:
     n, h, w = slices.shape[:3]
     crops = None
     if masks and margin is not None:
-        crops = roi_crops(masks, view, int(margin), pooling_factor(model), bucket, full_fraction)
+        align = pooling_factor(model)
+        bucket = _auto_bucket(align) if bucket is None else int(bucket)
+        crops = roi_crops(masks, view, int(margin), align, bucket, full_fraction)
         if not crops:  # nothing found before: predict everything, as the full-size path does
             crops = None
     if crops is None:
@@ -202,13 +211,14 @@ def run_stage_fast(model: keras.Model, view: str, image_norm: np.ndarray, masks:
 
 
 def segment_fast(volume: np.ndarray, models: Cascade, margin: int | None = DEFAULT_MARGIN, batch_size: int = 8,
-                 bucket: int = 32, full_fraction: float = 0.75, compiled: bool = True,
+                 bucket: int | None = None, full_fraction: float = 0.75, compiled: bool = True,
                  fixed_batch: bool | None = None, return_stages: bool = False, stats: dict | None = None):
     """:func:`innerear.cascade.segment`, faster: same arguments first, same return values.
 
     ``margin`` (voxels) is the region kept around the earlier stages' masks (``None``: no
     region, every stage at full size, only the compiled prediction); ``batch_size`` slices
-    per call; ``bucket`` rounds the rectangles' sides; ``full_fraction`` turns a rectangle
+    per call; ``bucket`` rounds the rectangles' sides (default: the pooling factor on
+    TensorFlow, 64 on JAX, where every new shape is a compilation); ``full_fraction`` turns a rectangle
     that large into the full slice; ``compiled`` chooses ``predict_on_batch`` over eager calls;
     ``fixed_batch`` pads the last batch (default on JAX). A dict passed as ``stats`` receives
     per-stage timings and the fraction of pixels computed.
