@@ -54,7 +54,7 @@ class Plan:
 
 PLANS = {
     "smoke": Plan(folds=(0,), backbones=("unet",), orientation_folds=(), order_folds=()),
-    "demo": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0, 1, 2, 3), order_folds=(0,)),
+    "demo": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0,), order_folds=(0,)),
     "paper": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0, 1, 2, 3), order_folds=(0, 1, 2, 3)),
 }
 
