@@ -171,6 +171,11 @@ def read_stage_predictions(folder: str | os.PathLike, case_id: str) -> tuple[np.
         return z["prob"].astype(np.float32), z["mask"]
 
 
+def _jsonable(value):
+    """A value as it reads back from JSON (tuples become lists), for comparing settings."""
+    return json.loads(json.dumps(value))
+
+
 def train_cascade(
     cases: Sequence[PreparedCase],
     folds: list[list[str]],
@@ -204,6 +209,11 @@ def train_cascade(
         if old.get("train") != train_ids or old.get("test") != test_ids:
             raise RuntimeError(f"{root}: trained on other specimens than this data set's fold {fold} "
                                f"(fold.json differs); remove the folder or use another runs folder")
+        changed = sorted(k for k, v in profile.to_dict().items()
+                         if k in old.get("profile", {}) and _jsonable(old["profile"][k]) != _jsonable(v))
+        if changed:
+            raise RuntimeError(f"{root}: trained with other settings ({', '.join(changed)} differ from profile "
+                               f"{profile.name!r}); remove the folder or use another runs folder")
     write_json(fold_file, {"train": train_ids, "test": test_ids, "normalizer": normalizer.to_dict(),
                                     "profile": profile.to_dict(), "backbone": backbone, "fold": fold})
     images = {c: normalizer(by_id[c].image) for c in ids}

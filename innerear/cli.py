@@ -15,6 +15,19 @@ from typing import Sequence
 from .config import BACKBONES, PAPER_ORDER, PROFILES, get_profile
 
 
+def _profile(args: argparse.Namespace):
+    """The named profile with the training settings given on the command line replaced."""
+    flags = {"grid": "--grid", "max_epochs": "--epochs", "patience": "--patience", "base_filters": "--base-filters"}
+    overrides = {field: getattr(args, field) for field in flags if getattr(args, field, None) is not None}
+    for field, value in overrides.items():
+        if value < 1:
+            raise ValueError(f"{flags[field]} must be at least 1, got {value}")
+    if "grid" in overrides and overrides["grid"] % 2 ** get_profile(args.profile).depth:
+        raise ValueError(f"--grid must be divisible by {2 ** get_profile(args.profile).depth} "
+                         f"(the networks' pooling), got {overrides['grid']}")
+    return get_profile(args.profile, **overrides)
+
+
 def _cmd_phantoms(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -59,7 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import default_data_dir, project_root
     from .preprocess import make_folds, prepare_dataset
 
-    profile = get_profile(args.profile)
+    profile = _profile(args)
     root = project_root()
     data_dir = Path(args.data) if args.data else default_data_dir(profile.name, root)
     cases = prepare_dataset(data_dir, profile.grid, root / "data" / "cache" / f"{profile.name}-{profile.grid}")
@@ -110,7 +123,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .cascade import check_order, stage_dir, train_cascade
     from .preprocess import make_folds, prepare_dataset
 
-    profile = get_profile(args.profile)
+    profile = _profile(args)
     order = check_order(args.order.split(","))
     data_dir, out = Path(args.data_dir), Path(args.out)
     if not data_dir.is_dir():
@@ -140,6 +153,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D102
         sub = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
         self.exit(2, f"innerear: error: {sub}{message} (see `{self.prog} --help`)\n")
+
+
+def _add_training_overrides(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training settings (default: the profile's)")
+    g.add_argument("--grid", type=int, default=None, help="prepared volume size, N^3 voxels")
+    g.add_argument("--epochs", dest="max_epochs", type=int, default=None, help="most epochs per stage")
+    g.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    g.add_argument("--base-filters", dest="base_filters", type=int, default=None,
+                   help="filters of the networks' first level")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None)
     p.add_argument("--runs", default=None, help="runs folder (default: runs/)")
+    _add_training_overrides(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("segment", help="segment the inner ear in your own scan (NIfTI, NRRD, MetaImage, DICOM, TIFF)",
@@ -200,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--all", action="store_true", help="train every fold")
     p.add_argument("--backbone", default="unet", choices=BACKBONES)
     p.add_argument("--order", default=",".join(PAPER_ORDER), help="views, comma-separated")
+    _add_training_overrides(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)

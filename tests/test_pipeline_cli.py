@@ -83,3 +83,15 @@ def test_lookalike_mask_finds_dark_blob_not_label():
     img, lab = make_tube_volume((40, 36, 32))
     look = viz.lookalike_mask(img, lab)
     assert look[6, 6, 16] and not (look & (lab > 0)).any()
+
+
+def test_training_overrides_on_the_command_line(capsys):
+    args = cli.build_parser().parse_args(["train", "d", "--out", "o", "--profile", "demo", "--grid", "64",
+                                          "--epochs", "12", "--patience", "3", "--base-filters", "16"])
+    profile = cli._profile(args)
+    assert (profile.grid, profile.max_epochs, profile.patience, profile.base_filters) == (64, 12, 3, 16)
+    assert profile.learning_rate == get_profile("demo").learning_rate
+    assert cli.main(["train", "d", "--out", "o", "--grid", "50"]) == 1
+    assert "--grid must be divisible by 8" in capsys.readouterr().err
+    assert cli.main(["run", "--epochs", "0"]) == 1
+    assert "--epochs must be at least 1" in capsys.readouterr().err

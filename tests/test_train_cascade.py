@@ -203,6 +203,18 @@ def test_prefix_tree_reuses_shared_stages(tmp_path):
     assert (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal", "axial")) / "stage.json").exists()
 
 
+def test_changed_settings_never_mix_into_an_existing_run_tree(tmp_path):
+    profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
+    cases = _prepared_cases(4)
+    folds = pp.make_folds([c.case_id for c in cases], 4, 0)
+    cs.train_cascade(cases, folds, 0, "unet", ("coronal",), profile, tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(RuntimeError, match="max_epochs differ"):
+        cs.train_cascade(cases, folds, 0, "unet", ("coronal", "axial"), get_profile("smoke", max_epochs=2,
+                         base_filters=2, depth=2), tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing trained or rewritten
+
+
 def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
     from dataclasses import replace
 
