@@ -64,7 +64,7 @@ PROFILES: dict[str, Profile] = {
         phantoms=PhantomSettings(n_specimens=8, binning=24),
     ),
     "demo": Profile(
-        name="demo", grid=48, base_filters=8, depth=3, batch_size=20, max_epochs=6,
+        name="demo", grid=40, base_filters=8, depth=3, batch_size=20, max_epochs=6,
         patience=2, learning_rate=1e-3, bn_momentum=0.9,
         phantoms=PhantomSettings(n_specimens=12, binning=8),
     ),
