@@ -35,7 +35,7 @@ from .preprocess import (
     orientation_axis,
     split_fold,
 )
-from .train import SliceDataset, fit, load_model, predict_volume
+from .train import ModelPool, SliceDataset, fit, load_model, predict_volume
 
 STRUCTURE_26 = np.ones((3, 3, 3), bool)
 
@@ -186,13 +186,15 @@ def train_cascade(
     runs_root: str | os.PathLike = "runs",
     seed: int = 0,
     verbose: bool = False,
+    pool: ModelPool | None = None,
 ) -> dict:
     """Train (or resume, or skip) every stage of one cascade on one fold.
 
     Each stage trains on the previous stage's post-processed predictions *on the training
     volumes* (as the paper did), then predicts both training and held-out volumes; held-out
     probabilities and masks are saved per case under ``<stage>/pred/``. Returns a summary
-    with each stage's held-out Dice per case.
+    with each stage's held-out Dice per case. A :class:`~innerear.train.ModelPool` shared by
+    several calls in one process reuses compiled networks (same results, less tracing).
     """
     from .backbones import build
 
@@ -240,7 +242,9 @@ def train_cascade(
                               **({"se_mode": profile.se_mode} if backbone == "se_unet" else {})),
                 train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
                 learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
-                seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose,
+                seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose, pool=pool,
+                pool_key=(backbone, 1 + k, profile.base_filters, profile.depth, profile.dropout,
+                          profile.bn_momentum, profile.se_mode if backbone == "se_unet" else None),
             )
             train_seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -261,7 +265,8 @@ def train_cascade(
                     "mean_test_dice": float(np.mean(list(test_dice.values()))), "train_ids": train_ids,
                     "test_ids": test_ids, "backbone": backbone, "fold": fold}
             write_json(folder / "stage.json", info)
-            keras.backend.clear_session()
+            if pool is None:  # pooled networks must survive for the next training
+                keras.backend.clear_session()
         for c in ids:
             masks[c].append(prev[c])
         summary["stages"].append(info)

@@ -71,17 +71,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .cascade import train_cascade
     from .config import default_data_dir, project_root
     from .preprocess import make_folds, prepare_dataset
+    from .train import ModelPool
 
     profile = _profile(args)
+    jobs = [_parse_job(j) for j in args.job] if args.job else [(args.fold, args.order.split(","))]
     root = project_root()
     data_dir = Path(args.data) if args.data else default_data_dir(profile.name, root)
     cases = prepare_dataset(data_dir, profile.grid, root / "data" / "cache" / f"{profile.name}-{profile.grid}")
     folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
-    summary = train_cascade(cases, folds, args.fold, args.backbone, args.order.split(","), profile,
-                            Path(args.runs) if args.runs else root / "runs", seed=args.seed, verbose=True)
-    for st in summary["stages"]:
-        print(f"stage {st['stage']} ({st['view']}): held-out Dice {st['mean_test_dice']:.3f}")
+    pool = ModelPool()  # runs in one process share compiled networks (identical results)
+    for fold, views in jobs:
+        if len(jobs) > 1:
+            print(f"run: fold {fold}, {' -> '.join(views)}", flush=True)
+        summary = train_cascade(cases, folds, fold, args.backbone, views, profile,
+                                Path(args.runs) if args.runs else root / "runs", seed=args.seed, verbose=True,
+                                pool=pool)
+        for st in summary["stages"]:
+            print(f"stage {st['stage']} ({st['view']}): held-out Dice {st['mean_test_dice']:.3f}")
     return 0
+
+
+def _parse_job(text: str) -> tuple[int, list[str]]:
+    """``"2:coronal,sagittal,axial"`` -> ``(2, ["coronal", "sagittal", "axial"])``."""
+    fold, sep, views = text.partition(":")
+    if not sep or not fold.strip().isdigit() or not views:
+        raise ValueError(f"--job must look like FOLD:VIEW[,VIEW...], got {text!r}")
+    return int(fold), views.split(",")
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -136,9 +151,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     todo = range(len(folds)) if args.all else [args.fold]
     if not args.all and not 0 <= args.fold < len(folds):
         raise ValueError(f"--fold must be in 0..{len(folds) - 1}, got {args.fold}")
+    from .train import ModelPool
+
+    pool = ModelPool()
     for fold in todo:
         summary = train_cascade(cases, folds, fold, args.backbone, order, profile, out, seed=args.seed,
-                                verbose=not args.quiet)
+                                verbose=not args.quiet, pool=pool)
         print(f"fold {fold}: held out {', '.join(folds[fold])}")
         for st in summary["stages"]:
             print(f"  stage {st['stage']} ({st['view']}): held-out Dice {st['mean_test_dice']:.3f}")
@@ -195,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None)
     p.add_argument("--runs", default=None, help="runs folder (default: runs/)")
+    p.add_argument("--job", action="append", default=None, metavar="FOLD:VIEWS",
+                   help="train several runs of this backbone in one process, e.g. --job 0:axial "
+                        "--job 0:coronal,sagittal,axial (replaces --fold/--order)")
     _add_training_overrides(p)
     p.set_defaults(func=_cmd_run)
 

@@ -121,66 +121,63 @@ def stage_nodes(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> list[tuple[
     return sorted(nodes, key=lambda n: (len(n[2]), n[0], n[1], n[2]))
 
 
-def job_dependencies(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> dict[tuple, tuple | None]:
-    """For each run, the earlier run that trains the longest prefix it shares (or None).
-
-    A run then trains only the stages beyond that prefix, after the earlier run finished,
-    so no stage is trained twice and no two workers write the same folder.
-    """
-    owner: dict[tuple, tuple] = {}
-    deps: dict[tuple, tuple | None] = {}
+def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int) -> list[list[tuple]]:
+    """Runs grouped for training in one process each: by backbone, or by (backbone, fold)
+    when there are more workers than backbones. Runs that share stages always share a group
+    (they have the same backbone and fold), so groups never depend on each other; within a
+    group the runs keep their order, whose shared prefixes are trained by the first."""
+    by_backbone = len({b for b, _, _ in jobs}) >= n_groups
+    groups: dict[tuple, list[tuple]] = {}
     for job in jobs:
-        backbone, fold, views = job
-        dep = None
-        for k in range(len(views), 0, -1):
-            node = (backbone, fold, views[:k])
-            if node in owner:
-                dep = owner[node]
-                break
-        deps[job] = dep
-        for k in range(1, len(views) + 1):
-            owner.setdefault((backbone, fold, views[:k]), job)
-    return deps
+        groups.setdefault((job[0],) if by_backbone else (job[0], job[1]), []).append(job)
+    return sorted(groups.values(), key=lambda g: -sum(len(v) for _, _, v in g))  # longest first
 
 
-def _train_job(profile_name: str, seed: int, root: str, backbone: str, fold: int, views: tuple[str, ...],
-               threads: int | None, *parents) -> dict:
-    """Worker task: train one run's missing stages in a fresh Python process.
+def _train_group(profile_name: str, seed: int, root: str, group: list[tuple], threads: int | None) -> list[dict]:
+    """Worker task: train a group of runs of one backbone in one fresh Python process.
 
-    A separate process per run keeps each training's memory and threads to itself and runs
-    at full speed (TensorFlow inside a Dask worker thread ran 2-3x slower here).
+    One process per group pays the framework's start-up once and lets runs of the same
+    architecture share compiled networks (``innerear run --job ...``, see
+    :class:`~innerear.train.ModelPool`); a separate process keeps each group's memory and
+    threads to itself (TensorFlow inside a Dask worker ran 2-3x slower here).
     """
+    import json
+
     env = dict(os.environ, INNEREAR_HOME=root, TF_CPP_MIN_LOG_LEVEL="3")
     if threads:
         env["INNEREAR_THREADS"] = str(threads)
+    backbone = group[0][0]
     cmd = [sys.executable, "-m", "innerear", "run", "--profile", profile_name, "--seed", str(seed),
-           "--fold", str(fold), "--backbone", backbone, "--order", ",".join(views)]
+           "--backbone", backbone]
+    for _, fold, views in group:
+        cmd += ["--job", f"{fold}:{','.join(views)}"]
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
-    folder = Path(root, "runs", profile_name, backbone, f"fold{fold}", *views)
-    if proc.returncode != 0 or not (folder / "stage.json").exists():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
-        raise RuntimeError(f"training {backbone} fold {fold} {'/'.join(views)} failed:\n{tail}")
-    import json
-
-    stages = []
-    for k in range(len(views)):
-        st = json.loads(Path(root, "runs", profile_name, backbone, f"fold{fold}", *views[: k + 1], "stage.json").read_text())
-        stages.append(st)
-    return {"backbone": backbone, "fold": fold, "views": "/".join(views),
-            "dice": [round(st["mean_test_dice"], 3) for st in stages],
-            "epochs": [st["epochs"] for st in stages], "train_seconds": sum(st["train_seconds"] for st in stages)}
+    results = []
+    for _, fold, views in group:
+        folder = Path(root, "runs", profile_name, backbone, f"fold{fold}", *views)
+        if not (folder / "stage.json").exists():
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+            raise RuntimeError(f"training {backbone} fold {fold} {'/'.join(views)} failed:\n{tail}")
+        stages = [json.loads(Path(root, "runs", profile_name, backbone, f"fold{fold}", *views[: k + 1],
+                                  "stage.json").read_text()) for k in range(len(views))]
+        results.append({"backbone": backbone, "fold": fold, "views": "/".join(views),
+                        "dice": [round(st["mean_test_dice"], 3) for st in stages],
+                        "epochs": [st["epochs"] for st in stages],
+                        "train_seconds": sum(st["train_seconds"] for st in stages)})
+    return results
 
 
 def train_all(profile: Profile, seed: int, root: Path, workers: int | None = None,
               scheduler: str | None = None, verbose: bool = True) -> list[dict]:
     """Train every run the book needs, in parallel on a Dask cluster.
 
-    Each run (a baseline or a cascade) is one task; a run that shares its first stages with
-    an earlier run waits for it and trains only its own later stages, so shared stages are
-    trained once and no two workers write the same folder. Without ``scheduler`` a local
-    cluster of ``workers`` single-threaded processes is started (default: one per CPU core);
-    with a scheduler address (``tcp://host:8786``) the tasks go to that cluster, whose
-    workers must see the same project folder.
+    The runs are grouped (:func:`job_groups`) and each group is one task that trains its
+    runs in one process; runs that share their first stages are in the same group, so
+    shared stages are trained once and no two workers write the same folder. Without
+    ``scheduler`` a local cluster of ``workers`` threads is started (default: one per CPU
+    core; the training itself runs in a subprocess per task); with a scheduler address
+    (``tcp://host:8786``) the tasks go to that cluster, whose workers must see the same
+    project folder.
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -189,40 +186,31 @@ def train_all(profile: Profile, seed: int, root: Path, workers: int | None = Non
             if not (runs_dir / j[0] / f"fold{j[1]}").joinpath(*j[2], "stage.json").exists()]
     if not jobs:
         return []
-    deps = job_dependencies(jobs)
-    # a run whose every stage is trained by an earlier run needs no task of its own
-    owners = {}
-    for job in jobs:
-        owners.setdefault((job[0], job[1], job[2]), job)
-        for k in range(1, len(job[2])):
-            owners.setdefault((job[0], job[1], job[2][:k]), job)
-    jobs = [j for j in jobs if owners[j] == j]
-    n_workers = workers or max(1, min(os.cpu_count() or 1, len(jobs)))
+    n_workers = workers or max(1, os.cpu_count() or 1)
     cluster = None
     if scheduler:
         client = Client(scheduler)
         threads = None
+        n_groups = max(1, len(client.scheduler_info().get("workers", {})))
     else:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=1, threads_per_worker=n_workers, processes=False,
                                dashboard_address=None, memory_limit=0, silence_logs=40)
         client = Client(cluster)
         threads = max(1, (os.cpu_count() or 1) // n_workers)
-    futures = {}
+        n_groups = n_workers
+    groups = job_groups(jobs, n_groups)
     try:
-        for job in jobs:
-            backbone, fold, views = job
-            parents = [futures[deps[job]]] if deps[job] is not None else []
-            key = f"train-{profile.name}-{backbone}-fold{fold}-{'-'.join(views)}"
-            futures[job] = client.submit(_train_job, profile.name, seed, str(root), backbone, fold, views, threads,
-                                         *parents, key=key, pure=False)
+        futures = [client.submit(_train_group, profile.name, seed, str(root), group, threads, pure=False,
+                                 key=f"train-{profile.name}-{group[0][0]}-{len(group)}runs-{i}")
+                   for i, group in enumerate(groups)]
         results = []
-        for fut in as_completed(list(futures.values())):
-            r = fut.result()
-            results.append(r)
-            if verbose:
-                print(f"[train {len(results)}/{len(futures)}] {r['backbone']} fold {r['fold']} {r['views']}: "
-                      f"held-out Dice per stage {r['dice']}, epochs {r['epochs']}, {r['train_seconds']:.0f} s",
-                      flush=True)
+        for fut in as_completed(futures):
+            for r in fut.result():
+                results.append(r)
+                if verbose:
+                    print(f"[train {len(results)}/{len(jobs)}] {r['backbone']} fold {r['fold']} {r['views']}: "
+                          f"held-out Dice per stage {r['dice']}, epochs {r['epochs']}, {r['train_seconds']:.0f} s",
+                          flush=True)
         return results
     finally:
         client.close()

@@ -225,6 +225,41 @@ class FitResult:
     resumed_from: int | None
 
 
+class ModelPool:
+    """Compiled networks kept for reuse by later trainings in the same process.
+
+    Tracing a training step costs seconds per network on a CPU, more than a few epochs of a
+    small one. Trainings of the same architecture and optimizer settings (another fold,
+    another stage with as many input channels) can reuse one compiled network: its
+    variables are overwritten with a freshly built, seeded network's and the optimizer's
+    state is zeroed, so the result is the same as training a new network (a test checks
+    that the losses are identical).
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, keras.Model] = {}
+
+    def get(self, key: tuple, fresh: keras.Model, learning_rate: float, loss: str) -> keras.Model:
+        """A compiled network holding ``fresh``'s weights (``fresh`` itself the first time)."""
+        key = (key, float(learning_rate), loss)
+        model = self._models.get(key)
+        if model is None or [v.shape for v in model.variables] != [v.shape for v in fresh.variables]:
+            fresh.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss))
+            fresh.optimizer.build(fresh.trainable_variables)
+            self._models[key] = fresh
+            return fresh
+        for target, source in zip(model.variables, fresh.variables):
+            target.assign(source)
+        for var in model.optimizer.variables:  # step count and moments to zero, the same rate
+            is_rate = var.path.endswith("learning_rate")
+            var.assign(keras.ops.full(var.shape, learning_rate if is_rate else 0, var.dtype))
+        model.stop_training = False
+        return model
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
 def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a ``.keras`` file with Keras' safe mode on."""
     from . import backbones  # noqa: F401  (registers the custom layers)
@@ -246,12 +281,15 @@ def fit(
     seed: int = 0,
     verbose: bool = False,
     checkpoint_seconds: float = 30.0,
+    pool: ModelPool | None = None,
+    pool_key: tuple | None = None,
 ) -> FitResult:
     """Train (or resume, or just load) a network in ``run_dir`` and return the best model.
 
     ``monitor="loss"`` keeps the epoch with the lowest training loss, as the paper did;
     ``"val_loss"`` needs ``val_data``. Training stops after ``patience`` epochs without
-    improvement or at ``max_epochs``.
+    improvement or at ``max_epochs``. With a ``pool`` (and a ``pool_key`` naming the
+    architecture) a compiled network of the same kind is reused instead of tracing a new one.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -275,11 +313,14 @@ def fit(
             print(f"  resuming {run_dir} after epoch {initial_epoch}", flush=True)
     else:
         set_seed(seed)
-        model = build()
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss))
-        # creating the optimizer's slots now, not inside the first traced step, saves the
-        # backend a second trace of the whole training step (~6 s per stage on a CPU)
-        model.optimizer.build(model.trainable_variables)
+        if pool is not None and pool_key is not None:
+            model = pool.get(pool_key, build(), learning_rate, loss)
+        else:
+            model = build()
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss))
+            # creating the optimizer's slots now, not inside the first traced step, saves
+            # the backend a second trace of the whole training step (~6 s on a CPU)
+            model.optimizer.build(model.trainable_variables)
         state = {"epoch": -1, "best": float("inf"), "best_epoch": -1, "wait": 0, "monitor": monitor,
                  "seconds": 0.0}
         history, initial_epoch = [], 0

@@ -22,11 +22,17 @@ def test_training_jobs_cover_table1_and_share_prefixes():
     # six orders on fold 0: 3 + 6 + 6 stages, of which the paper cascade and baselines are shared
     fold0_unet = [n for n in nodes if n[0] == "unet" and n[1] == 0]
     assert len(fold0_unet) == 15
-    deps = pipeline.job_dependencies(jobs)
-    assert deps[("unet", 0, ("coronal", "axial", "sagittal"))] == ("unet", 0, tuple(PAPER_ORDER))
-    assert deps[("unet", 0, tuple(PAPER_ORDER))] is None
-    assert deps[("unet", 0, ("sagittal", "axial", "coronal"))] in {("unet", 0, ("sagittal",)),
-                                                                   ("unet", 0, ("sagittal", "coronal", "axial"))}
+    for n_workers, expected in ((2, 3), (3, 3), (8, 12)):
+        groups = pipeline.job_groups(jobs, n_workers)
+        assert len(groups) == expected
+        assert sorted(j for g in groups for j in g) == sorted(jobs)
+        for g in groups:  # one backbone per group; runs sharing a (backbone, fold) share a group
+            assert len({j[0] for j in g}) == 1
+            others = [j for h in groups if h is not g for j in h]
+            assert not {(j[0], j[1]) for j in g} & {(j[0], j[1]) for j in others}
+    # within a group, runs keep the plan's order
+    unet = next(g for g in pipeline.job_groups(jobs, 2) if g[0][0] == "unet")
+    assert unet == [j for j in jobs if j[0] == "unet"]
 
 
 def test_notebook_runs_have_a_page_per_fold_and_backbone():
@@ -95,3 +101,5 @@ def test_training_overrides_on_the_command_line(capsys):
     assert "--grid must be divisible by 8" in capsys.readouterr().err
     assert cli.main(["run", "--epochs", "0"]) == 1
     assert "--epochs must be at least 1" in capsys.readouterr().err
+    assert cli.main(["run", "--job", "axial"]) == 1
+    assert "--job must look like FOLD:VIEW" in capsys.readouterr().err

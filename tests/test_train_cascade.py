@@ -63,6 +63,23 @@ def test_same_seed_gives_identical_losses(tmp_path):
     assert losses[0] == losses[1]
 
 
+def test_pooled_network_trains_exactly_like_a_new_one(tmp_path):
+    from innerear.train import ModelPool
+
+    imgs, labs = _data(2)
+    data = [SliceDataset([imgs[i][..., None]], [labs[i]], "axial", batch_size=8, seed=3) for i in range(2)]
+    fresh = [fit(_tiny_build(), data[i], tmp_path / f"fresh{i}", max_epochs=2, patience=5, learning_rate=1e-3,
+                 seed=11 + i) for i in range(2)]
+    pool = ModelPool()
+    pooled = [fit(_tiny_build(), data[i], tmp_path / f"pooled{i}", max_epochs=2, patience=5, learning_rate=1e-3,
+                  seed=11 + i, pool=pool, pool_key=("tiny",)) for i in range(2)]
+    assert len(pool) == 1 and pooled[0].model is pooled[1].model  # the second training reused the first network
+    for a, b in zip(fresh, pooled):
+        assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    for wa, wb in zip(fresh[1].model.get_weights(), pooled[1].model.get_weights()):  # (the pool holds the last)
+        np.testing.assert_array_equal(wa, wb)
+
+
 def test_slice_dataset_arrays():
     imgs, labs = _data(2, (8, 10, 12))
     ds = SliceDataset([np.stack([i, i], -1) for i in imgs], labs, "sagittal", batch_size=5, seed=0)
