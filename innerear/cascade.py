@@ -211,8 +211,9 @@ def train_cascade(
         if old.get("train") != train_ids or old.get("test") != test_ids:
             raise RuntimeError(f"{root}: trained on other specimens than this data set's fold {fold} "
                                f"(fold.json differs); remove the folder or use another runs folder")
-        changed = sorted(k for k, v in profile.to_dict().items()
-                         if k in old.get("profile", {}) and _jsonable(old["profile"][k]) != _jsonable(v))
+        irrelevant = {"name", "extra", "phantoms"} | ({"se_mode"} if backbone != "se_unet" else set())
+        changed = sorted(k for k, v in profile.to_dict().items() if k not in irrelevant
+                         and k in old.get("profile", {}) and _jsonable(old["profile"][k]) != _jsonable(v))
         if changed:
             raise RuntimeError(f"{root}: trained with other settings ({', '.join(changed)} differ from profile "
                                f"{profile.name!r}); remove the folder or use another runs folder")
