@@ -43,6 +43,7 @@ book: setup
 	$(BIN)/python -m jupyter_book build . -W -n --keep-going
 
 bench: setup
+	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_inference.py
 
 clean-runs:

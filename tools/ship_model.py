@@ -114,8 +114,9 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "data": {"kind": "SYNTHETIC phantoms", "generator": "innerear.phantom", "seed": 0, "n_specimens": args.n,
                  "settings": "demo profile phantoms (binning 8: 0.130 / 0.156 mm voxels)"},
-        "training": {"profile": "demo", "overrides": {"grid": args.grid, "max_epochs": args.epochs,
-                                                      "patience": args.patience},
+        "training": {"profile": get_profile("demo", grid=args.grid, max_epochs=args.epochs,
+                                            patience=args.patience).to_dict(),
+                     "overrides_of_demo": {"grid": args.grid, "max_epochs": args.epochs, "patience": args.patience},
                      "fold": 0, "command": "innerear " + " ".join(train).replace(str(work), "WORK"),
                      "wall_s": round(train_s, 1)},
         "reproduce": f".venv/bin/python tools/ship_model.py --work WORK --n {args.n} --grid {args.grid} "
