@@ -29,12 +29,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def time_backbone(backbone: str, profile_name: str, steps: int, threads: int | None) -> dict:
     """Median seconds per training step (batch of the profile's size) for one backbone."""
-    import keras
     import numpy as np
 
     from innerear.backbones import build
     from innerear.config import get_profile
-    from innerear.train import make_loss, set_seed, set_threads
+    from innerear.train import compile_for_training, set_seed, set_threads
 
     if threads:
         set_threads(threads)
@@ -43,8 +42,7 @@ def time_backbone(backbone: str, profile_name: str, steps: int, threads: int | N
     model = build(backbone, channels=1, size=None, base_filters=profile.base_filters, depth=profile.depth,
                   dropout=profile.dropout, bn_momentum=profile.bn_momentum,
                   **({"se_mode": profile.se_mode} if backbone == "se_unet" else {}))
-    model.compile(optimizer=keras.optimizers.Adam(profile.learning_rate), loss=make_loss(profile.loss))
-    model.optimizer.build(model.trainable_variables)
+    compile_for_training(model, profile.learning_rate, profile.loss)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(profile.batch_size, profile.grid, profile.grid, 1)).astype("float32")
     y = (rng.random(x.shape) < 0.05).astype("float32")

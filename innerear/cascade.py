@@ -244,8 +244,6 @@ def train_cascade(
                 train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
                 learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
                 seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose, pool=pool,
-                pool_key=(backbone, 1 + k, profile.base_filters, profile.depth, profile.dropout,
-                          profile.bn_momentum, profile.se_mode if backbone == "se_unet" else None),
             )
             train_seconds = time.perf_counter() - t0
             t1 = time.perf_counter()

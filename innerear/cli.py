@@ -22,9 +22,9 @@ def _profile(args: argparse.Namespace):
     for field, value in overrides.items():
         if value < 1:
             raise ValueError(f"{flags[field]} must be at least 1, got {value}")
-    if "grid" in overrides and overrides["grid"] % 2 ** get_profile(args.profile).depth:
-        raise ValueError(f"--grid must be divisible by {2 ** get_profile(args.profile).depth} "
-                         f"(the networks' pooling), got {overrides['grid']}")
+    pooling = 2 ** get_profile(args.profile).depth
+    if overrides.get("grid", pooling) % pooling:
+        raise ValueError(f"--grid must be divisible by {pooling} (the networks' pooling), got {overrides['grid']}")
     return get_profile(args.profile, **overrides)
 
 

@@ -6,6 +6,7 @@ last one stopped, and one failed notebook run does not touch the others' results
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -141,8 +142,6 @@ def _train_group(profile_name: str, seed: int, root: str, group: list[tuple], th
     :class:`~innerear.train.ModelPool`); a separate process keeps each group's memory and
     threads to itself (TensorFlow inside a Dask worker ran 2-3x slower here).
     """
-    import json
-
     env = dict(os.environ, INNEREAR_HOME=root, TF_CPP_MIN_LOG_LEVEL="3")
     if threads:
         env["INNEREAR_THREADS"] = str(threads)
@@ -231,7 +230,6 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
     except FileExistsError:
         # the profile's own phantom folder holds another set (other settings, seed or
         # generator version): replace it, saying so, and drop what was prepared from it
-        import json
         import shutil
 
         manifest = data_dir / "manifest.json"

@@ -225,28 +225,37 @@ class FitResult:
     resumed_from: int | None
 
 
+def compile_for_training(model: keras.Model, learning_rate: float, loss: str) -> keras.Model:
+    """Compile with Adam and ``loss``, and create the optimizer's slots right away.
+
+    Creating the slots now, not inside the first traced step, saves the backend a second
+    trace of the whole training step (~6 s per network on a CPU).
+    """
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 class ModelPool:
     """Compiled networks kept for reuse by later trainings in the same process.
 
     Tracing a training step costs seconds per network on a CPU, more than a few epochs of a
-    small one. Trainings of the same architecture and optimizer settings (another fold,
-    another stage with as many input channels) can reuse one compiled network: its
-    variables are overwritten with a freshly built, seeded network's and the optimizer's
-    state is zeroed, so the result is the same as training a new network (a test checks
-    that the losses are identical).
+    small one. Trainings of the same architecture (the same model config: another fold, or
+    another stage with as many input channels) and optimizer settings reuse one compiled
+    network: its variables are overwritten with a freshly built, seeded network's and the
+    optimizer's state is zeroed, so the result is the same as training a new network (a
+    test checks that the losses are identical).
     """
 
     def __init__(self) -> None:
         self._models: dict[tuple, keras.Model] = {}
 
-    def get(self, key: tuple, fresh: keras.Model, learning_rate: float, loss: str) -> keras.Model:
+    def get(self, fresh: keras.Model, learning_rate: float, loss: str) -> keras.Model:
         """A compiled network holding ``fresh``'s weights (``fresh`` itself the first time)."""
-        key = (key, float(learning_rate), loss)
+        key = (json.dumps(fresh.get_config(), sort_keys=True, default=str), float(learning_rate), loss)
         model = self._models.get(key)
-        if model is None or [v.shape for v in model.variables] != [v.shape for v in fresh.variables]:
-            fresh.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss))
-            fresh.optimizer.build(fresh.trainable_variables)
-            self._models[key] = fresh
+        if model is None:
+            self._models[key] = compile_for_training(fresh, learning_rate, loss)
             return fresh
         for target, source in zip(model.variables, fresh.variables):
             target.assign(source)
@@ -282,14 +291,13 @@ def fit(
     verbose: bool = False,
     checkpoint_seconds: float = 30.0,
     pool: ModelPool | None = None,
-    pool_key: tuple | None = None,
 ) -> FitResult:
     """Train (or resume, or just load) a network in ``run_dir`` and return the best model.
 
     ``monitor="loss"`` keeps the epoch with the lowest training loss, as the paper did;
     ``"val_loss"`` needs ``val_data``. Training stops after ``patience`` epochs without
-    improvement or at ``max_epochs``. With a ``pool`` (and a ``pool_key`` naming the
-    architecture) a compiled network of the same kind is reused instead of tracing a new one.
+    improvement or at ``max_epochs``. With a ``pool`` a compiled network of the same
+    architecture is reused instead of tracing a new one.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -313,14 +321,9 @@ def fit(
             print(f"  resuming {run_dir} after epoch {initial_epoch}", flush=True)
     else:
         set_seed(seed)
-        if pool is not None and pool_key is not None:
-            model = pool.get(pool_key, build(), learning_rate, loss)
-        else:
-            model = build()
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss))
-            # creating the optimizer's slots now, not inside the first traced step, saves
-            # the backend a second trace of the whole training step (~6 s on a CPU)
-            model.optimizer.build(model.trainable_variables)
+        model = build()
+        model = pool.get(model, learning_rate, loss) if pool is not None else \
+            compile_for_training(model, learning_rate, loss)
         state = {"epoch": -1, "best": float("inf"), "best_epoch": -1, "wait": 0, "monitor": monitor,
                  "seconds": 0.0}
         history, initial_epoch = [], 0

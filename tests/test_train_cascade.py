@@ -72,7 +72,7 @@ def test_pooled_network_trains_exactly_like_a_new_one(tmp_path):
                  seed=11 + i) for i in range(2)]
     pool = ModelPool()
     pooled = [fit(_tiny_build(), data[i], tmp_path / f"pooled{i}", max_epochs=2, patience=5, learning_rate=1e-3,
-                  seed=11 + i, pool=pool, pool_key=("tiny",)) for i in range(2)]
+                  seed=11 + i, pool=pool) for i in range(2)]
     assert len(pool) == 1 and pooled[0].model is pooled[1].model  # the second training reused the first network
     for a, b in zip(fresh, pooled):
         assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]

@@ -28,15 +28,10 @@ import numpy as np
 from innerear import io
 from innerear.config import PAPER_ORDER, get_profile
 from innerear.phantom import write_phantom_set
+from innerear.preprocess import dice
 from innerear.segment import export_model
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "innerear" / "models" / "phantom_cascade"
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary arrays of the same shape."""
-    a, b = np.asarray(a) != 0, np.asarray(b) != 0
-    return 2.0 * float(np.logical_and(a, b).sum()) / max(1, int(a.sum()) + int(b.sum()))
 
 
 def innerear(*args: str) -> float:
