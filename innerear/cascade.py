@@ -244,6 +244,7 @@ def train_cascade(
                 train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
                 learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
                 seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose, pool=pool,
+                min_delta=profile.min_delta,
             )
             train_seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -259,7 +260,8 @@ def train_cascade(
                 else:  # training volumes: only the mask, which the next stage trains on
                     save_npz(folder / "pred" / f"{c}.npz", mask=mask)
             info = {"view": view, "stage": k + 1, "channels": 1 + k, "order": list(order[: k + 1]),
-                    "epochs": result.epochs, "best_epoch": result.best_epoch, "train_seconds": train_seconds,
+                    "epochs": result.epochs, "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
+                    "max_epochs": profile.max_epochs, "train_seconds": train_seconds,
                     "predict_seconds": time.perf_counter() - t1, "test_dice": test_dice,
                     "mean_test_dice": float(np.mean(list(test_dice.values()))), "train_ids": train_ids,
                     "test_ids": test_ids, "backbone": backbone, "fold": fold}

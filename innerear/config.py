@@ -45,6 +45,9 @@ class Profile:
     n_folds: int = 4
     loss: str = "bce"  # "bce" (paper text) or "bce_dice" (authors' code)
     monitor: str = "loss"  # best model by training loss, as the paper did
+    # Early stopping counts an epoch as an improvement only when the monitored loss falls
+    # below (1 - min_delta) times its value at the last improvement (relative; 0 = any fall).
+    min_delta: float = 0.0
     dropout: float = 0.2
     # The authors' SE block squeezes every level through one channel and learns too slowly
     # for the short CPU profiles (held-out Dice 0 in 5 of 8 demo runs); they use the

@@ -17,7 +17,7 @@ import pandas as pd
 from .backbones import BACKBONE_LABELS
 from .cascade import read_stage_predictions, stage_dir
 from .config import PAPER_ORDER, Profile
-from .metrics import evaluate, fragmentation
+from .metrics import evaluate, fragmentation, per_structure
 from .preprocess import PreparedCase, orientation_axis
 
 
@@ -50,6 +50,8 @@ def evaluate_run(cases: dict[str, PreparedCase], runs_root: str | os.PathLike, p
             row.update(evaluate(mask, truth, cases[cid].spacing, probabilities=np.clip(prob, 0, 1)))
             frag = fragmentation(mask, truth, orientation_axis(fragmentation_axis))
             row.update(fragmented_slices=frag["n_fragmented"], slices=frag["n_slices"])
+            if cases[cid].structures is not None:
+                row.update(per_structure(mask, cases[cid].structures, cases[cid].spacing))
             rows.append(row)
     return rows
 
@@ -150,3 +152,24 @@ def time_paper_size(grid: int = 256, seed: int = 0, backbone: str = "unet", slic
             method = f"{slices} of {grid} slices per stage run, network time scaled to {grid}"
     return {"total_s": (t1 - t0) + seg, "load_s": t1 - t0, "segment_s": seg, "shape": (grid,) * 3, "repeats": 1,
             "method": method}
+
+
+def stage_records(runs_root: str | os.PathLike, profile: Profile) -> pd.DataFrame:
+    """One row per trained stage of a profile: how long it trained and why it stopped.
+
+    Columns: ``backbone``, ``fold``, ``order`` (views up to this stage, joined by "-"),
+    ``stage``, ``epochs``, ``best_epoch`` (1-based), ``stopped_by`` ("patience",
+    "max_epochs", or "unknown" for runs written before it was recorded), ``max_epochs``,
+    ``train_seconds`` and ``mean_test_dice``.
+    """
+    base = Path(runs_root) / profile.name
+    rows = []
+    for path in sorted(base.glob("*/fold*/**/stage.json")):
+        info = json.loads(path.read_text())
+        rows.append({"backbone": info["backbone"], "fold": info["fold"], "order": "-".join(info["order"]),
+                     "stage": info["stage"], "epochs": info["epochs"], "best_epoch": info["best_epoch"] + 1,
+                     "stopped_by": info.get("stopped_by", "unknown"),
+                     "max_epochs": info.get("max_epochs", profile.max_epochs),
+                     "train_seconds": info["train_seconds"], "mean_test_dice": info["mean_test_dice"]})
+    return pd.DataFrame(rows, columns=["backbone", "fold", "order", "stage", "epochs", "best_epoch", "stopped_by",
+                                       "max_epochs", "train_seconds", "mean_test_dice"])

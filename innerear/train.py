@@ -162,11 +162,12 @@ class RunKeeper(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: Path, monitor: str, patience: int, state: dict, history: list[dict],
-                 max_epochs: int, verbose: bool, checkpoint_seconds: float) -> None:
+                 max_epochs: int, verbose: bool, checkpoint_seconds: float, min_delta: float = 0.0) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.monitor = monitor
         self.patience = patience
+        self.min_delta = min_delta
         self.state = state
         self.history = history
         self.max_epochs = max_epochs
@@ -185,9 +186,13 @@ class RunKeeper(keras.callbacks.Callback):
         self.history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}, "seconds": seconds})
         value = float(logs.get(self.monitor, np.inf))
         improved = value < self.state["best"]
-        if improved:
-            self.state.update(best=value, best_epoch=epoch, wait=0)
+        if improved:  # the best weights follow every improvement ...
+            self.state.update(best=value, best_epoch=epoch)
             self.best_weights = self.model.get_weights()
+        # ... but only an improvement by the relative ``min_delta`` restarts the patience count
+        ref = self.state.get("ref", self.state["best"] if not improved else np.inf)
+        if not np.isfinite(ref) or value < ref * (1.0 - self.min_delta):
+            self.state.update(ref=value, wait=0)
         else:
             self.state["wait"] += 1
         self.state["epoch"] = epoch
@@ -223,6 +228,7 @@ class FitResult:
     best_epoch: int
     seconds: float
     resumed_from: int | None
+    stopped_by: str = "patience"  # or "max_epochs": the cap ended training, not the plateau
 
 
 def compile_for_training(model: keras.Model, learning_rate: float, loss: str) -> keras.Model:
@@ -291,12 +297,15 @@ def fit(
     verbose: bool = False,
     checkpoint_seconds: float = 30.0,
     pool: ModelPool | None = None,
+    min_delta: float = 0.0,
 ) -> FitResult:
     """Train (or resume, or just load) a network in ``run_dir`` and return the best model.
 
     ``monitor="loss"`` keeps the epoch with the lowest training loss, as the paper did;
-    ``"val_loss"`` needs ``val_data``. Training stops after ``patience`` epochs without
-    improvement or at ``max_epochs``. With a ``pool`` a compiled network of the same
+    ``"val_loss"`` needs ``val_data``. Training stops after ``patience`` epochs in which the
+    monitored loss did not fall below (1 − ``min_delta``) times its value at the last such
+    improvement (``min_delta`` is relative: 0.02 asks for 2 % lower), or at ``max_epochs``;
+    ``done.json`` records which (``stopped_by``: ``"patience"`` or ``"max_epochs"``). With a ``pool`` a compiled network of the same
     architecture is reused instead of tracing a new one.
     """
     run_dir = Path(run_dir)
@@ -305,7 +314,7 @@ def fit(
     if done.exists():
         info = json.loads(done.read_text())
         return FitResult(load_model(run_dir / "best.keras"), read_history(run_dir), info["epochs"],
-                         info["best_epoch"], info["seconds"], None)
+                         info["best_epoch"], info["seconds"], None, info.get("stopped_by", "unknown"))
     if monitor == "val_loss" and val_data is None:
         raise ValueError("monitor='val_loss' needs val_data")
     t0 = time.perf_counter()
@@ -327,7 +336,8 @@ def fit(
         state = {"epoch": -1, "best": float("inf"), "best_epoch": -1, "wait": 0, "monitor": monitor,
                  "seconds": 0.0}
         history, initial_epoch = [], 0
-    keeper = RunKeeper(run_dir, monitor, patience, state, history, max_epochs, verbose, checkpoint_seconds)
+    keeper = RunKeeper(run_dir, monitor, patience, state, history, max_epochs, verbose, checkpoint_seconds,
+                       min_delta)
     if state["wait"] < patience and initial_epoch < max_epochs:
         x, y = train_data.arrays()
         validation = val_data.arrays() if val_data is not None else None
@@ -342,11 +352,13 @@ def fit(
     state["seconds"] = seconds
     write_json(state_path, state)
     epochs = state["epoch"] + 1
+    stopped_by = "patience" if state["wait"] >= patience else "max_epochs"
     write_json(done, {"epochs": epochs, "best_epoch": state["best_epoch"], "best": state["best"],
                       "monitor": monitor, "seconds": seconds, "seed": seed, "learning_rate": learning_rate,
-                      "loss": loss, "patience": patience, "max_epochs": max_epochs})
+                      "loss": loss, "patience": patience, "min_delta": min_delta, "max_epochs": max_epochs,
+                      "stopped_by": stopped_by})
     (run_dir / "last.keras").unlink(missing_ok=True)  # the finished run keeps only its best model
-    return FitResult(model, history, epochs, state["best_epoch"], seconds, resumed_from)
+    return FitResult(model, history, epochs, state["best_epoch"], seconds, resumed_from, stopped_by)
 
 
 # --------------------------------------------------------------------------- prediction

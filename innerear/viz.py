@@ -126,6 +126,34 @@ def plot_histories(histories: dict[str, list[dict]], key: str = "loss", title: s
     return fig
 
 
+def structure_dice_plot(per_volume, structures: Sequence[str] = ("cochlea", "vestibule", "canals"),
+                        methods: Sequence[str] | None = None, title: str = "") -> plt.Figure:
+    """Per-structure Dice per method: one group of bars per method, one bar per structure
+    (mean over held-out volumes), each volume's value as a dot on its bar."""
+    methods = list(methods) if methods is not None else list(dict.fromkeys(per_volume["method"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(methods)), 3.6))
+    width = 0.8 / len(structures)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, name in enumerate(structures):
+        col = f"dice_{name}"
+        for i, method in enumerate(methods):
+            values = per_volume.loc[per_volume["method"] == method, col].astype(float).to_numpy()
+            x = i + (j - (len(structures) - 1) / 2) * width
+            ax.bar(x, np.nanmean(values) if values.size else np.nan, width, color=colors[j % len(colors)],
+                   alpha=0.75, label=name if i == 0 else None)
+            ax.plot(np.full(values.size, x), values, "k.", ms=3)
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("Dice per structure")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(structures), loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def prediction_grid(image: np.ndarray, truth: np.ndarray, predictions: dict[str, np.ndarray],
                     spacing: Sequence[float], orientation: str = "axial", indices: Sequence[int] | None = None,
                     n: int = 3) -> plt.Figure:

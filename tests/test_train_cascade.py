@@ -256,3 +256,19 @@ def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
     casc = cs.load_cascade(cs.stage_dir(tmp_path / "runs", profile, "unet", 0, order))
     mask, _ = cs.segment(by_id[test_case].image, casc)
     assert pp.dice(mask, truth) == pytest.approx(summary["stages"][-1]["test_dice"][test_case])
+
+
+def test_relative_min_delta_stops_on_a_slow_plateau(tmp_path):
+    """A loss that still falls, but by less than min_delta per epoch, ends the run by patience."""
+    imgs, labs = _data(1)
+    ds = SliceDataset([imgs[0][..., None]], labs, "axial", batch_size=4, seed=0)
+    strict = fit(_tiny_build(), ds, tmp_path / "strict", max_epochs=12, patience=1, learning_rate=1e-3, seed=0,
+                 min_delta=0.5)
+    assert strict.stopped_by == "patience" and strict.epochs < 12
+    done = json.loads((tmp_path / "strict" / "done.json").read_text())
+    assert done["stopped_by"] == "patience" and done["min_delta"] == 0.5
+    capped = fit(_tiny_build(), ds, tmp_path / "capped", max_epochs=3, patience=10, learning_rate=1e-3, seed=0)
+    assert capped.stopped_by == "max_epochs" and capped.epochs == 3
+    # the best weights still follow every improvement, however small
+    losses = [r["loss"] for r in strict.history]
+    assert strict.best_epoch == int(np.argmin(losses))
