@@ -35,7 +35,7 @@ from .preprocess import (
     orientation_axis,
     split_fold,
 )
-from .train import ModelPool, SliceDataset, fit, load_model, predict_volume
+from .train import ModelPool, SliceDataset, fit, load_model, predict_volume, set_output_prior
 
 STRUCTURE_26 = np.ones((3, 3, 3), bool)
 
@@ -237,10 +237,16 @@ def train_cascade(
             train_data = SliceDataset([stage_inputs(images[c], masks[c]) for c in train_ids],
                                       [by_id[c].label for c in train_ids], view, profile.batch_size,
                                       seed=_stage_seed(seed, backbone, fold, order[: k + 1]))
-            result = fit(
-                lambda: build(backbone, channels=1 + k, size=None, base_filters=profile.base_filters,
+            share = float(np.mean([by_id[c].label.mean() for c in train_ids])) if profile.prior_bias else None
+
+            def network(channels: int = 1 + k, share: float | None = share) -> keras.Model:
+                model = build(backbone, channels=channels, size=None, base_filters=profile.base_filters,
                               depth=profile.depth, dropout=profile.dropout, bn_momentum=profile.bn_momentum,
-                              **({"se_mode": profile.se_mode} if backbone == "se_unet" else {})),
+                              **({"se_mode": profile.se_mode} if backbone == "se_unet" else {}))
+                return model if share is None else set_output_prior(model, share)
+
+            result = fit(
+                network,
                 train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
                 learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
                 seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose, pool=pool,

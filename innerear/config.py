@@ -46,8 +46,12 @@ class Profile:
     loss: str = "bce"  # "bce" (paper text) or "bce_dice" (authors' code)
     monitor: str = "loss"  # best model by training loss, as the paper did
     # Early stopping counts an epoch as an improvement only when the monitored loss falls
-    # below (1 - min_delta) times its value at the last improvement (relative; 0 = any fall).
+    # by more than min_delta (absolute, as Keras' EarlyStopping) below its value at the last
+    # improvement; 0 = any fall. The best weights follow every fall regardless.
     min_delta: float = 0.0
+    # Start each network's output at the training labels' foreground share (final bias =
+    # logit of it) instead of 0.5; False = Keras' zero bias, as the authors' code.
+    prior_bias: bool = False
     dropout: float = 0.2
     # The authors' SE block squeezes every level through one channel and learns too slowly
     # for the short CPU profiles (held-out Dice 0 in 5 of 8 demo runs); they use the

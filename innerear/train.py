@@ -189,9 +189,9 @@ class RunKeeper(keras.callbacks.Callback):
         if improved:  # the best weights follow every improvement ...
             self.state.update(best=value, best_epoch=epoch)
             self.best_weights = self.model.get_weights()
-        # ... but only an improvement by the relative ``min_delta`` restarts the patience count
+        # ... but only a fall by ``min_delta`` below the last such improvement restarts the count
         ref = self.state.get("ref", self.state["best"] if not improved else np.inf)
-        if not np.isfinite(ref) or value < ref * (1.0 - self.min_delta):
+        if not np.isfinite(ref) or value < ref - self.min_delta:
             self.state.update(ref=value, wait=0)
         else:
             self.state["wait"] += 1
@@ -229,6 +229,20 @@ class FitResult:
     seconds: float
     resumed_from: int | None
     stopped_by: str = "patience"  # or "max_epochs": the cap ended training, not the plateau
+
+
+def set_output_prior(model: keras.Model, foreground_share: float, layer: str = "mask") -> keras.Model:
+    """Start the sigmoid output at the data's foreground share instead of 0.5.
+
+    Sets the bias of the final 1x1 convolution to logit(``foreground_share``) (the prior
+    initialisation of Lin et al., focal loss, ICCV 2017). With a zero bias every voxel starts
+    at probability 0.5 and the first tens of epochs are spent learning that most voxels are
+    background; with the prior they are not. Weights are unchanged.
+    """
+    share = float(np.clip(foreground_share, 1e-4, 0.5))
+    bias = model.get_layer(layer).bias
+    bias.assign(np.full(bias.shape, np.log(share / (1.0 - share)), dtype="float32"))
+    return model
 
 
 def compile_for_training(model: keras.Model, learning_rate: float, loss: str) -> keras.Model:
@@ -303,8 +317,8 @@ def fit(
 
     ``monitor="loss"`` keeps the epoch with the lowest training loss, as the paper did;
     ``"val_loss"`` needs ``val_data``. Training stops after ``patience`` epochs in which the
-    monitored loss did not fall below (1 − ``min_delta``) times its value at the last such
-    improvement (``min_delta`` is relative: 0.02 asks for 2 % lower), or at ``max_epochs``;
+    monitored loss did not fall by more than ``min_delta`` (absolute, in the loss's units, as
+    Keras' ``EarlyStopping``) below its value at the last such improvement, or at ``max_epochs``;
     ``done.json`` records which (``stopped_by``: ``"patience"`` or ``"max_epochs"``). With a ``pool`` a compiled network of the same
     architecture is reused instead of tracing a new one.
     """

@@ -272,3 +272,14 @@ def test_relative_min_delta_stops_on_a_slow_plateau(tmp_path):
     # the best weights still follow every improvement, however small
     losses = [r["loss"] for r in strict.history]
     assert strict.best_epoch == int(np.argmin(losses))
+
+
+def test_output_prior_sets_the_final_bias_to_the_foreground_logit():
+    from innerear.train import set_output_prior
+
+    model = set_output_prior(_tiny_build()(), 0.05)
+    bias = np.asarray(model.get_layer("mask").bias)
+    assert np.allclose(bias, np.log(0.05 / 0.95))
+    # a constant input gives a constant-ish feature map; the output starts near the prior, far below 0.5
+    prob = np.asarray(model(np.zeros((1, 16, 16, 1), np.float32), training=False))
+    assert prob.mean() < 0.25
