@@ -1,0 +1,38 @@
+"""Everything of one specimen in scanner coordinates, ready to be rendered, built in one
+place (:func:`build_world`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .anatomy import Anatomy, build_anatomy
+from .imaging import Fields, smooth_fields
+from .params import SpecimenParams
+from .scene import Grid, Labyrinth, geometry_ds, place
+from .surroundings import Surroundings, place_surroundings
+
+
+@dataclass(frozen=True)
+class World:
+    """One specimen: its parameters, anatomy, grid, posed labyrinth, surroundings and fields."""
+
+    params: SpecimenParams
+    anatomy: Anatomy  # in the anatomical frame
+    lin: np.ndarray  # 3x3 anatomy -> world
+    scale: float  # drawn size x fit_scale
+    fit_scale: float
+    grid: Grid
+    labyrinth: Labyrinth
+    surroundings: Surroundings
+    fields: Fields
+
+
+def build_world(index: int, seed: int, p: SpecimenParams, shape: tuple[int, int, int] | None) -> World:
+    """Build specimen ``index`` of the set drawn from ``seed`` with parameters ``p``."""
+    anat = build_anatomy(p.anatomy, seed, index, geometry_ds(p.voxel_mm, p.scale))
+    placed = place(p, anat, shape)
+    surroundings = place_surroundings(p.surroundings, placed.grid, placed.labyrinth, placed.scale, index, seed)
+    fields = smooth_fields(p.surroundings, p.imaging, placed.grid, placed.labyrinth, placed.scale, index, seed)
+    return World(p, anat, placed.lin, placed.scale, placed.fit_scale, placed.grid, placed.labyrinth,
+                 surroundings, fields)
