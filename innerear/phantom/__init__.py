@@ -81,8 +81,8 @@ from .params import (AnatomyParams, ImagingParams, PoseParams, SpecimenParams, S
 from .specimen import (CANALS, COCHLEA, GENERATOR, PHANTOM_VERSION, STRUCTURES, T_AIR, T_BONE, T_LUMEN, T_MEDIUM,
                        T_NERVE, T_VESSEL, TISSUES, VESTIBULE, Specimen, jsonable, specimen_id)
 from .world import World, build_world
-from .write import (PARTIAL, entry_files_exist, finish_set, resume_set, set_key, specimen_files, write_json, write_nifti_gz,
-                    write_specimen)
+from .write import (PARTIAL, entry_files_exist, finish_set, resume_set, set_key, specimen_files, write_json,
+                    write_nifti_gz, write_specimen)
 
 __all__ = [
     "AnatomyParams", "CANALS", "COCHLEA", "GENERATOR", "ImagingParams", "PHANTOM_VERSION", "PoseParams",

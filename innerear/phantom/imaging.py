@@ -134,7 +134,8 @@ def _slab_image(world: World, st: np.ndarray, lab: np.ndarray, tis: np.ndarray, 
     # bone: dense capsule near the lumen, trabecular bone with pores further out
     tex = interp(fields.texture, fields.tg0, fields.tg, xs, ys, zs)
     wcap = np.clip(cap_margin / 0.5 + 0.5, 0.0, 1.0)
-    trab = i_marrow + (i_trab - i_marrow) * 0.5 * (1.0 + np.tanh((tex - world.params.surroundings.pore_threshold) / 0.2))
+    pore_threshold = world.params.surroundings.pore_threshold
+    trab = i_marrow + (i_trab - i_marrow) * 0.5 * (1.0 + np.tanh((tex - pore_threshold) / 0.2))
     img = trab * (1.0 - wcap) + (i_cap * (1.0 + 0.015 * tex)) * wcap
     del tex, trab, wcap
     img[tis == T_MEDIUM] = p.i_medium
