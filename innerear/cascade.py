@@ -67,6 +67,35 @@ def stage_inputs(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
+def drop_context(mask: np.ndarray, share: float, rng: np.random.Generator,
+                 radius: tuple[int, int] = (3, 8)) -> np.ndarray:
+    """A copy of an earlier stage's mask with balls of it erased, about ``share`` of its voxels.
+
+    Ball centres are random foreground voxels, radii uniform in ``radius`` (voxels). Later
+    stages trained on such masks cannot simply copy the earlier stage's answer (on its own
+    training volumes it is nearly perfect) and learn to find lumen the mask misses, as it
+    will at test time. ``share=0`` returns the mask unchanged.
+    """
+    out = np.array(mask, dtype=np.uint8, copy=True)
+    total = int(out.sum())
+    if share <= 0 or total == 0:
+        return out
+    fg = np.argwhere(out)
+    removed = 0
+    while removed < share * total:
+        c = fg[rng.integers(len(fg))]
+        r = int(rng.integers(radius[0], radius[1] + 1))
+        lo = np.maximum(c - r, 0)
+        hi = np.minimum(c + r + 1, out.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        gx, gy, gz = np.ogrid[box]
+        d2 = (gx - c[0]) ** 2 + (gy - c[1]) ** 2 + (gz - c[2]) ** 2
+        ball = (d2 <= r * r) & (out[box] != 0)
+        removed += int(ball.sum())
+        out[box][ball] = 0
+    return out
+
+
 def check_order(order: Sequence[str]) -> tuple[str, ...]:
     """Validate a view order: 1–3 distinct views."""
     order = tuple(order)
@@ -234,7 +263,9 @@ def train_cascade(
             t0 = time.perf_counter()
             if verbose:
                 print(f"stage {k + 1}/{len(order)} ({view}, {1 + k} channel(s)) -> {folder}", flush=True)
-            train_data = SliceDataset([stage_inputs(images[c], masks[c]) for c in train_ids],
+            rng = np.random.default_rng(_stage_seed(seed, backbone, fold, order[: k + 1]))
+            context = {c: [drop_context(m, profile.context_dropout, rng) for m in masks[c]] for c in train_ids}
+            train_data = SliceDataset([stage_inputs(images[c], context[c]) for c in train_ids],
                                       [by_id[c].label for c in train_ids], view, profile.batch_size,
                                       seed=_stage_seed(seed, backbone, fold, order[: k + 1]))
             share = float(np.mean([by_id[c].label.mean() for c in train_ids])) if profile.prior_bias else None

@@ -52,6 +52,9 @@ class Profile:
     # Start each network's output at the training labels' foreground share (final bias =
     # logit of it) instead of 0.5; False = Keras' zero bias, as the authors' code.
     prior_bias: bool = False
+    # Share of each earlier-stage mask erased (random balls) in the *training* inputs of
+    # stages 2 and 3 (0 = the paper's plain masks); see cascade.drop_context.
+    context_dropout: float = 0.0
     dropout: float = 0.2
     # The authors' SE block squeezes every level through one channel and learns too slowly
     # for the short CPU profiles (held-out Dice 0 in 5 of 8 demo runs); they use the

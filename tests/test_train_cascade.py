@@ -283,3 +283,15 @@ def test_output_prior_sets_the_final_bias_to_the_foreground_logit():
     # a constant input gives a constant-ish feature map; the output starts near the prior, far below 0.5
     prob = np.asarray(model(np.zeros((1, 16, 16, 1), np.float32), training=False))
     assert prob.mean() < 0.25
+
+
+def test_drop_context_erases_about_the_share_and_never_adds():
+    mask = np.zeros((40, 40, 40), np.uint8)
+    mask[5:35, 10:20, 10:30] = 1
+    out = cs.drop_context(mask, 0.3, np.random.default_rng(0))
+    removed = 1 - out.sum() / mask.sum()
+    assert 0.3 <= removed < 0.6
+    assert not (out > mask).any()
+    assert np.array_equal(cs.drop_context(mask, 0.0, np.random.default_rng(0)), mask)
+    again = cs.drop_context(mask, 0.3, np.random.default_rng(0))
+    assert np.array_equal(out, again)  # seeded
