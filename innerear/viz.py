@@ -145,9 +145,10 @@ def structure_dice_plot(per_volume, structures: Sequence[str] = ("cochlea", "ves
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels(methods, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("Dice per structure")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=len(structures), loc="lower right")
+    ax.legend(fontsize=8, ncol=len(structures), loc="upper center", frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
