@@ -136,9 +136,10 @@ def prepare_phantom(index: int, grid: int = 256, seed: int = 0, binning: int = F
     label = resample_label(spec.label, grid)
     if use_cache:
         CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, image=image, label=label)
-        os.replace(tmp, path)
+        from innerear.io import atomic_path
+
+        with atomic_path(path, suffix=".tmp.npz") as tmp:
+            np.savez(tmp, image=image, label=label)
     return image, label
 
 
@@ -164,9 +165,10 @@ def save_weights(path: Path, models, meta: dict) -> None:
     arrays = {f"s{k}_{i:03d}": w for k, m in enumerate(models, 1) for i, w in enumerate(m.get_weights())}
     arrays["meta"] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from innerear.io import atomic_path
+
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_weights(path: Path, models) -> dict:

@@ -14,12 +14,13 @@ trainings, not 18, and the three single-view baselines come with them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import keras
 import numpy as np
@@ -31,8 +32,8 @@ from .preprocess import (
     Normalizer,
     PreparedCase,
     dice,
+    check_order,
     fit_normalizer,
-    orientation_axis,
     split_fold,
 )
 from .train import ModelPool, SliceDataset, fit, load_model, predict_volume, set_output_prior
@@ -94,16 +95,6 @@ def drop_context(mask: np.ndarray, share: float, rng: np.random.Generator,
         removed += int(ball.sum())
         out[box][ball] = 0
     return out
-
-
-def check_order(order: Sequence[str]) -> tuple[str, ...]:
-    """Validate a view order: 1–3 distinct views."""
-    order = tuple(order)
-    for view in order:
-        orientation_axis(view)
-    if not 1 <= len(order) <= 3 or len(set(order)) != len(order):
-        raise ValueError(f"a stage order is 1–3 distinct views, got {order}")
-    return order
 
 
 # --------------------------------------------------------------------------- inference
@@ -177,6 +168,28 @@ def fold_dir(runs_root: str | os.PathLike, profile: Profile, backbone: str, fold
 def stage_dir(runs_root: str | os.PathLike, profile: Profile, backbone: str, fold: int, order: Sequence[str]) -> Path:
     """The folder of the last stage of ``order`` in the prefix tree."""
     return fold_dir(runs_root, profile, backbone, fold).joinpath(*order)
+
+
+@contextlib.contextmanager
+def stage_lock(folder: str | os.PathLike, verbose: bool = False) -> Iterator[None]:
+    """Hold the lock of a stage folder (``<folder>/.lock``, a :class:`filelock.FileLock`) so that
+    two processes (e.g. notebooks run side by side) never train or write the same stage; a
+    second one waits, then finds the stage trained."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if verbose:
+            print(f"waiting for {folder}: another process is training this stage", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _stage_seed(seed: int, backbone: str, fold: int, order: Sequence[str]) -> int:
@@ -253,58 +266,59 @@ def train_cascade(
     summary: dict = {"fold": fold, "backbone": backbone, "order": list(order), "stages": []}
     for k, view in enumerate(order):
         folder = stage_dir(runs_root, profile, backbone, fold, order[: k + 1])
-        done = folder / "stage.json"
-        if done.exists():
-            info = json.loads(done.read_text())
-            prev = _load_predictions(folder, ids)
-            if verbose:
-                print(f"stage {k + 1} ({view}) already trained: {folder}", flush=True)
-        else:
-            t0 = time.perf_counter()
-            if verbose:
-                print(f"stage {k + 1}/{len(order)} ({view}, {1 + k} channel(s)) -> {folder}", flush=True)
-            rng = np.random.default_rng(_stage_seed(seed, backbone, fold, order[: k + 1]))
-            context = {c: [drop_context(m, profile.context_dropout, rng) for m in masks[c]] for c in train_ids}
-            train_data = SliceDataset([stage_inputs(images[c], context[c]) for c in train_ids],
-                                      [by_id[c].label for c in train_ids], view, profile.batch_size,
-                                      seed=_stage_seed(seed, backbone, fold, order[: k + 1]))
-            share = float(np.mean([by_id[c].label.mean() for c in train_ids])) if profile.prior_bias else None
+        with stage_lock(folder, verbose):
+            done = folder / "stage.json"
+            if done.exists():
+                info = json.loads(done.read_text())
+                prev = _load_predictions(folder, ids)
+                if verbose:
+                    print(f"stage {k + 1} ({view}) already trained: {folder}", flush=True)
+            else:
+                t0 = time.perf_counter()
+                if verbose:
+                    print(f"stage {k + 1}/{len(order)} ({view}, {1 + k} channel(s)) -> {folder}", flush=True)
+                rng = np.random.default_rng(_stage_seed(seed, backbone, fold, order[: k + 1]))
+                context = {c: [drop_context(m, profile.context_dropout, rng) for m in masks[c]] for c in train_ids}
+                train_data = SliceDataset([stage_inputs(images[c], context[c]) for c in train_ids],
+                                          [by_id[c].label for c in train_ids], view, profile.batch_size,
+                                          seed=_stage_seed(seed, backbone, fold, order[: k + 1]))
+                share = float(np.mean([by_id[c].label.mean() for c in train_ids])) if profile.prior_bias else None
 
-            def network(channels: int = 1 + k, share: float | None = share) -> keras.Model:
-                model = build(backbone, channels=channels, size=None, base_filters=profile.base_filters,
-                              depth=profile.depth, dropout=profile.dropout, bn_momentum=profile.bn_momentum,
-                              **({"se_mode": profile.se_mode} if backbone == "se_unet" else {}))
-                return model if share is None else set_output_prior(model, share)
+                def network(channels: int = 1 + k, share: float | None = share) -> keras.Model:
+                    model = build(backbone, channels=channels, size=None, base_filters=profile.base_filters,
+                                  depth=profile.depth, dropout=profile.dropout, bn_momentum=profile.bn_momentum,
+                                  **({"se_mode": profile.se_mode} if backbone == "se_unet" else {}))
+                    return model if share is None else set_output_prior(model, share)
 
-            result = fit(
-                network,
-                train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
-                learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
-                seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose, pool=pool,
-                min_delta=profile.min_delta,
-            )
-            train_seconds = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            (folder / "pred").mkdir(exist_ok=True)
-            prev = {}
-            test_dice = {}
-            for c in ids:
-                prob, mask = run_stage(result.model, view, images[c], masks[c])
-                prev[c] = mask
-                if c in test_ids:
-                    save_npz(folder / "pred" / f"{c}.npz", prob=prob.astype(np.float16), mask=mask)
-                    test_dice[c] = dice(mask, by_id[c].label)
-                else:  # training volumes: only the mask, which the next stage trains on
-                    save_npz(folder / "pred" / f"{c}.npz", mask=mask)
-            info = {"view": view, "stage": k + 1, "channels": 1 + k, "order": list(order[: k + 1]),
-                    "epochs": result.epochs, "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
-                    "max_epochs": profile.max_epochs, "train_seconds": train_seconds,
-                    "predict_seconds": time.perf_counter() - t1, "test_dice": test_dice,
-                    "mean_test_dice": float(np.mean(list(test_dice.values()))), "train_ids": train_ids,
-                    "test_ids": test_ids, "backbone": backbone, "fold": fold}
-            write_json(folder / "stage.json", info)
-            if pool is None:  # pooled networks must survive for the next training
-                keras.backend.clear_session()
+                result = fit(
+                    network,
+                    train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
+                    learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
+                    seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose, pool=pool,
+                    min_delta=profile.min_delta,
+                )
+                train_seconds = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                (folder / "pred").mkdir(exist_ok=True)
+                prev = {}
+                test_dice = {}
+                for c in ids:
+                    prob, mask = run_stage(result.model, view, images[c], masks[c])
+                    prev[c] = mask
+                    if c in test_ids:
+                        save_npz(folder / "pred" / f"{c}.npz", prob=prob.astype(np.float16), mask=mask)
+                        test_dice[c] = dice(mask, by_id[c].label)
+                    else:  # training volumes: only the mask, which the next stage trains on
+                        save_npz(folder / "pred" / f"{c}.npz", mask=mask)
+                info = {"view": view, "stage": k + 1, "channels": 1 + k, "order": list(order[: k + 1]),
+                        "epochs": result.epochs, "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
+                        "max_epochs": profile.max_epochs, "train_seconds": train_seconds,
+                        "predict_seconds": time.perf_counter() - t1, "test_dice": test_dice,
+                        "mean_test_dice": float(np.mean(list(test_dice.values()))), "train_ids": train_ids,
+                        "test_ids": test_ids, "backbone": backbone, "fold": fold, "grid": profile.grid}
+                write_json(folder / "stage.json", info)
+                if pool is None:  # pooled networks must survive for the next training
+                    keras.backend.clear_session()
         for c in ids:
             masks[c].append(prev[c])
         summary["stages"].append(info)

@@ -1,18 +1,74 @@
 """The ``innerear`` command line (also ``python -m innerear``).
 
 Every failure ends with one line ``innerear: error: <file>: <problem>`` and a non-zero exit.
+Exit statuses: 0 done; 1 an error or a refusal (bad input, implausible result, a file that
+exists, ...); 2 a usage error (unknown option, a value out of range); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM). Interrupted or terminated runs leave no partial files.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import BACKBONES, PAPER_ORDER, PROFILES, get_profile
+from .config import BACKBONES, PAPER_ORDER, PROFILES, get_profile, import_backend
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler, so that cleanup (``finally`` blocks, temporary files)
+    runs as it does for Ctrl-C."""
+
+
+# --------------------------------------------------------------------------- option types
+def _number(kind: type, low: float, what: str, strict: bool = False):
+    """An argparse ``type`` accepting finite ``kind`` values >= ``low`` (> with ``strict``);
+    argparse's message names the option."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        finite = value == value and value not in (float("inf"), float("-inf"))
+        if not finite or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+non_negative_int = _number(int, 0, "an integer >= 0")
+positive_float = _number(float, 0.0, "a positive number", strict=True)
+
+
+def label_values(text: str) -> tuple[int, ...]:
+    """``"1,2,3"`` -> ``(1, 2, 3)``: the label values that are the inner ear."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {text!r}") from None
+    if len(set(values)) != len(values) or 0 in values:
+        raise argparse.ArgumentTypeError(f"expected distinct non-zero values (0 is background), got {text!r}")
+    return values
+
+
+def view_order(text: str) -> tuple[str, ...]:
+    """``"coronal,sagittal,axial"`` -> a checked view order."""
+    from .preprocess import check_order
+
+    try:
+        return check_order(text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _profile(args: argparse.Namespace):
@@ -64,21 +120,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if os.environ.get("INNEREAR_THREADS"):
-        from .train import set_threads
-
-        set_threads(int(os.environ["INNEREAR_THREADS"]))
-    from .cascade import train_cascade
     from .config import default_data_dir, project_root
     from .preprocess import make_folds, prepare_dataset
-    from .train import ModelPool
 
     profile = _profile(args)
-    jobs = [_parse_job(j) for j in args.job] if args.job else [(args.fold, args.order.split(","))]
+    jobs = [_parse_job(j) for j in args.job] if args.job else [(args.fold, list(args.order))]
     root = project_root()
     data_dir = Path(args.data) if args.data else default_data_dir(profile.name, root)
     cases = prepare_dataset(data_dir, profile.grid, root / "data" / "cache" / f"{profile.name}-{profile.grid}")
     folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
+    import_backend()  # the inputs are fine: now the deep-learning stack
+    _threads_from_env()
+    from .cascade import train_cascade
+    from .train import ModelPool
+
     pool = ModelPool()  # runs in one process share compiled networks (identical results)
     for fold, views in jobs:
         if len(jobs) > 1:
@@ -111,6 +166,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _threads_from_env() -> None:
+    """Apply ``INNEREAR_THREADS`` (imports the deep-learning stack: call after checking inputs)."""
     if os.environ.get("INNEREAR_THREADS"):
         from .train import set_threads
 
@@ -120,9 +176,9 @@ def _threads_from_env() -> None:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .segment import segment_to_files
 
-    _threads_from_env()
     rep = segment_to_files(args.scan, args.out, args.model, mesh=args.mesh, report=args.report,
-                           spacing=args.spacing, force=args.force, progress=not args.quiet)
+                           spacing=args.spacing, force=args.force, progress=not args.quiet,
+                           allow_empty=args.allow_empty, before_model=_threads_from_env)
     ear = rep["inner_ear"]
     for warning in rep["warnings"]:
         print(f"innerear: warning: {args.scan}: {warning}", file=sys.stderr)
@@ -134,23 +190,24 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    _threads_from_env()
-    from .cascade import check_order, stage_dir, train_cascade
     from .preprocess import make_folds, prepare_dataset
 
     profile = _profile(args)
-    order = check_order(args.order.split(","))
+    order = args.order
     data_dir, out = Path(args.data_dir), Path(args.out)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: data folder not found")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out}: its parent folder {out.parent} does not exist")
     cases = prepare_dataset(data_dir, profile.grid, out / "cache" / f"{profile.name}-{profile.grid}",
-                            progress=not args.quiet)
+                            progress=not args.quiet, label_values=args.label_values)
     folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
     todo = range(len(folds)) if args.all else [args.fold]
     if not args.all and not 0 <= args.fold < len(folds):
         raise ValueError(f"--fold must be in 0..{len(folds) - 1}, got {args.fold}")
+    import_backend()  # the inputs are fine: now the deep-learning stack
+    _threads_from_env()
+    from .cascade import stage_dir, train_cascade
     from .train import ModelPool
 
     pool = ModelPool()
@@ -175,10 +232,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_training_overrides(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training settings (default: the profile's)")
-    g.add_argument("--grid", type=int, default=None, help="prepared volume size, N^3 voxels")
-    g.add_argument("--epochs", dest="max_epochs", type=int, default=None, help="most epochs per stage")
-    g.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
-    g.add_argument("--base-filters", dest="base_filters", type=int, default=None,
+    g.add_argument("--grid", type=positive_int, default=None, help="prepared volume size, N^3 voxels")
+    g.add_argument("--epochs", dest="max_epochs", type=positive_int, default=None, help="most epochs per stage")
+    g.add_argument("--patience", type=positive_int, default=None, help="early-stopping patience in epochs")
+    g.add_argument("--base-filters", dest="base_filters", type=positive_int, default=None,
                    help="filters of the networks' first level")
 
 
@@ -189,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantoms", help="write synthetic inner-ear micro-CT phantoms (NIfTI + manifest)")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=None, help="number of specimens (default: the profile's)")
-    p.add_argument("--binning", type=int, default=None, help="voxel binning (1 = full 16.3/19.5 um resolution)")
-    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+    p.add_argument("--n", type=positive_int, default=None, help="number of specimens (default: the profile's)")
+    p.add_argument("--binning", type=positive_int, default=None, help="voxel binning (1 = full 16.3/19.5 um resolution)")
+    p.add_argument("--shape", type=positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="write ONE specimen of this exact shape (e.g. 618 892 600 with --binning 1)")
-    p.add_argument("--index", type=int, default=0, help="specimen index with --shape")
+    p.add_argument("--index", type=non_negative_int, default=0, help="specimen index with --shape")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_phantoms)
 
@@ -207,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train one cascade (or single-view baseline) on one fold")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=non_negative_int, default=0)
     p.add_argument("--backbone", default="unet", choices=BACKBONES)
-    p.add_argument("--order", default=",".join(PAPER_ORDER), help="views, comma-separated (one view = baseline)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--order", type=view_order, default=PAPER_ORDER,
+                   help="views, comma-separated (one view = baseline)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--data", default=None)
     p.add_argument("--runs", default=None, help="runs folder (default: runs/)")
     p.add_argument("--job", action="append", default=None, metavar="FOLD:VIEWS",
@@ -228,10 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model folder with cascade.json (default: the shipped phantom model)")
     p.add_argument("--mesh", default=None, help="also write the mask's surface as STL (world mm)")
     p.add_argument("--report", default=None, help="also write a JSON report (volume, bounding box, timings)")
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
+    p.add_argument("--spacing", type=positive_float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="voxel size in mm along the array axes (TIFF: column, row, slice); required for TIFF "
                         "stacks that do not record it, overrides the header otherwise")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write the mask even when it is empty or its volume is implausible for a human inner ear "
+                        "(by default that ends with exit status 1 and nothing written)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
 
@@ -240,43 +301,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the run tree (and its cache)")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--fold", type=int, default=0, help="held-out fold to train (default 0)")
+    group.add_argument("--fold", type=non_negative_int, default=0, help="held-out fold to train (default 0)")
     group.add_argument("--all", action="store_true", help="train every fold")
     p.add_argument("--backbone", default="unet", choices=BACKBONES)
-    p.add_argument("--order", default=",".join(PAPER_ORDER), help="views, comma-separated")
+    p.add_argument("--order", type=view_order, default=PAPER_ORDER, help="views, comma-separated")
+    p.add_argument("--label-values", type=label_values, default=None, metavar="V1,V2,...",
+                   help="label values that are the inner ear, for multi-label maps (e.g. 1,2,3: every other value "
+                        "is background); default: the labels must be binary (0 and one foreground value)")
     _add_training_overrides(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("reproduce", help="the whole pipeline for a profile, ending with the built book")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-book", action="store_true", help="skip the book build")
     p.add_argument("--only", nargs="*", default=None, help="only notebooks whose name starts with these")
     p.add_argument("--site", default=None, help="where executed pages and the HTML go (default: the project)")
-    p.add_argument("--workers", type=int, default=None, help="local Dask workers for training (default: one per core)")
+    p.add_argument("--workers", type=positive_int, default=None, help="local Dask workers for training (default: one per core)")
     p.add_argument("--scheduler", default=None, help="address of a Dask scheduler (tcp://host:8786) to train on")
     p.set_defaults(func=_cmd_reproduce)
     return parser
 
 
+def _terminate(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (see the module docstring)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already reported in one line
         return int(exc.code or 0)
+    previous = None
+    try:  # SIGTERM cleans up like Ctrl-C (only the main thread may install handlers)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:
+        pass
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError, OSError) as exc:
         print(f"innerear: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    except Terminated:
+        print("innerear: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("innerear: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,3 +129,34 @@ def is_synthetic(data_dir: Path) -> bool:
     """True when ``data_dir`` holds the project's generated phantoms (it has their manifest)."""
     manifest = data_dir / "manifest.json"
     return manifest.exists() and json.loads(manifest.read_text()).get("synthetic", False)
+
+
+def import_backend() -> None:
+    """Import Keras and its TensorFlow backend without their native start-up lines on stderr.
+
+    TensorFlow's C++ runtime writes absl/oneDNN notices ("All log messages before
+    absl::InitializeLog() ...") to file descriptor 2 while it loads, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says; they are discarded here (Python's own errors are not
+    affected: an import error is raised as usual). Later warnings are left alone.
+    """
+    import sys
+
+    if "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass

@@ -29,6 +29,16 @@ DICOM_SUFFIXES = (".dcm",)
 #: formats :func:`write_volume` can write (MetaImage as single-file ``.mha`` only)
 WRITABLE = ("nifti", "nrrd", "metaimage")
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS (its own inverse)
+#: voxel sizes (mm) a scan may have: 1 µm (synchrotron / nano-CT) to 2 mm (coarse clinical CT)
+VOXEL_MM_RANGE = (0.001, 2.0)
+#: where each format records its voxel size, for messages that name the header field
+SPACING_FIELDS = {
+    "nifti": "NIfTI header field pixdim (and the sform/qform affine)",
+    "nrrd": "NRRD header field 'space directions'",
+    "metaimage": "MetaImage header field ElementSpacing",
+    "dicom": "DICOM PixelSpacing (0028,0030) and the slices' ImagePositionPatient (0020,0032)",
+    "tiff": "TIFF XResolution/YResolution tags and ImageJ 'spacing'",
+}
 _MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "um": 1e-3, "µm": 1e-3, "\u00b5m": 1e-3,
                 "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3, "micrometre": 1e-3, "nm": 1e-6,
                 "cm": 10.0, "m": 1000.0}
@@ -96,6 +106,23 @@ def volume_format(path: str | os.PathLike) -> str:
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along each array axis: the norms of the affine's columns."""
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def check_voxel_size(path: str | os.PathLike, spacing_mm: Sequence[float], source: str) -> None:
+    """Refuse voxel sizes outside :data:`VOXEL_MM_RANGE`; ``source`` names where they came from
+    (a header field of :data:`SPACING_FIELDS`, or ``--spacing``)."""
+    lo, hi = VOXEL_MM_RANGE
+    sizes = [float(s) for s in spacing_mm]
+    if not all(lo <= s <= hi for s in sizes):
+        shown = ", ".join(f"{s:.6g}" for s in sizes)
+        raise VolumeError(path, f"voxel size ({shown}) mm from the {source} is outside {lo * 1000:g} µm – {hi:g} mm "
+                                f"(micro-CT to clinical CT); fix the header or give the voxel size with "
+                                f"--spacing SX SY SZ (mm)")
+
+
+def spacing_source(path: str | os.PathLike, given: bool) -> str:
+    """Where :func:`read_volume` took a file's voxel size from, for messages."""
+    return "option --spacing" if given else SPACING_FIELDS[volume_format(path)]
 
 
 def _check_array(path: Path, array: np.ndarray, allow_nan: bool) -> np.ndarray:
@@ -233,12 +260,50 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 files = next((f for f in (list(reader.GetGDCMSeriesFileNames(str(folder), s)) for s in series)
                               if any(Path(x).resolve() == path.resolve() for x in f)), [str(path)])
             reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
             img = reader.Execute()
+            tags = [{t: reader.GetMetaData(k, t) for t in ("0020|0032", "0020|0037") if reader.HasMetaDataKey(k, t)}
+                    for k in range(len(files))]
     except VolumeError:
         raise
     except Exception as exc:
         raise VolumeError(path, f"cannot be read as a DICOM series ({_sitk_problem(exc)})") from exc
+    check_slice_positions(path, tags)
     return _sitk_to_array(path, img)
+
+
+def _dicom_numbers(text: str) -> np.ndarray:
+    return np.asarray([float(v) for v in text.strip().strip("\\x00").split("\\")], float)
+
+
+def check_slice_positions(path: Path, tags: Sequence[dict], rel_tol: float = 0.05) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced (missing or duplicated slices).
+
+    ``tags`` holds each slice's ImagePositionPatient (``0020|0032``) and ImageOrientationPatient
+    (``0020|0037``); positions are projected on the slices' normal. A series without
+    positions (e.g. one file) is not checked.
+    """
+    if len(tags) < 3 or not all("0020|0032" in t and "0020|0037" in t for t in tags):
+        return
+    try:
+        orient = _dicom_numbers(tags[0]["0020|0037"])
+        normal = np.cross(orient[:3], orient[3:6])
+        pos = np.sort([float(_dicom_numbers(t["0020|0032"])[:3] @ normal) for t in tags])
+    except (ValueError, IndexError):
+        raise VolumeError(path, "DICOM ImagePositionPatient/ImageOrientationPatient (0020,0032/0037) unreadable") from None
+    steps = np.diff(pos)
+    step = float(np.median(steps))
+    if step <= 0:
+        raise VolumeError(path, f"DICOM series has {int(np.sum(steps <= 0)) + 1} slices at the same position "
+                                f"{pos[int(np.argmin(steps))]:.4g} mm (ImagePositionPatient); duplicated slices?")
+    bad = np.flatnonzero(np.abs(steps - step) > rel_tol * step)
+    if bad.size:
+        k = int(bad[np.argmax(np.abs(steps[bad] - step))])
+        missing = int(round(steps[k] / step)) - 1
+        raise VolumeError(path, f"DICOM slice positions (ImagePositionPatient along the slice normal) are not evenly "
+                                f"spaced: a gap of {steps[k]:.4g} mm between {pos[k]:.4g} and {pos[k + 1]:.4g} mm where "
+                                f"the others are {step:.4g} mm apart ({len(bad)} irregular step(s); about "
+                                f"{max(missing, 0)} slice(s) missing here); the series is incomplete")
 
 
 def _natural_key(path: Path) -> list:
@@ -379,12 +444,38 @@ def read_volume(
     return array, spacing_mm, affine
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read from ``/proc`` where possible, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no way to read it without setting it elsewhere
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, is_dir: bool) -> int:
+    """The mode a new file (0o666) or folder (0o777) gets under the umask, or ``path``'s own
+    mode when it already exists (overwriting keeps a file's permissions)."""
+    if path.exists() and path.is_dir() == is_dir:
+        return path.stat().st_mode & 0o7777
+    return (0o777 if is_dir else 0o666) & ~current_umask()
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = ".tmp",
+                folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    With ``overwrite=False`` an existing ``path`` raises :class:`FileExistsError` first.
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    The one atomic-write helper of the package: every file (or, with ``folder``, every
+    folder) innerear writes goes through it. With ``overwrite=False`` an existing ``path``
+    raises :class:`FileExistsError` first. On any exception (including an interrupt, and
+    SIGTERM under the command line) the temporary file is removed and ``path`` is left
+    untouched. The result has the permissions a plain ``open()`` would give it under the
+    umask (temporary files are created private), or the replaced file's own.
     ``suffix`` ends the temporary name (writers that pick a format by extension need it).
     """
     path = Path(path)
@@ -392,14 +483,24 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
         raise FileNotFoundError(f"{path.parent}: output folder does not exist")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (refusing to overwrite)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    if folder:
+        tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(_publish_mode(path, folder))
+        if folder and path.is_dir():
+            shutil.rmtree(path)
+        elif folder and path.exists():
+            path.unlink()
         os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
+        if tmp_path.is_dir() and not tmp_path.is_symlink():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -511,20 +612,9 @@ def write_tiff_stack(path: str | os.PathLike, array: np.ndarray, spacing: Sequen
             data = np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
             tifffile.imwrite(str(tmp), data, **(dict(kwargs, metadata=dict(kwargs["metadata"], axes="ZYX")) if kwargs else {}))
         return path
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: output folder does not exist")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists (refusing to overwrite)")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_path(path, overwrite=overwrite, folder=True) as tmp_dir:
         for k in range(array.shape[2]):
             tifffile.imwrite(str(tmp_dir / f"slice_{k:04d}.tif"), np.ascontiguousarray(array[:, :, k].T), **kwargs)
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp_dir, path)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
     return path
 
 

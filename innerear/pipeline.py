@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import BACKBONES, ORIENTATIONS, PAPER_ORDER, Profile, default_data_dir, get_profile, project_root
+from .io import atomic_path
 
 NOTEBOOKS = {
     "01": "01_data_preparation",
@@ -91,14 +92,10 @@ def execute_notebook(run: NotebookRun, root: Path, site: Path) -> float:
     src = root / "notebooks" / f"{run.notebook}.ipynb"
     dst = site / "book" / "executed" / run.output
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.running.ipynb")
     t0 = time.perf_counter()
-    try:
+    with atomic_path(dst, suffix=".running.ipynb") as tmp:
         pm.execute_notebook(str(src), str(tmp), parameters=run.parameters, cwd=str(root / "notebooks"),
                             progress_bar=False, kernel_name="python3")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return time.perf_counter() - t0
 
 
@@ -218,7 +215,13 @@ def train_all(profile: Profile, seed: int, root: Path, workers: int | None = Non
 
 
 def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
-    """Generate the profile's phantom set unless real data or a matching set is present."""
+    """Generate the profile's phantom set unless real data or a matching set is present.
+
+    When the profile's phantom folder holds another set (other seed, settings or generator
+    version) it is regenerated, and the data prepared from it dropped, only while no network
+    was trained on it: trained runs (``runs/<profile>``) are never deleted implicitly; a
+    :class:`RuntimeError` then says which command removes them.
+    """
     from .phantom import write_phantom_set
 
     data_dir = default_data_dir(profile.name, root)
@@ -228,19 +231,22 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
     try:
         write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
     except FileExistsError:
-        # the profile's own phantom folder holds another set (other settings, seed or
-        # generator version): replace it, saying so, and drop what was prepared from it
         import shutil
 
         manifest = data_dir / "manifest.json"
         if not (manifest.exists() and json.loads(manifest.read_text()).get("synthetic")):
             raise
-        print(f"[phantoms] {data_dir} holds a different phantom set; regenerating it", flush=True)
+        runs = root / "runs" / profile.name
+        if runs.exists():
+            old_seed = json.loads(manifest.read_text()).get("seed")
+            raise RuntimeError(
+                f"{data_dir}: holds another phantom set (seed {old_seed}, asked for seed {seed}, or other settings) "
+                f"and {runs} holds networks trained on it; nothing was changed. To start over with seed {seed}, "
+                f"remove the trained runs yourself: rm -r {runs} (or `make clean`), or use seed {old_seed}")
+        print(f"[phantoms] {data_dir} holds a different phantom set and no run was trained on it; regenerating it",
+              flush=True)
         shutil.rmtree(data_dir)
         shutil.rmtree(root / "data" / "cache" / f"{profile.name}-{profile.grid}", ignore_errors=True)
-        if (root / "runs" / profile.name).exists():
-            print(f"[phantoms] removing runs/{profile.name}: trained on the previous phantom set", flush=True)
-            shutil.rmtree(root / "runs" / profile.name)
         data_dir.mkdir(parents=True)
         write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
     return data_dir

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .io import VolumeError, read_volume, save_npz
+from .io import VolumeError, check_voxel_size, read_volume, save_npz, spacing_source
 
 ORIENTATION_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 CACHE_VERSION = 2
@@ -229,9 +229,44 @@ def label_resampling_dice(label: np.ndarray, grid: int | Sequence[int], method: 
 
 
 # --------------------------------------------------------------------------- loading
-def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """Read a case's image, label and structure map, checking that their grids agree."""
-    image, _, affine = read_volume(case.image)
+def label_values_found(label: np.ndarray) -> list:
+    """The distinct values of a label volume (fast for small non-negative integers)."""
+    label = np.asarray(label)
+    if np.issubdtype(label.dtype, np.integer) and label.size and 0 <= label.min() and label.max() < 1 << 16:
+        return np.flatnonzero(np.bincount(label.ravel())).tolist()
+    return np.unique(label).tolist()
+
+
+def binary_label(path: str | os.PathLike, label: np.ndarray, label_values: Sequence[int] | None = None) -> np.ndarray:
+    """A label volume as a ``uint8`` 0/1 mask, refusing what would be merged silently.
+
+    Without ``label_values`` the label must be binary: 0 and one foreground value (1, or
+    e.g. 255). A multi-label map (0, 2, 5, ...) needs ``label_values`` (``innerear train
+    --label-values 2,5``): those values are the foreground, every other value background.
+    An empty foreground is refused either way. Errors name the file and the values found.
+    """
+    found = label_values_found(label)
+    shown = ", ".join(f"{v:g}" for v in found[:12]) + (", ..." if len(found) > 12 else "")
+    if label_values is None:
+        if len(found) > 2 or (len(found) == 2 and found[0] != 0):
+            raise VolumeError(path, f"label holds values {{{shown}}}, expected 0 and one foreground value; for a "
+                                    f"multi-label map say which values are the inner ear (innerear train "
+                                    f"--label-values V1,V2,...)")
+        mask = np.asarray(label) != 0
+    else:
+        mask = np.isin(label, list(label_values))
+    if not mask.any():
+        wanted = "" if label_values is None else f" (foreground values {', '.join(map(str, label_values))})"
+        raise VolumeError(path, f"label has no foreground voxel{wanted}: values found {{{shown}}}")
+    return mask.astype(np.uint8)
+
+
+def load_case(case: Case, label_values: Sequence[int] | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Read a case's image, label and structure map, checking that their grids agree, that the
+    voxel size is plausible and that the label is binary (see :func:`binary_label`)."""
+    image, spacing, affine = read_volume(case.image)
+    check_voxel_size(case.image, spacing, spacing_source(case.image, False))
     if np.ptp(image) == 0:
         raise VolumeError(case.image, "image is constant (all voxels have the same value)")
     arrays = []
@@ -245,12 +280,16 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | N
         if not np.allclose(aff, affine, atol=1e-3):
             raise VolumeError(path, f"affine differs from its image's ({case.image.name}); the label is not on the image grid")
         arrays.append(arr)
+    if arrays[0] is not None:
+        arrays[0] = binary_label(case.label, arrays[0], label_values)
     return image, arrays[0], arrays[1], affine
 
 
-def _source_key(case: Case, grid: tuple[int, int, int]) -> str:
+def _source_key(case: Case, grid: tuple[int, int, int], label_values: Sequence[int] | None = None) -> str:
     h = hashlib.sha256()
     h.update(f"v{CACHE_VERSION}|{grid}".encode())
+    if label_values is not None:
+        h.update(f"|labels{sorted(label_values)}".encode())
     for path in (case.image, case.label, case.structures):
         if path is not None:
             st = path.stat()
@@ -258,10 +297,10 @@ def _source_key(case: Case, grid: tuple[int, int, int]) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare_case(case: Case, grid: int | Sequence[int]) -> PreparedCase:
+def prepare_case(case: Case, grid: int | Sequence[int], label_values: Sequence[int] | None = None) -> PreparedCase:
     """Load one case, reorient to RAS+, resample image (cubic spline) and label to ``grid``."""
     grid = _grid(grid)
-    image, label, structures, affine = load_case(case)
+    image, label, structures, affine = load_case(case, label_values)
     source_shape, source_affine = tuple(int(s) for s in image.shape), affine
     image_c, affine_c = to_canonical(image, affine)
     prepared_affine = resampled_affine(affine_c, image_c.shape, grid)
@@ -290,8 +329,12 @@ def prepare_dataset(
     grid: int,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    label_values: Sequence[int] | None = None,
 ) -> list[PreparedCase]:
-    """Prepare every case of ``data_dir``; reuse cached arrays when the sources are unchanged."""
+    """Prepare every case of ``data_dir``; reuse cached arrays when the sources are unchanged.
+
+    ``label_values`` picks the foreground values of multi-label maps (see :func:`binary_label`).
+    """
     cases = discover_pairs(data_dir)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
@@ -304,13 +347,13 @@ def prepare_dataset(
         iterator = tqdm(cases, desc="prepare", unit="case")
     for case in iterator:
         if cache is None:
-            out.append(prepare_case(case, grid))
+            out.append(prepare_case(case, grid, label_values))
             continue
-        key = _source_key(case, _grid(grid))
+        key = _source_key(case, _grid(grid), label_values)
         path = cache / f"{case.case_id}.npz"
         prepared = _load_cached(path, key)
         if prepared is None:
-            prepared = prepare_case(case, grid)
+            prepared = prepare_case(case, grid, label_values)
             _save_cached(path, key, prepared)
         out.append(prepared)
     return out
@@ -408,6 +451,16 @@ def orientation_axis(orientation: str) -> int:
         return ORIENTATION_AXIS[orientation]
     except KeyError:
         raise ValueError(f"unknown orientation {orientation!r}; use one of {list(ORIENTATION_AXIS)}") from None
+
+
+def check_order(order: Sequence[str]) -> tuple[str, ...]:
+    """Validate a view order: 1–3 distinct views."""
+    order = tuple(order)
+    for view in order:
+        orientation_axis(view)
+    if not 1 <= len(order) <= 3 or len(set(order)) != len(order):
+        raise ValueError(f"a stage order is 1–3 distinct views, got {order}")
+    return order
 
 
 def to_slices(volume: np.ndarray, orientation: str) -> np.ndarray:

@@ -23,18 +23,22 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .io import (
+    VOXEL_MM_RANGE,
     VolumeError,
     atomic_path,
+    check_voxel_size,
     check_writable,
     read_volume,
+    spacing_source,
     temp_suffix,
     volume_format,
     write_volume_to,
@@ -43,6 +47,19 @@ from .io import (
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "phantom_cascade"
 STRUCTURE_26 = np.ones((3, 3, 3), bool)
+#: inner-ear volumes (mm³) a segmentation may have; :func:`export_model` writes it into every
+#: model card (``plausible_inner_ear_volume_mm3``), and it applies to folders whose card states none
+PLAUSIBLE_VOLUME = {
+    "min": 20.0,
+    "max": 1000.0,
+    "source": ("Generous bounds, not a normal range: below 20 mm^3 is less than the scala tympani alone in "
+               "the smallest of 30 human temporal bones measured by micro-CT (23-50 uL, mean 34.2 uL; "
+               "Dhanasingh et al. 2021, https://pmc.ncbi.nlm.nih.gov/articles/PMC8514755/), and the whole "
+               "cochlear perilymph space is about 93 uL (Ekdale 2016, micro-CT); 1000 mm^3 (1 mL) is several "
+               "times a whole labyrinth (cochlea, vestibule and semicircular canals), so a larger mask has "
+               "grown into bone, air cells or the background. tests/test_refusals.py checks that the "
+               "project's phantoms lie within it."),
+}
 
 
 class SegmentError(ValueError):
@@ -98,7 +115,45 @@ def check_model_dir(model_dir: str | os.PathLike | None = None) -> tuple[Path, d
             raise SegmentError(stage / "stage.json", f"model folder incomplete: no stage view ({exc})") from exc
         if view not in ("sagittal", "coronal", "axial"):
             raise SegmentError(stage / "stage.json", f"unknown stage view {view!r}")
+    check_model_consistency(folder, spec)
     return folder, spec
+
+
+def check_model_consistency(folder: Path, spec: dict) -> None:
+    """Refuse a model folder whose files disagree: ``cascade.json`` against ``model_card.json``
+    (grid, order, backbone, fold, normaliser) and against each stage's ``stage.json`` (view,
+    stage number, input channels, grid, backbone, fold). Raises :class:`SegmentError` naming
+    the file, the field and both values."""
+    spec_path = folder / "cascade.json"
+
+    def differ(path: Path, key: str, theirs, ours) -> None:
+        if theirs is not None and ours is not None and _jsonable(theirs) != _jsonable(ours):
+            raise SegmentError(path, f"model folder inconsistent: {key} is {theirs!r} here but {ours!r} in {spec_path}")
+
+    card_path = folder / "model_card.json"
+    if card_path.is_file():
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SegmentError(card_path, f"model card unreadable ({exc})") from exc
+        for key in ("grid", "order", "backbone", "fold", "normalizer"):
+            differ(card_path, key, card.get(key), spec.get(key))
+        differ(card_path, "training profile grid", card.get("training", {}).get("profile", {}).get("grid"),
+               spec.get("grid"))
+    order = spec.get("order")
+    if order is not None and len(order) != len(spec["stages"]):
+        raise SegmentError(spec_path, f"model folder inconsistent: {len(spec['stages'])} stages but order {order}")
+    for k, rel in enumerate(spec["stages"]):
+        path = (folder / rel).resolve() / "stage.json"
+        info = json.loads(path.read_text())
+        differ(path, "view", info.get("view"), order[k] if order else None)
+        for key, ours in (("stage", k + 1), ("channels", k + 1), ("grid", spec.get("grid")),
+                          ("backbone", spec.get("backbone")), ("fold", spec.get("fold"))):
+            differ(path, key, info.get(key), ours)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
 
 
 def read_model_card(folder: str | os.PathLike) -> dict:
@@ -126,9 +181,12 @@ def load_model_dir(model_dir: str | os.PathLike | None = None, *, reuse: bool = 
 
     With ``reuse`` a folder whose files are unchanged is loaded once per process.
     """
-    from .cascade import load_cascade
+    from .config import import_backend
 
     folder, spec = check_model_dir(model_dir)
+    import_backend()
+    from .cascade import load_cascade
+
     files = [folder / "cascade.json"] + [(folder / rel).resolve() / "best.keras" for rel in spec["stages"]]
     key = (str(folder.resolve()), tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
     if reuse and key in _LOADED:
@@ -214,6 +272,31 @@ def mask_measures(mask: np.ndarray, affine: np.ndarray) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- checks
+def plausible_volume(card: dict) -> dict:
+    """The model card's ``plausible_inner_ear_volume_mm3`` (``min``, ``max``, ``source``), or
+    :data:`PLAUSIBLE_VOLUME` for a model folder whose card states none."""
+    stated = card.get("plausible_inner_ear_volume_mm3") if isinstance(card, dict) else None
+    if stated:
+        return {"min": float(stated["min"]), "max": float(stated["max"]), "source": stated.get("source", "model card")}
+    return dict(PLAUSIBLE_VOLUME)
+
+
+def volume_check(volume_mm3: float, voxels: int, bounds: dict) -> dict:
+    """Is the segmented inner ear non-empty and of a plausible size? A JSON-able record with
+    ``passed`` and, when it failed, a one-line ``reason``."""
+    lo, hi = bounds["min"], bounds["max"]
+    reason = None
+    if voxels == 0:
+        reason = "no inner ear found: the mask is empty"
+    elif not lo <= volume_mm3 <= hi:
+        reason = (f"implausible inner-ear volume {volume_mm3:.4g} mm^3 (a human inner ear is within "
+                  f"{lo:g}-{hi:g} mm^3)")
+    return {"check": "the mask is non-empty and its volume is within the plausible range",
+            "range_mm3": [lo, hi], "source": bounds["source"], "volume_mm3": volume_mm3, "passed": reason is None,
+            "reason": reason}
+
+
 # --------------------------------------------------------------------------- segmentation
 def segment_scan(
     path: str | os.PathLike,
@@ -223,6 +306,7 @@ def segment_scan(
     cascade=None,
     progress: bool = False,
     chunk_voxels: int = 1 << 20,
+    before_model: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Segment the inner ear in one scan: ``(mask, affine, report)``.
 
@@ -230,12 +314,13 @@ def segment_scan(
     affine, ``report`` a JSON-able dict (input, model, volume in mm³, bounding box,
     component count, timings). ``spacing`` (mm) is needed for TIFF stacks that do not record
     it and overrides any other file's voxel size. ``cascade`` reuses a loaded model
-    (:func:`load_model_dir`); otherwise ``model_dir`` (default: the shipped model) is loaded.
+    (:func:`load_model_dir`); otherwise ``model_dir`` (default: the shipped model) is loaded,
+    after the scan was read and checked and after calling ``before_model`` (the command line
+    sets the backend's threads there).
     """
     from tqdm.auto import tqdm
 
     from . import __version__
-    from .cascade import segment
 
     path = Path(path)
     t_start = time.perf_counter()
@@ -243,6 +328,7 @@ def segment_scan(
     # reading and checking the scan come first, before any progress bar: a bad file fails in one line
     t = time.perf_counter()
     image, spacing_mm, affine = read_volume(path, spacing=spacing)
+    check_voxel_size(path, spacing_mm, spacing_source(path, spacing is not None))
     lo, hi = float(np.min(image)), float(np.max(image))
     if lo == hi:
         raise VolumeError(path, f"image is constant (every voxel is {lo:g}); nothing to segment")
@@ -259,7 +345,11 @@ def segment_scan(
         t = time.perf_counter()
         bar.set_description("load model")
         if cascade is None:
+            if before_model is not None:
+                before_model()
             cascade = load_model_dir(model_dir)
+        from .cascade import segment
+
         folder = Path(cascade.info.get("folder", model_dir or DEFAULT_MODEL))
         t = step("load model", t)
 
@@ -292,9 +382,12 @@ def segment_scan(
     except (OSError, ValueError):
         card = {}
     spec = cascade.info
-    warnings = []
-    if measures["voxels"] == 0:
-        warnings.append("no inner ear found: the mask is empty")
+    checks = {
+        "voxel_size": {"check": "every voxel size is within the range", "range_mm": list(VOXEL_MM_RANGE),
+                       "spacing_mm": list(spacing_mm), "passed": True},
+        "inner_ear_volume": volume_check(measures["volume_mm3"], measures["voxels"], plausible_volume(card)),
+    }
+    warnings = [checks["inner_ear_volume"]["reason"]] if not checks["inner_ear_volume"]["passed"] else []
     report = {
         "innerear_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -328,6 +421,7 @@ def segment_scan(
         "threshold": cascade.threshold,
         "inner_ear": dict(measures, components=n_components, components_kept=min(1, n_components),
                           voxels_removed=removed),
+        "checks": checks,
         "warnings": warnings,
         "timings_s": timings,
         "total_s": round(time.perf_counter() - t_start, 3),
@@ -341,6 +435,11 @@ def _check_output(path: Path, suffixes: tuple[str, ...], what: str, force: bool,
         raise SegmentError(path, f"{what} must end with {' or '.join(suffixes)}")
     if not path.parent.is_dir():
         raise SegmentError(path, f"output folder {path.parent} does not exist")
+    try:  # the real test: can a file be created there (permissions, read-only file systems)?
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise SegmentError(path, f"cannot write in the output folder {path.parent} ({exc.strerror or exc})") from None
     if path.is_dir():
         raise SegmentError(path, "is a folder, expected a file name")
     if path.exists() and not force:
@@ -375,12 +474,16 @@ def segment_to_files(
     spacing: Sequence[float] | None = None,
     force: bool = False,
     progress: bool = False,
+    allow_empty: bool = False,
+    before_model: Callable[[], None] | None = None,
 ) -> dict:
     """Segment ``scan`` and write the mask (and mesh, report): all of them, or none.
 
-    Everything that can be checked is checked before the work starts (output names and
-    folders, overwriting without ``force``, the model folder). The files are written to
-    temporary names and renamed only when all of them are complete. Returns the report.
+    Everything that can be checked is checked before the work starts (output names, that
+    their folders exist and are writable, overwriting without ``force``, the model folder).
+    An empty mask or an implausible inner-ear volume (the report's ``checks``) is refused
+    with :class:`SegmentError` and nothing is written, unless ``allow_empty``. The files are
+    written to temporary names and renamed only when all of them are complete. Returns the report.
     """
     from .io import _json_default
 
@@ -391,7 +494,13 @@ def segment_to_files(
         raise VolumeError(scan, "file not found")
     check_outputs(scan, out, mesh, report_path, force)
     check_model_dir(model_dir)
-    mask, affine, rep = segment_scan(scan, model_dir, spacing, progress=progress)
+    mask, affine, rep = segment_scan(scan, model_dir, spacing, progress=progress, before_model=before_model)
+    check = rep["checks"]["inner_ear_volume"]
+    if not check["passed"]:
+        if not allow_empty:
+            raise SegmentError(scan, f"{check['reason']}; is the scan a human inner-ear CT with the intensities the "
+                                     f"model expects? (--allow-empty writes it anyway)")
+        check["allowed_by"] = "--allow-empty"
     t0 = time.perf_counter()
     rep["output"] = {"mask": str(out), "mesh": str(mesh) if mesh else None,
                      "report": str(report_path) if report_path else None}
@@ -438,8 +547,7 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
     src, spec = check_model_dir(cascade_dir)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(_mkdtemp(dest))
-    try:
+    with atomic_path(dest, folder=True) as tmp:
         stages = []
         stage_infos = []
         for k, rel in enumerate(spec["stages"]):
@@ -459,21 +567,11 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
             "order": spec.get("order"), "backbone": spec.get("backbone"), "fold": spec.get("fold"),
             "profile": spec.get("profile"), "grid": spec.get("grid"), "normalizer": spec.get("normalizer"),
             "exported_from": str(src),
+            "plausible_inner_ear_volume_mm3": PLAUSIBLE_VOLUME,
             **(card or {}),
         }
         (tmp / "model_card.json").write_text(json.dumps(model_card, indent=2, sort_keys=True, default=str) + "\n")
-        for path in [tmp, *tmp.rglob("*")]:  # temporary files are private; a model folder is not
+        for path in tmp.rglob("*"):  # a model folder is shared: readable by all
             path.chmod(0o755 if path.is_dir() else 0o644)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    dest.chmod(0o755)
     return dest
-
-
-def _mkdtemp(dest: Path) -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

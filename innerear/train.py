@@ -124,9 +124,8 @@ class SliceDataset:
 
 # --------------------------------------------------------------------------- checkpoints
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.keras") as tmp:
+        model.save(tmp)
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,38 +42,27 @@ def write_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray, compressle
     array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) as gz:
-                gz.write(_nifti_header(array.shape, array.dtype, affine))
-                plane = max(1, array.shape[0] * array.shape[1])
-                step = max(1, 8_000_000 // plane)
-                for k in range(0, array.shape[2], step):
-                    gz.write(np.ascontiguousarray(array[:, :, k:k + step].transpose(2, 1, 0)).tobytes())
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) as gz:
+            gz.write(_nifti_header(array.shape, array.dtype, affine))
+            plane = max(1, array.shape[0] * array.shape[1])
+            step = max(1, 8_000_000 // plane)
+            for k in range(0, array.shape[2], step):
+                gz.write(np.ascontiguousarray(array[:, :, k:k + step].transpose(2, 1, 0)).tobytes())
+        raw.flush()
+        os.fsync(raw.fileno())
     return path
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
 
 
 def specimen_files(sid: str) -> dict[str, str]:
