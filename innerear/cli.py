@@ -73,11 +73,8 @@ def view_order(text: str) -> tuple[str, ...]:
 
 def _profile(args: argparse.Namespace):
     """The named profile with the training settings given on the command line replaced."""
-    flags = {"grid": "--grid", "max_epochs": "--epochs", "patience": "--patience", "base_filters": "--base-filters"}
-    overrides = {field: getattr(args, field) for field in flags if getattr(args, field, None) is not None}
-    for field, value in overrides.items():
-        if value < 1:
-            raise ValueError(f"{flags[field]} must be at least 1, got {value}")
+    fields = ("grid", "max_epochs", "patience", "base_filters")  # positive integers (argparse checked)
+    overrides = {field: getattr(args, field) for field in fields if getattr(args, field, None) is not None}
     pooling = 2 ** get_profile(args.profile).depth
     if overrides.get("grid", pooling) % pooling:
         raise ValueError(f"--grid must be divisible by {pooling} (the networks' pooling), got {overrides['grid']}")

@@ -273,7 +273,8 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _dicom_numbers(text: str) -> np.ndarray:
-    return np.asarray([float(v) for v in text.strip().strip("\\x00").split("\\")], float)
+    """A DICOM multi-valued decimal string (``1\\0\\0 ``, space or NUL padded) as numbers."""
+    return np.asarray([float(v.strip(" \x00")) for v in text.split("\\") if v.strip(" \x00")], float)
 
 
 def check_slice_positions(path: Path, tags: Sequence[dict], rel_tol: float = 0.05) -> None:

@@ -99,7 +99,7 @@ def test_training_overrides_on_the_command_line(capsys):
     assert profile.learning_rate == get_profile("demo").learning_rate
     assert cli.main(["train", "d", "--out", "o", "--grid", "50"]) == 1
     assert "--grid must be divisible by 8" in capsys.readouterr().err
-    assert cli.main(["run", "--epochs", "0"]) == 1
-    assert "--epochs must be at least 1" in capsys.readouterr().err
+    assert cli.main(["run", "--epochs", "0"]) == 2  # a usage error, named by argparse
+    assert "argument --epochs: expected a positive integer" in capsys.readouterr().err
     assert cli.main(["run", "--job", "axial"]) == 1
     assert "--job must look like FOLD:VIEW" in capsys.readouterr().err
