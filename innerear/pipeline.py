@@ -239,10 +239,12 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
         runs = root / "runs" / profile.name
         if runs.exists():
             old_seed = json.loads(manifest.read_text()).get("seed")
+            what = f"seed {old_seed}" if old_seed != seed else "other settings or generator version"
+            keep = f", or keep seed {old_seed}" if old_seed != seed else ""
             raise RuntimeError(
-                f"{data_dir}: holds another phantom set (seed {old_seed}, asked for seed {seed}, or other settings) "
-                f"and {runs} holds networks trained on it; nothing was changed. To start over with seed {seed}, "
-                f"remove the trained runs yourself: rm -r {runs} (or `make clean`), or use seed {old_seed}")
+                f"{data_dir}: holds a phantom set of {what} (asked for seed {seed}) and {runs} holds networks "
+                f"trained on it; nothing was changed. To start over, remove the trained runs yourself: "
+                f"rm -r {runs} (or `make clean`){keep}")
         print(f"[phantoms] {data_dir} holds a different phantom set and no run was trained on it; regenerating it",
               flush=True)
         shutil.rmtree(data_dir)
