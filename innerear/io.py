@@ -115,9 +115,10 @@ def check_voxel_size(path: str | os.PathLike, spacing_mm: Sequence[float], sourc
     sizes = [float(s) for s in spacing_mm]
     if not all(lo <= s <= hi for s in sizes):
         shown = ", ".join(f"{s:.6g}" for s in sizes)
+        hint = ("give it in mm" if source.endswith("--spacing") else
+                "fix the header or give the voxel size with --spacing SX SY SZ (mm)")
         raise VolumeError(path, f"voxel size ({shown}) mm from the {source} is outside {lo * 1000:g} µm – {hi:g} mm "
-                                f"(micro-CT to clinical CT); fix the header or give the voxel size with "
-                                f"--spacing SX SY SZ (mm)")
+                                f"(micro-CT to clinical CT); {hint}")
 
 
 def spacing_source(path: str | os.PathLike, given: bool) -> str:
