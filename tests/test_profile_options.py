@@ -102,3 +102,17 @@ def test_lr_plateau_lowers_the_learning_rate(tmp_path):
     assert json.loads((tmp_path / "run" / "done.json").read_text())["lr_plateau"] == [0.5, 1]
     res2 = fit(net, ds, tmp_path / "run2", max_epochs=2, patience=10, learning_rate=1e-12, seed=0)
     assert "learning_rate" not in res2.history[0]  # no callback: a constant rate, as the paper
+
+
+def test_six_connectivity_splits_a_thin_oblique_tube():
+    """Why the profiles keep 26: a thin canal running obliquely through a coarse grid has
+    voxels that touch only at edges or corners; 6-connectivity cuts such a true structure
+    into pieces (and the largest-component step would drop all but one), 26 keeps it whole."""
+    g = np.indices((24, 24, 24)).reshape(3, -1).T.astype(float)
+    direction = np.array([1.0, 0.8, 0.6]) / np.linalg.norm([1.0, 0.8, 0.6])
+    along = g @ direction
+    dist = np.linalg.norm(g - np.outer(along, direction), axis=1)
+    tube = (dist <= 0.6).reshape(24, 24, 24).astype(np.uint8)
+    assert tube.sum() > 20
+    assert cs.largest_component(tube, 26).sum() == tube.sum()
+    assert cs.largest_component(tube, 6).sum() < 0.5 * tube.sum()
