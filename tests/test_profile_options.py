@@ -116,3 +116,23 @@ def test_six_connectivity_splits_a_thin_oblique_tube():
     assert tube.sum() > 20
     assert cs.largest_component(tube, 26).sum() == tube.sum()
     assert cs.largest_component(tube, 6).sum() < 0.5 * tube.sum()
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["segment", "segment_fast"])
+def test_both_inference_paths_use_the_cascades_connectivity(fast):
+    """A one-stage cascade whose network passes the image through: the mask is the image's
+    largest component under the cascade's connectivity, in both inference paths."""
+    import keras
+
+    from innerear.fastinfer import segment_fast
+
+    inp = keras.Input((None, None, 1))
+    conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    net = keras.Model(inp, conv(inp))
+    conv.set_weights([np.full((1, 1, 1, 1), 10.0, np.float32), np.full(1, -5.0, np.float32)])
+    volume = _diagonal_pair().astype(np.float32)  # 1 inside (p > 0.99), 0 outside (p < 0.01)
+    run = segment_fast if fast else cs.segment
+    for connectivity, expected in ((6, 27), (26, 40)):
+        models = cs.Cascade([("axial", net)], pp.Normalizer(0.0, 1.0), 0, connectivity=connectivity)
+        mask, _ = run(volume, models)
+        assert int(mask.sum()) == expected
