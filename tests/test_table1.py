@@ -223,6 +223,11 @@ def test_variant_rows_pair_with_their_own_baseline_and_the_papers_row():
     assert keys[i + 1] == ("SEU-Net", T.PAPER_LABEL)  # ours next to the paper's row it reproduces
     assert keys[i + 2] == ("AutoCas-SEU-Net (standard SE)", "ours")
     assert keys[i + 3] == ("AutoCas-SEU-Net", T.PAPER_LABEL)
+    from innerear.compare import cascade_comparison
+
+    comparison = cascade_comparison(pv, n_boot=200)
+    assert ("AutoCas-SEU-Net (standard SE)", "SEU-Net (standard SE)") in set(
+        zip(comparison["cascade"], comparison["baseline"]))
 
 
 def _evaluated_per_volume() -> pd.DataFrame:
