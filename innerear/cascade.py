@@ -222,7 +222,7 @@ def _jsonable(value):
 # Profile fields added after runs were first recorded: a record without one was trained with
 # this value (the behaviour before the field existed).
 _LEGACY_PROFILE_VALUES = {"plain_bottleneck": False, "connectivity": 26, "lr_plateau": None, "min_delta": 0.0,
-                         "prior_bias": False}
+                         "prior_bias": False, "context_dropout": 0.0}
 
 
 def train_cascade(
