@@ -31,7 +31,7 @@ def time_backbone(backbone: str, profile_name: str, steps: int, threads: int | N
     """Median seconds per training step (batch of the profile's size) for one backbone."""
     import numpy as np
 
-    from innerear.backbones import build
+    from innerear.backbones import build_for_profile
     from innerear.config import get_profile
     from innerear.train import compile_for_training, set_seed, set_threads
 
@@ -39,9 +39,7 @@ def time_backbone(backbone: str, profile_name: str, steps: int, threads: int | N
         set_threads(threads)
     profile = get_profile(profile_name)
     set_seed(0)
-    model = build(backbone, channels=1, size=None, base_filters=profile.base_filters, depth=profile.depth,
-                  dropout=profile.dropout, bn_momentum=profile.bn_momentum,
-                  **({"se_mode": profile.se_mode} if backbone == "se_unet" else {}))
+    model = build_for_profile(backbone, 1, profile)  # the network the profile trains
     compile_for_training(model, profile.learning_rate, profile.loss)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(profile.batch_size, profile.grid, profile.grid, 1)).astype("float32")

@@ -17,9 +17,10 @@ with one filter and a sigmoid as the output. Only the block differs:
   of Hu et al. (global average pooling, Dense(C/r, ReLU), Dense(C, sigmoid), channel-wise
   rescaling) after the block's two convolutions, as the paper's text describes it.
 
-By default the ResU-Net and SEU-Net blocks are used at the bottleneck as well;
+By default the builders put the ResU-Net and SEU-Net blocks at the bottleneck as well;
 ``plain_bottleneck=True`` uses the plain U-Net block there instead, which is what the
-functions ``resunet``/``senet`` in the authors' ``code_models/model_final.py`` do.
+functions ``resunet``/``senet`` in the authors' ``code_models/model_final.py`` do and what
+every profile builds (:func:`build_for_profile`; ``Profile.plain_bottleneck``).
 
 Only the Keras 3 API is used (no backend-specific code), so the models build, train and
 save/load on TensorFlow, JAX or PyTorch. No ``Lambda`` layers are used: models round-trip
@@ -31,18 +32,28 @@ divisible by ``2**depth`` works.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import keras
 from keras import layers
 
+if TYPE_CHECKING:
+    from .config import Profile
+
 __all__ = [
     "AUTHORS_PARAMS",
     "BACKBONE_LABELS",
+    "AUTHORS_NETWORK_PARAMS",
     "BUILDERS",
     "SE_MODES",
+    "backbone_label",
     "build",
+    "build_for_profile",
+    "profile_build_kwargs",
     "layer_table",
+    "run_network",
     "res_unet",
     "se_unet",
     "unet",
@@ -53,6 +64,14 @@ BACKBONE_LABELS: dict[str, str] = {"unet": "U-Net", "res_unet": "ResU-Net", "se_
 # Parameter count (trainable + BN statistics) of the authors' U-Net at paper size
 # (base 32, depth 3), by number of input channels.
 AUTHORS_PARAMS: dict[int, int] = {1: 1_930_657, 2: 1_930_945, 3: 1_931_233}
+# The same for the authors' three networks (``unet``/``autocasnet1``, ``resunet`` and
+# ``senet`` in ``model_final.py``: plain bottleneck, their scalar-gate SE block, ratio 8).
+# tests/test_backbones.py rebuilds their layer sequence independently and checks these.
+AUTHORS_NETWORK_PARAMS: dict[str, dict[int, int]] = {
+    "unet": AUTHORS_PARAMS,
+    "res_unet": {1: 1_984_385, 2: 1_984_705, 3: 1_985_025},
+    "se_unet": {1: 1_553_565, 2: 1_553_853, 3: 1_554_141},
+}
 
 SE_MODES = ("authors", "standard")
 
@@ -262,6 +281,52 @@ def build(
     except KeyError:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BUILDERS)}") from None
     return builder(channels=channels, size=size, base_filters=base_filters, depth=depth, dropout=dropout, **kw)
+
+
+def backbone_label(backbone: str, se_mode: str = "authors") -> str:
+    """Row name of a backbone: ``"U-Net"``, ``"ResU-Net"``, ``"SEU-Net"``; an SEU-Net with the
+    standard SE block (not the authors' network) is ``"SEU-Net (standard SE)"``."""
+    try:
+        label = BACKBONE_LABELS[backbone]
+    except KeyError:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONE_LABELS)}") from None
+    if backbone == "se_unet" and se_mode != "authors":
+        if se_mode not in SE_MODES:
+            raise ValueError(f"se_mode must be one of {SE_MODES}, got {se_mode!r}")
+        label += f" ({se_mode} SE)"
+    return label
+
+
+def profile_build_kwargs(backbone: str, profile: "Profile") -> dict[str, Any]:
+    """The keywords :func:`build` gets from a profile for ``backbone`` (sizes and variants)."""
+    kw: dict[str, Any] = dict(base_filters=profile.base_filters, depth=profile.depth, dropout=profile.dropout,
+                              bn_momentum=profile.bn_momentum)
+    if backbone in ("res_unet", "se_unet"):
+        kw["plain_bottleneck"] = profile.plain_bottleneck
+    if backbone == "se_unet":
+        kw["se_mode"] = profile.se_mode
+    return kw
+
+
+def build_for_profile(backbone: str, channels: int, profile: "Profile", size: int | None = None,
+                      **kw: Any) -> keras.Model:
+    """The network a profile trains (fully convolutional unless ``size`` is given)."""
+    return build(backbone, channels=channels, size=size, **(profile_build_kwargs(backbone, profile) | kw))
+
+
+def run_network(run_dir: str | os.PathLike, backbone: str, channels: int, profile: "Profile") -> tuple[keras.Model, str]:
+    """The network a run trained, and where it came from.
+
+    The run's own saved model (``best.keras``, which holds its configuration) when the run
+    exists; otherwise the network the profile would build, and the second value says so.
+    """
+    path = Path(run_dir) / "best.keras"
+    if path.exists():
+        from .train import load_model
+
+        return load_model(path), f"the saved model of this run (`{path.name}` in `{Path(run_dir).name}/`)"
+    return (build_for_profile(backbone, channels, profile),
+            f"built from profile `{profile.name}`'s configuration (no trained run found)")
 
 
 # --------------------------------------------------------------------------- inspection

@@ -2,7 +2,8 @@
 
 Stage *k* sees the image and the *k-1* earlier stages' post-processed masks as channels,
 sliced along its own view. After each stage the slice predictions are reassembled in 3D,
-thresholded at 0.5 and reduced to the largest 3D connected component.
+thresholded at 0.5 and reduced to the largest 3D connected component (26-connected by
+default; ``Profile.connectivity``).
 
 Runs are stored as a prefix tree, one folder per stage::
 
@@ -42,10 +43,20 @@ STRUCTURE_26 = np.ones((3, 3, 3), bool)
 
 
 # --------------------------------------------------------------------------- building blocks
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component of a binary volume (empty stays empty)."""
+def connectivity_structure(connectivity: int = 26) -> np.ndarray:
+    """The 3×3×3 neighbourhood of 6 (faces), 18 (+ edges) or 26 (+ corners) neighbours."""
+    rank = {6: 1, 18: 2, 26: 3}.get(connectivity)
+    if rank is None:
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
+    return ndimage.generate_binary_structure(3, rank)
+
+
+def largest_component(mask: np.ndarray, connectivity: int = 26) -> np.ndarray:
+    """Keep the largest connected component of a binary volume (empty stays empty).
+
+    ``connectivity`` 26 (default) or 6 (scipy's default; the authors' code) or 18."""
     mask = np.asarray(mask) != 0
-    labels, n = ndimage.label(mask, structure=STRUCTURE_26)
+    labels, n = ndimage.label(mask, structure=connectivity_structure(connectivity))
     if n <= 1:
         return mask.astype(np.uint8)
     sizes = np.bincount(labels.ravel())
@@ -53,10 +64,11 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return (labels == int(np.argmax(sizes))).astype(np.uint8)
 
 
-def postprocess(probabilities: np.ndarray, threshold: float = 0.5, keep_largest: bool = True) -> np.ndarray:
+def postprocess(probabilities: np.ndarray, threshold: float = 0.5, keep_largest: bool = True,
+                connectivity: int = 26) -> np.ndarray:
     """Threshold stage probabilities and keep the largest 3D component (the paper's step)."""
     mask = (np.asarray(probabilities) >= threshold).astype(np.uint8)
-    return largest_component(mask) if keep_largest else mask
+    return largest_component(mask, connectivity) if keep_largest else mask
 
 
 def stage_inputs(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -108,6 +120,7 @@ class Cascade:
     threshold: float = 0.5
     batch_size: int = 32
     info: dict = field(default_factory=dict)
+    connectivity: int = 26
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -115,10 +128,10 @@ class Cascade:
 
 
 def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
-              threshold: float = 0.5, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+              threshold: float = 0.5, batch_size: int = 32, connectivity: int = 26) -> tuple[np.ndarray, np.ndarray]:
     """One stage on one volume: ``(probabilities, post-processed mask)``."""
     prob = predict_volume(model, stage_inputs(image_norm, masks), view, batch_size)
-    return prob, postprocess(prob, threshold)
+    return prob, postprocess(prob, threshold, connectivity=connectivity)
 
 
 def segment(volume: np.ndarray, models: Cascade, return_stages: bool = False):
@@ -134,7 +147,7 @@ def segment(volume: np.ndarray, models: Cascade, return_stages: bool = False):
     masks: list[np.ndarray] = []
     stages = []
     for view, model in models.stages:
-        prob, mask = run_stage(model, view, image, masks, models.threshold, models.batch_size)
+        prob, mask = run_stage(model, view, image, masks, models.threshold, models.batch_size, models.connectivity)
         masks.append(mask)
         stages.append((prob, mask))
     mask, prob = stages[-1][1], stages[-1][0]
@@ -156,7 +169,8 @@ def load_cascade(run_dir: str | os.PathLike) -> Cascade:
             raise FileNotFoundError(f"{model_path}: model file missing; the run folder is incomplete")
         stages.append((json.loads((stage_dir / "stage.json").read_text())["view"], load_model(model_path)))
     norm = Normalizer(**spec["normalizer"])
-    return Cascade(stages=stages, normalizer=norm, grid=int(spec["grid"]), threshold=float(spec.get("threshold", 0.5)), info=spec)
+    return Cascade(stages=stages, normalizer=norm, grid=int(spec["grid"]), threshold=float(spec.get("threshold", 0.5)),
+                   info=spec, connectivity=int(spec.get("connectivity", 26)))
 
 
 # --------------------------------------------------------------------------- training
@@ -218,6 +232,12 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
+# Profile fields added after runs were first recorded: a record without one was trained with
+# this value (the behaviour before the field existed).
+_LEGACY_PROFILE_VALUES = {"plain_bottleneck": False, "connectivity": 26, "lr_plateau": None, "min_delta": 0.0,
+                         "prior_bias": False, "context_dropout": 0.0}
+
+
 def train_cascade(
     cases: Sequence[PreparedCase],
     folds: list[list[str]],
@@ -238,7 +258,7 @@ def train_cascade(
     with each stage's held-out Dice per case. A :class:`~innerear.train.ModelPool` shared by
     several calls in one process reuses compiled networks (same results, less tracing).
     """
-    from .backbones import build
+    from .backbones import build_for_profile
 
     order = check_order(order)
     by_id = {c.case_id: c for c in cases}
@@ -253,9 +273,11 @@ def train_cascade(
         if old.get("train") != train_ids or old.get("test") != test_ids:
             raise RuntimeError(f"{root}: trained on other specimens than this data set's fold {fold} "
                                f"(fold.json differs); remove the folder or use another runs folder")
-        irrelevant = {"name", "extra", "phantoms"} | ({"se_mode"} if backbone != "se_unet" else set())
+        irrelevant = {"name", "extra", "phantoms"} | ({"se_mode"} if backbone != "se_unet" else set()) \
+            | ({"plain_bottleneck"} if backbone == "unet" else set())
+        recorded = _LEGACY_PROFILE_VALUES | old.get("profile", {})
         changed = sorted(k for k, v in profile.to_dict().items() if k not in irrelevant
-                         and k in old.get("profile", {}) and _jsonable(old["profile"][k]) != _jsonable(v))
+                         and k in recorded and _jsonable(recorded[k]) != _jsonable(v))
         if changed:
             raise RuntimeError(f"{root}: trained with other settings ({', '.join(changed)} differ from profile "
                                f"{profile.name!r}); remove the folder or use another runs folder")
@@ -285,9 +307,7 @@ def train_cascade(
                 share = float(np.mean([by_id[c].label.mean() for c in train_ids])) if profile.prior_bias else None
 
                 def network(channels: int = 1 + k, share: float | None = share) -> keras.Model:
-                    model = build(backbone, channels=channels, size=None, base_filters=profile.base_filters,
-                                  depth=profile.depth, dropout=profile.dropout, bn_momentum=profile.bn_momentum,
-                                  **({"se_mode": profile.se_mode} if backbone == "se_unet" else {}))
+                    model = build_for_profile(backbone, channels, profile)
                     return model if share is None else set_output_prior(model, share)
 
                 result = fit(
@@ -295,7 +315,7 @@ def train_cascade(
                     train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
                     learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
                     seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose, pool=pool,
-                    min_delta=profile.min_delta,
+                    min_delta=profile.min_delta, lr_plateau=profile.lr_plateau,
                 )
                 train_seconds = time.perf_counter() - t0
                 t1 = time.perf_counter()
@@ -303,7 +323,7 @@ def train_cascade(
                 prev = {}
                 test_dice = {}
                 for c in ids:
-                    prob, mask = run_stage(result.model, view, images[c], masks[c])
+                    prob, mask = run_stage(result.model, view, images[c], masks[c], connectivity=profile.connectivity)
                     prev[c] = mask
                     if c in test_ids:
                         save_npz(folder / "pred" / f"{c}.npz", prob=prob.astype(np.float16), mask=mask)
@@ -327,6 +347,7 @@ def train_cascade(
         "stages": [os.path.relpath(stage_dir(runs_root, profile, backbone, fold, order[: k + 1]), last)
                    for k in range(len(order))],
         "order": list(order), "normalizer": normalizer.to_dict(), "grid": profile.grid, "threshold": 0.5,
+        "connectivity": profile.connectivity,
         "backbone": backbone, "fold": fold, "profile": profile.name,
     })
     return summary

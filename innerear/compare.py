@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import STRUCTURE_NAMES
-from .table1 import PAIRS, _paired_test, summarize
+from .table1 import _paired_test, method_pairs, summarize
 
 
 def structure_columns(per_volume: pd.DataFrame, kind: str = "dice") -> list[str]:
@@ -58,17 +58,19 @@ def bootstrap_mean_ci(diff: np.ndarray, n_boot: int = 10_000, level: float = 0.9
 
 
 def cascade_comparison(per_volume: pd.DataFrame, metric: str = "dice",
-                       pairs: Sequence[tuple[str, str]] = PAIRS, n_boot: int = 10_000,
+                       pairs: Sequence[tuple[str, str]] | None = None, n_boot: int = 10_000,
                        seed: int = 0) -> pd.DataFrame:
     """Each cascade against its baseline on the volumes both evaluated (paired).
 
     One row per pair present: ``cascade``, ``baseline``, ``n``, ``baseline_mean``,
     ``cascade_mean``, ``mean_diff`` (cascade − baseline), ``ci_low``/``ci_high`` (bootstrap
     95 % interval of the mean difference) and ``pvalue`` (two-sided Wilcoxon signed-rank).
+    ``pairs`` default: every AutoCas-X with its X (:func:`innerear.table1.method_pairs`), so
+    that variants such as "SEU-Net (standard SE)" are compared too.
     """
     rows = []
     present = set(per_volume["method"])
-    for cascade, baseline in pairs:
+    for cascade, baseline in (method_pairs(present) if pairs is None else pairs):
         if cascade not in present or baseline not in present:
             continue
         c = per_volume[per_volume["method"] == cascade].set_index("volume_id")[metric].astype(float)

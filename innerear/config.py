@@ -14,6 +14,7 @@ from typing import Any
 ORIENTATIONS = ("sagittal", "coronal", "axial")
 PAPER_ORDER = ("coronal", "sagittal", "axial")
 BACKBONES = ("unet", "res_unet", "se_unet")
+CONNECTIVITIES = (6, 18, 26)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,29 @@ class Profile:
     # BatchNorm moving-average momentum: Keras' 0.99 needs hundreds of steps before the
     # inference-time statistics settle; the short CPU profiles use 0.9.
     bn_momentum: float = 0.99
+    # ResU-Net / SEU-Net bottleneck: the plain U-Net block, as in the authors' code
+    # (``resunet``/``senet`` in ``model_final.py``) and the paper's text (residual and SE
+    # blocks "in down- and up-sampling layers"). False puts the residual / SE block there too.
+    plain_bottleneck: bool = True
+    # Largest-component step: 26 (face, edge or corner neighbours; our default, so that a
+    # thin canal touching its neighbour only diagonally stays attached) or 6 (faces only:
+    # scipy's default, which the authors' code uses through nipy's ``largest_cc``).
+    connectivity: int = 26
+    # Learning rate times ``factor`` after ``patience`` epochs without a lower training loss
+    # (Keras' ReduceLROnPlateau); None: constant, as the paper's text. The authors' code:
+    # (0.9, 10).
+    lr_plateau: tuple[float, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.connectivity not in CONNECTIVITIES:
+            raise ValueError(f"profile {self.name!r}: connectivity must be one of {CONNECTIVITIES} "
+                             f"(3D neighbours), got {self.connectivity!r}")
+        if self.lr_plateau is not None:
+            factor, patience = self.lr_plateau
+            if not 0.0 < float(factor) < 1.0 or int(patience) < 1:
+                raise ValueError(f"profile {self.name!r}: lr_plateau must be (factor in (0, 1), "
+                                 f"patience >= 1), got {self.lr_plateau!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, for manifests and run records."""

@@ -2,6 +2,11 @@
 
 Nothing here trains: every function reads the held-out probabilities and masks that
 :func:`innerear.cascade.train_cascade` saved, and the prepared ground truth.
+
+Every metric is computed on the post-processed mask (threshold 0.5, largest component).
+``auc_roc`` too: it is computed on the saved (float16) probabilities with the voxels that the
+largest-component step removed set to 0 (:func:`postprocessed_probabilities`), so that this
+probability map thresholded at 0.5 is exactly the evaluated mask.
 """
 from __future__ import annotations
 
@@ -14,17 +19,21 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .backbones import BACKBONE_LABELS
+from .backbones import BACKBONE_LABELS, backbone_label
 from .cascade import read_stage_predictions, stage_dir
 from .config import PAPER_ORDER, Profile
 from .metrics import evaluate, fragmentation, per_structure
 from .preprocess import PreparedCase, orientation_axis
 
 
-def table1_methods(order: Sequence[str] = PAPER_ORDER) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Table 1's six rows: name → (backbone, views). Baselines are single axial views."""
+def table1_methods(order: Sequence[str] = PAPER_ORDER, se_mode: str = "authors") -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Table 1's six rows: name → (backbone, views). Baselines are single axial views.
+
+    The SEU-Net rows carry the paper's names only with the authors' SE block
+    (``se_mode="authors"``); with the standard block they read "SEU-Net (standard SE)"."""
     out = {}
-    for backbone, label in BACKBONE_LABELS.items():
+    for backbone in BACKBONE_LABELS:
+        label = backbone_label(backbone, se_mode)
         out[label] = (backbone, ("axial",))
         out[f"AutoCas-{label}"] = (backbone, tuple(order))
     return out
@@ -36,9 +45,21 @@ def available_folds(runs_root: str | os.PathLike, profile: Profile, backbone: st
             if (stage_dir(runs_root, profile, backbone, k, views) / "stage.json").exists()]
 
 
+def postprocessed_probabilities(prob: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Probabilities in [0, 1] with the voxels the post-processing removed (at or above
+    ``threshold`` but outside the kept ``mask``) set to 0; thresholding the result at
+    ``threshold`` gives ``mask`` again."""
+    prob = np.clip(np.asarray(prob, np.float32), 0, 1)
+    removed = (prob >= threshold) & (np.asarray(mask) == 0)
+    return np.where(removed, np.float32(0), prob)
+
+
 def evaluate_run(cases: dict[str, PreparedCase], runs_root: str | os.PathLike, profile: Profile, backbone: str,
                  views: Sequence[str], method: str, fragmentation_axis: str = "axial") -> list[dict]:
-    """Per-volume metrics of one method over all folds it has finished."""
+    """Per-volume metrics of one method over all folds it has finished.
+
+    Besides the metrics: ``pred_voxels`` (0: the prediction is empty, a failed volume, whose
+    precision is undefined and distances infinite) and the fragmentation counts."""
     rows = []
     for fold in available_folds(runs_root, profile, backbone, views):
         folder = stage_dir(runs_root, profile, backbone, fold, views)
@@ -47,7 +68,8 @@ def evaluate_run(cases: dict[str, PreparedCase], runs_root: str | os.PathLike, p
             prob, mask = read_stage_predictions(folder, cid)
             truth = cases[cid].label
             row = {"method": method, "volume_id": cid, "fold": fold, "backbone": backbone, "order": "-".join(views)}
-            row.update(evaluate(mask, truth, cases[cid].spacing, probabilities=np.clip(prob, 0, 1)))
+            row.update(evaluate(mask, truth, cases[cid].spacing, probabilities=postprocessed_probabilities(prob, mask)))
+            row["pred_voxels"] = int(np.count_nonzero(mask))
             frag = fragmentation(mask, truth, orientation_axis(fragmentation_axis))
             row.update(fragmented_slices=frag["n_fragmented"], slices=frag["n_slices"])
             if cases[cid].structures is not None:
@@ -61,7 +83,7 @@ def per_volume_table(cases: Sequence[PreparedCase], runs_root: str | os.PathLike
     """Tidy per-volume results (one row per method and held-out volume)."""
     by_id = {c.case_id: c for c in cases}
     rows: list[dict] = []
-    for method, (backbone, views) in (methods or table1_methods()).items():
+    for method, (backbone, views) in (methods or table1_methods(se_mode=profile.se_mode)).items():
         rows += evaluate_run(by_id, runs_root, profile, backbone, views, method)
     return pd.DataFrame(rows)
 

@@ -20,7 +20,8 @@ full size: three stages of 256 slices of 256 × 256 pixels for a paper-size volu
 
 Why this gives (almost) the same masks, and where it does not:
 
-* Each stage's output is thresholded and reduced to its largest 26-connected component.
+* Each stage's output is thresholded and reduced to its largest connected component
+  (26-connected unless the cascade says otherwise).
   Foreground that the full-size stage would find farther than ``margin`` from the earlier
   masks is dropped here. It is dropped there too when it is not connected to the main
   component (a false positive elsewhere); it is *not* equivalent when the later stage grows
@@ -166,7 +167,8 @@ def roi_crops(masks: Sequence[np.ndarray], orientation: str, margin: int, align:
 def run_stage_fast(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
                    threshold: float = 0.5, margin: int | None = DEFAULT_MARGIN, batch_size: int = 8,
                    bucket: int | None = None, full_fraction: float = 0.75, compiled: bool = True,
-                   fixed_batch: bool | None = None, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   fixed_batch: bool | None = None, stats: dict | None = None,
+                   connectivity: int = 26) -> tuple[np.ndarray, np.ndarray]:
     """One stage on one volume, restricted to the earlier masks' region: ``(probabilities, mask)``.
 
     Without earlier masks (stage 1), with ``margin=None`` or with empty earlier masks the
@@ -201,7 +203,7 @@ def run_stage_fast(model: keras.Model, view: str, image_norm: np.ndarray, masks:
                     out[i, r0:r0 + nr, c0:c0 + nc] = p
                 pixels += len(chunk) * nr * nc
         prob = from_slices(out, view)
-    mask = postprocess(prob, threshold)
+    mask = postprocess(prob, threshold, connectivity=connectivity)
     if stats is not None:
         stats.setdefault("stages", []).append({
             "view": view, "seconds": time.perf_counter() - t0, "pixel_fraction": pixels / float(n * h * w),
@@ -233,7 +235,7 @@ def segment_fast(volume: np.ndarray, models: Cascade, margin: int | None = DEFAU
     stages = []
     for view, model in models.stages:
         prob, mask = run_stage_fast(model, view, image, masks, models.threshold, margin, batch_size, bucket,
-                                    full_fraction, compiled, fixed_batch, stats)
+                                    full_fraction, compiled, fixed_batch, stats, models.connectivity)
         masks.append(mask)
         stages.append((prob, mask))
     mask, prob = stages[-1][1], stages[-1][0]

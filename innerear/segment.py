@@ -239,9 +239,12 @@ def map_to_scan(values: np.ndarray, prepared_affine: np.ndarray, shape: Sequence
     return out
 
 
-def keep_largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """The largest 26-connected component of ``mask`` and the number of components it had."""
-    labels, n = ndimage.label(np.asarray(mask) != 0, structure=STRUCTURE_26)
+def keep_largest(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """The largest connected component of ``mask`` (26-connected by default; 6 or 18 on
+    request) and the number of components it had."""
+    from .cascade import connectivity_structure
+
+    labels, n = ndimage.label(np.asarray(mask) != 0, structure=connectivity_structure(connectivity))
     if n <= 1:
         return (labels > 0).astype(np.uint8), int(n)
     sizes = np.bincount(labels.ravel())
@@ -366,7 +369,7 @@ def segment_scan(
         t = step("map back", t)
 
         bar.set_description("largest component")
-        mask, n_components = keep_largest(raw)
+        mask, n_components = keep_largest(raw, cascade.connectivity)
         removed = int(np.count_nonzero(raw)) - int(np.count_nonzero(mask))
         del raw
         t = step("largest component", t)

@@ -311,6 +311,7 @@ def fit(
     checkpoint_seconds: float = 30.0,
     pool: ModelPool | None = None,
     min_delta: float = 0.0,
+    lr_plateau: tuple[float, int] | None = None,
 ) -> FitResult:
     """Train (or resume, or just load) a network in ``run_dir`` and return the best model.
 
@@ -320,6 +321,10 @@ def fit(
     Keras' ``EarlyStopping``) below its value at the last such improvement, or at ``max_epochs``;
     ``done.json`` records which (``stopped_by``: ``"patience"`` or ``"max_epochs"``). With a ``pool`` a compiled network of the same
     architecture is reused instead of tracing a new one.
+    ``lr_plateau=(factor, patience)`` multiplies the learning rate by ``factor`` after
+    ``patience`` epochs without a lower training loss (Keras' ``ReduceLROnPlateau``, as the
+    authors' code with (0.9, 10)); the lowered rate is saved with the optimizer, the plateau
+    counter restarts on resume.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -354,8 +359,13 @@ def fit(
     if state["wait"] < patience and initial_epoch < max_epochs:
         x, y = train_data.arrays()
         validation = val_data.arrays() if val_data is not None else None
+        callbacks: list[keras.callbacks.Callback] = [keeper]
+        if lr_plateau is not None:  # first, so that the epoch's log (history.csv) holds the rate
+            factor, lr_patience = lr_plateau
+            callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
+                monitor="loss", factor=float(factor), patience=int(lr_patience), min_delta=1e-5, mode="min"))
         model.fit(x, y, batch_size=train_data.batch_size, shuffle=train_data.shuffle, validation_data=validation,
-                  epochs=max_epochs, initial_epoch=initial_epoch, callbacks=[keeper], verbose=0)
+                  epochs=max_epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
     if keeper.best_weights is not None:
         model.set_weights(keeper.best_weights)
         _save_model_atomic(model, run_dir / "best.keras")
@@ -369,7 +379,8 @@ def fit(
     write_json(done, {"epochs": epochs, "best_epoch": state["best_epoch"], "best": state["best"],
                       "monitor": monitor, "seconds": seconds, "seed": seed, "learning_rate": learning_rate,
                       "loss": loss, "patience": patience, "min_delta": min_delta, "max_epochs": max_epochs,
-                      "stopped_by": stopped_by})
+                      "stopped_by": stopped_by,
+                      "lr_plateau": None if lr_plateau is None else list(lr_plateau)})
     (run_dir / "last.keras").unlink(missing_ok=True)  # the finished run keeps only its best model
     return FitResult(model, history, epochs, state["best_epoch"], seconds, resumed_from, stopped_by)
 

@@ -23,10 +23,14 @@ VARIANTS = [
 ]
 VARIANT_IDS = ["unet", "res_unet", "se_unet-authors", "se_unet-standard"]
 
-# Paper-size (base 32, depth 3, one input channel) counts of this implementation's
-# ResU-Net and SEU-Net; the U-Net's are the authors' (AUTHORS_PARAMS).
+# Paper-size (base 32, depth 3, one input channel) counts of the builders' defaults, with the
+# ResU-Net / SE block at the bottleneck too; the U-Net's are the authors' (AUTHORS_PARAMS).
 PAPER_PARAMS_RES_UNET = 2_017_409
 PAPER_PARAMS_SE_UNET = 974_559
+# The authors' ResU-Net and SEU-Net (plain bottleneck), one input channel: the numbers the
+# issue quotes, also rebuilt independently below.
+AUTHORS_RES_UNET_1CH = 1_984_385
+AUTHORS_SE_UNET_1CH = 1_553_565
 
 
 def _batch(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -163,3 +167,106 @@ def test_source_is_backend_agnostic():
     assert "tensorflow" not in source.lower().replace("tensorflow, jax or pytorch", "")
     assert not re.search(r"\btf\.", source)
     assert "Lambda" not in source.replace("No ``Lambda`` layers", "")
+
+
+# ----------------------------------------------------------------------------- the authors' networks
+def _authors_network(block: str, channels: int, size: int = 256, base: int = 32) -> keras.Model:
+    """The authors' ``unet``/``resunet``/``senet`` (``code_models/model_final.py`` of
+    raabid236/AutoCasNet, read in the project's search index), re-typed here in plain Keras 3
+    layer by layer, without any code of ``innerear``: their ``convolution_block`` is
+    Conv3x3 (he_normal) - BN - ReLU; ``unet_block`` two of those; ``residual_block`` one,
+    plus a 1x1 convolution of the block input added, then a second; ``senet_block`` one,
+    then ``se_block(ratio=8)`` (global max pooling, reshape to 1x1xC, Dense(C//8, ReLU),
+    Dense(1, sigmoid), times a 1-filter 1x1 convolution of the features), then a second.
+    Three levels of (block, 2x2 max pooling) with 32/64/128 filters, a ``unet_block`` of
+    256 at the bottleneck in all three networks, Dropout(0.2), then three levels of 2x2
+    stride-2 transposed convolution, concatenation with the skip and the block, and a 1x1
+    sigmoid convolution."""
+    L = keras.layers
+
+    def cbr(x, f):
+        x = L.Conv2D(f, (3, 3), padding="same", kernel_initializer="he_normal")(x)
+        return L.Activation("relu")(L.BatchNormalization()(x))
+
+    def unet_block(x, f):
+        return cbr(cbr(x, f), f)
+
+    def residual_block(x, f):
+        y = L.Add()([cbr(x, f), L.Conv2D(f, (1, 1), padding="same")(x)])
+        return cbr(y, f)
+
+    def senet_block(x, f):
+        y = cbr(x, f)
+        se = L.Reshape((1, 1, f))(L.GlobalMaxPooling2D()(y))
+        se = L.Dense(f // 8, activation="relu", kernel_initializer="he_normal")(se)
+        se = L.Dense(1, activation="sigmoid", kernel_initializer="he_normal")(se)
+        y = L.Multiply()([L.Conv2D(1, (1, 1), padding="same")(y), se])
+        return cbr(y, f)
+
+    level_block = {"unet": unet_block, "res_unet": residual_block, "se_unet": senet_block}[block]
+    inputs = keras.Input((size, size, channels))
+    c1 = level_block(inputs, base)
+    c2 = level_block(L.MaxPooling2D((2, 2))(c1), base * 2)
+    c3 = level_block(L.MaxPooling2D((2, 2))(c2), base * 4)
+    c6 = L.Dropout(0.2)(unet_block(L.MaxPooling2D((2, 2))(c3), base * 8))
+    u = c6
+    for skip, f in ((c3, base * 4), (c2, base * 2), (c1, base)):
+        u = L.Conv2DTranspose(f, (2, 2), strides=(2, 2), padding="same")(u)
+        u = level_block(L.concatenate([u, skip]), f)
+    outputs = L.Conv2D(1, (1, 1), kernel_initializer="he_normal", activation="sigmoid")(u)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("backbone", ["unet", "res_unet", "se_unet"])
+def test_paper_profile_builds_the_authors_networks(backbone):
+    """At the ``paper`` profile (256² slices, base 32, depth 3) each backbone has exactly the
+    parameters of the authors' network, counted on an independent Keras rebuild of it."""
+    from innerear.config import get_profile
+
+    paper = get_profile("paper")
+    assert paper.plain_bottleneck and paper.se_mode == "authors"
+    for channels in (1, 2, 3):
+        theirs = _authors_network(backbone, channels).count_params()
+        ours = backbones.build_for_profile(backbone, channels, paper, size=paper.grid).count_params()
+        assert ours == theirs == backbones.AUTHORS_NETWORK_PARAMS[backbone][channels]
+        keras.backend.clear_session()
+    if backbone == "res_unet":
+        assert backbones.AUTHORS_NETWORK_PARAMS[backbone][1] == AUTHORS_RES_UNET_1CH
+    if backbone == "se_unet":
+        assert backbones.AUTHORS_NETWORK_PARAMS[backbone][1] == AUTHORS_SE_UNET_1CH
+
+
+def test_profile_build_kwargs_follow_the_profile():
+    from innerear.config import get_profile
+
+    demo = get_profile("demo")
+    kw = backbones.profile_build_kwargs("se_unet", demo)
+    assert kw["se_mode"] == "standard" and kw["plain_bottleneck"] is True and kw["bn_momentum"] == 0.9
+    assert "se_mode" not in backbones.profile_build_kwargs("res_unet", demo)
+    assert "plain_bottleneck" not in backbones.profile_build_kwargs("unet", demo)
+    model = backbones.build_for_profile("res_unet", 2, get_profile("smoke", plain_bottleneck=False))
+    assert any(layer.name == "bottleneck_shortcut" for layer in model.layers)
+
+
+def test_backbone_label_names_the_se_variant():
+    assert backbones.backbone_label("se_unet", "authors") == "SEU-Net"
+    assert backbones.backbone_label("se_unet", "standard") == "SEU-Net (standard SE)"
+    assert backbones.backbone_label("unet", "standard") == "U-Net"
+    with pytest.raises(ValueError, match="unknown backbone"):
+        backbones.backbone_label("vnet")
+
+
+def test_run_network_prefers_the_runs_saved_model(tmp_path):
+    from innerear.config import get_profile
+
+    smoke = get_profile("smoke")
+    model, source = backbones.run_network(tmp_path, "se_unet", 1, smoke)
+    assert "profile `smoke`" in source and "no trained run" in source
+    assert any(layer.name.endswith("_se_scale") for layer in model.layers)
+    # a run trained with other settings than the profile's: its own network comes back
+    trained = build("se_unet", channels=2, size=None, base_filters=3, depth=1, se_mode="authors")
+    trained.save(tmp_path / "best.keras")
+    loaded, source = backbones.run_network(tmp_path, "se_unet", 2, smoke)
+    assert "saved model of this run" in source
+    assert loaded.count_params() == trained.count_params()
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in trained.layers]
