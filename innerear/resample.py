@@ -3,7 +3,7 @@
 :func:`innerear.preprocess.resample_image` calls ``scipy.ndimage.zoom`` on a float copy of the
 whole scan; scipy pads it and computes the spline coefficients of the whole padded volume in
 float64, so the peak memory is about 16–18 bytes per *source* voxel: some 6 GB for the
-paper's smallest scan (600 × 892 × 618) and some 60 GB for a 1500³ one.
+smallest scan size the paper gives (618 × 892 × 600) and some 60 GB for a 1500³ one.
 
 :func:`resample_image_bounded` computes the same result in separable 1D passes:
 

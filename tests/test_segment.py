@@ -64,6 +64,16 @@ def test_shipped_model_is_complete_and_documented():
     assert size < 10 * 2**20
 
 
+def test_shipped_model_card_is_consistent():
+    card = json.loads((DEFAULT_MODEL / "model_card.json").read_text())
+    trained = card["training"]["profile"]
+    n_used = len(card["stages"][0]["train_ids"]) + len(card["stages"][0]["test_ids"])
+    assert card["data"]["n_specimens"] == trained["phantoms"]["n_specimens"] == n_used
+    assert card["grid"] == trained["grid"] == card["training"]["overrides_of_demo"]["grid"]
+    assert f"grid {card['grid']}" in card["profile"]  # not a bare "demo" beside a non-demo grid
+    assert not card["exported_from"].startswith(("/tmp", "/var")) and card["exported_from"].startswith("WORK/")
+
+
 def test_rotated_anisotropic_scan_comes_back_on_its_grid(tmp_path, held_out, model, capsys):
     # axes permuted and flipped, tilted by 12 degrees, anisotropic voxels, non-cubic grid
     perm = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0.0]])

@@ -100,6 +100,9 @@ def main() -> None:
              "--patience", str(args.patience)]
     train_s = innerear(*train)
     cascade = work / "run" / "demo" / "unet" / "fold0" / Path(*PAPER_ORDER)
+    profile = get_profile("demo", grid=args.grid, max_epochs=args.epochs, patience=args.patience).to_dict()
+    profile["phantoms"]["n_specimens"] = args.n  # the phantoms written above, not the demo book's count
+    overrides = {"grid": args.grid, "max_epochs": args.epochs, "patience": args.patience}
     card = {
         "name": "phantom_cascade",
         "WARNING": "Trained on SYNTHETIC phantoms only (innerear.phantom), not on real micro-CT. Its output on "
@@ -109,9 +112,10 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "data": {"kind": "SYNTHETIC phantoms", "generator": "innerear.phantom", "seed": 0, "n_specimens": args.n,
                  "settings": "demo profile phantoms (binning 8: 0.130 / 0.156 mm voxels)"},
-        "training": {"profile": get_profile("demo", grid=args.grid, max_epochs=args.epochs,
-                                            patience=args.patience).to_dict(),
-                     "overrides_of_demo": {"grid": args.grid, "max_epochs": args.epochs, "patience": args.patience},
+        # the demo profile's settings with these overrides (not the demo book's own model)
+        "profile": "demo, overridden: " + ", ".join(f"{k} {v}" for k, v in overrides.items()),
+        "exported_from": str(cascade).replace(str(work), "WORK"),  # no machine-specific path
+        "training": {"profile": profile, "overrides_of_demo": overrides,
                      "fold": 0, "command": "innerear " + " ".join(train).replace(str(work), "WORK"),
                      "wall_s": round(train_s, 1)},
         "reproduce": f".venv/bin/python tools/ship_model.py --work WORK --n {args.n} --grid {args.grid} "
