@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-slices", type=int, default=32)
     ap.add_argument("--tune-rounds", type=int, default=3)
     ap.add_argument("--skip-resample", action="store_true")
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/bench_inference.json)")
     args = ap.parse_args(argv)
     _threads_from_env()
     if args.tune_worker:
@@ -262,8 +262,9 @@ def main(argv=None) -> int:
     if args.sweep:
         print("margin sweep (one run each):", flush=True)
         out["sweep"] = sweep(image, casc, ref_mask, [int(m) for m in args.sweep.split(",")], args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+    from innerear.performance import results_path, write_record
+
+    print(f"wrote {write_record(args.json or results_path(C.ROOT, 'bench_inference'), 'bench_inference', out)}")
     if not args.skip_resample:
         print("\nresampling benchmark (benchmarks/bench_resample.py; --large adds the 1500^3 case):", flush=True)
         subprocess.run([sys.executable, str(HERE / "bench_resample.py")], check=False)

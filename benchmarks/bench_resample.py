@@ -195,7 +195,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--only-large", action="store_true", help="case (b) only")
     ap.add_argument("--max-bytes", type=float, default=2.0, help="GiB for resample_image_bounded")
     ap.add_argument("--workdir", default=None, help="where the test volumes go (default: a temporary folder)")
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/bench_resample.json)")
     args = ap.parse_args(argv)
     if args.worker:
         m, src, grid, max_bytes, out = args.worker
@@ -220,8 +220,11 @@ def main(argv=None) -> list[dict]:
     print()
     print(f"resampling to {args.grid}^3 (cubic B-spline), {os.cpu_count()} CPU(s); peak RSS = VmHWM of the run's process")
     print_table(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    from innerear.performance import results_path, write_record
+
+    path = write_record(args.json or results_path(ROOT, "bench_resample"), "bench_resample",
+                        {"cases": results, "settings": {"grid": args.grid, "max_bytes_gib": args.max_bytes}})
+    print(f"wrote {path}")
     return results
 
 

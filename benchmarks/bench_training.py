@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 demo, 3 paper)")
     ap.add_argument("--threads", type=int, default=None, help="backend threads (default: all cores)")
     ap.add_argument("--paper-epochs", type=int, default=50)
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/bench_training.json)")
     args = ap.parse_args()
 
     from innerear.config import get_profile
@@ -97,10 +97,14 @@ def main() -> None:
               f"{r['first_step_s']:.1f} | {r['steps_per_epoch']} | {r['epoch_s']:.1f} | {r['epochs_assumed']} | "
               f"{fold_txt} |")
     print("\ncascade per fold = 3 stages x (epochs x s/epoch + first step); prediction not included")
-    if args.json:
-        from innerear.io import write_json
+    from pathlib import Path
 
-        write_json(args.json, {"rows": rows, "cpu_count": os.cpu_count()})
+    from innerear.performance import results_path, write_record
+
+    path = write_record(args.json or results_path(Path(__file__).resolve().parents[1], "bench_training"), "bench_training",
+                        {"rows": rows, "settings": {"paper_epochs_assumed": args.paper_epochs,
+                                                    "threads": args.threads or "backend default"}})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""GPU figures for book/performance.md: one short run on a JAX machine (no TensorFlow).
+"""GPU figures for the book's Performance page (notebooks/06_performance.ipynb): one short run on a JAX machine (no TensorFlow).
 
 Prints, and writes to ``$OUT/gpu_results.json`` when ``$OUT`` is set:
 
@@ -56,6 +56,10 @@ def elapsed() -> float:
 
 def save() -> None:
     RESULTS["elapsed_s"] = round(elapsed(), 1)
+    if "context" not in RESULTS:  # date, machine, versions: the Performance page reads them
+        from innerear.performance import run_context
+
+        RESULTS["context"] = dict(run_context(), command="KERAS_BACKEND=jax python benchmarks/gpu_check.py")
     out = os.environ.get("OUT")
     if out:
         try:

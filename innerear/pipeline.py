@@ -24,6 +24,7 @@ NOTEBOOKS = {
     "03": "03_cascade_training",
     "04": "04_evaluation",
     "05": "05_3d_visualization",
+    "06": "06_performance",  # runs last: it renders this run's timings.json (see reproduce)
 }
 ALL_ORDERS = (
     ("coronal", "sagittal", "axial"),
@@ -78,6 +79,7 @@ def notebook_runs(profile: Profile, seed: int = 0) -> list[NotebookRun]:
                                     dict(p, fold=fold, backbone=backbone, order=",".join(PAPER_ORDER))))
     runs.append(NotebookRun(NOTEBOOKS["04"], f"{NOTEBOOKS['04']}.ipynb", dict(p)))
     runs.append(NotebookRun(NOTEBOOKS["05"], f"{NOTEBOOKS['05']}.ipynb", dict(p)))
+    runs.append(NotebookRun(NOTEBOOKS["06"], f"{NOTEBOOKS['06']}.ipynb", dict(p)))
     return runs
 
 
@@ -254,6 +256,23 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
     return data_dir
 
 
+def write_timings(root: Path, profile: Profile, seed: int, times: dict[str, float], complete: bool,
+                  workers: int | None = None) -> Path:
+    """Record a reproduce run's seconds per step (and per notebook page) as JSON.
+
+    Written twice per run: before the Performance page is rendered (``complete`` false: the
+    book build and the total are still to come) and at the end.
+    """
+    from .performance import timings_path, write_record
+
+    pages = {k: v for k, v in times.items() if k.endswith(".ipynb")}
+    steps = [{"step": k, "seconds": v} for k, v in times.items() if k not in pages and k != "total"]  # in order
+    return write_record(timings_path(root, profile.name), "reproduce-timings",
+                        {"profile": profile.name, "seed": seed, "complete": complete,
+                         "workers": workers or os.cpu_count(), "steps": steps, "pages": pages,
+                         "total_s": times.get("total")})
+
+
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "book")
 
 
@@ -311,6 +330,8 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
     # the kernels inherit these; set once, before the notebooks run side by side
     os.environ.update(INNEREAR_HOME=str(root), TF_CPP_MIN_LOG_LEVEL="3")
     runs = [r for r in notebook_runs(profile, seed) if not only or any(r.notebook.startswith(o) for o in only)]
+    last = [r for r in runs if r.notebook == NOTEBOOKS["06"]]  # renders the timings of the steps before it
+    runs = [r for r in runs if r not in last]
     failures = []
 
     def one(run: NotebookRun) -> None:
@@ -329,10 +350,16 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
     times["notebooks (all)"] = time.perf_counter() - t
     if failures:
         raise RuntimeError("notebook runs failed:\n" + "\n".join(failures))
+    write_timings(root, profile, seed, times, complete=False, workers=workers)
+    for run in last:
+        one(run)
+    if failures:
+        raise RuntimeError("notebook runs failed:\n" + "\n".join(failures))
     if book:
         t = time.perf_counter()
         index = build_book(site_dir)
         times["book"] = time.perf_counter() - t
         print(f"Book built: open {index}", flush=True)
     times["total"] = time.perf_counter() - t0
+    write_timings(root, profile, seed, times, complete=True, workers=workers)
     return times

@@ -1,0 +1,93 @@
+"""Measurement records (JSON) and the Performance page that renders them."""
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from innerear import performance as perf
+from innerear.config import get_profile
+from innerear.pipeline import write_timings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_record_round_trip_carries_its_context(tmp_path):
+    path = perf.write_record(tmp_path / "results" / "bench_x.json", "bench_x", {"rows": [{"a": 1.23456}]})
+    rec = perf.read_record(path)
+    assert rec["kind"] == "bench_x" and rec["rows"] == [{"a": 1.23456}]
+    ctx = rec["context"]
+    assert ctx["machine"]["cpu_count"] == os.cpu_count() and ctx["versions"]["numpy"]
+    assert ctx["date"].endswith("+00:00")
+    assert perf.read_record(tmp_path / "absent.json") is None
+    (tmp_path / "plain.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="plain.json: not a measurement record"):
+        perf.read_record(tmp_path / "plain.json")
+
+
+def test_render_record_shows_every_measured_value(tmp_path):
+    rec = perf.read_record(perf.write_record(tmp_path / "r.json", "k", {
+        "rows": [{"backbone": "unet", "step_s": 0.1234567, "params": 1930657}],
+        "variants": {"fast": {"median_s": 103.04, "speedup": 3.4123}},
+        "settings": {"grid": 256}}))
+    text = perf.render_record(rec)
+    assert "Measured " in text and f"{os.cpu_count()} CPU(s)" in text
+    for shown in ("| unet | 1,930,657 | 0.1235 |", "| fast | 103 | 3.412 |", "- settings.grid: 256"):
+        assert shown in text
+    only = perf.render_record(rec, {"rows": ["step_s"]})
+    assert "1,930,657" not in only and "0.1235" in only
+
+
+def test_format_value_and_seconds():
+    assert perf.format_value(12345.6) == "12,346" and perf.format_value(math.nan) == "nan"
+    assert perf.format_value([1, 2.5]) == "1 / 2.5" and perf.format_value(None) == ""
+    assert perf.format_seconds(12.34) == "12.3 s" and perf.format_seconds(1267) == "21 min 7 s"
+    assert perf.format_seconds(3 * 3600 + 61) == "3 h 1 min 1 s"
+
+
+def test_pipeline_timings_record_partial_then_complete(tmp_path):
+    profile = get_profile("smoke")
+    times = {"phantoms": 1.0, "prepare": 2.0, "01_data_preparation.ipynb": 3.0, "notebooks (all)": 3.5}
+    path = write_timings(tmp_path, profile, 0, times, complete=False)
+    assert path == tmp_path / "runs" / "smoke" / "timings.json"
+    rec = perf.read_record(path)
+    assert rec["complete"] is False and rec["total_s"] is None
+    assert rec["pages"] == {"01_data_preparation.ipynb": 3.0} and len(rec["steps"]) == 3
+    table = perf.timings_table(rec)
+    assert list(table["step"]) == ["phantoms", "prepare", "notebooks (all)"]
+    write_timings(tmp_path, profile, 0, dict(times, book=4.0, total=10.0), complete=True)
+    rec = perf.read_record(path)
+    table = perf.timings_table(rec)
+    assert rec["complete"] and table["seconds"].iloc[-1] == "10.0" and table["share of total"].iloc[0] == "10%"
+
+
+def test_paper_runtime_is_the_papers_two_machines():
+    paper = perf.paper_runtime()
+    assert list(paper["seconds_per_volume"]) == [11, 240]
+    assert paper["machine"].str.contains("Titan X").any() and paper["machine"].str.contains("E5-2609").any()
+
+
+@pytest.mark.slow
+def test_performance_page_renders_records_and_says_what_is_missing(tmp_path):
+    """Executes notebook 06 in a planted project: records shown, absent ones named."""
+    import papermill as pm
+
+    for name in ("_config.yml",):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    (tmp_path / "innerear").mkdir()
+    write_timings(tmp_path, get_profile("smoke"), 0, {"phantoms": 1.5, "prepare": 2.5, "a.ipynb": 7.25}, complete=False)
+    perf.write_record(perf.results_path(tmp_path, "bench_training"), "bench_training",
+                      {"rows": [{"profile": "demo", "backbone": "unet", "step_s": 0.4321, "all_steps_s": [1] * 20}]})
+    out = tmp_path / "out.ipynb"
+    os.environ["INNEREAR_HOME"] = str(tmp_path)
+    try:
+        pm.execute_notebook(str(ROOT / "notebooks" / "06_performance.ipynb"), str(out), parameters={"profile": "smoke"},
+                            progress_bar=False, kernel_name="python3", cwd=str(tmp_path))
+    finally:
+        del os.environ["INNEREAR_HOME"]
+    text = "\n".join("".join(o.get("data", {}).get("text/markdown", "")) for c in json.loads(out.read_text())["cells"]
+                     for o in c.get("outputs", []))
+    assert "| phantoms | 1.5 |" in text and "| a.ipynb | 7.25 |" in text
+    assert "| demo | unet | 0.4321 |" in text
+    assert "`benchmarks/results/bench_inference.json` is absent" in text and "| 240 |" in text
