@@ -1,13 +1,15 @@
-"""innerear.evaluation: row names, the probabilities ROC AUC is computed on, failed volumes."""
+"""innerear.evaluation: row names, the probabilities ROC AUC is computed on, failed volumes, planted predictions."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from innerear import evaluation as E
 from innerear import preprocess as pp
+from innerear import table1
 from innerear.cascade import largest_component, stage_dir
 from innerear.config import get_profile
 from innerear.io import save_npz
@@ -60,3 +62,73 @@ def test_evaluate_run_auc_on_the_postprocessed_map_and_failed_volumes(tmp_path):
     assert rows["a"]["auc_roc"] == pytest.approx(expected)
     assert rows["a"]["auc_roc"] > roc_auc(prob.astype(np.float16), truth)
     assert np.isnan(rows["b"]["precision"]) and rows["b"]["hausdorff_mm"] == np.inf
+
+
+# ------------------------------------------------------------------ planted predictions
+G = 20
+
+
+def _planted_case(cid: str, seed: int) -> pp.PreparedCase:
+    rng = np.random.default_rng(seed)
+    label = np.zeros((G,) * 3, np.uint8)
+    c = rng.integers(7, 13, size=3)
+    label[c[0] - 4:c[0] + 4, c[1] - 3:c[1] + 3, c[2] - 5:c[2] + 5] = 1
+    return pp.PreparedCase(cid, rng.normal(size=label.shape).astype(np.float32), label, None, (0.1, 0.1, 0.1),
+                        np.diag([0.1, 0.1, 0.1, 1.0]), label.shape, np.eye(4))
+
+
+def _plant(runs, profile, backbone, views, fold, predictions: dict[str, np.ndarray]) -> None:
+    """A finished stage folder as training leaves it: stage.json and pred/<id>.npz."""
+    folder = stage_dir(runs, profile, backbone, fold, views)
+    (folder / "pred").mkdir(parents=True)
+    (folder / "stage.json").write_text(json.dumps({"test_ids": list(predictions), "view": views[-1]}))
+    for cid, mask in predictions.items():
+        np.savez(folder / "pred" / f"{cid}.npz", prob=mask.astype(np.float32), mask=mask.astype(np.uint8))
+
+
+@pytest.fixture
+def planted(tmp_path):
+    profile = get_profile("smoke")
+    cases = [_planted_case(f"v{i}", i) for i in range(4)]
+    runs = tmp_path / "runs"
+    # the cascade predicts every held-out volume perfectly; the baseline misses a slab of each
+    for fold, ids in enumerate((("v0", "v1"), ("v2", "v3"))):
+        truth = {c.case_id: c.label for c in cases if c.case_id in ids}
+        _plant(runs, profile, "unet", ("coronal", "sagittal", "axial"), fold, truth)
+        worse = {cid: np.where(np.arange(G)[:, None, None] % 3 == 0, 0, m) for cid, m in truth.items()}
+        _plant(runs, profile, "unet", ("axial",), fold, worse)
+    methods = {"U-Net": ("unet", ("axial",)), "AutoCas-U-Net": ("unet", ("coronal", "sagittal", "axial"))}
+    return cases, runs, profile, methods
+
+
+def test_perfect_prediction_gives_dice_1_and_hd_0_in_the_csv(planted, tmp_path):
+    cases, runs, profile, methods = planted
+    df = E.per_volume_table(cases, runs, profile, methods)
+    assert len(df) == 8 and set(df["fold"]) == {0, 1}
+    csv = pd.read_csv(E.save_tidy(df, tmp_path / "out" / "per_volume.csv"))
+    perfect = csv[csv["method"] == "AutoCas-U-Net"]
+    assert sorted(perfect["volume_id"]) == ["v0", "v1", "v2", "v3"]
+    np.testing.assert_array_equal(perfect["dice"], 1.0)
+    np.testing.assert_array_equal(perfect["hausdorff_mm"], 0.0)
+    np.testing.assert_array_equal(perfect["fragmented_slices"], 0)
+    worse = csv[csv["method"] == "U-Net"]
+    assert (worse["dice"] < 1).all() and (worse["hausdorff_mm"] > 0).all() and (worse["recall"] < 1).all()
+    assert (worse["precision"] == 1).all()  # it only removed voxels
+
+
+def test_perfect_prediction_reads_1_and_0_in_table1(planted):
+    cases, runs, profile, methods = planted
+    summary = table1.summarize(E.per_volume_table(cases, runs, profile, methods))
+    assert summary.at["AutoCas-U-Net", "dice_mean"] == 1.0 and summary.at["AutoCas-U-Net", "dice_std"] == 0.0
+    assert summary.at["AutoCas-U-Net", "hausdorff_mm_mean"] == 0.0 and summary.at["AutoCas-U-Net", "n_volumes"] == 4
+    table = table1.format_table1(summary)
+    assert table.at["AutoCas-U-Net", "dice"] == "**1.000 ± 0.000**"
+    assert table.at["AutoCas-U-Net", "hausdorff_mm"] == "**0.000 ± 0.000**"
+    assert not table.at["U-Net", "dice"].startswith("**") and "n/a" not in table.loc["AutoCas-U-Net"].to_list()
+
+
+def test_unfinished_folds_are_left_out(planted):
+    cases, runs, profile, methods = planted
+    (stage_dir(runs, profile, "unet", 1, ("axial",)) / "stage.json").unlink()
+    df = E.per_volume_table(cases, runs, profile, methods)
+    assert sorted(df[df["method"] == "U-Net"]["volume_id"]) == ["v0", "v1"]
