@@ -70,7 +70,7 @@ def run_context() -> dict[str, Any]:
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "system": platform.system(),
-                    "memory_gib": round(mem, 1) if mem else None, "host": platform.node()},
+                    "memory_gib": round(mem, 1) if mem else None},
         "versions": versions(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
     }
