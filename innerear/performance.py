@@ -72,8 +72,17 @@ def run_context() -> dict[str, Any]:
         "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "system": platform.system(),
                     "memory_gib": round(mem, 1) if mem else None},
         "versions": versions(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
+        "command": _command(),
     }
+
+
+def _command() -> str:
+    """The command line of this process (``python -m innerear`` shown as ``innerear``)."""
+    if not sys.argv or not sys.argv[0]:
+        return ""
+    prog = Path(sys.argv[0])
+    name = prog.parent.name if prog.name == "__main__.py" else prog.name
+    return " ".join([name, *sys.argv[1:]])
 
 
 def write_record(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> Path:

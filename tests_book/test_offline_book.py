@@ -10,6 +10,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import base64
+import json
+from html.parser import HTMLParser
+
 import numpy as np
 import pytest
 
@@ -94,3 +98,107 @@ def test_table1_page_renders_offline(tmp_path):
 
     img = np.asarray(Image.open(shot).convert("L"), float)
     assert img.std() > 10, "the Table 1 page rendered blank"
+
+
+# ------------------------------------------------------------------ what the pages hold
+class _Tables(HTMLParser):
+    """Every <table> of a page as rows of (tag, text) cells (tag: "th" or "td")."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("th", "td") and self.tables and self.tables[-1]:
+            self._cell = [tag, ""]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[1] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self._cell is not None:
+            self.tables[-1][-1].append((self._cell[0], " ".join(self._cell[1].split())))
+            self._cell = None
+
+
+def _tables(page: Path) -> list[list[list[tuple[str, str]]]]:
+    parser = _Tables()
+    parser.feed(page.read_text(errors="ignore"))
+    return parser.tables
+
+
+MISSING = {"n/a", "nan", "NaN", "None", "", "—", "-"}
+NUMBER = re.compile(r"^\*{0,2}(-?\d+(?:[.,]\d+)*)(?:\s*±\s*(-?\d+(?:\.\d+)?))?")
+
+
+def _executed_pages() -> list[Path]:
+    pages = sorted((HTML / "book" / "executed").rglob("*.html"))
+    assert pages, f"no executed pages under {HTML / 'book' / 'executed'}"
+    return pages
+
+
+def test_table1_our_rows_hold_finite_numbers():
+    from innerear.table1 import METHODS, PAPER_LABEL
+
+    page = HTML / "book" / "executed" / "04_evaluation.html"
+    table = next((t for t in _tables(page) if any(c[1] == PAPER_LABEL for row in t for c in row)), None)
+    assert table is not None, f"{page}: no Table 1 (no row labelled {PAPER_LABEL!r})"
+    ours = [row for row in table if any(tag == "td" for tag, _ in row) and all(c[1] != PAPER_LABEL for c in row)]
+    methods = {c[1] for row in ours for c in row if c[0] == "th" and c[1] in METHODS}
+    assert ours and methods, f"{page}: Table 1 has no rows of ours, only the paper's"
+    for row in ours:
+        cells = [text for tag, text in row if tag == "td"]
+        bad = [text for text in cells if not NUMBER.match(text) or not np.isfinite(float(NUMBER.match(text)[1]))]
+        assert not bad, f"{page}: our Table 1 row {row} holds non-numbers {bad}"
+
+
+def test_no_table_of_ours_is_all_missing():
+    empty = []
+    for page in _executed_pages():
+        for k, table in enumerate(_tables(page)):
+            cells = [text for row in table for tag, text in row if tag == "td"]
+            if cells and all(text in MISSING or text.startswith("n/a") for text in cells):
+                empty.append(f"{page.relative_to(HTML)} table {k + 1}: {len(cells)} cells, all missing")
+    assert not empty, "tables without a single value:\n" + "\n".join(empty)
+
+
+def _plotly_figures(page: Path, after: str = "") -> list[list[dict]]:
+    """The trace lists of the ``Plotly.newPlot`` calls in a page (after the marker ``after``)."""
+    text = page.read_text(errors="ignore")
+    text = text[text.index(after):] if after else text
+    decoder, figures = json.JSONDecoder(), []
+    for m in re.finditer(r"Plotly\.newPlot\(\s*", text):
+        _, end = decoder.raw_decode(text, m.end())  # the div id
+        data, _ = decoder.raw_decode(text, text.index("[", end))
+        figures.append(data)
+    return figures
+
+
+def _array(value) -> np.ndarray:
+    """A plotly array: a JSON list or a typed array ``{"dtype": "f4", "bdata": base64}``."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+    return np.asarray(value, dtype=float)
+
+
+def test_3d_page_shows_a_predicted_surface_over_the_truth():
+    page = HTML / "book" / "executed" / "05_3d_visualization.html"
+    figures = _plotly_figures(page, after='id="innerear-3d-view"')
+    assert figures, f"{page}: no plotly figure in the interactive view"
+    meshes = [t for t in figures[0] if t.get("type") == "mesh3d"]
+    truth = [t for t in meshes if str(t.get("name", "")).startswith("truth")]
+    predicted = [t for t in meshes if t not in truth]
+    assert truth and predicted, f"{page}: surfaces {[t.get('name') for t in meshes]}: a truth and a prediction expected"
+    tv = np.concatenate([np.c_[_array(t["x"]), _array(t["y"]), _array(t["z"])] for t in truth])
+    lo, hi = tv.min(0), tv.max(0)
+    margin = 0.1 * (hi - lo)
+    for t in predicted:
+        v = np.c_[_array(t["x"]), _array(t["y"]), _array(t["z"])]
+        assert len(v) >= 100 and len(_array(t["i"])) >= 100, f"{page}: {t.get('name')}: {len(v)} vertices, no surface"
+        inside = np.all((v >= lo - margin) & (v <= hi + margin), axis=1).mean()
+        assert inside >= 0.5, f"{page}: {t.get('name')}: only {inside:.0%} of its surface lies around the truth"
