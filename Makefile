@@ -25,10 +25,16 @@ $(STAMP): pyproject.toml constraints.txt
 reproduce: setup
 	$(BIN)/innerear reproduce --profile $(PROFILE) --seed $(SEED)
 
+# nbval re-executes every page of the smoke run (papermill's copies, which hold the outputs)
+# and compares the cells marked "# NBVAL_CHECK_OUTPUT" with what papermill stored, after
+# tests/nbval_sanitize.cfg (addresses, random ids, paths, seconds)
+SMOKE_PAGES := _build/test-site/book/executed/*.ipynb _build/test-site/book/executed/*/*.ipynb
+
 test: setup
 	$(BIN)/python -m pytest -q tests
-	INNEREAR_PROFILE=smoke $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider notebooks/01_data_preparation.ipynb
 	$(BIN)/innerear reproduce --profile smoke --seed $(SEED) --site _build/test-site
+	INNEREAR_HOME=$(CURDIR) INNEREAR_PROFILE=smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_PAGES)
 	$(MAKE) --no-print-directory chromium
 	INNEREAR_SITE=_build/test-site $(BIN)/python -m pytest -q -p no:cacheprovider tests_book
 
