@@ -22,6 +22,7 @@ def _data(n=2, shape=(16, 16, 16)):
     return imgs, [lab for _, lab in vols]
 
 
+@pytest.mark.slow  # trains networks
 def test_model_overfits_a_tiny_batch(tmp_path):
     imgs, labs = _data(1)
     ds = SliceDataset([imgs[0][..., None]], labs, "axial", batch_size=2, seed=0)
@@ -32,6 +33,7 @@ def test_model_overfits_a_tiny_batch(tmp_path):
     assert pp.dice(prob >= 0.5, labs[0]) > 0.6
 
 
+@pytest.mark.slow  # trains networks
 def test_resume_continues_from_saved_epoch(tmp_path):
     imgs, labs = _data(1)
     ds = SliceDataset([imgs[0][..., None]], labs, "coronal", batch_size=8, seed=0)
@@ -53,6 +55,7 @@ def test_resume_continues_from_saved_epoch(tmp_path):
     assert again.epochs == 4 and again.resumed_from is None
 
 
+@pytest.mark.slow  # trains networks
 def test_same_seed_gives_identical_losses(tmp_path):
     imgs, labs = _data(1)
     losses = []
@@ -63,6 +66,7 @@ def test_same_seed_gives_identical_losses(tmp_path):
     assert losses[0] == losses[1]
 
 
+@pytest.mark.slow  # trains networks
 def test_pooled_network_trains_exactly_like_a_new_one(tmp_path):
     from innerear.train import ModelPool
 
@@ -152,6 +156,7 @@ def _prepared_cases(n=4, shape=(16, 16, 16)):
     return cases
 
 
+@pytest.mark.slow  # trains networks
 def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch):
     order = ("axial", "coronal", "sagittal")
     """Stage k receives exactly image + k-1 masks, sliced along its own view."""
@@ -209,6 +214,7 @@ def test_six_orders_give_correctly_oriented_outputs(order):
         np.testing.assert_array_equal(m, expected)
 
 
+@pytest.mark.slow  # trains networks
 def test_prefix_tree_reuses_shared_stages(tmp_path):
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
     cases = _prepared_cases(4)
@@ -220,6 +226,7 @@ def test_prefix_tree_reuses_shared_stages(tmp_path):
     assert (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal", "axial")) / "stage.json").exists()
 
 
+@pytest.mark.slow  # trains networks
 def test_changed_settings_never_mix_into_an_existing_run_tree(tmp_path):
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
     cases = _prepared_cases(4)
@@ -232,6 +239,7 @@ def test_changed_settings_never_mix_into_an_existing_run_tree(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing trained or rewritten
 
 
+@pytest.mark.slow  # trains networks
 def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
     from dataclasses import replace
 
