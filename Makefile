@@ -1,6 +1,6 @@
 # innerear: the two commands of the README.
 #   make reproduce   set-up, then the whole pipeline on the embedded default (demo profile)
-#   make test        set-up, then every test (pytest, nbval, smoke book build)
+#   make test        set-up, then every test (ruff, pytest, smoke book build, nbval, book tests)
 # Both create or update .venv themselves; only Python 3.11, pip and the registries are needed.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -31,6 +31,7 @@ reproduce: setup
 SMOKE_PAGES := _build/test-site/book/executed/*.ipynb _build/test-site/book/executed/*/*.ipynb
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 	$(BIN)/innerear reproduce --profile smoke --seed $(SEED) --site _build/test-site
 	INNEREAR_HOME=$(CURDIR) INNEREAR_PROFILE=smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax \

@@ -18,7 +18,6 @@ paper does not say when), so read it as an order of magnitude.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics

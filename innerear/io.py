@@ -39,7 +39,7 @@ SPACING_FIELDS = {
     "dicom": "DICOM PixelSpacing (0028,0030) and the slices' ImagePositionPatient (0020,0032)",
     "tiff": "TIFF XResolution/YResolution tags and ImageJ 'spacing'",
 }
-_MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "um": 1e-3, "µm": 1e-3, "\u00b5m": 1e-3,
+_MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "um": 1e-3, "µm": 1e-3,
                 "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3, "micrometre": 1e-3, "nm": 1e-6,
                 "cm": 10.0, "m": 1000.0}
 

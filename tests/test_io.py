@@ -83,3 +83,15 @@ def test_spacing_from_rotated_affine():
     aff = np.eye(4)
     aff[:3, :3] = rot @ np.diag([0.1, 0.2, 0.3])
     np.testing.assert_allclose(spacing_from_affine(aff), (0.1, 0.2, 0.3))
+
+
+@pytest.mark.parametrize("unit", ["mm", "um", "\\u00B5m", "micron"])  # ImageJ writes µ as an ASCII escape
+def test_tiff_voxel_size_from_imagej_units(tmp_path, unit):
+    import tifffile
+
+    scale = 1.0 if unit == "mm" else 1e-3
+    data = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+    tifffile.imwrite(tmp_path / "v.tif", data, imagej=True, resolution=(1 / 20.0, 1 / 20.0),
+                     metadata={"unit": unit, "spacing": 25.0, "axes": "ZYX"})
+    _, spacing, _ = read_volume(tmp_path / "v.tif")
+    np.testing.assert_allclose(sorted(spacing), sorted([20 * scale, 20 * scale, 25 * scale]), rtol=1e-5)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

@@ -1,6 +1,5 @@
 """Pipeline plan, CLI exit codes and messages, viz helpers."""
 import numpy as np
-import pytest
 
 from innerear import cli, pipeline, viz
 from innerear.config import PAPER_ORDER, get_profile

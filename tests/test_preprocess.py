@@ -98,7 +98,6 @@ def test_resample_image_shape_and_values():
 
 def test_normalizer_uses_training_volumes_only(rng):
     train = [rng.normal(10, 2, (8, 8, 8)) for _ in range(3)]
-    test = [rng.normal(1000, 50, (8, 8, 8))]
     norm = pp.fit_normalizer(train)
     assert abs(norm.mean - 10) < 0.5 and abs(norm.std - 2) < 0.3
     # changing the held-out volumes changes nothing

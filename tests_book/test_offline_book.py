@@ -15,7 +15,6 @@ import json
 from html.parser import HTMLParser
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get("INNEREAR_SITE", ROOT / "_build" / "test-site"))
