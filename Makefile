@@ -12,7 +12,7 @@ SEED   ?= 0
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONHASHSEED := 0
 
-.PHONY: setup reproduce test test-fast book bench chromium clean-runs clean
+.PHONY: setup reproduce test test-fast book bench publish chromium clean-runs clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,19 @@ chromium:
 
 book: setup
 	$(BIN)/python -m jupyter_book build . -W -n --keep-going
+
+# Push the built book to the gh-pages branch of PAGES_REMOTE (GitHub Pages serves it), as
+# Jupyter Book's guide does: ghp-import commits SITE_HTML onto the local gh-pages branch, adds
+# .nojekyll and force-pushes that branch. Build first (make reproduce); nothing is rebuilt here.
+PAGES_REMOTE ?= origin
+PAGES_BRANCH ?= gh-pages
+SITE_HTML    ?= _build/html
+
+publish:
+	@test -f $(SITE_HTML)/index.html || { echo "make publish: $(SITE_HTML)/index.html does not exist: build the book first (make reproduce)" >&2; exit 1; }
+	$(BIN)/ghp-import --no-jekyll --push --force --remote $(PAGES_REMOTE) --branch $(PAGES_BRANCH) \
+		--message "Publish the book built from $$(git describe --always --dirty 2>/dev/null || echo 'an unversioned tree')" \
+		$(SITE_HTML)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_training.py
