@@ -266,6 +266,7 @@ def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
     assert pp.dice(mask, truth) == pytest.approx(summary["stages"][-1]["test_dice"][test_case])
 
 
+@pytest.mark.slow  # trains networks
 def test_relative_min_delta_stops_on_a_slow_plateau(tmp_path):
     """A loss that still falls, but by less than min_delta per epoch, ends the run by patience."""
     imgs, labs = _data(1)
