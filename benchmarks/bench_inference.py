@@ -63,13 +63,9 @@ def _threads_from_env() -> None:
 def machine() -> dict:
     import keras
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "keras": keras.__version__,
+    from innerear.performance import cpu_model
+
+    info = {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(), "keras": keras.__version__,
             "backend": keras.backend.backend(), "load_avg_start": os.getloadavg()}
     if info["backend"] == "tensorflow":
         import tensorflow as tf

@@ -35,7 +35,8 @@ def results_path(root: str | os.PathLike, benchmark: str) -> Path:
     return Path(root) / RESULTS_DIR / f"{benchmark}.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -69,7 +70,7 @@ def run_context() -> dict[str, Any]:
     mem = _memory_gib()
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "system": platform.system(),
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "system": platform.system(),
                     "memory_gib": round(mem, 1) if mem else None},
         "versions": versions(),
         "command": _command(),
