@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 CACHE = Path(os.environ.get("INNEREAR_BENCH_CACHE", ROOT / "benchmarks" / ".cache"))
 
 WEIGHTS_VERSION = 1
-PAPER_VIEWS = ("coronal", "sagittal", "axial")
+from innerear.views import PAPER_ORDER as PAPER_VIEWS  # noqa: E402  (numpy only: safe on the GPU box)
 FIT = dict(train_index=1, test_index=0, seed=0, binning=4, steps=300, batch=16, crop=64, lr=1e-3,
            fg_share=0.6, bn_momentum=0.9)
 
@@ -54,10 +54,10 @@ def install_nibabel_stub() -> bool:
 
 
 def dice(a, b) -> float:
-    a = np.asarray(a) != 0
-    b = np.asarray(b) != 0
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+    """:func:`innerear.metrics.dice` (its one home)."""
+    from innerear.metrics import dice as _dice
+
+    return _dice(a, b)
 
 
 # --------------------------------------------------------------------------- memory
@@ -204,8 +204,7 @@ def fit_bench_weights(grid: int = 256, verbose: bool = True, **overrides) -> tup
     """Fit the three paper-size stages quickly on phantom ``train_index`` (see module doc)."""
     import keras
 
-    from innerear.cascade import stage_inputs
-    from innerear.fastinfer import run_stage_fast
+    from innerear.cascade import run_stage, stage_inputs
     from innerear.preprocess import fit_normalizer, to_slices
     from innerear.train import bce_dice_loss
 
@@ -227,7 +226,7 @@ def fit_bench_weights(grid: int = 256, verbose: bool = True, **overrides) -> tup
         del xs, ys
         fit_s = time.perf_counter() - ts
         # the next stage trains on this stage's masks of the training specimen
-        _, mask = run_stage_fast(model, view, image_n, masks)
+        _, mask = run_stage(model, view, image_n, masks)
         masks.append(mask)
         d = dice(mask, label)
         info["stages"].append({"view": view, "loss": float(hist.history["loss"][-1]), "fit_s": fit_s,
@@ -256,7 +255,7 @@ def bench_weights(grid: int = 256, refit: bool = False, verbose: bool = True):
     return models, meta
 
 
-def bench_cascade(models, meta, batch_size: int = 32):
+def bench_cascade(models, meta, batch_size: int | None = None):
     from innerear.cascade import Cascade
     from innerear.preprocess import Normalizer
 

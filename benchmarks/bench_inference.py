@@ -1,4 +1,4 @@
-"""Seconds and peak memory to segment one 256³ volume: full-size cascade vs. the fast path.
+"""Seconds and peak memory to segment one 256³ volume with the engine, in each of its modes.
 
 The volume is phantom specimen 0 (demo phantom settings at binning 4, prepared to 256³ with
 the pipeline's resampling); the three stages are the paper-size U-Net (base 32, depth 3;
@@ -6,19 +6,23 @@ the pipeline's resampling); the three stages are the paper-size U-Net (base 32, 
 ``benchmarks/_common.py``: a few hundred Adam steps on 64² crops of phantom specimen 1,
 cached in ``benchmarks/.cache/``), so that every stage produces a realistic mask.
 
-Variants, run in the same process, interleaved (the order rotates every repeat):
+Variants, run in the same process, interleaved (the order rotates every repeat), all through
+the product's own engine, :meth:`innerear.cascade.Cascade.predict` (what ``innerear segment``,
+training and evaluation call):
 
-* ``full`` — :func:`innerear.cascade.segment`, the authors' way: every slice of every stage
-  at full size, eager ``model(x)`` calls, batch 32;
-* ``full-compiled`` — :func:`innerear.fastinfer.segment_fast` with ``margin=None``: every
-  slice at full size through the compiled ``predict_on_batch`` (isolates that gain);
-* ``fast`` — :func:`innerear.fastinfer.segment_fast`: compiled prediction, stages 2 and 3 only
-  within ``margin`` voxels of the earlier masks.
+* ``full`` — ``mode="full"``, the authors' way: every slice of every stage at full size,
+  eager ``model(x)`` calls, batch 32;
+* ``full-compiled`` — ``mode="compiled"``: every slice at full size through the compiled
+  ``predict_on_batch`` (isolates that gain);
+* ``fast`` — ``mode="fast"``, the default: compiled prediction, stages 2 and 3 only within
+  ``margin`` voxels of the earlier masks (not exact at crop edges: the Dice between its
+  masks and ``full``'s is reported and written to the JSON).
 
 Reported: median seconds per volume, every run, peak resident memory during the call
 (``VmHWM`` after resetting it; the models and the volume are loaded before), the speed-up
 against ``full``, the Dice of every variant's mask against ``full``'s (and against the
-phantom's label). ``--sweep 8,24`` adds one ``fast`` run per margin; ``--tune`` measures
+phantom's label). Written to ``--json`` (default ``benchmarks/results/bench_inference.json``)
+with the machine, date and versions. ``--sweep 8,24`` adds one ``fast`` run per margin; ``--tune`` measures
 slices per second by batch size and thread setting instead. The resampling benchmark
 (``bench_resample.py``, case (a)) follows unless ``--skip-resample``.
 
@@ -78,7 +82,7 @@ def machine() -> dict:
 
 def _warm_up(casc, batch: int) -> None:
     """Trace the compiled predict step once per model (not timed), and touch the eager path."""
-    from innerear.fastinfer import predict_slices
+    from innerear.fastinfer import predict_slices  # the engine's kernel, to trace each network once
 
     for k, (_, model) in enumerate(casc.stages, 1):
         x = np.zeros((batch, casc.grid, casc.grid, k), np.float32)
@@ -88,14 +92,12 @@ def _warm_up(casc, batch: int) -> None:
 
 def run_variants(image, label, casc, args) -> tuple[dict, np.ndarray]:
     """Time the variants interleaved; returns the table and the full-size path's final mask."""
-    from innerear.cascade import segment
-    from innerear.fastinfer import segment_fast
-
     fast_kw = dict(batch_size=args.batch, bucket=args.bucket, full_fraction=args.full_fraction)
-    variants = {"full": lambda st: segment(image, casc, return_stages=True)}
+    variants = {"full": lambda st: casc.predict(image, "full", batch_size=32, return_stages=True, stats=st)}
     if not args.no_compiled_full:
-        variants["full-compiled"] = lambda st: segment_fast(image, casc, margin=None, return_stages=True, stats=st, **fast_kw)
-    variants["fast"] = lambda st: segment_fast(image, casc, margin=args.margin, return_stages=True, stats=st, **fast_kw)
+        variants["full-compiled"] = lambda st: casc.predict(image, "compiled", return_stages=True, stats=st, **fast_kw)
+    variants["fast"] = lambda st: casc.predict(image, "fast", margin=args.margin, return_stages=True, stats=st,
+                                               **fast_kw)
     names = list(variants)
     runs = {n: [] for n in names}
     results = {}
@@ -158,13 +160,11 @@ def print_table(table: dict, args, info: dict) -> None:
 
 
 def sweep(image, casc, ref_mask, margins, args) -> list[dict]:
-    from innerear.fastinfer import segment_fast
-
     rows = []
     for m in margins:
         stats: dict = {}
         t = time.perf_counter()
-        mask, _ = segment_fast(image, casc, margin=m, batch_size=args.batch, bucket=args.bucket,
+        mask, _ = casc.predict(image, "fast", margin=m, batch_size=args.batch, bucket=args.bucket,
                                full_fraction=args.full_fraction, stats=stats)
         sec = time.perf_counter() - t
         rows.append({"margin": m, "seconds": sec, "dice_vs_full": C.dice(mask, ref_mask),
@@ -247,14 +247,16 @@ def main(argv=None) -> int:
     print(f"machine: {info}", flush=True)
     image, label = C.prepare_phantom(0, args.grid)
     models, meta = C.bench_weights(args.grid, refit=args.refit)
-    casc = C.bench_cascade(models, meta, batch_size=32)
+    casc = C.bench_cascade(models, meta)
     _warm_up(casc, args.batch)
     print(f"volume {image.shape}, label {int(label.sum())} voxels ({label.mean():.2%}); weights: {meta.get('cached')}",
           flush=True)
     table, ref_mask = run_variants(image, label, casc, args)
     info["load_avg_end"] = os.getloadavg()
     print_table(table, args, info)
-    out = {"machine": info, "args": vars(args), "variants": table, "weights": {k: v for k, v in meta.items() if k != "fit"}}
+    out = {"machine": info, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args),
+           "variants": table, "dice_fast_vs_full": table["fast"]["dice_vs_full"],
+           "weights": {k: v for k, v in meta.items() if k != "fit"}}
     if args.sweep:
         print("margin sweep (one run each):", flush=True)
         out["sweep"] = sweep(image, casc, ref_mask, [int(m) for m in args.sweep.split(",")], args)

@@ -1,8 +1,9 @@
 """Time and peak memory of resampling a paper-sized scan to 256³ (cubic spline).
 
-Compares :func:`innerear.preprocess.resample_image` (``scipy.ndimage.zoom`` on the whole scan
-in memory, what the pipeline does) with :func:`innerear.resample.resample_image_bounded`
-(separable passes over slabs of a memory-mapped ``.npy``). Each run is a fresh subprocess;
+Compares ``scipy.ndimage.zoom`` on the whole scan in memory (what the pipeline did before
+it was wired to the bounded resampler) with :func:`innerear.resample.resample_image_bounded`
+(separable passes over slabs of a memory-mapped ``.npy``; what
+:func:`innerear.preprocess.resample_image`, ``prepare_case`` and ``innerear segment`` now call). Each run is a fresh subprocess;
 its peak resident memory is that process's ``VmHWM`` (high-water mark of its resident set,
 file-mapped pages included), read at the end of the work, so it includes the Python
 interpreter and the imported libraries (reported separately as "baseline"); the kernel's
@@ -89,7 +90,11 @@ def worker(method: str, src: str, grid: int, max_bytes: int, out: str) -> None:
     baseline = _status_mib("VmRSS")
     t0 = time.perf_counter()
     if method == "zoom":
-        result = pre.resample_image(np.load(src), grid)  # the scan read into memory, as the pipeline does
+        from scipy import ndimage
+
+        scan = np.load(src)  # the scan read into memory, as the pipeline did
+        result = ndimage.zoom(scan.astype(np.float32), [grid / s for s in scan.shape], order=3, mode="nearest",
+                              grid_mode=True)
     else:
         result = resample_image_bounded(src, grid, max_bytes=max_bytes)
     seconds = time.perf_counter() - t0

@@ -4,8 +4,8 @@ Prints, and writes to ``$OUT/gpu_results.json`` when ``$OUT`` is set:
 
 * the device, JAX and Keras versions;
 * seconds per 256³ volume through the paper-size three-stage cascade (U-Net, 1/2/3 input
-  channels), for the full-size path (:func:`innerear.cascade.segment`) and the fast path
-  (:func:`innerear.fastinfer.segment_fast`), in float32 and in mixed precision
+  channels), through the engine (:meth:`innerear.cascade.Cascade.predict`) in its ``"full"``
+  mode and its default ``"fast"`` mode, in float32 and in mixed precision
   (``mixed_float16``), with the Dice between the float32 and mixed-precision masks and
   between the two paths;
 * training throughput: slices per second at 256 × 256, batch 20, Adam, float32 (and mixed).
@@ -184,13 +184,12 @@ def _cascade(batch_size: int, policy: str):
 def _time_paths(tag: str, args) -> dict:
     """Full-size and fast paths, one warm-up run each (compilation), then ``args.repeats`` timed."""
     import _common as C
-    from innerear.cascade import segment
-    from innerear.fastinfer import segment_fast
 
     casc = _cascade(args.batch, tag)
     image = STATE["image"]
     fast_kw = dict(margin=args.margin, batch_size=args.batch, bucket=args.bucket, fixed_batch=True)
-    paths = {"full": lambda: segment(image, casc), "fast": lambda: segment_fast(image, casc, **fast_kw)}
+    paths = {"full": lambda: casc.predict(image, "full", batch_size=args.batch),
+             "fast": lambda: casc.predict(image, "fast", **fast_kw)}
     out: dict = {"batch": args.batch, "margin": args.margin, "bucket": args.bucket}
     masks = {}
     for name, fn in paths.items():
@@ -210,7 +209,7 @@ def _time_paths(tag: str, args) -> dict:
     out["speedup_fast_vs_full"] = round(out["full_median_s"] / out["fast_median_s"], 2)
     out["dice_fast_vs_full"] = round(C.dice(masks["fast"], masks["full"]), 5)
     stats: dict = {}
-    segment_fast(image, casc, stats=stats, **fast_kw)
+    casc.predict(image, "fast", stats=stats, **fast_kw)
     out["fast_pixel_fraction"] = [round(s["pixel_fraction"], 3) for s in stats["stages"]]
     STATE[f"masks_{tag}"] = masks
     return out

@@ -59,7 +59,7 @@ __all__ = [
     "unet",
 ]
 
-BACKBONE_LABELS: dict[str, str] = {"unet": "U-Net", "res_unet": "ResU-Net", "se_unet": "SEU-Net"}
+from .config import BACKBONE_LABELS, SE_MODES, backbone_label  # noqa: E402,F401  (their home: results code reads them without Keras)
 
 # Parameter count (trainable + BN statistics) of the authors' U-Net at paper size
 # (base 32, depth 3), by number of input channels.
@@ -73,7 +73,6 @@ AUTHORS_NETWORK_PARAMS: dict[str, dict[int, int]] = {
     "se_unet": {1: 1_553_565, 2: 1_553_853, 3: 1_554_141},
 }
 
-SE_MODES = ("authors", "standard")
 
 # The authors' code initialises the 3x3 convolutions and the output layer with He normal;
 # the 1x1 shortcut / reduction convolutions, transposed convolutions and the standard SE's
@@ -281,20 +280,6 @@ def build(
     except KeyError:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BUILDERS)}") from None
     return builder(channels=channels, size=size, base_filters=base_filters, depth=depth, dropout=dropout, **kw)
-
-
-def backbone_label(backbone: str, se_mode: str = "authors") -> str:
-    """Row name of a backbone: ``"U-Net"``, ``"ResU-Net"``, ``"SEU-Net"``; an SEU-Net with the
-    standard SE block (not the authors' network) is ``"SEU-Net (standard SE)"``."""
-    try:
-        label = BACKBONE_LABELS[backbone]
-    except KeyError:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONE_LABELS)}") from None
-    if backbone == "se_unet" and se_mode != "authors":
-        if se_mode not in SE_MODES:
-            raise ValueError(f"se_mode must be one of {SE_MODES}, got {se_mode!r}")
-        label += f" ({se_mode} SE)"
-    return label
 
 
 def profile_build_kwargs(backbone: str, profile: "Profile") -> dict[str, Any]:

@@ -1,11 +1,18 @@
-"""The auto-context cascade (AutoCasNet) and the single-view baselines.
+"""The auto-context cascade (AutoCasNet): the one inference engine, and its training.
 
 Stage *k* sees the image and the *k-1* earlier stages' post-processed masks as channels,
 sliced along its own view. After each stage the slice predictions are reassembled in 3D,
 thresholded at 0.5 and reduced to the largest 3D connected component (26-connected by
 default; ``Profile.connectivity``).
 
-Runs are stored as a prefix tree, one folder per stage::
+:class:`Cascade` is the engine every caller uses: the stage predictions written during
+training (:func:`train_cascade`), ``innerear segment`` (:mod:`innerear.segment`), the
+notebooks, the timing in :mod:`innerear.timing` and the benchmarks all call
+:meth:`Cascade.predict` (or :func:`run_stage` for one stage). Its default mode ``"fast"``
+(compiled prediction, stages 2 and 3 restricted to the earlier masks' region) and the exact
+modes are described in :mod:`innerear.fastinfer`.
+
+Runs are stored as a prefix tree, one folder per stage (paths: :mod:`innerear.layout`)::
 
     runs/<profile>/<backbone>/fold<k>/<view1>/<view2>/<view3>/
 
@@ -25,45 +32,20 @@ from typing import Iterator, Sequence
 
 import keras
 import numpy as np
-from scipy import ndimage
 
 from .config import Profile
+from .fastinfer import DEFAULT_MARGIN, auto_bucket, pooling_factor, predict_slices, predict_volume, roi_crops
 from .io import save_npz, write_json
-from .preprocess import (
-    Normalizer,
-    PreparedCase,
-    dice,
-    check_order,
-    fit_normalizer,
-    split_fold,
-)
-from .train import ModelPool, SliceDataset, fit, load_model, predict_volume, set_output_prior
+from .layout import fold_dir, read_stage_masks, read_stage_predictions, stage_dir  # noqa: F401  (re-exported)
+from .metrics import dice, largest_component
+from .preprocess import Normalizer, PreparedCase, fit_normalizer, split_fold
+from .train import ModelPool, SliceDataset, fit, load_model, set_output_prior
+from .views import check_order, from_slices, orientation_axis, to_slices  # noqa: F401  (re-exported)
 
-STRUCTURE_26 = np.ones((3, 3, 3), bool)
+MODES = ("fast", "compiled", "full")
 
 
 # --------------------------------------------------------------------------- building blocks
-def connectivity_structure(connectivity: int = 26) -> np.ndarray:
-    """The 3×3×3 neighbourhood of 6 (faces), 18 (+ edges) or 26 (+ corners) neighbours."""
-    rank = {6: 1, 18: 2, 26: 3}.get(connectivity)
-    if rank is None:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
-    return ndimage.generate_binary_structure(3, rank)
-
-
-def largest_component(mask: np.ndarray, connectivity: int = 26) -> np.ndarray:
-    """Keep the largest connected component of a binary volume (empty stays empty).
-
-    ``connectivity`` 26 (default) or 6 (scipy's default; the authors' code) or 18."""
-    mask = np.asarray(mask) != 0
-    labels, n = ndimage.label(mask, structure=connectivity_structure(connectivity))
-    if n <= 1:
-        return mask.astype(np.uint8)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return (labels == int(np.argmax(sizes))).astype(np.uint8)
-
-
 def postprocess(probabilities: np.ndarray, threshold: float = 0.5, keep_largest: bool = True,
                 connectivity: int = 26) -> np.ndarray:
     """Threshold stage probabilities and keep the largest 3D component (the paper's step)."""
@@ -110,48 +92,145 @@ def drop_context(mask: np.ndarray, share: float, rng: np.random.Generator,
 
 
 # --------------------------------------------------------------------------- inference
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How :func:`run_stage` predicts (see :mod:`innerear.fastinfer` for the modes).
+
+    ``mode``: ``"fast"`` (default), ``"compiled"`` or ``"full"``; ``margin`` (voxels) the
+    region kept around the earlier masks in fast mode; ``batch_size`` slices per call
+    (``None``: 8 compiled, 32 eager); ``bucket`` rounds rectangle sides (default: the pooling
+    factor on TensorFlow, 64 on JAX); ``full_fraction`` turns a rectangle that large into the
+    full slice; ``fixed_batch`` pads the last batch (default on JAX).
+    """
+
+    mode: str = "fast"
+    margin: int = DEFAULT_MARGIN
+    batch_size: int | None = None
+    bucket: int | None = None
+    full_fraction: float = 0.75
+    fixed_batch: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown inference mode {self.mode!r}; use one of {list(MODES)}")
+
+    @property
+    def compiled(self) -> bool:
+        return self.mode != "full"
+
+    @property
+    def batch(self) -> int:
+        return int(self.batch_size or (8 if self.compiled else 32))
+
+
+def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
+              threshold: float = 0.5, settings: InferenceSettings | None = None, *, view_axes: str = "ras",
+              connectivity: int = 26, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One stage on one volume: ``(probabilities, post-processed mask)``.
+
+    In ``"fast"`` mode a stage with earlier masks predicts only their region (see
+    :mod:`innerear.fastinfer`); without earlier masks (stage 1) or with empty ones it
+    predicts every slice at full size. A dict passed as ``stats`` receives the stage's
+    seconds and the fraction of pixels computed.
+    """
+    settings = settings or InferenceSettings()
+    t0 = time.perf_counter()
+    inputs = stage_inputs(image_norm, masks)
+    slices = to_slices(inputs, view, view_axes)
+    n, h, w = slices.shape[:3]
+    crops = None
+    if masks and settings.mode == "fast":
+        align = pooling_factor(model)
+        bucket = auto_bucket(align) if settings.bucket is None else int(settings.bucket)
+        crops = roi_crops(masks, view, int(settings.margin), align, bucket, settings.full_fraction, view_axes) or None
+    if crops is None:  # every slice at full size
+        prob = predict_volume(model, inputs, view, settings.batch, settings.compiled, settings.fixed_batch,
+                              view_axes)
+        pixels = n * h * w
+    else:
+        out = np.zeros((n, h, w), np.float32)
+        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        for i, r0, nr, c0, nc in crops:
+            groups.setdefault((nr, nc), []).append((i, r0, c0))
+        pixels = 0
+        for (nr, nc), items in sorted(groups.items()):
+            for start in range(0, len(items), settings.batch):
+                chunk = items[start:start + settings.batch]
+                batch = np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk])
+                pred = predict_slices(model, batch, settings.batch, True, settings.fixed_batch)
+                for (i, r0, c0), p in zip(chunk, pred):
+                    out[i, r0:r0 + nr, c0:c0 + nc] = p
+                pixels += len(chunk) * nr * nc
+        prob = from_slices(out, view, view_axes)
+    mask = postprocess(prob, threshold, connectivity=connectivity)
+    if stats is not None:
+        stats.setdefault("stages", []).append({
+            "view": view, "mode": settings.mode, "seconds": time.perf_counter() - t0,
+            "pixel_fraction": pixels / float(n * h * w), "slices": n if crops is None else len(crops),
+            "shapes": 1 if crops is None else len({c[2:5:2] for c in crops}),
+        })
+    return prob, mask
+
+
 @dataclass
 class Cascade:
-    """A trained cascade: its stages (view, model), normaliser and grid."""
+    """A trained cascade: its stages (view, model), normaliser, grid and inference settings.
+
+    Load one with :func:`load_cascade` (a run's deepest stage folder) or
+    :func:`innerear.segment.load_model_dir` (a shipped model folder); segment a prepared
+    volume with :meth:`predict`.
+    """
 
     stages: list[tuple[str, keras.Model]]
     normalizer: Normalizer
     grid: int
     threshold: float = 0.5
-    batch_size: int = 32
+    batch_size: int | None = None
     info: dict = field(default_factory=dict)
+    view_axes: str = "ras"
     connectivity: int = 26
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
 
     @property
     def order(self) -> tuple[str, ...]:
         return tuple(view for view, _ in self.stages)
 
+    def predict(self, volume: np.ndarray, mode: str | None = None, *, return_stages: bool = False,
+                stats: dict | None = None, **settings):
+        """Segment a prepared volume (resampled to the cascade's grid, raw intensities).
 
-def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
-              threshold: float = 0.5, batch_size: int = 32, connectivity: int = 26) -> tuple[np.ndarray, np.ndarray]:
-    """One stage on one volume: ``(probabilities, post-processed mask)``."""
-    prob = predict_volume(model, stage_inputs(image_norm, masks), view, batch_size)
-    return prob, postprocess(prob, threshold, connectivity=connectivity)
+        Returns ``(mask, probabilities)`` of the last stage; with ``return_stages`` also the
+        list of every stage's ``(probabilities, mask)``. ``mode`` (default: the cascade's
+        settings, ``"fast"``) and keyword settings (``margin``, ``batch_size``, ``bucket``,
+        ``full_fraction``, ``fixed_batch``) override :attr:`settings` for this call.
+        """
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+        for view in self.order:
+            orientation_axis(view, self.view_axes)
+        opts = dict(self.settings.__dict__)
+        if self.batch_size is not None:
+            opts["batch_size"] = self.batch_size
+        opts.update({k: v for k, v in settings.items() if v is not None})  # None: keep the cascade's
+        if mode is not None:
+            opts["mode"] = mode
+        run = InferenceSettings(**opts)
+        image = self.normalizer(volume)
+        masks: list[np.ndarray] = []
+        stages = []
+        for view, model in self.stages:
+            prob, mask = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
+                                   connectivity=self.connectivity, stats=stats)
+            masks.append(mask)
+            stages.append((prob, mask))
+        mask, prob = stages[-1][1], stages[-1][0]
+        return (mask, prob, stages) if return_stages else (mask, prob)
 
 
-def segment(volume: np.ndarray, models: Cascade, return_stages: bool = False):
-    """Segment a prepared volume (resampled to the cascade's grid, raw intensities).
-
-    Returns ``(mask, probabilities)`` of the last stage; with ``return_stages`` also the list
-    of every stage's ``(probabilities, mask)``.
-    """
-    volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
-    image = models.normalizer(volume)
-    masks: list[np.ndarray] = []
-    stages = []
-    for view, model in models.stages:
-        prob, mask = run_stage(model, view, image, masks, models.threshold, models.batch_size, models.connectivity)
-        masks.append(mask)
-        stages.append((prob, mask))
-    mask, prob = stages[-1][1], stages[-1][0]
-    return (mask, prob, stages) if return_stages else (mask, prob)
+def segment(volume: np.ndarray, models: Cascade, return_stages: bool = False, mode: str | None = None, **settings):
+    """``models.predict(volume, ...)`` (kept for callers of the earlier function)."""
+    return models.predict(volume, mode, return_stages=return_stages, **settings)
 
 
 def load_cascade(run_dir: str | os.PathLike) -> Cascade:
@@ -163,27 +242,17 @@ def load_cascade(run_dir: str | os.PathLike) -> Cascade:
     spec = json.loads(spec_path.read_text())
     stages = []
     for rel in spec["stages"]:
-        stage_dir = (run_dir / rel).resolve()
-        model_path = stage_dir / "best.keras"
+        stage_path = (run_dir / rel).resolve()
+        model_path = stage_path / "best.keras"
         if not model_path.exists():
             raise FileNotFoundError(f"{model_path}: model file missing; the run folder is incomplete")
-        stages.append((json.loads((stage_dir / "stage.json").read_text())["view"], load_model(model_path)))
+        stages.append((json.loads((stage_path / "stage.json").read_text())["view"], load_model(model_path)))
     norm = Normalizer(**spec["normalizer"])
     return Cascade(stages=stages, normalizer=norm, grid=int(spec["grid"]), threshold=float(spec.get("threshold", 0.5)),
-                   info=spec, connectivity=int(spec.get("connectivity", 26)))
+                   info=spec, view_axes=spec.get("view_axes", "ras"), connectivity=int(spec.get("connectivity", 26)))
 
 
 # --------------------------------------------------------------------------- training
-def fold_dir(runs_root: str | os.PathLike, profile: Profile, backbone: str, fold: int) -> Path:
-    """``runs/<profile>/<backbone>/fold<k>``."""
-    return Path(runs_root) / profile.name / backbone / f"fold{fold}"
-
-
-def stage_dir(runs_root: str | os.PathLike, profile: Profile, backbone: str, fold: int, order: Sequence[str]) -> Path:
-    """The folder of the last stage of ``order`` in the prefix tree."""
-    return fold_dir(runs_root, profile, backbone, fold).joinpath(*order)
-
-
 @contextlib.contextmanager
 def stage_lock(folder: str | os.PathLike, verbose: bool = False) -> Iterator[None]:
     """Hold the lock of a stage folder (``<folder>/.lock``, a :class:`filelock.FileLock`) so that
@@ -211,22 +280,6 @@ def _stage_seed(seed: int, backbone: str, fold: int, order: Sequence[str]) -> in
     return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(key))) % (2**31 - 1)
 
 
-def _load_predictions(folder: Path, case_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    out = {}
-    for cid in case_ids:
-        with np.load(folder / "pred" / f"{cid}.npz") as z:
-            out[cid] = z["mask"]
-    return out
-
-
-def read_stage_predictions(folder: str | os.PathLike, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Saved ``(probabilities, mask)`` of one stage for one case."""
-    with np.load(Path(folder) / "pred" / f"{case_id}.npz") as z:
-        if "prob" not in z:
-            raise KeyError(f"{folder}: {case_id} is a training volume of this fold (no held-out prediction)")
-        return z["prob"].astype(np.float32), z["mask"]
-
-
 def _jsonable(value):
     """A value as it reads back from JSON (tuples become lists), for comparing settings."""
     return json.loads(json.dumps(value))
@@ -249,6 +302,8 @@ def train_cascade(
     seed: int = 0,
     verbose: bool = False,
     pool: ModelPool | None = None,
+    inference: InferenceSettings | None = None,
+    view_axes: str | None = None,
 ) -> dict:
     """Train (or resume, or skip) every stage of one cascade on one fold.
 
@@ -257,8 +312,17 @@ def train_cascade(
     probabilities and masks are saved per case under ``<stage>/pred/``. Returns a summary
     with each stage's held-out Dice per case. A :class:`~innerear.train.ModelPool` shared by
     several calls in one process reuses compiled networks (same results, less tracing).
+
+    The stage predictions are made by the engine (:func:`run_stage`) with ``inference``
+    (default: ``"fast"`` mode). ``view_axes`` (default: the profile's field of that name if
+    it has one, else ``"ras"``) chooses the slicing convention (:mod:`innerear.views`); it is
+    written to ``cascade.json`` with the connectivity, so that a loaded cascade predicts as
+    it was trained.
     """
     from .backbones import build_for_profile
+
+    inference = inference or InferenceSettings()
+    view_axes = view_axes or getattr(profile, "view_axes", "ras")
 
     order = check_order(order)
     by_id = {c.case_id: c for c in cases}
@@ -292,7 +356,7 @@ def train_cascade(
             done = folder / "stage.json"
             if done.exists():
                 info = json.loads(done.read_text())
-                prev = _load_predictions(folder, ids)
+                prev = read_stage_masks(folder, ids)
                 if verbose:
                     print(f"stage {k + 1} ({view}) already trained: {folder}", flush=True)
             else:
@@ -303,7 +367,7 @@ def train_cascade(
                 context = {c: [drop_context(m, profile.context_dropout, rng) for m in masks[c]] for c in train_ids}
                 train_data = SliceDataset([stage_inputs(images[c], context[c]) for c in train_ids],
                                           [by_id[c].label for c in train_ids], view, profile.batch_size,
-                                          seed=_stage_seed(seed, backbone, fold, order[: k + 1]))
+                                          seed=_stage_seed(seed, backbone, fold, order[: k + 1]), view_axes=view_axes)
                 share = float(np.mean([by_id[c].label.mean() for c in train_ids])) if profile.prior_bias else None
 
                 def network(channels: int = 1 + k, share: float | None = share) -> keras.Model:
@@ -323,7 +387,8 @@ def train_cascade(
                 prev = {}
                 test_dice = {}
                 for c in ids:
-                    prob, mask = run_stage(result.model, view, images[c], masks[c], connectivity=profile.connectivity)
+                    prob, mask = run_stage(result.model, view, images[c], masks[c], 0.5, inference,
+                                           view_axes=view_axes, connectivity=profile.connectivity)
                     prev[c] = mask
                     if c in test_ids:
                         save_npz(folder / "pred" / f"{c}.npz", prob=prob.astype(np.float16), mask=mask)
@@ -335,7 +400,8 @@ def train_cascade(
                         "max_epochs": profile.max_epochs, "train_seconds": train_seconds,
                         "predict_seconds": time.perf_counter() - t1, "test_dice": test_dice,
                         "mean_test_dice": float(np.mean(list(test_dice.values()))), "train_ids": train_ids,
-                        "test_ids": test_ids, "backbone": backbone, "fold": fold, "grid": profile.grid}
+                        "test_ids": test_ids, "backbone": backbone, "fold": fold, "grid": profile.grid,
+                        "inference_mode": inference.mode, "view_axes": view_axes}
                 write_json(folder / "stage.json", info)
                 if pool is None:  # pooled networks must survive for the next training
                     keras.backend.clear_session()
@@ -347,7 +413,7 @@ def train_cascade(
         "stages": [os.path.relpath(stage_dir(runs_root, profile, backbone, fold, order[: k + 1]), last)
                    for k in range(len(order))],
         "order": list(order), "normalizer": normalizer.to_dict(), "grid": profile.grid, "threshold": 0.5,
-        "connectivity": profile.connectivity,
+        "connectivity": profile.connectivity, "view_axes": view_axes,
         "backbone": backbone, "fold": fold, "profile": profile.name,
     })
     return summary

@@ -105,12 +105,13 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .config import default_data_dir, project_root
+    from .layout import cache_dir
     from .preprocess import prepare_dataset
 
     profile = get_profile(args.profile)
     root = project_root()
     data_dir = Path(args.data) if args.data else default_data_dir(profile.name, root)
-    cache = root / "data" / "cache" / f"{profile.name}-{profile.grid}"
+    cache = cache_dir(root, profile)
     cases = prepare_dataset(data_dir, profile.grid, cache, progress=not args.quiet)
     print(f"{len(cases)} cases prepared at {profile.grid}^3 in {cache}")
     return 0
@@ -118,13 +119,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import default_data_dir, project_root
+    from .layout import cache_dir, runs_root
     from .preprocess import make_folds, prepare_dataset
 
     profile = _profile(args)
     jobs = [_parse_job(j) for j in args.job] if args.job else [(args.fold, list(args.order))]
     root = project_root()
     data_dir = Path(args.data) if args.data else default_data_dir(profile.name, root)
-    cases = prepare_dataset(data_dir, profile.grid, root / "data" / "cache" / f"{profile.name}-{profile.grid}")
+    cases = prepare_dataset(data_dir, profile.grid, cache_dir(root, profile))
     folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
     import_backend()  # the inputs are fine: now the deep-learning stack
     _threads_from_env()
@@ -136,7 +138,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if len(jobs) > 1:
             print(f"run: fold {fold}, {' -> '.join(views)}", flush=True)
         summary = train_cascade(cases, folds, fold, args.backbone, views, profile,
-                                Path(args.runs) if args.runs else root / "runs", seed=args.seed, verbose=True,
+                                Path(args.runs) if args.runs else runs_root(root), seed=args.seed, verbose=True,
                                 pool=pool)
         for st in summary["stages"]:
             print(f"stage {st['stage']} ({st['view']}): held-out Dice {st['mean_test_dice']:.3f}")
@@ -187,6 +189,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .layout import cache_dir
     from .preprocess import make_folds, prepare_dataset
 
     profile = _profile(args)
@@ -196,7 +199,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{data_dir}: data folder not found")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out}: its parent folder {out.parent} does not exist")
-    cases = prepare_dataset(data_dir, profile.grid, out / "cache" / f"{profile.name}-{profile.grid}",
+    cases = prepare_dataset(data_dir, profile.grid, cache_dir(out, profile, under="cache"),
                             progress=not args.quiet, label_values=args.label_values)
     folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
     todo = range(len(folds)) if args.all else [args.fold]
@@ -204,7 +207,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--fold must be in 0..{len(folds) - 1}, got {args.fold}")
     import_backend()  # the inputs are fine: now the deep-learning stack
     _threads_from_env()
-    from .cascade import stage_dir, train_cascade
+    from .cascade import train_cascade
+    from .layout import stage_dir
     from .train import ModelPool
 
     pool = ModelPool()

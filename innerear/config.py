@@ -11,10 +11,28 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-ORIENTATIONS = ("sagittal", "coronal", "axial")
-PAPER_ORDER = ("coronal", "sagittal", "axial")
+from .views import ORIENTATIONS, PAPER_ORDER  # noqa: F401  (their home is innerear.views)
+
 BACKBONES = ("unet", "res_unet", "se_unet")
 CONNECTIVITIES = (6, 18, 26)
+BACKBONE_LABELS: dict[str, str] = {"unet": "U-Net", "res_unet": "ResU-Net", "se_unet": "SEU-Net"}
+SE_MODES = ("authors", "standard")  # the SE block: the authors' scalar gate, or Hu et al.'s
+
+
+def backbone_label(backbone: str, se_mode: str = "authors") -> str:
+    """Row name of a backbone: ``"U-Net"``, ``"ResU-Net"``, ``"SEU-Net"``; an SEU-Net with the
+    standard SE block (not the authors' network) is ``"SEU-Net (standard SE)"``."""
+    try:
+        label = BACKBONE_LABELS[backbone]
+    except KeyError:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONE_LABELS)}") from None
+    if backbone == "se_unet" and se_mode != "authors":
+        if se_mode not in SE_MODES:
+            raise ValueError(f"se_mode must be one of {SE_MODES}, got {se_mode!r}")
+        label += f" ({se_mode} SE)"
+    return label
+
+
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Collect saved out-of-fold predictions from ``runs/`` and evaluate them per volume.
 
-Nothing here trains: every function reads the held-out probabilities and masks that
-:func:`innerear.cascade.train_cascade` saved, and the prepared ground truth.
+Nothing here trains or predicts, and nothing here imports Keras or TensorFlow: every
+function reads the held-out probabilities and masks that
+:func:`innerear.cascade.train_cascade` saved (paths: :mod:`innerear.layout`), and the
+prepared ground truth. Timing the engine lives in :mod:`innerear.timing`.
 
 Every metric is computed on the post-processed mask (threshold 0.5, largest component).
 ``auc_roc`` too: it is computed on the saved (float16) probabilities with the voxels that the
@@ -12,18 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .backbones import BACKBONE_LABELS, backbone_label
-from .cascade import read_stage_predictions, stage_dir
-from .config import PAPER_ORDER, Profile
+from .config import BACKBONE_LABELS, PAPER_ORDER, Profile, backbone_label
+from .layout import read_stage_predictions, stage_dir
 from .metrics import evaluate, fragmentation, per_structure
-from .preprocess import PreparedCase, orientation_axis
+from .preprocess import PreparedCase
+from .views import orientation_axis
 
 
 def table1_methods(order: Sequence[str] = PAPER_ORDER, se_mode: str = "authors") -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -88,24 +89,6 @@ def per_volume_table(cases: Sequence[PreparedCase], runs_root: str | os.PathLike
     return pd.DataFrame(rows)
 
 
-def time_segmentation(cascade_dir: str | os.PathLike, cache_file: str | os.PathLike, repeats: int = 1) -> dict:
-    """Seconds to segment one volume, counting the loading of the prepared volume and models."""
-    from .cascade import load_cascade, segment
-
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        with np.load(cache_file) as z:
-            volume = z["image"]
-        models = load_cascade(cascade_dir)
-        t1 = time.perf_counter()
-        segment(volume, models)
-        t2 = time.perf_counter()
-        times.append((t2 - t0, t1 - t0, t2 - t1))
-    total, load, seg = (float(np.median([t[i] for t in times])) for i in range(3))
-    return {"total_s": total, "load_s": load, "segment_s": seg, "shape": tuple(volume.shape), "repeats": repeats}
-
-
 def save_tidy(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a per-volume table as CSV atomically."""
     from .io import atomic_path
@@ -115,65 +98,6 @@ def save_tidy(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return path
-
-
-def time_paper_size(grid: int = 256, seed: int = 0, backbone: str = "unet", slices: int | None = None) -> dict:
-    """Seconds to segment a ``grid``³ volume with a paper-size cascade (untrained weights).
-
-    The three paper-size networks (base 32 filters, three pooling levels; 1, 2 and 3 input
-    channels) are saved and loaded like trained ones; the weights do not change the time.
-    Counts the loading of the models and of a prepared volume, as in the paper.
-
-    With ``slices`` (fewer than ``grid``) each stage predicts only that many of its ``grid``
-    slices, through the same slice-by-slice path, and the network time is scaled up to the
-    whole volume (it is linear in the number of slices); the 3D post-processing is always
-    timed on the whole volume. ``"method"`` in the result says which was done.
-    """
-    import tempfile
-
-    from .backbones import build
-    from .cascade import Cascade, postprocess, segment
-    from .io import save_npz
-    from .preprocess import Normalizer, orientation_axis
-    from .train import load_model, predict_volume, set_seed
-
-    set_seed(seed, deterministic=False)
-    rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for k in range(3):
-            path = Path(tmp) / f"stage{k + 1}.keras"
-            build(backbone, channels=k + 1, size=None, base_filters=32, depth=3).save(path)
-            paths.append(path)
-        vol_path = save_npz(Path(tmp) / "volume.npz", image=rng.normal(size=(grid,) * 3).astype(np.float32))
-        t0 = time.perf_counter()
-        with np.load(vol_path) as z:
-            volume = z["image"]
-        models = Cascade([(v, load_model(p)) for v, p in zip(PAPER_ORDER, paths)], Normalizer(0.0, 1.0), grid)
-        t1 = time.perf_counter()
-        if slices is None or slices >= grid:
-            segment(volume, models)
-            seg, method = time.perf_counter() - t1, f"all {grid} slices of each stage"
-        else:
-            seg = 0.0
-            for k, (view, model) in enumerate(models.stages):
-                shape = [grid] * 3
-                shape[orientation_axis(view)] = slices
-                part = np.ascontiguousarray(volume[: shape[0], : shape[1], : shape[2], None].repeat(k + 1, axis=-1))
-                t = time.perf_counter()  # the first call of a network costs extra once: counted once
-                predict_volume(model, part, view)
-                seg += time.perf_counter() - t
-                t = time.perf_counter()
-                prob = predict_volume(model, part, view)
-                seg += (time.perf_counter() - t) * (grid / slices - 1)
-                whole = np.zeros(volume.shape, np.float32)  # the slab's output, zero elsewhere
-                whole[: shape[0], : shape[1], : shape[2]] = prob
-                t = time.perf_counter()
-                postprocess(whole)
-                seg += time.perf_counter() - t
-            method = f"{slices} of {grid} slices per stage run, network time scaled to {grid}"
-    return {"total_s": (t1 - t0) + seg, "load_s": t1 - t0, "segment_s": seg, "shape": (grid,) * 3, "repeats": 1,
-            "method": method}
 
 
 def stage_records(runs_root: str | os.PathLike, profile: Profile) -> pd.DataFrame:

@@ -170,15 +170,10 @@ def read_slicer_segmentation(path: str | os.PathLike, segment: str | None = None
     (4D, one ``list`` axis) files. ``segment`` picks one segment by name (``SegmentN_Name``);
     by default every segment is merged.
     """
-    import nrrd
-
-    from .io import _space_to_ras
+    from .io import nrrd_affine, read_nrrd_file
 
     path = Path(path)
-    try:
-        array, header = nrrd.read(str(path))
-    except Exception as exc:
-        raise VolumeError(path, f"cannot be read as NRRD ({type(exc).__name__}: {exc})") from exc
+    array, header = read_nrrd_file(path)
     dirs = header.get("space directions")
     if dirs is None:
         raise VolumeError(path, "segmentation has no 'space directions' (no geometry)")
@@ -190,11 +185,7 @@ def read_slicer_segmentation(path: str | os.PathLike, segment: str | None = None
         array = array[..., None]
     else:
         raise VolumeError(path, f"unexpected segmentation array of shape {array.shape}")
-    directions = np.asarray([r for r in rows if r is not None])
-    affine = np.eye(4)
-    affine[:3, :3] = directions.T
-    affine[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), float)
-    affine = _space_to_ras(str(header.get("space", "left-posterior-superior"))) @ affine
+    affine = nrrd_affine(np.asarray([r for r in rows if r is not None]), header)
     segments = {}
     for key, value in header.items():
         m = re.fullmatch(r"Segment(\d+)_Name", str(key))

@@ -133,15 +133,16 @@ def _check_array(path: Path, array: np.ndarray, allow_nan: bool) -> np.ndarray:
         raise VolumeError(path, f"expected a 3D volume, found {array.ndim}D with shape {array.shape}")
     if min(array.shape) < 2:
         raise VolumeError(path, f"expected a 3D volume, found a single slice of shape {array.shape}")
-    if not allow_nan and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        bad = int(np.size(array) - np.isfinite(array).sum())
-        raise VolumeError(path, f"contains {bad} NaN or infinite voxel(s)")
+    if not allow_nan and np.issubdtype(array.dtype, np.floating):
+        bad = sum(int(np.size(p) - np.count_nonzero(np.isfinite(p))) for p in array)  # plane by plane
+        if bad:
+            raise VolumeError(path, f"contains {bad} NaN or infinite voxel(s)")
     return array
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_nifti(path: Path, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path), mmap="r" if mmap else True)
         array = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise VolumeError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
@@ -159,13 +160,26 @@ def _space_to_ras(space: str) -> np.ndarray:
     return np.diag([*flips, 1.0])
 
 
-def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_nrrd_file(path: Path) -> tuple[np.ndarray, dict]:
+    """``(array, header)`` of an NRRD file (pynrrd), or :class:`VolumeError` naming the file."""
     import nrrd
 
     try:
-        array, header = nrrd.read(str(path))
+        return nrrd.read(str(path))
     except Exception as exc:
         raise VolumeError(path, f"cannot be read as NRRD ({type(exc).__name__}: {exc})") from exc
+
+
+def nrrd_affine(directions: np.ndarray, header: dict) -> np.ndarray:
+    """RAS affine from an NRRD header's three spatial ``space directions`` rows, origin and space."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(directions, float).T
+    affine[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+    return _space_to_ras(str(header.get("space", "left-posterior-superior"))) @ affine
+
+
+def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    array, header = read_nrrd_file(path)
     directions = header.get("space directions")
     if directions is None:
         raise VolumeError(path, "NRRD header has no 'space directions' (voxel size unknown)")
@@ -173,11 +187,7 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
                             dtype=float)
     if directions.shape != (3, 3):
         raise VolumeError(path, f"NRRD 'space directions' has shape {directions.shape}, expected 3x3")
-    origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
-    affine = np.eye(4)
-    affine[:3, :3] = directions.T
-    affine[:3, 3] = origin
-    return array, _space_to_ras(str(header.get("space", "left-posterior-superior"))) @ affine
+    return array, nrrd_affine(directions, header)
 
 
 def _sitk():
@@ -403,6 +413,7 @@ def read_volume(
     *,
     allow_nan: bool = False,
     spacing: Sequence[float] | None = None,
+    mmap: bool = False,
 ) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     """Read a 3D volume: ``(array, spacing_mm, affine)``.
 
@@ -416,6 +427,11 @@ def read_volume(
     ``spacing`` (mm, along the array's three axes) replaces the voxel size of any format,
     keeping the directions and origin; it is required for TIFF stacks that do not record it.
 
+    ``mmap=True`` maps an uncompressed NIfTI file read-only instead of reading it (the
+    array is a ``np.memmap`` view where the file stores it unscaled), so that
+    :func:`innerear.resample.resample_image_bounded` reads it slab by slab; other formats
+    and compressed files are read into memory as usual.
+
     Raises :class:`VolumeError` (naming the file) for a missing, unreadable or corrupt file,
     an unknown format, a 2D or 4D image, a missing or invalid voxel size, and NaN/infinite
     voxels (unless ``allow_nan``).
@@ -425,7 +441,7 @@ def read_volume(
         raise VolumeError(path, "file not found")
     fmt = volume_format(path)
     if fmt == "nifti":
-        array, affine = _read_nifti(path)
+        array, affine = _read_nifti(path, mmap=mmap)
     elif fmt == "nrrd":
         array, affine = _read_nrrd(path)
     elif fmt == "metaimage":
@@ -434,7 +450,7 @@ def read_volume(
         array, affine = _read_dicom(path)
     else:
         array, affine = _read_tiff(path)
-    array = _check_array(path, np.asarray(array), allow_nan)
+    array = _check_array(path, np.asanyarray(array) if mmap else np.asarray(array), allow_nan)
     if spacing is not None:
         affine = _with_spacing(path, affine, spacing)
     elif affine is None:

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import BACKBONES, ORIENTATIONS, PAPER_ORDER, Profile, default_data_dir, get_profile, project_root
+from .config import BACKBONES, Profile, default_data_dir, get_profile, project_root
 from .io import atomic_path
+from .layout import cache_dir, profile_runs, runs_root, stage_dir
+from .views import ALL_ORDERS, ORIENTATIONS, PAPER_ORDER
 
 NOTEBOOKS = {
     "01": "01_data_preparation",
@@ -26,16 +28,6 @@ NOTEBOOKS = {
     "05": "05_3d_visualization",
     "06": "06_performance",  # runs last: it renders this run's timings.json (see reproduce)
 }
-ALL_ORDERS = (
-    ("coronal", "sagittal", "axial"),
-    ("coronal", "axial", "sagittal"),
-    ("sagittal", "coronal", "axial"),
-    ("sagittal", "axial", "coronal"),
-    ("axial", "coronal", "sagittal"),
-    ("axial", "sagittal", "coronal"),
-)
-
-
 @dataclass(frozen=True)
 class NotebookRun:
     """One papermill execution: which notebook, with which parameters, into which page."""
@@ -152,12 +144,12 @@ def _train_group(profile_name: str, seed: int, root: str, group: list[tuple], th
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     results = []
     for _, fold, views in group:
-        folder = Path(root, "runs", profile_name, backbone, f"fold{fold}", *views)
+        folder = stage_dir(runs_root(root), profile_name, backbone, fold, views)
         if not (folder / "stage.json").exists():
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
             raise RuntimeError(f"training {backbone} fold {fold} {'/'.join(views)} failed:\n{tail}")
-        stages = [json.loads(Path(root, "runs", profile_name, backbone, f"fold{fold}", *views[: k + 1],
-                                  "stage.json").read_text()) for k in range(len(views))]
+        stages = [json.loads((stage_dir(runs_root(root), profile_name, backbone, fold, views[: k + 1]) / "stage.json")
+                             .read_text()) for k in range(len(views))]
         results.append({"backbone": backbone, "fold": fold, "views": "/".join(views),
                         "dice": [round(st["mean_test_dice"], 3) for st in stages],
                         "epochs": [st["epochs"] for st in stages],
@@ -179,9 +171,8 @@ def train_all(profile: Profile, seed: int, root: Path, workers: int | None = Non
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
-    runs_dir = root / "runs" / profile.name
     jobs = [j for j in training_jobs(profile)
-            if not (runs_dir / j[0] / f"fold{j[1]}").joinpath(*j[2], "stage.json").exists()]
+            if not (stage_dir(runs_root(root), profile, *j) / "stage.json").exists()]
     if not jobs:
         return []
     n_workers = workers or max(1, os.cpu_count() or 1)
@@ -238,7 +229,7 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
         manifest = data_dir / "manifest.json"
         if not (manifest.exists() and json.loads(manifest.read_text()).get("synthetic")):
             raise
-        runs = root / "runs" / profile.name
+        runs = profile_runs(runs_root(root), profile)
         if runs.exists():
             old_seed = json.loads(manifest.read_text()).get("seed")
             what = f"seed {old_seed}" if old_seed != seed else "other settings or generator version"
@@ -250,7 +241,7 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
         print(f"[phantoms] {data_dir} holds a different phantom set and no run was trained on it; regenerating it",
               flush=True)
         shutil.rmtree(data_dir)
-        shutil.rmtree(root / "data" / "cache" / f"{profile.name}-{profile.grid}", ignore_errors=True)
+        shutil.rmtree(cache_dir(root, profile), ignore_errors=True)
         data_dir.mkdir(parents=True)
         write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
     return data_dir
@@ -320,8 +311,7 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
     t = time.perf_counter()
     from .preprocess import prepare_dataset
 
-    prepare_dataset(default_data_dir(profile.name, root), profile.grid,
-                    root / "data" / "cache" / f"{profile.name}-{profile.grid}", progress=True)
+    prepare_dataset(default_data_dir(profile.name, root), profile.grid, cache_dir(root, profile), progress=True)
     times["prepare"] = time.perf_counter() - t
     if not only:
         t = time.perf_counter()

@@ -1,12 +1,13 @@
 """Data preparation as in the paper: pairs, resampling to N³, z-scoring, folds and slice views.
 
-Axis convention (documented once, used everywhere): prepared volumes are reoriented to the
-closest RAS+ orientation, so array axis 0 runs left→right, axis 1 posterior→anterior and
-axis 2 inferior→superior. A *sagittal* slice fixes axis 0, a *coronal* slice fixes axis 1
-and an *axial* slice fixes axis 2. (The authors' code sliced stage 1 along the last array
-axis, stage 2 along the middle one and stage 3 along the first, on arrays in their files'
-storage order; micro-CT specimens have no patient orientation, so which scanner axis is
-"coronal" is a convention in both cases.)
+Prepared volumes are reoriented to the closest RAS+ orientation, so array axis 0 runs
+left→right, axis 1 posterior→anterior and axis 2 inferior→superior; which axis a view
+(sagittal, coronal, axial) slices is documented, with the authors' convention, in
+:mod:`innerear.views` (whose slicing functions are re-exported here).
+
+Images are resampled with :func:`innerear.resample.resample_image_bounded` (the cubic
+B-spline of ``scipy.ndimage.zoom``, computed in slabs within a memory bound) from a
+memory-mapped read where the file allows it.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import numpy as np
 from scipy import ndimage
 
 from .io import VolumeError, check_voxel_size, read_volume, save_npz, spacing_source
-
-ORIENTATION_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+from .metrics import dice
+from .resample import DEFAULT_MAX_BYTES, resample_image_bounded, value_range
+from .views import ORIENTATION_AXIS, check_order, from_slices, orientation_axis, to_slices  # noqa: F401  (re-exported)
 CACHE_VERSION = 2
 IMAGE_SUFFIXES = ("_image", "_img", "_ct")
 LABEL_SUFFIXES = ("_label", "_seg", "_mask")
@@ -100,12 +102,16 @@ def discover_pairs(data_dir: str | os.PathLike) -> list[Case]:
 
 
 # --------------------------------------------------------------------------- geometry
-def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorient an array to the closest RAS+ axis order (flips and permutations only)."""
+def to_canonical(array: np.ndarray, affine: np.ndarray, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient an array to the closest RAS+ axis order (flips and permutations only).
+
+    With ``copy=False`` the result is a view of ``array`` (flipped and transposed strides),
+    so a memory-mapped scan stays on disk until it is read slab by slab.
+    """
     ornt = nib.orientations.io_orientation(affine)
     out = nib.orientations.apply_orientation(array, ornt)
     new_affine = np.asarray(affine) @ nib.orientations.inv_ornt_aff(ornt, array.shape)
-    return np.ascontiguousarray(out), new_affine
+    return (np.ascontiguousarray(out) if copy else out), new_affine
 
 
 def resampled_affine(affine: np.ndarray, shape: Sequence[int], grid: Sequence[int]) -> np.ndarray:
@@ -125,9 +131,18 @@ def _grid(grid: int | Sequence[int]) -> tuple[int, int, int]:
     return (grid,) * 3 if isinstance(grid, int) else tuple(int(g) for g in grid)
 
 
-def resample_image(array: np.ndarray, grid: int | Sequence[int], order: int = 3) -> np.ndarray:
-    """Resample an image to ``grid`` voxels with a cubic B-spline (the paper's choice)."""
+def resample_image(array: np.ndarray, grid: int | Sequence[int], order: int = 3,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """Resample an image to ``grid`` voxels with a cubic B-spline (the paper's choice).
+
+    ``scipy.ndimage.zoom(order=3, mode="nearest", grid_mode=True)``'s result, computed by
+    :func:`innerear.resample.resample_image_bounded` in slabs within ``max_bytes`` (a
+    memory-mapped ``array`` is read one slab at a time). ``order`` other than 3 falls back
+    to ``ndimage.zoom`` on the whole array.
+    """
     grid = _grid(grid)
+    if order == 3:
+        return resample_image_bounded(array, grid, max_bytes=max_bytes)
     zoom = [g / s for g, s in zip(grid, array.shape)]
     out = ndimage.zoom(np.asarray(array, np.float32), zoom, order=order, mode="nearest", grid_mode=True)
     return out.astype(np.float32, copy=False)
@@ -214,14 +229,6 @@ def upsample_label(label: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return ndimage.zoom(label.astype(np.uint8), zoom, order=0, mode="nearest", grid_mode=True)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two binary arrays (1.0 when both are empty)."""
-    a = np.asarray(a) != 0
-    b = np.asarray(b) != 0
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def label_resampling_dice(label: np.ndarray, grid: int | Sequence[int], method: str = "sdf") -> float:
     """Dice of a label resampled to ``grid`` and mapped back, against the original label."""
     small = resample_label(label, grid, method)
@@ -265,9 +272,10 @@ def load_case(case: Case, label_values: Sequence[int] | None = None
               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """Read a case's image, label and structure map, checking that their grids agree, that the
     voxel size is plausible and that the label is binary (see :func:`binary_label`)."""
-    image, spacing, affine = read_volume(case.image)
+    image, spacing, affine = read_volume(case.image, mmap=True)
     check_voxel_size(case.image, spacing, spacing_source(case.image, False))
-    if np.ptp(image) == 0:
+    lo, hi = value_range(image)
+    if lo == hi:
         raise VolumeError(case.image, "image is constant (all voxels have the same value)")
     arrays = []
     for path in (case.label, case.structures):
@@ -302,7 +310,7 @@ def prepare_case(case: Case, grid: int | Sequence[int], label_values: Sequence[i
     grid = _grid(grid)
     image, label, structures, affine = load_case(case, label_values)
     source_shape, source_affine = tuple(int(s) for s in image.shape), affine
-    image_c, affine_c = to_canonical(image, affine)
+    image_c, affine_c = to_canonical(image, affine, copy=False)
     prepared_affine = resampled_affine(affine_c, image_c.shape, grid)
     lab = struct = None
     if label is not None:
@@ -442,32 +450,3 @@ def split_fold(case_ids: Sequence[str], folds: list[list[str]], fold: int) -> tu
         raise ValueError(f"fold must be in 0..{len(folds) - 1}, got {fold}")
     test = list(folds[fold])
     return [c for c in sorted(case_ids) if c not in test], test
-
-
-# --------------------------------------------------------------------------- slice views
-def orientation_axis(orientation: str) -> int:
-    """Array axis a slice of this orientation fixes (see the module docstring)."""
-    try:
-        return ORIENTATION_AXIS[orientation]
-    except KeyError:
-        raise ValueError(f"unknown orientation {orientation!r}; use one of {list(ORIENTATION_AXIS)}") from None
-
-
-def check_order(order: Sequence[str]) -> tuple[str, ...]:
-    """Validate a view order: 1–3 distinct views."""
-    order = tuple(order)
-    for view in order:
-        orientation_axis(view)
-    if not 1 <= len(order) <= 3 or len(set(order)) != len(order):
-        raise ValueError(f"a stage order is 1–3 distinct views, got {order}")
-    return order
-
-
-def to_slices(volume: np.ndarray, orientation: str) -> np.ndarray:
-    """View a volume (x, y, z[, c]) as a stack of 2D slices (n, h, w[, c]) along ``orientation``."""
-    return np.moveaxis(volume, orientation_axis(orientation), 0)
-
-
-def from_slices(slices: np.ndarray, orientation: str) -> np.ndarray:
-    """Inverse of :func:`to_slices`: put a slice stack back into (x, y, z[, c]) order."""
-    return np.moveaxis(slices, 0, orientation_axis(orientation))

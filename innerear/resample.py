@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["resample_image_bounded", "resample_axis", "plan_slabs", "DEFAULT_MAX_BYTES"]
+__all__ = ["resample_image_bounded", "resample_axis", "plan_slabs", "value_range", "DEFAULT_MAX_BYTES"]
 
 NPAD = 12  # scipy.ndimage.zoom pads this many edge voxels before the spline prefilter ("nearest")
 DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB
@@ -110,6 +110,20 @@ def resample_axis(x: np.ndarray, axis: int, size: int, out_dtype=np.float64) -> 
 
 
 # --------------------------------------------------------------------------- reading slabs
+def _base_mmap(array: np.ndarray):
+    """The read-only ``mmap`` behind ``array`` (a ``np.memmap`` or a view of one), else None.
+
+    Dropping pages is only safe where nothing private can be lost: read-only mappings
+    (``mode="r"``), as :func:`innerear.io.read_volume` opens them with ``mmap=True``.
+    """
+    a = array
+    while isinstance(a, np.ndarray):
+        if isinstance(a, np.memmap) and getattr(a, "mode", None) == "r" and getattr(a, "_mmap", None) is not None:
+            return a._mmap
+        a = a.base
+    return None
+
+
 class _Source:
     """Read slabs of a 3D array along one axis, releasing a read-only mapping's pages afterwards."""
 
@@ -121,10 +135,8 @@ class _Source:
         if array.ndim != 3:
             raise ValueError(f"expected a 3D volume, got shape {array.shape}")
         self.array = array
-        mm = getattr(array, "_mmap", None) if isinstance(array, np.memmap) else None
-        # Dropping pages is only safe where nothing private can be lost: read-only mappings.
-        self._mmap = mm if (mm is not None and getattr(array, "mode", None) == "r"
-                            and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")) else None
+        mm = _base_mmap(array)
+        self._mmap = mm if (mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")) else None
         # slab along the outermost axis in memory, so a slab is one contiguous piece of the file
         strides = [abs(s) if n > 1 else 0 for s, n in zip(array.strides, array.shape)]
         self.axis = int(np.argmax(strides))
@@ -146,6 +158,19 @@ class _Source:
                 self._mmap.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):  # pragma: no cover - platform without madvise
                 self._mmap = None
+
+
+def value_range(array, slab_bytes: int = 64 << 20) -> tuple[float, float]:
+    """``(min, max)`` of a 3D array read slab by slab (a memory-mapped scan stays mostly on disk)."""
+    src = _Source(array)
+    n = src.shape[src.axis]
+    per = max(1, int(np.prod(src.shape)) // max(1, n) * src.array.dtype.itemsize)
+    step = max(1, slab_bytes // per)
+    lo, hi = np.inf, -np.inf
+    for start in range(0, n, step):
+        x = src.slab(start, min(n, start + step))
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    return lo, hi
 
 
 def plan_slabs(shape: Sequence[int], grid: Sequence[int], axis: int, itemsize: int,

@@ -2,12 +2,15 @@
 
 :func:`segment_scan` reads a scan in any format :func:`innerear.io.read_volume` knows,
 prepares it exactly as the training volumes were prepared (``preprocess.to_canonical`` and
-``preprocess.resample_image`` to the cascade's grid), runs the cascade with
-``cascade.segment`` (the notebooks' code path), and maps the last stage's probabilities back
+``preprocess.resample_image`` to the cascade's grid: the memory-bounded cubic B-spline of
+:mod:`innerear.resample`, reading an uncompressed NIfTI scan memory-mapped, slab by slab),
+runs the engine, :meth:`innerear.cascade.Cascade.predict` (default ``"fast"`` mode, as
+everywhere), and maps the last stage's probabilities back
 onto the scan's own grid: every scan voxel's centre is carried through the world frame into
 the prepared grid (``inv(prepared_affine) @ scan_affine``), the probability map is sampled
 there by linear interpolation (in slabs, to bound memory), thresholded at 0.5, and the
-largest 26-connected component is kept. The mask therefore has the scan's shape and affine.
+largest connected component (:func:`innerear.metrics.largest_component`, the cascade's
+connectivity) is kept. The mask therefore has the scan's shape and affine.
 
 :func:`segment_to_files` adds the command line's checks and writes the mask (NIfTI, NRRD or
 MetaImage by extension), optionally an STL surface and a JSON report, all or nothing.
@@ -43,10 +46,11 @@ from .io import (
     volume_format,
     write_volume_to,
 )
+from .metrics import largest_component
+from .views import ORIENTATIONS
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "phantom_cascade"
-STRUCTURE_26 = np.ones((3, 3, 3), bool)
 #: inner-ear volumes (mm³) a segmentation may have; :func:`export_model` writes it into every
 #: model card (``plausible_inner_ear_volume_mm3``), and it applies to folders whose card states none
 PLAUSIBLE_VOLUME = {
@@ -113,7 +117,7 @@ def check_model_dir(model_dir: str | os.PathLike | None = None) -> tuple[Path, d
             view = json.loads((stage / "stage.json").read_text())["view"]
         except (OSError, ValueError, KeyError) as exc:
             raise SegmentError(stage / "stage.json", f"model folder incomplete: no stage view ({exc})") from exc
-        if view not in ("sagittal", "coronal", "axial"):
+        if view not in ORIENTATIONS:
             raise SegmentError(stage / "stage.json", f"unknown stage view {view!r}")
     check_model_consistency(folder, spec)
     return folder, spec
@@ -203,13 +207,27 @@ def load_model_dir(model_dir: str | os.PathLike | None = None, *, reuse: bool = 
 
 
 # --------------------------------------------------------------------------- geometry
-def prepare_scan(image: np.ndarray, affine: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a scan to the cascade's grid as training did: ``(volume, prepared_affine)``."""
+PREPARE_MAX_BYTES = 512 << 20  # the resampler's working memory in `innerear segment`
+
+
+def prepare_scan(image: np.ndarray, affine: np.ndarray, grid: int,
+                 max_bytes: int = PREPARE_MAX_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a scan to the cascade's grid as training did: ``(volume, prepared_affine)``.
+
+    The reorientation is a view and the resampling reads the scan in slabs within
+    ``max_bytes``, so a memory-mapped ``image`` is never copied whole into memory.
+    """
     from .preprocess import resample_image, resampled_affine, to_canonical
 
-    image_c, affine_c = to_canonical(np.asarray(image), np.asarray(affine, float))
+    image_c, affine_c = to_canonical(np.asanyarray(image), np.asarray(affine, float), copy=False)
     prepared_affine = resampled_affine(affine_c, image_c.shape, (grid,) * 3)
-    return resample_image(image_c, grid), prepared_affine
+    try:
+        volume = resample_image(image_c, grid, max_bytes=max_bytes)
+    except ValueError as exc:  # a scan too large for that budget: the resampler's default (2 GiB)
+        if "too small" not in str(exc):
+            raise
+        volume = resample_image(image_c, grid)
+    return volume, prepared_affine
 
 
 def map_to_scan(values: np.ndarray, prepared_affine: np.ndarray, shape: Sequence[int], affine: np.ndarray,
@@ -237,19 +255,6 @@ def map_to_scan(values: np.ndarray, prepared_affine: np.ndarray, shape: Sequence
         vals = ndimage.map_coordinates(values, coords, order=1, mode="nearest")
         out[i0 : i0 + len(i)] = vals >= threshold if threshold is not None else vals
     return out
-
-
-def keep_largest(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
-    """The largest connected component of ``mask`` (26-connected by default; 6 or 18 on
-    request) and the number of components it had."""
-    from .cascade import connectivity_structure
-
-    labels, n = ndimage.label(np.asarray(mask) != 0, structure=connectivity_structure(connectivity))
-    if n <= 1:
-        return (labels > 0).astype(np.uint8), int(n)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return (labels == int(np.argmax(sizes))).astype(np.uint8), int(n)
 
 
 def mask_measures(mask: np.ndarray, affine: np.ndarray) -> dict:
@@ -324,15 +329,16 @@ def segment_scan(
     from tqdm.auto import tqdm
 
     from . import __version__
+    from .resample import value_range
 
     path = Path(path)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     # reading and checking the scan come first, before any progress bar: a bad file fails in one line
     t = time.perf_counter()
-    image, spacing_mm, affine = read_volume(path, spacing=spacing)
+    image, spacing_mm, affine = read_volume(path, spacing=spacing, mmap=True)
     check_voxel_size(path, spacing_mm, spacing_source(path, spacing is not None))
-    lo, hi = float(np.min(image)), float(np.max(image))
+    lo, hi = value_range(image)
     if lo == hi:
         raise VolumeError(path, f"image is constant (every voxel is {lo:g}); nothing to segment")
     timings["read"] = round(time.perf_counter() - t, 3)
@@ -361,7 +367,7 @@ def segment_scan(
         t = step("prepare", t)
 
         bar.set_description("cascade")
-        mask_p, prob_p = segment(prepared, cascade)
+        mask_p, prob_p = cascade.predict(prepared)
         t = step("cascade", t)
 
         bar.set_description("map back")
@@ -369,7 +375,7 @@ def segment_scan(
         t = step("map back", t)
 
         bar.set_description("largest component")
-        mask, n_components = keep_largest(raw, cascade.connectivity)
+        mask, n_components = largest_component(raw, cascade.connectivity, return_count=True)
         removed = int(np.count_nonzero(raw)) - int(np.count_nonzero(mask))
         del raw
         t = step("largest component", t)
@@ -511,7 +517,7 @@ def segment_to_files(
         tmp = stack.enter_context(atomic_path(out, overwrite=force, suffix=temp_suffix(out)))
         write_volume_to(tmp, mask, affine, like=out)
         if mesh is not None:
-            from .viz import surface_mesh, write_stl
+            from .mesh import surface_mesh, write_stl
 
             tmp_mesh = stack.enter_context(atomic_path(mesh, overwrite=force))
             verts, faces = surface_mesh(*_cropped(mask, affine))

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from .io import atomic_path, write_json
-from .preprocess import to_slices
+from .views import to_slices
 
 
 # --------------------------------------------------------------------------- determinism
@@ -90,11 +90,12 @@ class SliceDataset:
         batch_size: int = 20,
         shuffle: bool = True,
         seed: int = 0,
+        view_axes: str = "ras",
     ) -> None:
         if len(inputs) != len(labels) or not inputs:
             raise ValueError("need the same, non-zero number of input volumes and labels")
-        self.inputs = [to_slices(np.asarray(v, np.float32), orientation) for v in inputs]
-        self.labels = [to_slices(np.asarray(v, np.uint8), orientation) for v in labels]
+        self.inputs = [to_slices(np.asarray(v, np.float32), orientation, view_axes) for v in inputs]
+        self.labels = [to_slices(np.asarray(v, np.uint8), orientation, view_axes) for v in labels]
         for x, y in zip(self.inputs, self.labels):
             if x.shape[:3] != y.shape:
                 raise ValueError(f"input slices {x.shape[:3]} and label slices {y.shape} differ")
@@ -383,16 +384,3 @@ def fit(
                       "lr_plateau": None if lr_plateau is None else list(lr_plateau)})
     (run_dir / "last.keras").unlink(missing_ok=True)  # the finished run keeps only its best model
     return FitResult(model, history, epochs, state["best_epoch"], seconds, resumed_from, stopped_by)
-
-
-# --------------------------------------------------------------------------- prediction
-def predict_volume(model: keras.Model, inputs: np.ndarray, orientation: str, batch_size: int = 32) -> np.ndarray:
-    """Predict every slice of a (x, y, z, channels) volume; reassemble (x, y, z) probabilities."""
-    from .preprocess import from_slices
-
-    slices = to_slices(np.asarray(inputs, np.float32), orientation)
-    out = np.empty(slices.shape[:3], np.float32)
-    for start in range(0, slices.shape[0], batch_size):
-        batch = np.ascontiguousarray(slices[start : start + batch_size])
-        out[start : start + batch_size] = keras.ops.convert_to_numpy(model(batch, training=False))[..., 0]
-    return from_slices(out, orientation)

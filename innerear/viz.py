@@ -1,5 +1,8 @@
 """Figures for the notebooks: slices with overlays, look-alike panels, curves, prediction grids.
 
+Surfaces and STL files live in :mod:`innerear.mesh` (no matplotlib there, for the command
+line); they are re-exported here for the notebooks.
+
 Functions return matplotlib figures and never call ``plt.show()``; slices are drawn with
 the first in-plane axis vertical, in the axis convention of :mod:`innerear.preprocess`.
 """
@@ -11,7 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import ndimage
 
-from .preprocess import to_slices
+from .mesh import read_stl, surface_mesh, vertex_distances, write_stl  # noqa: F401  (re-exported)
+from .views import ORIENTATIONS, orientation_axis, to_slices
 
 COLORS = {"truth": "#2ca02c", "pred": "#d62728", "lookalike": "#ff7f0e", "stage": "#1f77b4"}
 
@@ -34,7 +38,7 @@ def _contour(ax, mask: np.ndarray, color: str, lw: float = 1.0) -> None:
 
 def slice_aspect(spacing: Sequence[float], orientation: str) -> float:
     """Display aspect of a slice (vertical over horizontal voxel size)."""
-    axes = [a for a in range(3) if a != {"sagittal": 0, "coronal": 1, "axial": 2}[orientation]]
+    axes = [a for a in range(3) if a != orientation_axis(orientation)]
     return float(spacing[axes[1]] / spacing[axes[0]])
 
 
@@ -45,7 +49,7 @@ def orthogonal_views(image: np.ndarray, label: np.ndarray | None = None, spacing
         center = (np.round(ndimage.center_of_mass(label)).astype(int) if label is not None and label.any()
                   else np.array(image.shape) // 2)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
-    for ax, view, idx in zip(axes, ("sagittal", "coronal", "axial"), center):
+    for ax, view, idx in zip(axes, ORIENTATIONS, center):
         _show(ax, to_slices(image, view)[idx], f"{view} {idx}", slice_aspect(spacing, view))
         if label is not None:
             _contour(ax, to_slices(label, view)[idx], COLORS["truth"])
@@ -197,38 +201,6 @@ def channel_panel(channels: np.ndarray, label: np.ndarray, spacing: Sequence[flo
 
 
 # --------------------------------------------------------------------------- 3D surfaces
-def surface_mesh(mask: np.ndarray, spacing: Sequence[float], affine: np.ndarray | None = None,
-                 smooth_sigma: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Marching-cubes surface of a binary mask: ``(vertices, faces)``, vertices in mm.
-
-    With ``affine`` the vertices are in world coordinates (mm), otherwise in the grid's own
-    frame scaled by ``spacing``. A light Gaussian smoothing removes voxel staircases.
-    """
-    from skimage import measure
-
-    m = np.pad(np.asarray(mask, np.float32), 1)
-    if smooth_sigma > 0:
-        m = ndimage.gaussian_filter(m, smooth_sigma)
-    if m.max() < 0.5:
-        return np.zeros((0, 3)), np.zeros((0, 3), int)
-    verts, faces, _, _ = measure.marching_cubes(m, 0.5)
-    verts -= 1.0  # undo the padding: vertices in voxel-index coordinates
-    if affine is not None:
-        verts = (np.c_[verts, np.ones(len(verts))] @ np.asarray(affine).T)[:, :3]
-    else:
-        verts = verts * np.asarray(spacing, float)
-    return verts, faces
-
-
-def vertex_distances(verts: np.ndarray, reference_verts: np.ndarray) -> np.ndarray:
-    """Distance (mm) from each vertex to the nearest vertex of a reference surface."""
-    from scipy.spatial import cKDTree
-
-    if len(verts) == 0 or len(reference_verts) == 0:
-        return np.full(len(verts), np.inf)
-    return cKDTree(reference_verts).query(verts)[0]
-
-
 def plotly_surfaces(meshes: dict[str, tuple[np.ndarray, np.ndarray]], colors: dict[str, str] | None = None,
                     intensity: dict[str, np.ndarray] | None = None, opacity: dict[str, float] | None = None,
                     title: str = "", cmax: float | None = None):
@@ -298,33 +270,6 @@ def matplotlib_colors_to_rgb(color: str) -> tuple[float, float, float]:
     from matplotlib.colors import to_rgb
 
     return to_rgb(color)
-
-
-def write_stl(path, verts: np.ndarray, faces: np.ndarray, name: str = "innerear") -> None:
-    """Write a binary STL file atomically (vertices in mm)."""
-    from .io import atomic_path
-
-    tri = np.asarray(verts, np.float32)[np.asarray(faces)]
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
-    records = np.zeros(len(tri), dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")])
-    records["n"] = normals
-    records["v"] = tri
-    header = name.encode("ascii", "replace")[:80].ljust(80, b" ")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            fh.write(np.uint32(len(tri)).tobytes())
-            fh.write(records.tobytes())
-
-
-def read_stl(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a binary STL written by :func:`write_stl`: ``(triangles (n, 3, 3), normals)``."""
-    with open(path, "rb") as fh:
-        fh.read(80)
-        n = int(np.frombuffer(fh.read(4), "<u4")[0])
-        records = np.frombuffer(fh.read(), dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")], count=n)
-    return records["v"].copy(), records["n"].copy()
 
 
 def live_view(image: np.ndarray, label: np.ndarray | None = None):

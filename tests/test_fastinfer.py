@@ -1,13 +1,14 @@
-"""Fast inference (innerear.fastinfer) gives the masks of cascade.segment, computing less."""
+"""The engine's fast mode (innerear.fastinfer kernels) gives the masks of the full-size mode, computing less."""
 import keras
 import numpy as np
 import pytest
 from conftest import make_tube_volume
 
 from innerear.backbones import unet
-from innerear.cascade import Cascade, segment
-from innerear.fastinfer import pooling_factor, predict_slices, roi_crops, run_stage_fast, segment_fast
-from innerear.preprocess import dice, fit_normalizer, to_slices
+from innerear.cascade import Cascade, InferenceSettings, run_stage
+from innerear.fastinfer import pooling_factor, predict_slices, roi_crops
+from innerear.metrics import dice
+from innerear.preprocess import fit_normalizer, to_slices
 
 VIEWS = ("coronal", "sagittal", "axial")
 
@@ -51,14 +52,14 @@ def tube():
 def tube_reference(tube):
     """The designed cascade and its full-size result (computed once)."""
     casc = tube_cascade(tube[0])
-    return casc, segment(tube[0], casc, return_stages=True)
+    return casc, casc.predict(tube[0], "full", return_stages=True)
 
 
 def test_fast_matches_segment_and_computes_less(tube, tube_reference):
     image, label = tube
     casc, (ref_mask, ref_prob, ref_stages) = tube_reference
     stats = {}
-    mask, prob, stages = segment_fast(image, casc, margin=4, bucket=8, return_stages=True, stats=stats)
+    mask, prob, stages = casc.predict(image, margin=4, bucket=8, batch_size=8, return_stages=True, stats=stats)
     assert mask.shape == ref_mask.shape == image.shape and prob.shape == image.shape
     assert mask.dtype == ref_mask.dtype and len(stages) == 3
     assert dice(ref_mask, label) > 0.8  # the designed nets do segment the tube
@@ -75,7 +76,7 @@ def test_fast_matches_segment_and_computes_less(tube, tube_reference):
 def test_without_region_is_the_full_size_path(tube, tube_reference):
     image, _ = tube
     casc, (ref_mask, ref_prob, _) = tube_reference
-    mask, prob = segment_fast(image, casc, margin=None)
+    mask, prob = casc.predict(image, "compiled")
     np.testing.assert_array_equal(mask, ref_mask)
     np.testing.assert_allclose(prob, ref_prob, atol=1e-5)
 
@@ -83,9 +84,9 @@ def test_without_region_is_the_full_size_path(tube, tube_reference):
 def test_empty_first_stage_falls_back_to_full_slices(tube):
     image, _ = tube
     casc = tube_cascade(image, stage1_bias=-100.0)  # stage 1 finds nothing
-    ref_mask, _, ref_stages = segment(image, casc, return_stages=True)
+    ref_mask, _, ref_stages = casc.predict(image, "full", return_stages=True)
     stats = {}
-    mask, _, stages = segment_fast(image, casc, margin=4, bucket=8, return_stages=True, stats=stats)
+    mask, _, stages = casc.predict(image, "fast", margin=4, bucket=8, return_stages=True, stats=stats)
     assert not stages[0][1].any() and not ref_stages[0][1].any()
     assert stats["stages"][1]["pixel_fraction"] == 1.0  # no region: stage 2 predicted everything
     np.testing.assert_array_equal(mask, ref_mask)
@@ -95,7 +96,7 @@ def test_everything_empty():
     image = np.full((16, 16, 16), 2000.0, np.float32) + np.random.default_rng(0).normal(0, 1, (16,) * 3)
     models = [designed_stage(k + 1, -100.0) for k in range(3)]
     casc = Cascade(list(zip(VIEWS, models)), fit_normalizer([image]), 16)
-    mask, prob = segment_fast(image, casc, margin=4, bucket=8)
+    mask, prob = casc.predict(image, margin=4, bucket=8)
     assert mask.shape == image.shape and not mask.any() and prob.shape == image.shape
 
 
@@ -141,8 +142,8 @@ def test_unet_crops_respect_the_pooling_factor(rng):
     prior = np.zeros(image.shape, np.uint8)
     prior[3:5, 20:22, 17:19] = 1
     stats = {}
-    prob, mask = run_stage_fast(model, "sagittal", image, [prior], margin=2, bucket=8, full_fraction=1.1,
-                                stats=stats)
+    prob, mask = run_stage(model, "sagittal", image, [prior], 0.5,
+                           InferenceSettings(margin=2, bucket=8, full_fraction=1.1), stats=stats)
     assert prob.shape == image.shape and mask.shape == image.shape
     assert stats["stages"][0]["pixel_fraction"] < 0.5
     computed = to_slices(prob, "sagittal")

@@ -11,7 +11,7 @@ from innerear import cascade as cs
 from innerear import preprocess as pp
 from innerear.backbones import build
 from innerear.config import PROFILES, get_profile
-from innerear.segment import keep_largest
+from innerear.metrics import largest_component
 from innerear.train import SliceDataset, fit
 
 from conftest import make_tube_volume
@@ -42,8 +42,8 @@ def test_connectivity_changes_the_kept_component():
     assert cs.largest_component(m, 18).sum() == 39
     assert cs.largest_component(m, 26).sum() == 40
     np.testing.assert_array_equal(cs.largest_component(m), cs.largest_component(m, 26))  # default 26
-    assert keep_largest(m, 6)[1] == 3 and keep_largest(m)[1] == 1
-    np.testing.assert_array_equal(keep_largest(m, 6)[0], cs.largest_component(m, 6))
+    assert largest_component(m, 6, return_count=True)[1] == 3 and largest_component(m, return_count=True)[1] == 1
+    np.testing.assert_array_equal(largest_component(m, 6, return_count=True)[0], cs.largest_component(m, 6))
     np.testing.assert_array_equal(cs.postprocess(m * 0.9, connectivity=6), cs.largest_component(m, 6))
     with pytest.raises(ValueError, match="connectivity"):
         cs.largest_component(m, 8)
@@ -118,21 +118,18 @@ def test_six_connectivity_splits_a_thin_oblique_tube():
     assert cs.largest_component(tube, 6).sum() < 0.5 * tube.sum()
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["segment", "segment_fast"])
-def test_both_inference_paths_use_the_cascades_connectivity(fast):
+@pytest.mark.parametrize("mode", ["full", "compiled", "fast"])
+def test_every_engine_mode_uses_the_cascades_connectivity(mode):
     """A one-stage cascade whose network passes the image through: the mask is the image's
-    largest component under the cascade's connectivity, in both inference paths."""
+    largest component under the cascade's connectivity, in every mode of the engine."""
     import keras
-
-    from innerear.fastinfer import segment_fast
 
     inp = keras.Input((None, None, 1))
     conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
     net = keras.Model(inp, conv(inp))
     conv.set_weights([np.full((1, 1, 1, 1), 10.0, np.float32), np.full(1, -5.0, np.float32)])
     volume = _diagonal_pair().astype(np.float32)  # 1 inside (p > 0.99), 0 outside (p < 0.01)
-    run = segment_fast if fast else cs.segment
     for connectivity, expected in ((6, 27), (26, 40)):
         models = cs.Cascade([("axial", net)], pp.Normalizer(0.0, 1.0), 0, connectivity=connectivity)
-        mask, _ = run(volume, models)
+        mask, _ = models.predict(volume, mode)
         assert int(mask.sum()) == expected

@@ -1,10 +1,16 @@
-"""Memory-bounded resampling: same result as preprocess.resample_image (scipy zoom, order 3)."""
+"""Memory-bounded resampling: same result as scipy zoom (order 3), and it is the pipeline's resampler."""
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from innerear.preprocess import resample_image
 from innerear.resample import plan_slabs, resample_axis, resample_image_bounded
+
+
+def resample_image(v, grid):
+    """The pipeline's former resampler: ``scipy.ndimage.zoom`` on the whole array (the reference)."""
+    grid = (grid,) * 3 if isinstance(grid, int) else tuple(grid)
+    zoom = [g / s for g, s in zip(grid, v.shape)]
+    return ndimage.zoom(np.asarray(v, np.float32), zoom, order=3, mode="nearest", grid_mode=True)
 
 
 def _smooth_volume(shape, seed=0):
@@ -72,3 +78,32 @@ def test_bad_arguments():
         resample_image_bounded(v, 4, order=1)
     with pytest.raises(ValueError, match="too small"):
         resample_image_bounded(v, 4, max_bytes=1000)
+
+
+def test_prepare_and_segment_use_the_bounded_resampler_on_a_mapped_scan(tmp_path):
+    """prepare_case and innerear segment's prepare_scan read an uncompressed NIfTI memory-mapped
+    and resample it in slabs; the result equals the former whole-array path (to_canonical copy +
+    ndimage.zoom) up to float32 rounding."""
+    import nibabel as nib
+
+    from innerear import preprocess as pp
+    from innerear.io import read_volume
+    from innerear.resample import _base_mmap, value_range
+    from innerear.segment import prepare_scan
+
+    v = _smooth_volume((30, 26, 22), seed=2)
+    affine = np.array([[0, 0, -0.05, 1.0], [0.04, 0, 0, 2.0], [0, -0.06, 0, 3.0], [0, 0, 0, 1]])  # not RAS order
+    path = tmp_path / "a_image.nii"
+    nib.save(nib.Nifti1Image(v, affine), path)
+    nib.save(nib.Nifti1Image((v > 30000).astype(np.uint8), affine), tmp_path / "a_label.nii")
+    image, _, aff = read_volume(path, mmap=True)
+    assert _base_mmap(image) is not None  # mapped, not read
+    assert value_range(image) == (float(v.min()), float(v.max()))
+    canon, canon_aff = pp.to_canonical(v, affine)
+    old = resample_image(canon, 16)
+    prepared, prepared_aff = prepare_scan(image, aff, 16)
+    case = pp.prepare_case(pp.discover_pairs(tmp_path)[0], 16)
+    for new in (prepared, case.image):
+        assert np.abs(new - old).max() / np.ptp(v) < 1e-5
+    np.testing.assert_allclose(prepared_aff, pp.resampled_affine(canon_aff, canon.shape, (16,) * 3), atol=1e-6)
+    np.testing.assert_allclose(case.affine, prepared_aff, atol=1e-6)

@@ -10,9 +10,9 @@ from innerear import cli
 from innerear.config import get_profile
 from innerear.io import read_volume, write_tiff_stack, write_volume
 from innerear.phantom import generate_specimen, write_phantom_set
-from innerear.preprocess import dice
+from innerear.metrics import dice
 from innerear.segment import DEFAULT_MODEL, check_model_dir, load_model_dir, map_to_scan, segment_scan
-from innerear.viz import read_stl
+from innerear.mesh import read_stl
 
 pytest.importorskip("SimpleITK")
 
@@ -189,12 +189,12 @@ def test_bad_input_fails_in_one_line_naming_the_file(tmp_path, capsys, case):
 
 
 def test_failure_while_writing_leaves_no_partial_output(tmp_path, held_out, model, monkeypatch, capsys):
-    import innerear.viz
+    import innerear.mesh
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(innerear.viz, "write_stl", broken)
+    monkeypatch.setattr(innerear.mesh, "write_stl", broken)
     _nifti(tmp_path / "scan.nii.gz", held_out.image, held_out.affine)
     code = cli.main(["segment", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "ear.nrrd"),
                      "--mesh", str(tmp_path / "ear.stl"), "--report", str(tmp_path / "r.json"), "--quiet"])

@@ -8,7 +8,9 @@ from innerear import cascade as cs
 from innerear import preprocess as pp
 from innerear.backbones import build
 from innerear.config import get_profile
-from innerear.train import SliceDataset, fit, predict_volume, read_history
+from innerear.fastinfer import predict_volume
+from innerear.metrics import dice
+from innerear.train import SliceDataset, fit, read_history
 from conftest import make_tube_volume
 
 
@@ -30,7 +32,7 @@ def test_model_overfits_a_tiny_batch(tmp_path):
     losses = [r["loss"] for r in res.history]
     assert losses[-1] < 0.5 * losses[0]
     prob = predict_volume(res.model, imgs[0][..., None], "axial")
-    assert pp.dice(prob >= 0.5, labs[0]) > 0.6
+    assert dice(prob >= 0.5, labs[0]) > 0.6
 
 
 @pytest.mark.slow  # trains networks
@@ -117,11 +119,17 @@ def test_largest_component_on_constructed_volume():
     m[9, 9, 9] = 1  # touches nothing
     out = cs.largest_component(m)
     assert out.sum() == 216 and out[3, 3, 3] == 1 and out[13, 13, 13] == 0
-    # diagonal (26-)neighbours belong to the same component
+    assert cs.largest_component(m, return_count=True)[1] == 3
+    # diagonal (26-)neighbours belong to the same component; with 6-connectivity they do not
     m2 = np.zeros((5, 5, 5), np.uint8)
     m2[1, 1, 1] = m2[2, 2, 2] = m2[3, 3, 3] = 1
-    assert cs.largest_component(m2).sum() == 3
+    m2[3, 3, 4] = 1  # a face neighbour of (3, 3, 3)
+    assert cs.largest_component(m2).sum() == 4
+    six, n6 = cs.largest_component(m2, connectivity=6, return_count=True)
+    assert n6 == 3 and six.sum() == 2 and six[3, 3, 3] == six[3, 3, 4] == 1
     assert cs.largest_component(np.zeros((4, 4, 4))).sum() == 0
+    with pytest.raises(ValueError, match="connectivity"):
+        cs.largest_component(m2, connectivity=8)
     prob = np.where(m > 0, 0.9, 0.1)
     np.testing.assert_array_equal(cs.postprocess(prob), out)
 
@@ -188,7 +196,7 @@ def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch):
     assert mask.shape == prob.shape == cases[0].image.shape
 
 
-@pytest.mark.parametrize("order", __import__("innerear.pipeline", fromlist=["ALL_ORDERS"]).ALL_ORDERS)
+@pytest.mark.parametrize("order", __import__("innerear.views", fromlist=["ALL_ORDERS"]).ALL_ORDERS)
 def test_six_orders_give_correctly_oriented_outputs(order):
     """Hand-built stages that pass the image channel through: every order must return the
     thresholded image itself on a non-cubic volume (a wrong slicing or reassembly could not)."""
@@ -263,7 +271,7 @@ def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
     assert final > max(0.5, 10 * chance), (final, chance)
     casc = cs.load_cascade(cs.stage_dir(tmp_path / "runs", profile, "unet", 0, order))
     mask, _ = cs.segment(by_id[test_case].image, casc)
-    assert pp.dice(mask, truth) == pytest.approx(summary["stages"][-1]["test_dice"][test_case])
+    assert dice(mask, truth) == pytest.approx(summary["stages"][-1]["test_dice"][test_case])
 
 
 @pytest.mark.slow  # trains networks

@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from innerear import io
-from innerear.config import PAPER_ORDER, get_profile
+from innerear.config import get_profile
+from innerear.layout import stage_dir
+from innerear.metrics import dice
 from innerear.phantom import write_phantom_set
-from innerear.preprocess import dice
 from innerear.segment import export_model
+from innerear.views import PAPER_ORDER
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "innerear" / "models" / "phantom_cascade"
 
@@ -99,7 +101,7 @@ def main() -> None:
              "--order", ",".join(PAPER_ORDER), "--grid", str(args.grid), "--epochs", str(args.epochs),
              "--patience", str(args.patience)]
     train_s = innerear(*train)
-    cascade = work / "run" / "demo" / "unet" / "fold0" / Path(*PAPER_ORDER)
+    cascade = stage_dir(work / "run", "demo", "unet", 0, PAPER_ORDER)
     profile = get_profile("demo", grid=args.grid, max_epochs=args.epochs, patience=args.patience).to_dict()
     profile["phantoms"]["n_specimens"] = args.n  # the phantoms written above, not the demo book's count
     overrides = {"grid": args.grid, "max_epochs": args.epochs, "patience": args.patience}

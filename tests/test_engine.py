@@ -1,0 +1,97 @@
+"""The one inference engine: its modes agree on a TRAINED cascade, and every caller uses it."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from innerear import cascade as cs
+from innerear import preprocess as pp
+from innerear.config import get_profile
+from innerear.layout import stage_dir
+from innerear.metrics import dice
+from innerear.views import PAPER_ORDER, VIEW_AXES, from_slices, orientation_axis, to_slices
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A smoke-size cascade trained for a few epochs on 48^3 phantoms (not random weights)."""
+    from innerear.phantom import write_phantom_set
+
+    tmp = tmp_path_factory.mktemp("engine")
+    profile = get_profile("smoke", max_epochs=4, patience=4, base_filters=8, depth=2, grid=48, learning_rate=3e-3)
+    data = tmp / "data"
+    data.mkdir()
+    write_phantom_set(data, replace(profile.phantoms, binning=16), seed=0, n=4)
+    cases = pp.prepare_dataset(data, profile.grid)
+    folds = pp.make_folds([c.case_id for c in cases], 4, 0)
+    summary = cs.train_cascade(cases, folds, 0, "unet", PAPER_ORDER, profile, tmp / "runs")
+    casc = cs.load_cascade(stage_dir(tmp / "runs", profile, "unet", 0, PAPER_ORDER))
+    by_id = {c.case_id: c for c in cases}
+    return casc, by_id[folds[0][0]], summary, by_id
+
+
+@pytest.mark.slow
+def test_modes_give_the_same_masks_on_a_trained_cascade(trained):
+    casc, case, summary, by_id = trained
+    assert summary["stages"][0]["inference_mode"] == "fast"  # training's stage predictions use the engine
+    full_mask, full_prob, full_stages = casc.predict(case.image, "full", return_stages=True)
+    assert dice(full_mask, case.label) > 0.3  # trained: the stages do find the ear
+    compiled_mask, compiled_prob = casc.predict(case.image, "compiled")
+    np.testing.assert_array_equal(compiled_mask, full_mask)
+    np.testing.assert_allclose(compiled_prob, full_prob, atol=1e-4)
+    # the default (fast) mode at the default margin: the same masks at every stage
+    stats: dict = {}
+    fast_mask, _, fast_stages = casc.predict(case.image, return_stages=True, stats=stats)
+    assert [s["mode"] for s in stats["stages"]] == ["fast"] * 3
+    assert stats["stages"][1]["pixel_fraction"] < 1.0  # the region of interest did crop
+    for (_, a), (_, b) in zip(fast_stages, full_stages):
+        np.testing.assert_array_equal(a, b)
+    # a region of interest that really crops (small margin, no full-slice rounding) computes less,
+    # and its masks stay close (zero padding at the crop edges: not exact, measured)
+    stats = {}
+    roi_mask, _ = casc.predict(case.image, margin=4, full_fraction=1.1, stats=stats)
+    assert max(s["pixel_fraction"] for s in stats["stages"][1:]) < 1.0
+    assert dice(roi_mask, full_mask) > 0.95
+
+
+@pytest.mark.slow
+def test_saved_stage_predictions_are_the_engine_s(trained):
+    casc, case, summary, _ = trained
+    mask, _ = casc.predict(case.image)
+    assert dice(mask, case.label) == pytest.approx(summary["stages"][-1]["test_dice"][case.case_id])
+
+
+def test_inference_settings_validate():
+    with pytest.raises(ValueError, match="inference mode"):
+        cs.InferenceSettings(mode="quick")
+    assert cs.InferenceSettings().batch == 8 and cs.InferenceSettings(mode="full").batch == 32
+
+
+def test_view_axes_conventions(rng):
+    vol = rng.normal(size=(4, 5, 6))
+    assert [orientation_axis(v) for v in ("sagittal", "coronal", "axial")] == [0, 1, 2]
+    # the authors' code: stage 1 (coronal) along the last stored axis, stage 3 (axial) along the first
+    assert [orientation_axis(v, "authors") for v in PAPER_ORDER] == [2, 1, 0]
+    for conv in VIEW_AXES:
+        for v in PAPER_ORDER:
+            s = to_slices(vol, v, conv)
+            assert s.shape[0] == vol.shape[orientation_axis(v, conv)]
+            np.testing.assert_array_equal(from_slices(s, v, conv), vol)
+    with pytest.raises(ValueError, match="view_axes"):
+        orientation_axis("axial", "lps")
+
+
+def test_engine_slices_by_the_cascade_s_convention(rng):
+    """A pass-through cascade sliced in the authors' convention returns the thresholded image."""
+    import keras
+
+    inp = keras.Input((None, None, 1))
+    conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    model = keras.Model(inp, conv(inp))
+    conv.set_weights([np.full((1, 1, 1, 1), 10.0, np.float32), np.zeros(1, np.float32)])
+    vol = rng.normal(size=(9, 11, 13)).astype(np.float32)
+    vol[2:7, 3:9, 1:12] = 3.0
+    for conv_name in VIEW_AXES:
+        casc = cs.Cascade([("coronal", model)], pp.Normalizer(0.0, 1.0), 0, view_axes=conv_name)
+        mask, _ = casc.predict(vol)
+        np.testing.assert_array_equal(mask, cs.largest_component(vol > 0))
