@@ -65,6 +65,7 @@ publish:
 bench: setup
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_segment.py --large
 
 clean-runs:
 	rm -rf runs/smoke book/executed _build
