@@ -45,7 +45,7 @@ def test_segment_run_with_mesh_never_loads_the_plotting_module(tmp_path):
     scan, mask, mesh = (str(tmp_path / n) for n in ("scan.nii", "m.nii.gz", "m.stl"))
     write_volume(scan, spec.image, spec.affine)
     code = ("import sys\nfrom innerear.cli import main\n"
-            f"rc = main(['segment', {scan!r}, '-o', {mask!r}, '--mesh', {mesh!r}, '--quiet'])\n"
+            f"rc = main(['segment', {scan!r}, '-o', {mask!r}, '--mesh', {mesh!r}, '--quiet', '--allow-empty'])\n"
             "print('VIZ', 'innerear.viz' in sys.modules, rc)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
