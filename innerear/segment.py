@@ -357,7 +357,6 @@ def segment_scan(
             if before_model is not None:
                 before_model()
             cascade = load_model_dir(model_dir)
-        from .cascade import segment
 
         folder = Path(cascade.info.get("folder", model_dir or DEFAULT_MODEL))
         t = step("load model", t)
