@@ -75,7 +75,6 @@ def test_performance_page_renders_records_and_says_what_is_missing(tmp_path):
 
     for name in ("_config.yml",):
         (tmp_path / name).write_text((ROOT / name).read_text())
-    (tmp_path / "innerear").mkdir()
     write_timings(tmp_path, get_profile("smoke"), 0, {"phantoms": 1.5, "prepare": 2.5, "a.ipynb": 7.25}, complete=False)
     perf.write_record(perf.results_path(tmp_path, "bench_training"), "bench_training",
                       {"rows": [{"profile": "demo", "backbone": "unet", "step_s": 0.4321, "all_steps_s": [1] * 20}]})
