@@ -12,7 +12,8 @@ Automatic segmentation of the human inner ear in micro-CT with an auto-context c
 - cascade: ``cascade`` (the one inference engine, :class:`~innerear.cascade.Cascade`, and
   cascade training), ``fastinfer`` (its slice-prediction kernels and region of interest);
 - evaluation (no Keras import): ``metrics`` (the paper's metrics, Dice, largest component),
-  ``evaluation`` (saved predictions → per-volume table), ``table1`` (Table 1, tests);
+  ``evaluation`` (saved predictions → per-volume table), ``table1`` (Table 1, tests), ``compare`` (per-structure
+  scores, cascade against baseline with generated sentences);
 - app: ``timing`` (engine timings for the book), ``performance`` (measurement records),
   ``mesh`` (surfaces, STL), ``viz`` (figures), ``segment`` (your own scan), ``pipeline``
   (``make reproduce``) and ``cli``.

@@ -18,7 +18,7 @@ def _imported(modules: list[str], banned: tuple[str, ...]) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("module", ["innerear.evaluation", "innerear.metrics", "innerear.table1",
+@pytest.mark.parametrize("module", ["innerear.evaluation", "innerear.metrics", "innerear.table1", "innerear.compare",
                                     "innerear.layout", "innerear.views"])
 def test_results_code_does_not_import_keras(module):
     assert _imported([module], HEAVY) == []
