@@ -47,7 +47,7 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 book: setup
-	$(BIN)/python -m jupyter_book build . -W -n --keep-going
+	$(BIN)/jupyter-book build . -W -n --keep-going
 
 # Push the built book to the gh-pages branch of PAGES_REMOTE (GitHub Pages serves it), as
 # Jupyter Book's guide does: ghp-import commits SITE_HTML onto the local gh-pages branch, adds
