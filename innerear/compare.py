@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import STRUCTURE_NAMES
-from .table1 import _paired_test, method_pairs, summarize
+from .table1 import paired_wilcoxon, method_pairs, summarize
 
 
 def structure_columns(per_volume: pd.DataFrame, kind: str = "dice") -> list[str]:
@@ -84,7 +84,7 @@ def cascade_comparison(per_volume: pd.DataFrame, metric: str = "dice",
                      "baseline_mean": float(bv[ok].mean()) if ok.any() else math.nan,
                      "cascade_mean": float(cv[ok].mean()) if ok.any() else math.nan,
                      "mean_diff": float(diff.mean()) if diff.size else math.nan,
-                     "ci_low": lo, "ci_high": hi, "pvalue": _paired_test(diff)[1]})
+                     "ci_low": lo, "ci_high": hi, "pvalue": paired_wilcoxon(diff)[1]})
     return pd.DataFrame(rows, columns=["cascade", "baseline", "n", "baseline_mean", "cascade_mean",
                                        "mean_diff", "ci_low", "ci_high", "pvalue"])
 

@@ -194,7 +194,7 @@ def summarize(per_volume: pd.DataFrame, metrics: Sequence[str] | None = None) ->
 
 
 # ----------------------------------------------------------------------------- Wilcoxon
-def _paired_test(diff: np.ndarray) -> tuple[float, float]:
+def paired_wilcoxon(diff: np.ndarray) -> tuple[float, float]:
     if diff.size < 2:
         return math.nan, math.nan
     if np.all(diff == 0):
@@ -241,7 +241,7 @@ def wilcoxon_pairs(
             bv = _numeric(b.loc[common, m]).to_numpy()
             ok = np.isfinite(cv) & np.isfinite(bv)
             diff = cv[ok] - bv[ok]
-            statistic, pvalue = _paired_test(diff)
+            statistic, pvalue = paired_wilcoxon(diff)
             mean_diff = float(diff.mean()) if diff.size else math.nan
             signed = -mean_diff if m in LOWER_IS_BETTER else mean_diff
             better = ("cascade" if signed > 0 else "baseline" if signed < 0

@@ -22,3 +22,15 @@ def make_tube_volume(shape=(40, 36, 32), radius=2.5, seed=0):
     blob = (x - 6) ** 2 + (y - 6) ** 2 + (z - shape[2] / 2) ** 2 <= 9
     image = np.full(shape, 2000.0) - 1500.0 * label - 1500.0 * blob + rng.normal(0, 50, shape)
     return image.astype(np.float32), label
+
+
+def make_prepared_cases(n=4, shape=(16, 16, 16)):
+    """``n`` tube volumes as prepared cases c0..c{n-1} (0.1 mm voxels, no structure map)."""
+    from innerear import preprocess as pp
+
+    cases = []
+    for i in range(n):
+        img, lab = make_tube_volume(shape, seed=i)
+        cases.append(pp.PreparedCase(f"c{i}", img, lab, None, (0.1, 0.1, 0.1), np.diag([0.1, 0.1, 0.1, 1]),
+                                     shape, np.eye(4)))
+    return cases

@@ -14,7 +14,7 @@ from innerear.config import PROFILES, get_profile
 from innerear.metrics import largest_component
 from innerear.train import SliceDataset, fit
 
-from conftest import make_tube_volume
+from conftest import make_prepared_cases, make_tube_volume
 
 
 def _diagonal_pair() -> np.ndarray:
@@ -25,15 +25,6 @@ def _diagonal_pair() -> np.ndarray:
     m[4:6, 4:6, 1:4] = 1          # 12 voxels, shares only edges with the first block
     m[6, 6, 4] = 1                # touches the second block at a corner only
     return m
-
-
-def _cases(n: int = 4, shape=(16, 16, 16)) -> list[pp.PreparedCase]:
-    out = []
-    for i in range(n):
-        img, lab = make_tube_volume(shape, seed=i)
-        out.append(pp.PreparedCase(f"c{i}", img, lab, None, (0.1, 0.1, 0.1), np.diag([0.1, 0.1, 0.1, 1]),
-                                   shape, np.eye(4)))
-    return out
 
 
 def test_connectivity_changes_the_kept_component():
@@ -59,7 +50,7 @@ def test_profile_options_validated_and_defaults():
 
 
 def test_cascade_records_and_uses_the_profiles_connectivity(tmp_path):
-    cases = _cases()
+    cases = make_prepared_cases()
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2, grid=16, connectivity=6)
     cs.train_cascade(cases, folds, 0, "unet", ("axial",), profile, tmp_path)
@@ -74,7 +65,7 @@ def test_cascade_records_and_uses_the_profiles_connectivity(tmp_path):
 
 def test_runs_recorded_before_plain_bottleneck_existed_are_refused(tmp_path):
     """A fold.json without the field was trained with the bottleneck block (the old layout)."""
-    cases = _cases()
+    cases = make_prepared_cases()
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2, grid=16)
     root = cs.fold_dir(tmp_path, profile, "res_unet", 0)

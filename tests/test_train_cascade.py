@@ -11,7 +11,7 @@ from innerear.config import get_profile
 from innerear.fastinfer import predict_volume
 from innerear.metrics import dice
 from innerear.train import SliceDataset, fit, read_history
-from conftest import make_tube_volume
+from conftest import make_prepared_cases, make_tube_volume
 
 
 def _tiny_build(channels=1):
@@ -155,15 +155,6 @@ def test_check_order():
             cs.check_order(bad)
 
 
-def _prepared_cases(n=4, shape=(16, 16, 16)):
-    cases = []
-    for i in range(n):
-        img, lab = make_tube_volume(shape, seed=i)
-        cases.append(pp.PreparedCase(f"c{i}", img, lab, None, (0.1, 0.1, 0.1), np.diag([0.1, 0.1, 0.1, 1]),
-                                     shape, np.eye(4)))
-    return cases
-
-
 @pytest.mark.slow  # trains networks
 def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch):
     order = ("axial", "coronal", "sagittal")
@@ -178,7 +169,7 @@ def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cs, "SliceDataset", Spy)
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
-    cases = _prepared_cases(4)
+    cases = make_prepared_cases(4)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
     summary = cs.train_cascade(cases, folds, 0, "unet", order, profile, tmp_path, seed=0)
     assert [s[0] for s in seen] == list(order)
@@ -225,7 +216,7 @@ def test_six_orders_give_correctly_oriented_outputs(order):
 @pytest.mark.slow  # trains networks
 def test_prefix_tree_reuses_shared_stages(tmp_path):
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
-    cases = _prepared_cases(4)
+    cases = make_prepared_cases(4)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
     cs.train_cascade(cases, folds, 0, "unet", ("coronal",), profile, tmp_path)
     stamp = (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal",)) / "best.keras").stat().st_mtime_ns
@@ -237,7 +228,7 @@ def test_prefix_tree_reuses_shared_stages(tmp_path):
 @pytest.mark.slow  # trains networks
 def test_changed_settings_never_mix_into_an_existing_run_tree(tmp_path):
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
-    cases = _prepared_cases(4)
+    cases = make_prepared_cases(4)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
     cs.train_cascade(cases, folds, 0, "unet", ("coronal",), profile, tmp_path)
     before = sorted(p.name for p in tmp_path.rglob("*"))
