@@ -165,8 +165,11 @@ def _encoder_decoder(
     name: str,
     bottleneck_block: Callable | None = None,
     bn_momentum: float = 0.99,
+    n_classes: int = 1,
 ) -> keras.Model:
     _check_args(channels, size, base_filters, depth, dropout)
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
     bottleneck_block = bottleneck_block or block
     inputs = keras.Input(shape=(size, size, channels), name="slices")
 
@@ -186,7 +189,10 @@ def _encoder_decoder(
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = block(x, filters, f"dec{level}", bn_momentum)
 
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=_CONV_INIT, name="mask")(x)
+    # one sigmoid channel (binary foreground, the paper's) or a softmax over n_classes
+    # (0 background, then the structures: the robust recipe's label map)
+    activation = "sigmoid" if n_classes == 1 else "softmax"
+    outputs = layers.Conv2D(n_classes, 1, activation=activation, kernel_initializer=_CONV_INIT, name="mask")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -201,12 +207,13 @@ def unet(
     dropout: float = 0.2,
     name: str | None = None,
     bn_momentum: float = 0.99,
+    n_classes: int = 1,
 ) -> keras.Model:
     """U-Net with Conv-BN-ReLU blocks; at the defaults it is the authors' network
     (1,930,657 parameters with one input channel)."""
     return _encoder_decoder(
         _plain_block, channels=channels, size=size, base_filters=base_filters, depth=depth,
-        dropout=dropout, name=name or "unet", bn_momentum=bn_momentum,
+        dropout=dropout, name=name or "unet", bn_momentum=bn_momentum, n_classes=n_classes,
     )
 
 
@@ -219,13 +226,14 @@ def res_unet(
     name: str | None = None,
     plain_bottleneck: bool = False,
     bn_momentum: float = 0.99,
+    n_classes: int = 1,
 ) -> keras.Model:
     """U-Net with the authors' residual block at every level (and the bottleneck unless
     ``plain_bottleneck``)."""
     return _encoder_decoder(
         _residual_block, channels=channels, size=size, base_filters=base_filters, depth=depth,
         dropout=dropout, name=name or "res_unet",
-        bottleneck_block=_plain_block if plain_bottleneck else None, bn_momentum=bn_momentum,
+        bottleneck_block=_plain_block if plain_bottleneck else None, bn_momentum=bn_momentum, n_classes=n_classes,
     )
 
 
@@ -240,6 +248,7 @@ def se_unet(
     name: str | None = None,
     plain_bottleneck: bool = False,
     bn_momentum: float = 0.99,
+    n_classes: int = 1,
 ) -> keras.Model:
     """U-Net with squeeze-and-excitation blocks: the authors' scalar-gate block
     (``se_mode="authors"``) or Hu et al.'s channel-wise SE (``se_mode="standard"``)."""
@@ -255,7 +264,7 @@ def se_unet(
     return _encoder_decoder(
         block, channels=channels, size=size, base_filters=base_filters, depth=depth,
         dropout=dropout, name=name or f"se_unet_{se_mode}",
-        bottleneck_block=_plain_block if plain_bottleneck else None, bn_momentum=bn_momentum,
+        bottleneck_block=_plain_block if plain_bottleneck else None, bn_momentum=bn_momentum, n_classes=n_classes,
     )
 
 

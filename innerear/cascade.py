@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from .config import Profile
-from .fastinfer import DEFAULT_MARGIN, auto_bucket, pooling_factor, predict_slices, predict_volume, roi_crops
+from .fastinfer import DEFAULT_MARGIN, auto_bucket, output_classes, pooling_factor, predict_slices, predict_volume, roi_crops
 from .io import save_npz, write_json
 from .layout import fold_dir, read_stage_masks, read_stage_predictions, stage_dir  # noqa: F401  (re-exported)
 from .metrics import dice, largest_component
@@ -125,13 +125,15 @@ class InferenceSettings:
 
 def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
               threshold: float = 0.5, settings: InferenceSettings | None = None, *, view_axes: str = "ras",
-              connectivity: int = 26, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+              connectivity: int = 26, stats: dict | None = None, return_classes: bool = False):
     """One stage on one volume: ``(probabilities, post-processed mask)``.
 
-    In ``"fast"`` mode a stage with earlier masks predicts only their region (see
-    :mod:`innerear.fastinfer`); without earlier masks (stage 1) or with empty ones it
-    predicts every slice at full size. A dict passed as ``stats`` receives the stage's
-    seconds and the fraction of pixels computed.
+    The probabilities are the foreground's: a multi-class network's ``1 - p(background)``.
+    With ``return_classes`` also its ``(x, y, z, k)`` class probabilities (``None`` for a
+    binary network) as a third item. In ``"fast"`` mode a stage with earlier masks predicts
+    only their region (see :mod:`innerear.fastinfer`); without earlier masks (stage 1) or
+    with empty ones it predicts every slice at full size. A dict passed as ``stats``
+    receives the stage's seconds and the fraction of pixels computed.
     """
     settings = settings or InferenceSettings()
     t0 = time.perf_counter()
@@ -148,7 +150,10 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
                               view_axes)
         pixels = n * h * w
     else:
-        out = np.zeros((n, h, w), np.float32)
+        classes = output_classes(model)
+        out = np.zeros((n, h, w) + ((classes,) if classes > 1 else ()), np.float32)
+        if classes > 1:
+            out[..., 0] = 1.0  # outside the rectangles: background
         groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
         for i, r0, nr, c0, nc in crops:
             groups.setdefault((nr, nc), []).append((i, r0, c0))
@@ -162,6 +167,10 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
                     out[i, r0:r0 + nr, c0:c0 + nc] = p
                 pixels += len(chunk) * nr * nc
         prob = from_slices(out, view, view_axes)
+    class_prob = None
+    if prob.ndim == 4:  # a multi-class network: the foreground is every class but background
+        class_prob = prob
+        prob = 1.0 - class_prob[..., 0]
     mask = postprocess(prob, threshold, connectivity=connectivity)
     if stats is not None:
         stats.setdefault("stages", []).append({
@@ -169,7 +178,19 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
             "pixel_fraction": pixels / float(n * h * w), "slices": n if crops is None else len(crops),
             "shapes": 1 if crops is None else len({c[2:5:2] for c in crops}),
         })
-    return prob, mask
+    return (prob, mask, class_prob) if return_classes else (prob, mask)
+
+
+def structure_labels(mask: np.ndarray, class_prob: np.ndarray | None) -> np.ndarray | None:
+    """The label map inside ``mask``: each voxel's most likely structure class (1..k-1), 0 outside.
+
+    ``None`` for a binary network (no class probabilities).
+    """
+    if class_prob is None:
+        return None
+    labels = (np.argmax(class_prob[..., 1:], axis=-1) + 1).astype(np.uint8)
+    labels[np.asarray(mask) == 0] = 0
+    return labels
 
 
 @dataclass
@@ -183,24 +204,36 @@ class Cascade:
 
     stages: list[tuple[str, keras.Model]]
     normalizer: Normalizer
-    grid: int
+    grid: int | None  # the reproduction's N^3 grid; None for a model in physical units
     threshold: float = 0.5
     batch_size: int | None = None
     info: dict = field(default_factory=dict)
     view_axes: str = "ras"
     connectivity: int = 26
     settings: InferenceSettings = field(default_factory=InferenceSettings)
+    voxel_mm: float | None = None  # the networks' voxel size (robust recipe), None for grid models
 
     @property
     def order(self) -> tuple[str, ...]:
         return tuple(view for view, _ in self.stages)
 
-    def predict(self, volume: np.ndarray, mode: str | None = None, *, return_stages: bool = False,
-                stats: dict | None = None, **settings):
-        """Segment a prepared volume (resampled to the cascade's grid, raw intensities).
+    @property
+    def pooling(self) -> int:
+        """The networks' pooling factor: a slice side must be a multiple of it."""
+        return max(pooling_factor(model) for _, model in self.stages)
 
-        Returns ``(mask, probabilities)`` of the last stage; with ``return_stages`` also the
-        list of every stage's ``(probabilities, mask)``. ``mode`` (default: the cascade's
+    @property
+    def n_classes(self) -> int:
+        """1 for a binary cascade, else the classes of its last network (background first)."""
+        return output_classes(self.stages[-1][1])
+
+    def predict(self, volume: np.ndarray, mode: str | None = None, *, return_stages: bool = False,
+                return_labels: bool = False, stats: dict | None = None, **settings):
+        """Segment a prepared volume (resampled to the cascade's grid or voxel size, raw intensities).
+
+        Returns ``(mask, probabilities)`` of the last stage; with ``return_labels`` also the
+        structure label map (:func:`structure_labels`; ``None`` for a binary cascade), then,
+        with ``return_stages``, the list of every stage's ``(probabilities, mask)``. ``mode`` (default: the cascade's
         settings, ``"fast"``) and keyword settings (``margin``, ``batch_size``, ``bucket``,
         ``full_fraction``, ``fixed_batch``) override :attr:`settings` for this call.
         """
@@ -219,13 +252,23 @@ class Cascade:
         image = self.normalizer(volume)
         masks: list[np.ndarray] = []
         stages = []
-        for view, model in self.stages:
-            prob, mask = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
-                                   connectivity=self.connectivity, stats=stats)
+        class_prob = None
+        for k, (view, model) in enumerate(self.stages):
+            last = k == len(self.stages) - 1
+            prob, mask, classes = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
+                                            connectivity=self.connectivity, stats=stats, return_classes=True)
+            if last:
+                class_prob = classes
+            del classes
             masks.append(mask)
             stages.append((prob, mask))
         mask, prob = stages[-1][1], stages[-1][0]
-        return (mask, prob, stages) if return_stages else (mask, prob)
+        out: tuple = (mask, prob)
+        if return_labels:
+            out += (structure_labels(mask, class_prob),)
+        if return_stages:
+            out += (stages,)
+        return out
 
 
 def segment(volume: np.ndarray, models: Cascade, return_stages: bool = False, mode: str | None = None, **settings):

@@ -51,7 +51,7 @@ from scipy import ndimage
 
 from .views import from_slices, to_slices
 
-__all__ = ["pooling_factor", "predict_slices", "predict_volume", "roi_crops", "auto_bucket", "DEFAULT_MARGIN"]
+__all__ = ["output_classes", "pooling_factor", "predict_slices", "predict_volume", "roi_crops", "auto_bucket", "DEFAULT_MARGIN"]
 
 DEFAULT_MARGIN = 16
 
@@ -64,6 +64,11 @@ def pooling_factor(model: keras.Model) -> int:
             strides = layer.strides if layer.strides is not None else layer.pool_size
             factor *= int(strides[0])
     return factor
+
+
+def output_classes(model: keras.Model) -> int:
+    """Channels of the network's output: 1 (binary sigmoid) or the number of softmax classes."""
+    return int(model.outputs[0].shape[-1])
 
 
 def auto_bucket(align: int) -> int:
@@ -79,7 +84,8 @@ def _auto_fixed_batch() -> bool:
 
 def predict_slices(model: keras.Model, slices: np.ndarray, batch_size: int = 8, compiled: bool = True,
                    fixed_batch: bool | None = None) -> np.ndarray:
-    """Predict a stack of slices ``(n, h, w, c)``; returns ``(n, h, w)`` float32 probabilities.
+    """Predict a stack of slices ``(n, h, w, c)``; returns ``(n, h, w)`` float32 probabilities
+    (``(n, h, w, k)`` class probabilities for a network with ``k > 1`` output classes).
 
     ``compiled`` uses ``model.predict_on_batch`` (the backend's compiled predict step),
     otherwise an eager ``model(x, training=False)`` call (the authors' way).
@@ -87,7 +93,8 @@ def predict_slices(model: keras.Model, slices: np.ndarray, batch_size: int = 8, 
     """
     slices = np.asarray(slices)
     n = slices.shape[0]
-    out = np.empty(slices.shape[:3], np.float32)
+    classes = output_classes(model)
+    out = np.empty(slices.shape[:3] + ((classes,) if classes > 1 else ()), np.float32)
     if n == 0:
         return out
     batch_size = max(1, int(batch_size))
@@ -101,7 +108,8 @@ def predict_slices(model: keras.Model, slices: np.ndarray, batch_size: int = 8, 
             pred = model.predict_on_batch(batch)
         else:
             pred = model(batch, training=False)
-        out[start:start + m] = np.asarray(keras.ops.convert_to_numpy(pred), np.float32)[:m, ..., 0]
+        pred = np.asarray(keras.ops.convert_to_numpy(pred), np.float32)[:m]
+        out[start:start + m] = pred[..., 0] if classes == 1 else pred
     return out
 
 

@@ -63,13 +63,37 @@ def bce_dice_loss(y_true, y_pred):
     return bce + dice_loss(y_true, y_pred)
 
 
+@keras.saving.register_keras_serializable(package="innerear")
+def cce_dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """Categorical cross-entropy plus the mean soft Dice loss of the foreground classes.
+
+    ``y_true`` holds class indices ``(..., 1)``, ``y_pred`` softmax probabilities ``(..., k)``.
+    The Dice term keeps thin structures (canals, the cochlear apex) from drowning in the
+    background's share of the cross-entropy.
+    """
+    k = y_pred.shape[-1]
+    onehot = keras.ops.one_hot(keras.ops.cast(y_true[..., 0], "int32"), k, dtype=y_pred.dtype)
+    cce = keras.ops.mean(keras.losses.categorical_crossentropy(onehot, y_pred))
+    axes = tuple(range(len(y_pred.shape) - 1))
+    inter = keras.ops.sum(onehot * y_pred, axis=axes)
+    denom = keras.ops.sum(onehot, axis=axes) + keras.ops.sum(y_pred, axis=axes)
+    dice = (2.0 * inter + smooth) / (denom + smooth)
+    return cce + 1.0 - keras.ops.mean(dice[1:])
+
+
+LOSSES = ("bce", "bce_dice", "cce_dice")
+
+
 def make_loss(name: str):
-    """``"bce"`` (the paper's text) or ``"bce_dice"`` (the authors' code)."""
+    """``"bce"`` (the paper's text), ``"bce_dice"`` (the authors' code) or ``"cce_dice"``
+    (multi-class: the robust recipe's structure label map)."""
     if name == "bce":
         return keras.losses.BinaryCrossentropy()
     if name == "bce_dice":
         return bce_dice_loss
-    raise ValueError(f"unknown loss {name!r}; use 'bce' or 'bce_dice'")
+    if name == "cce_dice":
+        return cce_dice_loss
+    raise ValueError(f"unknown loss {name!r}; use one of {list(LOSSES)}")
 
 
 # --------------------------------------------------------------------------- data
@@ -231,17 +255,25 @@ class FitResult:
     stopped_by: str = "patience"  # or "max_epochs": the cap ended training, not the plateau
 
 
-def set_output_prior(model: keras.Model, foreground_share: float, layer: str = "mask") -> keras.Model:
-    """Start the sigmoid output at the data's foreground share instead of 0.5.
+def set_output_prior(model: keras.Model, foreground_share: float | Sequence[float], layer: str = "mask") -> keras.Model:
+    """Start the output at the data's class shares instead of 0.5 (or 1/k).
 
-    Sets the bias of the final 1x1 convolution to logit(``foreground_share``) (the prior
-    initialisation of Lin et al., focal loss, ICCV 2017). With a zero bias every voxel starts
-    at probability 0.5 and the first tens of epochs are spent learning that most voxels are
-    background; with the prior they are not. Weights are unchanged.
+    A sigmoid output gets the bias logit(``foreground_share``) (the prior initialisation of
+    Lin et al., focal loss, ICCV 2017); a softmax output over k classes gets
+    log(share of each class), given as a sequence of k shares. With a zero bias every
+    voxel starts at probability 0.5 and the first tens of epochs are spent learning that
+    most voxels are background; with the prior they are not. Weights are unchanged.
     """
-    share = float(np.clip(foreground_share, 1e-4, 0.5))
     bias = model.get_layer(layer).bias
-    bias.assign(np.full(bias.shape, np.log(share / (1.0 - share)), dtype="float32"))
+    if np.ndim(foreground_share) == 0:
+        share = float(np.clip(foreground_share, 1e-4, 0.5))
+        values = np.full(bias.shape, np.log(share / (1.0 - share)))
+    else:
+        shares = np.clip(np.asarray(foreground_share, float), 1e-4, None)
+        if shares.shape != tuple(bias.shape):
+            raise ValueError(f"{len(shares)} class shares for an output of {bias.shape[0]} classes")
+        values = np.log(shares / shares.sum())
+    bias.assign(values.astype("float32"))
     return model
 
 
@@ -298,7 +330,7 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 
 def fit(
     build: Callable[[], keras.Model],
-    train_data: SliceDataset,
+    train_data: SliceDataset | keras.utils.PyDataset,
     run_dir: str | os.PathLike,
     *,
     max_epochs: int,
@@ -358,15 +390,20 @@ def fit(
     keeper = RunKeeper(run_dir, monitor, patience, state, history, max_epochs, verbose, checkpoint_seconds,
                        min_delta)
     if state["wait"] < patience and initial_epoch < max_epochs:
-        x, y = train_data.arrays()
+        streamed = isinstance(train_data, keras.utils.PyDataset)  # batches made on the fly (augmented)
+        x, y = (train_data, None) if streamed else train_data.arrays()
         validation = val_data.arrays() if val_data is not None else None
         callbacks: list[keras.callbacks.Callback] = [keeper]
         if lr_plateau is not None:  # first, so that the epoch's log (history.csv) holds the rate
             factor, lr_patience = lr_plateau
             callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
                 monitor="loss", factor=float(factor), patience=int(lr_patience), min_delta=1e-5, mode="min"))
-        model.fit(x, y, batch_size=train_data.batch_size, shuffle=train_data.shuffle, validation_data=validation,
-                  epochs=max_epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+        if streamed:
+            model.fit(x, validation_data=validation, epochs=max_epochs, initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=0)
+        else:
+            model.fit(x, y, batch_size=train_data.batch_size, shuffle=train_data.shuffle, validation_data=validation,
+                      epochs=max_epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
     if keeper.best_weights is not None:
         model.set_weights(keeper.best_weights)
         _save_model_atomic(model, run_dir / "best.keras")
