@@ -25,7 +25,6 @@ writes ``benchmarks/results/domain_shift.json`` and prints the matrix.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
