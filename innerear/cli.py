@@ -188,10 +188,34 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_recipe(args: argparse.Namespace) -> int:
+    """``innerear train --recipe robust --out WORK``: the shipped segmenter's recipe on generated phantoms."""
+    from .robust import get_recipe
+
+    if args.data_dir is not None:
+        raise ValueError(f"{args.data_dir}: --recipe {args.recipe} trains on phantoms it generates; "
+                         "give no data folder")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out}: its parent folder {out.parent} does not exist")
+    recipe = get_recipe(args.recipe, seed=args.seed)
+    import_backend()
+    _threads_from_env()
+    from .robust import train_robust
+
+    last = train_robust(recipe, out, verbose=not args.quiet)
+    print(f"cascade: {last / 'cascade.json'}  (innerear segment SCAN -o MASK --model {last})")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .layout import cache_dir
     from .preprocess import make_folds, prepare_dataset
 
+    if args.recipe is not None:
+        return _cmd_train_recipe(args)
+    if args.data_dir is None:
+        raise ValueError("innerear train: give a data folder of labelled scans, or --recipe robust")
     profile = _profile(args)
     order = args.order
     data_dir, out = Path(args.data_dir), Path(args.out)
@@ -297,8 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
 
-    p = sub.add_parser("train", help="train a cascade on a folder of labelled scans (<id>_image / <id>_label)")
-    p.add_argument("data_dir", help="folder of <id>_image.<ext> and <id>_label.<ext> pairs")
+    p = sub.add_parser("train", help="train a cascade on a folder of labelled scans (<id>_image / <id>_label), "
+                                      "or the shipped segmenter's robust recipe on generated phantoms (--recipe)")
+    p.add_argument("data_dir", nargs="?", default=None, help="folder of <id>_image.<ext> and <id>_label.<ext> pairs")
+    p.add_argument("--recipe", choices=("robust", "robust-smoke"), default=None,
+                   help="train the segmenter's robust recipe (innerear.robust) on domain-randomised phantoms "
+                        "instead of a profile on a data folder")
     p.add_argument("--out", required=True, help="folder for the run tree (and its cache)")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     group = p.add_mutually_exclusive_group()
