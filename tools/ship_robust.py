@@ -1,0 +1,157 @@
+"""Train, export and describe the segmenter shipped in ``innerear/models/robust_cascade``.
+
+Every figure in its model card comes from this script or from the domain-shift benchmark:
+
+    .venv/bin/python tools/ship_robust.py train --work WORK     # innerear train --recipe robust (resumable)
+    .venv/bin/python tools/ship_robust.py export --work WORK    # into the package, + the speed check
+    .venv/bin/python benchmarks/bench_domain_shift.py           # the matrix (benchmarks/results/domain_shift.json)
+    .venv/bin/python tools/ship_robust.py card                  # the matrix and the limits into the model card
+    .venv/bin/python tools/update_readme.py                     # the matrix into README.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODEL_DIR = ROOT / "innerear" / "models" / "robust_cascade"
+MATRIX = ROOT / "benchmarks" / "results" / "domain_shift.json"
+
+
+def innerear(*args: str) -> float:
+    """Run the ``innerear`` command (this interpreter's); return its wall time."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "innerear", *args], check=True)
+    return time.perf_counter() - t0
+
+
+def cmd_train(work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    wall = innerear("train", "--recipe", "robust", "--out", str(work / "robust"))
+    (work / "train_wall.json").write_text(json.dumps({"wall_s": round(wall, 1)}))
+
+
+def speed_check(model: Path, work: Path, runs: int = 3) -> dict:
+    """``innerear segment`` on a 30 mm block at the model's voxel size: wall time with start-up."""
+    from innerear import phantom as ph
+    from innerear.config import get_profile
+
+    voxel = json.loads((model / "cascade.json").read_text())["voxel_mm"]
+    acq = ph.Acquisition.for_cell(style="microct", voxel_mm=voxel, fov_mm=30.0, centre="labyrinth", units="uint16",
+                                  artefacts=0.3)
+    folder = work / "speed"
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = ph.generate_specimen(0, 4242, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
+                                acquisition=acq)
+    scan = folder / ph.write_specimen(spec, folder)["image"]
+    walls, inside = [], []
+    for i in range(runs):
+        out, report = folder / f"mask{i}.nii.gz", folder / f"report{i}.json"
+        for stale in (out, report):
+            stale.unlink(missing_ok=True)
+        walls.append(innerear("segment", str(scan), "-o", str(out), "--model", str(model), "--report", str(report),
+                              "--quiet"))
+        inside.append(json.loads(report.read_text())["total_s"])
+    return {"what": f"innerear segment on a 30 mm block at the model's voxel size ({voxel} mm, "
+                    f"{'x'.join(map(str, spec.image.shape))} voxels, uint16), wall time including start-up",
+            "runs": runs, "median_wall_s": round(statistics.median(walls), 1),
+            "median_inside_command_s": round(statistics.median(inside), 2), "wall_s": [round(w, 1) for w in walls]}
+
+
+def cmd_export(work: Path) -> None:
+    from innerear.robust import get_recipe
+    from innerear.segment import export_model
+
+    recipe = get_recipe("robust")
+    last = work / "robust" / "run" / Path(*recipe.order)
+    spec = json.loads((last / "cascade.json").read_text())
+    train_wall = json.loads((work / "train_wall.json").read_text())["wall_s"] if (work / "train_wall.json").exists() \
+        else None
+    card = {
+        "name": "robust_cascade",
+        "WARNING": "Trained on SYNTHETIC phantoms only (innerear.phantom), never on real scans. Check every mask.",
+        "description": "AutoCas-U-Net cascade (coronal -> sagittal -> axial, 2D U-Nets) in physical units: "
+                       f"scans are resampled to {recipe.voxel_mm} mm voxels and normalised per scan by their "
+                       f"{recipe.normalizer[0]}th/{recipe.normalizer[1]}th percentiles; the networks output "
+                       "background, cochlea, vestibule and semicircular canals.",
+        "date": datetime.date.today().isoformat(),
+        "recipe": spec["recipe"],
+        "voxel_mm": recipe.voxel_mm,
+        "classes": spec["classes"],
+        "intensity_histogram": spec["intensity_histogram"],
+        "data": {"kind": "SYNTHETIC phantoms", "generator": "innerear.phantom", "seed": recipe.seed,
+                 "n_specimens": recipe.n_phantoms, "anatomy_realism": "AnatomyRealism.full()",
+                 "acquisitions": "drawn from the recipe's mixture (see recipe.mixture)"},
+        "training": {"command": "innerear train --recipe robust --out WORK/robust", "wall_s": train_wall},
+        "reproduce": "see tools/ship_robust.py",
+    }
+    staging = work / "model"
+    export_model(last, staging, card)
+    card["speed"] = speed_check(staging, work)
+    export_model(last, MODEL_DIR, card)
+    print(json.dumps(card["speed"], indent=2))
+    print(f"exported to {MODEL_DIR}")
+
+
+def limits(record: dict) -> list[str]:
+    """The model's limits in plain words; the ones that depend on results are computed."""
+    goal = record.get("goal_dice", 0.85)
+    out = [
+        "Trained only on synthetic phantoms; real anatomy varies in ways the generator does not draw "
+        "(malformations, implants, otosclerosis, fractures, post-operative changes).",
+        "One inner ear per scan: a scan holding both ears or a whole head gives the larger labyrinth only.",
+        "The scan must show the labyrinth as dark lumen in bright bone (CT-like contrast); MRI is out of scope.",
+    ]
+    for e in record["cells"]:
+        s = e["models"]["robust"]["summary"]
+        if s["dice"]["mean"] < goal:
+            out.append(f"Below the goal (Dice {goal}) on {e['cell']['name']}: mean Dice {s['dice']['mean']:.3f}.")
+    return out
+
+
+def cmd_card() -> None:
+    from innerear.performance import read_record
+
+    record = read_record(MATRIX)
+    if record is None:
+        raise SystemExit(f"{MATRIX} missing: run benchmarks/bench_domain_shift.py first")
+    card_path = MODEL_DIR / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["domain_shift"] = {
+        "what": record["what"], "goal": record["goal"], "goal_met": record["goal_met"], "seed": record["seed"],
+        "cells": [{"cell": e["cell"]["name"], "n": e["n"],
+                   **{m: {k: (v["mean"] if v else None) for k, v in r["summary"].items() if k.startswith("dice")}
+                      for m, r in e["models"].items()}} for e in record["cells"]],
+        "source": "benchmarks/results/domain_shift.json",
+    }
+    card["limits"] = limits(record)
+    from innerear.io import atomic_path
+
+    with atomic_path(card_path) as tmp:
+        tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    print(f"updated {card_path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("step", choices=("train", "export", "card"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ship_robust"))
+    args = ap.parse_args()
+    if args.step == "train":
+        cmd_train(args.work)
+    elif args.step == "export":
+        cmd_export(args.work)
+    else:
+        cmd_card()
+
+
+if __name__ == "__main__":
+    main()
