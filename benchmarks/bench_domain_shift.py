@@ -72,8 +72,10 @@ def make_scan(cell: Cell, index: int, seed: int, folder: Path) -> tuple[Path, di
     from innerear import phantom as ph
     from innerear.config import get_profile
 
-    acq = ph.Acquisition.for_cell(style=cell.style, voxel_mm=cell.voxel_mm, fov_mm=cell.fov_mm, centre=cell.centre,
-                                  units=cell.units, artefacts=cell.artefacts)
+    from innerear.phantom.acquisition import ARTEFACTS, Acquisition
+
+    acq = Acquisition(style=cell.style, voxel_mm=cell.voxel_mm, fov_mm=cell.fov_mm, centre=cell.centre,
+                      units=cell.units, **{name: cell.artefacts for name in ARTEFACTS})
     spec = ph.generate_specimen(index, seed, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
                                 acquisition=acq)
     entry = ph.write_specimen(spec, folder)

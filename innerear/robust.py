@@ -60,12 +60,13 @@ class TrainingMixture:
     them: Hounsfield units, voxels below ``voxel_mm[0]``, strong artefacts."""
 
     voxel_mm: tuple[float, float] = (0.06, 0.3)
-    fov_mm: tuple[float, float] = (9.0, 28.0)
-    centre: tuple[str, ...] = ("labyrinth", "labyrinth", "cochlea")
+    fov_mm: tuple[float, float] = (14.0, 28.0)  # blocks around the labyrinth
+    crop_fov_mm: tuple[float, float] = (8.5, 12.0)  # crops centred on the cochlea
+    crop_share: float = 0.3
     style: tuple[str, ...] = ("microct", "cbct")
     units: tuple[str, ...] = ("uint16", "float")
     artefacts: tuple[float, float] = (0.0, 0.6)
-    label_noise: float = 1.0
+    label_noise: tuple[float, float] = (0.0, 1.2)  # voxels of boundary jitter
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class RobustRecipe:
     n_classes: int = 4
     patch: int = 96
     batch_size: int = 16
-    steps_per_epoch: int = 60
+    steps_per_epoch: int = 80
     max_epochs: int = 30
     patience: int = 4
     min_delta: float = 0.005
@@ -106,7 +107,7 @@ class RobustRecipe:
     loss: str = "cce_dice"
     context_dropout: float = 0.3
     foreground_share: float = 0.6  # share of patches centred on a labyrinth voxel
-    n_phantoms: int = 40
+    n_phantoms: int = 48
     seed: int = 0
     connectivity: int = 26
     normalizer: tuple[float, float] = (0.5, 99.5)  # percentiles mapped to 0 and 1
@@ -129,7 +130,7 @@ def get_recipe(name: str = "robust", **overrides: Any) -> RobustRecipe:
     elif name == "robust-smoke":
         recipe = RobustRecipe(voxel_mm=0.3, base_filters=4, depth=2, patch=32, batch_size=8, steps_per_epoch=3,
                               max_epochs=2, patience=2, n_phantoms=3,
-                              mixture=TrainingMixture(voxel_mm=(0.25, 0.3), fov_mm=(12.0, 16.0)))
+                              mixture=TrainingMixture(voxel_mm=(0.25, 0.3), fov_mm=(12.0, 16.0), crop_fov_mm=(9.0, 10.0)))
     else:
         raise ValueError(f"unknown recipe {name!r}; use 'robust' or 'robust-smoke'")
     return recipe.replace(**overrides) if overrides else recipe
@@ -282,8 +283,10 @@ def _draw_specimen(recipe: RobustRecipe, index: int):
 
     m = recipe.mixture
     rng = np.random.default_rng([recipe.seed, index, 0xAC0])
-    acq = ph.draw_acquisition(rng, voxel_mm=m.voxel_mm, fov_mm=m.fov_mm, centre=m.centre, style=m.style,
-                              units=m.units, artefacts=m.artefacts, label_noise=m.label_noise)
+    crop = bool(rng.random() < m.crop_share)
+    acq = ph.draw_acquisition(rng, voxel_mm=m.voxel_mm, fov_mm=m.crop_fov_mm if crop else m.fov_mm,
+                              centre="cochlea" if crop else "labyrinth", style=m.style, units=m.units,
+                              artefacts=m.artefacts, label_noise=m.label_noise)
     return ph.generate_specimen(index, recipe.seed, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
                                 acquisition=acq), acq
 

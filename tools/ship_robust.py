@@ -45,8 +45,10 @@ def speed_check(model: Path, work: Path, runs: int = 3) -> dict:
     from innerear.config import get_profile
 
     voxel = json.loads((model / "cascade.json").read_text())["voxel_mm"]
-    acq = ph.Acquisition.for_cell(style="microct", voxel_mm=voxel, fov_mm=30.0, centre="labyrinth", units="uint16",
-                                  artefacts=0.3)
+    from innerear.phantom.acquisition import Acquisition
+
+    acq = Acquisition(style="microct", voxel_mm=voxel, fov_mm=30.0, centre="labyrinth", units="uint16",
+                      correlated_noise=0.3, rings=0.3, cupping=0.3)
     folder = work / "speed"
     folder.mkdir(parents=True, exist_ok=True)
     spec = ph.generate_specimen(0, 4242, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
