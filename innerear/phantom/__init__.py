@@ -76,6 +76,7 @@ from scipy import ndimage
 from ..config import PhantomSettings
 from .imaging import render
 from .measure import canal_tunnels, cochlear_handedness, cochlear_path, count_cochlear_turns, topology, voxel_centres
+from .params import AnatomyRealism
 from .params import (AnatomyParams, ImagingParams, PoseParams, SpecimenParams, SurroundingsParams, draw_params,
                      draw_specimen_params)
 from .specimen import (CANALS, COCHLEA, GENERATOR, PHANTOM_VERSION, STRUCTURES, T_AIR, T_BONE, T_LUMEN, T_MEDIUM,
@@ -85,7 +86,8 @@ from .write import (PARTIAL, entry_files_exist, finish_set, resume_set, set_key,
                     write_nifti_gz, write_specimen)
 
 __all__ = [
-    "AnatomyParams", "CANALS", "COCHLEA", "GENERATOR", "ImagingParams", "PHANTOM_VERSION", "PoseParams",
+    "AnatomyParams", "AnatomyRealism", "CANALS", "COCHLEA", "GENERATOR", "ImagingParams", "PHANTOM_VERSION",
+    "PoseParams",
     "STRUCTURES", "Specimen", "SpecimenParams", "SurroundingsParams", "TISSUES", "T_AIR", "T_BONE", "T_LUMEN",
     "T_MEDIUM", "T_NERVE", "T_VESSEL", "VESTIBULE", "canal_tunnels", "cochlear_handedness", "cochlear_path",
     "count_cochlear_turns", "draw_params", "draw_specimen_params", "generate_specimen", "specimen_files",
@@ -97,20 +99,25 @@ _SLAB_VOXELS = 16_000_000
 
 
 def generate_specimen(index: int, seed: int, settings: PhantomSettings,
-                      shape: tuple[int, int, int] | None = None, with_tissue: bool = False) -> Specimen:
+                      shape: tuple[int, int, int] | None = None, with_tissue: bool = False, *,
+                      realism: AnatomyRealism | None = None) -> Specimen:
     """Generate specimen ``index`` of the set drawn from ``seed``.
 
     ``shape`` fixes the grid (e.g. ``(618, 892, 600)`` with ``binning=1`` for a paper-sized
     specimen); the labyrinth is then oriented to fit and, if it still does not fit, shrunk
     (``meta["fit_scale"]``). ``with_tissue`` also returns the map of what each voxel was drawn
     as (see ``TISSUES``). The parameters go through :func:`draw_specimen_params`, the flat
-    record, so that a change made there is what is generated.
+    record, so that a change made there is what is generated. ``realism`` (off by default)
+    adds the anatomy of real temporal bones that the plain phantoms leave out (see
+    :class:`AnatomyRealism`; recorded in ``meta["realism"]``).
     """
     t0 = time.perf_counter()
     params = SpecimenParams.from_dict(draw_specimen_params(index, seed, settings))
-    world = build_world(index, seed, params, shape)
+    world = build_world(index, seed, params, shape, realism)
     image, label, struct, tissue = render(world, with_tissue, index, seed, slab_voxels=_SLAB_VOXELS)
     meta = _meta(world, seed, label)
+    if world.realism is not None:
+        meta["realism"] = world.realism.info
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     voxel = world.grid.voxel
     return Specimen(specimen_id(index), image, label, struct, world.grid.affine.copy(), (voxel, voxel, voxel),

@@ -15,7 +15,9 @@ from scipy import ndimage
 from .params import ImagingParams, SurroundingsParams
 from .raster import ellipsoid_mask, interp, raster, spheres_mask
 from .scene import Grid, Labyrinth
-from .specimen import COCHLEA, T_AIR, T_BONE, T_LUMEN, T_MEDIUM, T_NERVE, T_VESSEL, VESTIBULE
+from .realism import paint_dark, slab_tissue
+from .specimen import (COCHLEA, T_AIR, T_AQUEDUCT, T_BONE, T_LUMEN, T_LUMEN_AIR, T_MEDIUM, T_MIDDLE_EAR, T_NERVE,
+                       T_SEPTUM, T_VESSEL, VESTIBULE)
 
 if TYPE_CHECKING:
     from .world import World
@@ -108,9 +110,10 @@ def _slab_structures(world: World, xs, ys, zs, a: int, b: int) -> tuple[np.ndarr
     return _fill_pockets(st, st > 0)
 
 
-def _slab_tissue(world: World, lab: np.ndarray, xs, ys, zs) -> np.ndarray:
-    """What each voxel is drawn as (see ``TISSUES``); nothing dark touches the labyrinth."""
-    surr, levels = world.surroundings, world.grid.levels
+def _slab_tissue(world: World, lab: np.ndarray, xs, ys, zs, cap_margin: np.ndarray) -> np.ndarray:
+    """What each voxel is drawn as (see ``TISSUES``); nothing dark touches the labyrinth
+    (with anatomy realism: except the structures attached to it, see :mod:`.realism`)."""
+    surr, levels, real = world.surroundings, world.grid.levels, world.realism
     near = ndimage.maximum_filter(lab.view(np.uint8), size=3).astype(bool)
     tis = np.zeros(lab.shape, np.uint8)
     if surr.cut is not None:
@@ -119,15 +122,17 @@ def _slab_tissue(world: World, lab: np.ndarray, xs, ys, zs) -> np.ndarray:
     tis[raster(surr.iac, xs, ys, zs, levels) > 0] = T_NERVE
     if surr.vessels is not None:
         tis[raster(surr.vessels, xs, ys, zs, levels) > 0] = T_VESSEL
-    if len(surr.air_r):
+    if len(surr.air_r) and (real is None or real.honeycomb is None):
         tis[spheres_mask(surr.air_c, surr.air_r, xs, ys, zs)] = T_AIR
+    if real is not None:
+        paint_dark(real, tis, cap_margin, xs, ys, zs)
     tis[near & (tis != T_MEDIUM)] = T_BONE  # nothing dark touches the labyrinth
     tis[lab] = T_LUMEN
     return tis
 
 
 def _slab_image(world: World, st: np.ndarray, lab: np.ndarray, tis: np.ndarray, cap_margin: np.ndarray,
-                xs, ys, zs) -> np.ndarray:
+                xs, ys, zs, pv: np.ndarray | None = None) -> np.ndarray:
     """Noise-free grey values of the slab (with its halo), blurred by the PSF (float32)."""
     p, fields = world.params.imaging, world.fields
     i_cap, i_trab, i_marrow, i_lumen = p.i_capsule, p.i_trabecular, p.i_marrow, p.i_lumen
@@ -138,13 +143,22 @@ def _slab_image(world: World, st: np.ndarray, lab: np.ndarray, tis: np.ndarray, 
     trab = i_marrow + (i_trab - i_marrow) * 0.5 * (1.0 + np.tanh((tex - pore_threshold) / 0.2))
     img = trab * (1.0 - wcap) + (i_cap * (1.0 + 0.015 * tex)) * wcap
     del tex, trab, wcap
+    real = world.realism
+    i_air = i_lumen * p.air_factor if real is None or real.i_air is None else real.i_air
     img[tis == T_MEDIUM] = p.i_medium
-    img[tis == T_NERVE] = p.i_soft
+    img[tis == T_NERVE] = p.i_soft if real is None or real.i_iac is None else real.i_iac
     img[tis == T_VESSEL] = i_lumen * p.vessel_factor
-    img[tis == T_AIR] = i_lumen * p.air_factor
+    img[tis == T_AIR] = i_air
+    if real is not None:
+        img[tis == T_MIDDLE_EAR] = i_air
+        aq = tis == T_AQUEDUCT  # fluid canals, partial volume where thinner than a voxel
+        img[aq] += (i_lumen - img[aq]) * pv[aq]
     img[lab] = i_lumen
     lam = (raster(world.labyrinth.lamina, xs, ys, zs, world.grid.levels) > 0) & (st == COCHLEA)
     img[lam] += world.labyrinth.lamina_weight * 0.6 * (i_cap - i_lumen)
+    if real is not None:
+        img[tis == T_SEPTUM] += real.septum_add
+        img[tis == T_LUMEN_AIR] = i_air
     return ndimage.gaussian_filter(img.astype(np.float32, copy=False), p.psf_sigma_vox, mode="nearest", truncate=4.0)
 
 
@@ -167,9 +181,12 @@ def render(world: World, with_tissue: bool, index: int, seed: int, slab_voxels: 
         a, b = max(0, i0 - halo), min(X, i1 + halo)
         xs = xs_all[a:b]
         st, lab = _slab_structures(world, xs, ys, zs, a, b)
-        tis = _slab_tissue(world, lab, xs, ys, zs)
         cap_margin, bias = interp(fields.coarse, fields.cg0, fields.cg, xs, ys, zs)
-        img = _slab_image(world, st, lab, tis, cap_margin, xs, ys, zs)
+        tis = _slab_tissue(world, lab, xs, ys, zs, cap_margin)
+        pv = None
+        if world.realism is not None:
+            tis, pv = slab_tissue(world.realism, tis, lab, st, cap_margin, xs, ys, zs, world.grid.levels, a)
+        img = _slab_image(world, st, lab, tis, cap_margin, xs, ys, zs, pv)
         del cap_margin
         c0, c1 = i0 - a, i1 - a
         out = img[c0:c1] * bias[c0:c1]

@@ -85,6 +85,45 @@ class ImagingParams:
     i_medium: float
 
 
+@dataclass(frozen=True)
+class AnatomyRealism:
+    """Opt-in anatomy realism (issue 13): what real temporal bones have and the plain phantoms
+    leave out. Everything is off by default; :meth:`full` turns everything on. None of these
+    changes the label; the per-specimen strengths are drawn by :mod:`.realism`.
+
+    * ``attached_iac``: the internal auditory canal's fundus reaches the cochlea and vestibule
+      (the cochlear and vestibular nerve canals), so it touches the label;
+    * ``aqueducts``: cochlear aqueduct (from the basal turn near the round window, thin,
+      widening medially) and vestibular aqueduct (from the vestibule, running posteriorly);
+    * ``windows``: round and oval windows opening the basal turn and vestibule to a middle-ear
+      air cavity lateral to the labyrinth;
+    * ``scalae``: a thin brighter septum (osseous spiral lamina and basilar membrane) dividing
+      the cochlear lumen into two scalae in the image;
+    * ``bubbles``: the share of specimens with air bubbles or a partial fluid filling in the lumen;
+    * ``air_darker``: air (cells, middle ear, bubbles) darker than the fluid of the lumen;
+    * ``honeycomb``: a connected mastoid air-cell network with thin bony septa in place of
+      the 3 to 12 isolated spherical air cells.
+    """
+
+    attached_iac: bool = False
+    aqueducts: bool = False
+    windows: bool = False
+    scalae: bool = False
+    bubbles: float = 0.0
+    air_darker: bool = False
+    honeycomb: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.bubbles) <= 1.0:
+            raise ValueError(f"AnatomyRealism.bubbles must be a share in [0, 1], got {self.bubbles!r}")
+
+    @classmethod
+    def full(cls) -> AnatomyRealism:
+        """Everything on at typical strengths (half of the specimens with air in the lumen)."""
+        return cls(attached_iac=True, aqueducts=True, windows=True, scalae=True, bubbles=0.5,
+                   air_darker=True, honeycomb=True)
+
+
 _GROUPS = {"anatomy": AnatomyParams, "pose": PoseParams, "surroundings": SurroundingsParams,
            "imaging": ImagingParams}
 

@@ -14,8 +14,13 @@ STRUCTURES = {0: "background", 1: "cochlea", 2: "vestibule", 3: "canals"}
 COCHLEA, VESTIBULE, CANALS = 1, 2, 3
 
 # tissue classes of the optional tissue map (what each voxel was drawn as)
-TISSUES = {0: "bone", 1: "lumen", 2: "air_cell", 3: "vessel", 4: "nerve_canal", 5: "medium"}
+TISSUES = {0: "bone", 1: "lumen", 2: "air_cell", 3: "vessel", 4: "nerve_canal", 5: "medium",
+           # only with anatomy realism (see ``AnatomyRealism``): fluid canals attached to the
+           # labyrinth, middle-ear air (cavity and windows), the septum between the scalae and
+           # air inside the lumen (the last two are label voxels)
+           6: "aqueduct", 7: "middle_ear_air", 8: "septum", 9: "lumen_air"}
 T_BONE, T_LUMEN, T_AIR, T_VESSEL, T_NERVE, T_MEDIUM = range(6)
+T_AQUEDUCT, T_MIDDLE_EAR, T_SEPTUM, T_LUMEN_AIR = range(6, 10)
 
 
 @dataclass

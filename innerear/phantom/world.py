@@ -8,7 +8,8 @@ import numpy as np
 
 from .anatomy import Anatomy, build_anatomy
 from .imaging import Fields, smooth_fields
-from .params import SpecimenParams
+from .params import AnatomyRealism, SpecimenParams
+from .realism import Realism, build_realism
 from .scene import Grid, Labyrinth, geometry_ds, place
 from .surroundings import Surroundings, place_surroundings
 
@@ -26,13 +27,20 @@ class World:
     labyrinth: Labyrinth
     surroundings: Surroundings
     fields: Fields
+    realism: Realism | None = None  # opt-in anatomy realism (see :mod:`.realism`)
 
 
-def build_world(index: int, seed: int, p: SpecimenParams, shape: tuple[int, int, int] | None) -> World:
-    """Build specimen ``index`` of the set drawn from ``seed`` with parameters ``p``."""
+def build_world(index: int, seed: int, p: SpecimenParams, shape: tuple[int, int, int] | None,
+                realism: AnatomyRealism | None = None) -> World:
+    """Build specimen ``index`` of the set drawn from ``seed`` with parameters ``p`` (and, with
+    ``realism``, the realism structures, drawn after everything else from their own streams)."""
     anat = build_anatomy(p.anatomy, seed, index, geometry_ds(p.voxel_mm, p.scale))
     placed = place(p, anat, shape)
     surroundings = place_surroundings(p.surroundings, placed.grid, placed.labyrinth, placed.scale, index, seed)
     fields = smooth_fields(p.surroundings, p.imaging, placed.grid, placed.labyrinth, placed.scale, index, seed)
+    real = None
+    if realism is not None:
+        real = build_realism(realism, p, anat, placed.lin, placed.scale, placed.grid, placed.labyrinth,
+                             surroundings.iac, float(surroundings.iac_info["radius_mm"]), index, seed)
     return World(p, anat, placed.lin, placed.scale, placed.fit_scale, placed.grid, placed.labyrinth,
-                 surroundings, fields)
+                 surroundings, fields, real)
