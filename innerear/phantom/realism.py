@@ -52,12 +52,15 @@ class Channels:
 
 @dataclass(frozen=True)
 class Honeycomb:
-    """Mastoid air cells: Voronoi cells of ``seeds`` inside ``region`` (outside the otic
-    capsule), separated by bony septa ``wall_mm`` thick that are perforated where the hole
-    field is below ``hole_threshold``."""
+    """Mastoid air cells: Voronoi cells of seeds inside ``region`` (outside the otic capsule),
+    separated by bony septa ``wall_mm`` thick. The septum between cells i and j is perforated
+    (where the hole field is below ``hole_threshold``) when ``(u_i + u_j) mod 1 < open_share``:
+    with ~14 neighbours per cell and half of the septa open, the cells form one network."""
 
     region: Ellipsoid
     tree: cKDTree
+    u: np.ndarray  # (n,) uniform per seed
+    open_share: float
     wall_mm: float
     holes: np.ndarray  # float32 unit-variance smooth noise on a coarse grid
     h0: np.ndarray
@@ -303,7 +306,7 @@ def _septum(p: SpecimenParams, anat: Anatomy, fr: _Frame, grid: Grid, rng: np.ra
     hgt, wid = 2 * tube.semi[keep, 1], 2 * tube.semi[keep, 0]
     shift = rng.uniform(-0.15, 0.15)
     thick = rng.uniform(0.05, 0.12)
-    contrast = rng.uniform(0.4, 0.8)
+    contrast = rng.uniform(0.5, 0.9)
     frames = tube.frames[keep]
     pts = tube.pts[keep] + frames[:, 1] * (shift * hgt)[:, None]
     semi = np.stack([0.55 * wid, np.full(len(hgt), thick / 2), 0.5 * np.maximum(wid, hgt)], axis=1)
@@ -339,20 +342,22 @@ def _honeycomb(lab: Labyrinth, fr: _Frame, grid: Grid, rng: np.random.Generator)
     semi = np.array([rng.uniform(5.0, 7.0), rng.uniform(5.0, 8.0), rng.uniform(5.0, 7.0)]) * fr.scale
     spacing = rng.uniform(1.1, 2.0) * fr.scale
     wall = max(rng.uniform(0.15, 0.3), 1.5 * grid.voxel)
-    hole_threshold = rng.uniform(-0.9, -0.4)
+    hole_threshold = rng.uniform(-0.2, 0.6)
+    open_share = rng.uniform(0.4, 0.6)
     region = Ellipsoid(lab.vest.centre + offset @ fr.lin.T, fr.lin / fr.scale, semi)
     n = int(math.ceil(4.0 / 3.0 * math.pi * float(np.prod(semi)) / spacing ** 3))
     u = rng.standard_normal((n, 3))
     u = unit(u) * rng.random((n, 1)) ** (1.0 / 3.0)
     seeds = region.centre + (u * semi) @ region.axes.T
+    u_seed = rng.random(n)
     lo, hi = region.centre - region.world_half_extent(), region.centre + region.world_half_extent()
     h0 = lo - _HOLE_MM
     nh = np.ceil((hi - lo) / _HOLE_MM).astype(int) + 3
     holes = ndimage.gaussian_filter(rng.standard_normal(tuple(nh)), 0.5 / _HOLE_MM, mode="wrap").astype(np.float32)
     holes /= max(float(holes.std()), 1e-9)
     info = {"n_seeds": n, "cell_spacing_mm": spacing, "wall_mm": wall, "hole_threshold": hole_threshold,
-            "region_semi_mm": semi}
-    return Honeycomb(region, cKDTree(seeds), wall, holes, h0, _HOLE_MM, hole_threshold), info
+            "open_share": open_share, "region_semi_mm": semi}
+    return Honeycomb(region, cKDTree(seeds), u_seed, open_share, wall, holes, h0, _HOLE_MM, hole_threshold), info
 
 
 def build_realism(opts: AnatomyRealism, p: SpecimenParams, anat: Anatomy, lin: np.ndarray, scale: float,
@@ -401,9 +406,10 @@ def _honeycomb_air(hc: Honeycomb, cap_margin: np.ndarray, xs, ys, zs) -> np.ndar
     if not len(idx[0]):
         return out
     pts = np.stack([xs[idx[0]], ys[idx[1]], zs[idx[2]]], axis=1)
-    d, _ = hc.tree.query(pts, k=2)
+    d, j = hc.tree.query(pts, k=2)
     wall = (d[:, 1] - d[:, 0]) < hc.wall_mm
-    hole = interp(hc.holes, hc.h0, hc.hg, xs, ys, zs)[idx] < hc.hole_threshold
+    open_ = np.mod(hc.u[j[:, 0]] + hc.u[j[:, 1]], 1.0) < hc.open_share
+    hole = open_ & (interp(hc.holes, hc.h0, hc.hg, xs, ys, zs)[idx] < hc.hole_threshold)
     out[idx] = ~wall | hole
     return out
 
