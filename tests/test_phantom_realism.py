@@ -72,14 +72,18 @@ def test_attached_structures_touch_the_label_and_survive_largest_component(real)
     and the largest dark component that holds the labyrinth holds them too."""
     img = ndimage.gaussian_filter(real.image.astype(np.float32), 0.7)
     lab = real.label > 0
-    thr = 0.5 * (np.median(img[_interior(real.tissue == T_LUMEN)]) + np.median(img[real.tissue == T_BONE]))
+    # threshold halfway between the fluid and the otic capsule next to the lumen
+    shell = (ndimage.binary_dilation(lab, CUBE, iterations=3) & ~ndimage.binary_dilation(lab, CUBE)
+             & (real.tissue == T_BONE))
+    thr = 0.5 * (np.median(img[_interior(real.tissue == T_LUMEN)]) + np.median(img[shell]))
     attached = np.isin(real.tissue, (T_NERVE, T_AQUEDUCT, T_MIDDLE_EAR))
     keep = largest_component((img < thr) & (lab | attached))
-    assert np.count_nonzero(keep & lab) > 0.5 * np.count_nonzero(lab)
-    for code in (T_NERVE, T_AQUEDUCT, T_MIDDLE_EAR):
+    assert np.count_nonzero(keep & lab) > 0.8 * np.count_nonzero(lab)
+    # the thin cochlear aqueduct is partly lost to partial volume, as in real scans
+    for code, share in ((T_NERVE, 0.8), (T_AQUEDUCT, 0.4), (T_MIDDLE_EAR, 0.8)):
         tissue = real.tissue == code
         assert _touching(real, code) > 0, TISSUES[code]
-        assert np.count_nonzero(keep & tissue) > 0.5 * np.count_nonzero(tissue), TISSUES[code]
+        assert np.count_nonzero(keep & tissue) > share * np.count_nonzero(tissue), TISSUES[code]
     # each aqueduct on its own (two fluid canals) reaches the label
     comps, n = ndimage.label(real.tissue == T_AQUEDUCT, CUBE)
     assert n >= 2
@@ -147,12 +151,15 @@ def test_air_in_the_lumen():
     spec = ph.generate_specimen(1, 0, DEMO, with_tissue=True, realism=opts)
     air = spec.tissue == T_LUMEN_AIR
     assert air.any() and np.all(spec.label[air] > 0)
-    img = spec.image.astype(np.float64)
-    assert np.mean(img[air]) < np.mean(img[spec.tissue == T_LUMEN])
     assert spec.meta["realism"]["bubbles"]["air_in_lumen"] is True
     none = ph.generate_specimen(1, 0, DEMO, with_tissue=True, realism=dataclasses.replace(FULL, bubbles=0.0))
     assert not np.any(none.tissue == T_LUMEN_AIR)
     assert np.array_equal(none.label, spec.label)
+    # the same voxels are darker with air than with fluid
+    inner = _interior(air)
+    assert inner.sum() > 20
+    fluid = np.mean(none.image[inner].astype(np.float64))
+    assert np.mean(spec.image[inner].astype(np.float64)) < fluid - 0.1 * spec.meta["imaging"]["i_lumen"]
     with pytest.raises(ValueError, match="bubbles"):
         ph.AnatomyRealism(bubbles=1.5)
 

@@ -199,7 +199,7 @@ def _cochlear_aqueduct(p: SpecimenParams, lab: Labyrinth, coch: Tube, fr: _Frame
     ds = min(0.05, 0.4 * grid.voxel)
 
     def build(r):
-        i = int(np.searchsorted(s, hook * r.uniform(0.6, 1.4)))
+        i = int(np.searchsorted(s, hook + r.uniform(0.8, 2.0) * fr.scale))  # just beyond the round window
         p0 = coch.pts[min(i, len(s) - 1)]
         d = fr.dir(np.array([-0.45, -0.35, -0.8]) + r.normal(0.0, 0.3, 3))
         length = r.uniform(4.0, 6.5) * fr.scale
@@ -368,7 +368,7 @@ def build_realism(opts: AnatomyRealism, p: SpecimenParams, anat: Anatomy, lin: n
     coch = _cochlea_world(anat, fr)
     info: dict[str, Any] = {"options": {k: getattr(opts, k) for k in opts.__dataclass_fields__},
                             "stream": [int(seed), int(index), *_STREAM]}
-    by_tissue: dict[int, list] = {T_NERVE: [], T_AQUEDUCT: [], T_MIDDLE_EAR: []}
+    by_tissue: dict[int, list] = {T_NERVE: [], T_MIDDLE_EAR: [], T_AQUEDUCT: []}  # painted in this order
     if opts.attached_iac:
         parts, info["fundus"] = _fundus(p, lab, coch, iac, r_iac, scale, grid, _rng(seed, index, 0))
         by_tissue[T_NERVE] += parts
