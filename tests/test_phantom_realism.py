@@ -48,6 +48,13 @@ def test_realism_off_changes_nothing(plain):
     assert set(np.unique(plain.tissue)) <= {0, 1, 2, 3, 4, 5}
 
 
+def test_realism_with_everything_off_draws_the_plain_phantom(plain):
+    spec = ph.generate_specimen(0, 0, DEMO, with_tissue=True, realism=ph.AnatomyRealism())
+    for k in ("image", "label", "structures", "tissue"):
+        assert np.array_equal(getattr(spec, k), getattr(plain, k)), k
+    assert spec.meta["realism"]["options"] == dataclasses.asdict(ph.AnatomyRealism())
+
+
 def test_label_is_unchanged_and_realism_recorded(plain, real):
     assert np.array_equal(real.label, plain.label)
     assert np.array_equal(real.structures, plain.structures)
@@ -167,6 +174,7 @@ def test_air_in_the_lumen():
 def test_mastoid_honeycomb_is_one_network_of_many_cells(real):
     air = real.tissue == T_AIR
     assert _touching(real, T_AIR) == 0
+    assert real.meta["n_air_cells"] == 0 and real.meta["air_cells"] == []  # no isolated spheres
     comps, n = ndimage.label(air, CUBE)
     sizes = np.bincount(comps.ravel())[1:]
     biggest = comps == (np.argmax(sizes) + 1)
@@ -192,10 +200,12 @@ def test_features_draw_from_their_own_streams():
     assert "honeycomb" not in b and "septum" not in b
 
 
-def test_realism_at_smoke_size():
+def test_realism_at_smoke_size(tmp_path):
     smoke = get_profile("smoke").phantoms
     plain = ph.generate_specimen(3, 0, smoke)
     spec = ph.generate_specimen(3, 0, smoke, with_tissue=True, realism=FULL)
     assert np.array_equal(spec.label, plain.label)
     for code in (T_NERVE, T_AQUEDUCT, T_MIDDLE_EAR):
         assert _touching(spec, code) > 0, TISSUES[code]
+    entry = ph.write_specimen(spec, tmp_path)  # the meta (with what realism drew) is JSON
+    assert entry["meta"]["realism"]["options"]["honeycomb"] is True

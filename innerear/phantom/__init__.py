@@ -38,6 +38,15 @@ stays one 26-connected component, and voxel-sized bone pockets enclosed by lumen
 filled. ``structures`` holds 1 cochlea, 2 vestibule, 3 canals; with ``with_tissue=True``
 a tissue map (see ``TISSUES``) says what every voxel was drawn as.
 
+With ``realism=AnatomyRealism(...)`` (off by default; :meth:`AnatomyRealism.full` turns
+everything on) a specimen also has what real temporal bones have and these phantoms leave
+out, none of it label: dark structures attached to the labyrinth (the fundus of the internal
+auditory canal, the cochlear and vestibular aqueducts, the round and oval windows opening to
+a middle-ear air cavity), a septum between the two scalae, air in the lumen, air darker than
+fluid, and a connected mastoid air-cell honeycomb (see :mod:`.realism`; the tissue map codes
+them as ``aqueduct``, ``middle_ear_air``, ``septum``, ``lumen_air``; ``meta["realism"]``
+records what was drawn).
+
 Helpers measure the anatomy from the voxels alone: :func:`count_cochlear_turns`,
 :func:`cochlear_handedness`, :func:`topology` (components, cavities, tunnels),
 :func:`canal_tunnels`.
@@ -56,6 +65,7 @@ The package, one module per concern (in the order a specimen is made):
 * :mod:`.anatomy`: the labyrinth in its anatomical frame, with the layout checks;
 * :mod:`.scene`: the grid and the labyrinth posed in the scanner;
 * :mod:`.surroundings`: cut face, internal auditory canal, vessels, air cells;
+* :mod:`.realism`: opt-in anatomy realism (attached structures, scalae, air, honeycomb);
 * :mod:`.world`: the typed :class:`~.world.World` of one specimen, built in one place;
 * :mod:`.raster`: rasterising tubes, ellipsoids and spheres, interpolating coarse fields;
 * :mod:`.imaging`: smooth fields and the slab-by-slab renderer;
@@ -118,6 +128,8 @@ def generate_specimen(index: int, seed: int, settings: PhantomSettings,
     meta = _meta(world, seed, label)
     if world.realism is not None:
         meta["realism"] = world.realism.info
+        if world.realism.honeycomb is not None:  # the spheres were drawn (stream 3) but not rendered
+            meta["n_air_cells"], meta["air_cells"] = 0, []
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     voxel = world.grid.voxel
     return Specimen(specimen_id(index), image, label, struct, world.grid.affine.copy(), (voxel, voxel, voxel),

@@ -147,13 +147,10 @@ def _best_path(build, lab: Labyrinth, rng: np.random.Generator, gap_mm: float, s
 
 @dataclass(frozen=True)
 class _Frame:
-    """The anatomical frame posed in the world: ``pt`` for points, ``dir`` for directions."""
+    """The anatomical frame posed in the world (``lin``: rotation x mirror x scale)."""
 
     lin: np.ndarray
     scale: float
-
-    def pt(self, p) -> np.ndarray:
-        return np.asarray(p, float) @ self.lin.T
 
     def dir(self, v) -> np.ndarray:
         return unit(np.asarray(v, float) @ (self.lin / self.scale).T)
@@ -229,7 +226,7 @@ def _vestibular_aqueduct(p: SpecimenParams, lab: Labyrinth, fr: _Frame, grid: Gr
         d0 = fr.dir(np.array([-0.35, -0.55, 0.75]) + r.normal(0.0, 0.15, 3))
         d3 = fr.dir(np.array([-0.2, -0.75, -0.6]) + r.normal(0.0, 0.15, 3))
         length = r.uniform(8.0, 10.0) * fr.scale
-        p3 = p0 + unit(0.35 * d0 + 0.65 * d3) * length * 0.8
+        p3 = p0 + unit(0.35 * d0 + 0.65 * d3) * length * 0.9
         pts = _bezier(p0, d0, p3, d3, 0.5, ds)
         u = np.linspace(0.0, 1.0, len(pts))
         r0, r1 = r.uniform(0.22, 0.35) * fr.scale, r.uniform(0.5, 0.75) * fr.scale
@@ -253,26 +250,34 @@ def _middle_ear(p: SpecimenParams, lab: Labyrinth, coch: Tube, fr: _Frame, grid:
     """A middle-ear air cavity lateral (and a little inferior) to the labyrinth, with the round
     window (basal turn) and the oval window (vestibule) opening into it."""
     v0 = lab.vest.centre
-    offset = np.array([rng.uniform(4.0, 5.0), rng.uniform(0.5, 2.0), rng.uniform(-3.5, -2.0)]) * fr.scale
-    semi = np.array([rng.uniform(1.5, 2.5), rng.uniform(3.5, 5.0), rng.uniform(3.5, 5.0)]) * fr.scale
-    axes = fr.lin / fr.scale
-    push = fr.dir([1.0, 0.0, -0.4])
-    gap_mm = max(0.5, 2.5 * grid.voxel)
-    centre = v0 + offset @ fr.lin.T / fr.scale
-    for _ in range(80):
-        cavity = Ellipsoid(centre, axes, semi)
-        if _ellipsoid_gap(cavity, lab) >= gap_mm + 0.2:
-            break
-        centre = centre + 0.2 * push
-    # round window: from the hook of the basal turn to the cavity, 1.5-2 mm across
+    # round window: on the hook of the basal turn, 1.5-2 mm across
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(coch.pts, axis=0), axis=1))])
     i = int(np.searchsorted(s, p.anatomy.hook_mm * fr.scale * rng.uniform(0.7, 1.2)))
     p_rw = coch.pts[min(i, len(s) - 1)]
     r_rw = rng.uniform(0.75, 1.0) * fr.scale
-    # oval window: from the lateral vestibule, 3 x 1.5 mm (long axis anteroposterior)
+    # oval window: on the lateral vestibule, 3 x 1.5 mm (long axis anteroposterior)
     p_ow = v0 + fr.dir([1.0, 0.25, -0.35]) * float(np.min(lab.vest.semi)) * 0.5
     ow_semi = np.array([rng.uniform(1.35, 1.6), rng.uniform(0.65, 0.8)]) * fr.scale
-    parts = []
+    # the cavity: lateral to both windows (its medial wall ~1 mm from them), then moved
+    # laterally and down until bone of at least ``gap_mm`` separates it from the labyrinth
+    semi = np.array([rng.uniform(1.5, 2.5), rng.uniform(3.5, 5.0), rng.uniform(3.0, 4.5)]) * fr.scale
+    lat, down = fr.dir([1.0, 0.0, 0.0]), fr.dir([0.0, 0.0, -1.0])
+    centre = (0.5 * (p_rw + p_ow) + lat * (semi[0] + 1.0 * fr.scale)
+              + down * rng.uniform(0.3, 0.6) * semi[2] + fr.dir([0.0, 1.0, 0.0]) * rng.uniform(0.0, 1.5) * fr.scale)
+    axes = fr.lin / fr.scale
+    push = unit(lat + 0.5 * down)
+    gap_mm = max(0.5, 2.5 * grid.voxel)
+    shrink = 1.0
+    for _ in range(150):  # first smaller (down to half its size), then further away
+        cavity = Ellipsoid(centre, axes, semi * shrink)
+        if _ellipsoid_gap(cavity, lab) >= gap_mm + 0.2:
+            break
+        if shrink > 0.5:
+            shrink *= 0.95
+        else:
+            centre = centre + 0.1 * push
+    semi = semi * shrink
+    parts, depth = [], {}
     for name, p0, r in (("round_window", p_rw, r_rw), ("oval_window", p_ow, None)):
         d = unit(cavity.centre - p0)
         # the point where the ray from p0 towards the cavity's centre enters it, 0.5 mm deeper
@@ -291,7 +296,9 @@ def _middle_ear(p: SpecimenParams, lab: Labyrinth, coch: Tube, fr: _Frame, grid:
                                   np.full(len(pts), ow_semi[1])])
             t, code = Tube(name, 1, pts, sm, frames), np.full(len(pts), 1 + _PV_LEVELS)
         parts.append((t, code))
+        depth[name] = float(hi + 0.5)
     info = {"middle_ear_semi_mm": semi, "middle_ear_gap_mm": _ellipsoid_gap(cavity, lab),
+            "window_channel_mm": depth,
             "round_window_mm": float(2 * r_rw), "oval_window_mm": [float(2 * w) for w in ow_semi]}
     return cavity, parts, info
 
