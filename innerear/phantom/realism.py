@@ -405,6 +405,20 @@ def build_realism(opts: AnatomyRealism, p: SpecimenParams, anat: Anatomy, lin: n
 
 
 # =========================================================================== one slab
+def _raster_box(ts: TubeSet, xs, ys, zs, levels: list[int]) -> np.ndarray:
+    """:func:`raster` of a small tube set, on the part of the grid its bounding box covers."""
+    out = np.zeros((len(xs), len(ys), len(zs)), np.int8)
+    lo, hi = ts.c.min(0) - ts.R, ts.c.max(0) + ts.R
+    sl = []
+    for a, ax in enumerate((xs, ys, zs)):
+        i0, i1 = int(np.searchsorted(ax, lo[a])), int(np.searchsorted(ax, hi[a], side="right"))
+        if i1 <= i0:
+            return out
+        sl.append(slice(i0, i1))
+    out[tuple(sl)] = raster(ts, xs[sl[0]], ys[sl[1]], zs[sl[2]], levels)
+    return out
+
+
 def _honeycomb_air(hc: Honeycomb, cap_margin: np.ndarray, xs, ys, zs) -> np.ndarray:
     """Air voxels of the honeycomb in the slab (inside its region, outside the otic capsule)."""
     inside = ellipsoid_mask(hc.region, xs, ys, zs) & (cap_margin < 0.0)
@@ -428,7 +442,7 @@ def slab_tissue(real: Realism, tis: np.ndarray, lab: np.ndarray, st: np.ndarray,
     the attached channels, 1 elsewhere)."""
     pv = np.ones(tis.shape, np.float32)
     for ch in real.channels:
-        code = raster(ch.tubes, xs, ys, zs, levels)
+        code = _raster_box(ch.tubes, xs, ys, zs, levels)
         hit = code > 0
         b = a + len(xs)
         sel = slice(np.searchsorted(ch.sk_idx[:, 0], a), np.searchsorted(ch.sk_idx[:, 0], b))
@@ -447,7 +461,7 @@ def slab_tissue(real: Realism, tis: np.ndarray, lab: np.ndarray, st: np.ndarray,
             air |= (dx * dx + dy * dy + dz * dz <= big * big) & (up[0] * dx + up[1] * dy + up[2] * dz > off)
         tis[air & lab] = T_LUMEN_AIR
     if real.septum is not None:
-        sheet = (raster(real.septum, xs, ys, zs, levels) > 0) & (st == COCHLEA) & (tis == T_LUMEN)
+        sheet = (_raster_box(real.septum, xs, ys, zs, levels) > 0) & (st == COCHLEA) & (tis == T_LUMEN)
         tis[sheet] = T_SEPTUM
     return tis, pv
 
