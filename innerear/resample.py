@@ -37,10 +37,13 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["resample_image_bounded", "resample_axis", "plan_slabs", "value_range", "DEFAULT_MAX_BYTES"]
+__all__ = ["resample_image_bounded", "resample_axis", "antialias_sigma", "plan_slabs", "value_range",
+           "DEFAULT_MAX_BYTES", "ANTIALIAS_MIN_FACTOR"]
 
 NPAD = 12  # scipy.ndimage.zoom pads this many edge voxels before the spline prefilter ("nearest")
 DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB
+#: shrinking an axis by more than this factor low-passes it first when antialiasing is asked for
+ANTIALIAS_MIN_FACTOR = 1.5
 
 
 def _grid(grid: int | Sequence[int]) -> tuple[int, int, int]:
@@ -62,12 +65,24 @@ def _bspline3_weights(t: np.ndarray) -> tuple[np.ndarray, ...]:
     return w0, w1, w2, w3
 
 
-def resample_axis(x: np.ndarray, axis: int, size: int, out_dtype=np.float64) -> np.ndarray:
+def antialias_sigma(step: float, min_factor: float = ANTIALIAS_MIN_FACTOR) -> float:
+    """Gaussian prefilter width (source voxels) for shrinking by ``step`` source voxels per new
+    voxel: ``(step - 1) / 2`` (scikit-image's choice) when ``step > min_factor``, else 0."""
+    return (step - 1.0) / 2.0 if step > min_factor else 0.0
+
+
+def resample_axis(x: np.ndarray, axis: int, size: int, out_dtype=np.float64, *, step: float | None = None,
+                  start: float | None = None, antialias: bool = False) -> np.ndarray:
     """Resample ``x`` along one axis to ``size`` samples, as ``scipy.ndimage.zoom`` does along
     that axis (cubic B-spline, ``mode="nearest"``, ``grid_mode=True``).
 
     The other axes are left alone. An axis that already has ``size`` samples is returned
-    unchanged (converted to ``out_dtype``).
+    unchanged (converted to ``out_dtype``). ``step`` and ``start`` (source voxels) place new
+    sample ``i`` at source index ``start + i * step`` instead (default: zoom's geometry,
+    ``step = n / size``, ``start = step / 2 - 0.5``); samples beyond the source take the edge
+    values (``mode="nearest"``). ``antialias`` low-passes the axis first with a Gaussian of
+    :func:`antialias_sigma` ``(step)`` source voxels when it shrinks by more than
+    :data:`ANTIALIAS_MIN_FACTOR`, so that detail finer than the new voxel is averaged, not aliased.
     """
     x = np.asarray(x)
     axis = axis % x.ndim
@@ -75,7 +90,11 @@ def resample_axis(x: np.ndarray, axis: int, size: int, out_dtype=np.float64) -> 
     size = int(size)
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    if n == size:
+    custom = step is not None or start is not None
+    step = float(n / size if step is None else step)
+    start = float(0.5 * step - 0.5 if start is None else start)
+    sigma = antialias_sigma(step) if antialias else 0.0
+    if n == size and (not custom or (step == 1.0 and start == 0.0)) and sigma == 0:
         return x.astype(out_dtype, copy=False)
     # edge-pad NPAD voxels along the axis into a float64 buffer, then prefilter it in place
     padded_shape = list(x.shape)
@@ -90,9 +109,13 @@ def resample_axis(x: np.ndarray, axis: int, size: int, out_dtype=np.float64) -> 
     coef[at(slice(NPAD, NPAD + n))] = x
     coef[at(slice(0, NPAD))] = x[at(slice(0, 1))]
     coef[at(slice(NPAD + n, None))] = x[at(slice(n - 1, n))]
+    if sigma > 0:  # the padding repeats the edge voxels: the same as the filter's own "nearest" mode
+        ndimage.gaussian_filter1d(coef, sigma, axis=axis, output=coef, mode="nearest")
     ndimage.spline_filter1d(coef, order=3, axis=axis, output=coef, mode="nearest")
-    # interpolate: new sample i sits at old continuous index (i + 0.5) * n / size - 0.5
-    pos = (np.arange(size, dtype=np.float64) + 0.5) * (n / size) - 0.5 + NPAD
+    if custom:  # beyond the padded edge the spline of repeated edge values is the edge value
+        pos = np.clip(start + np.arange(size, dtype=np.float64) * step, 2.0 - NPAD, n - 3.0 + NPAD) + NPAD
+    else:  # zoom's geometry: new sample i sits at old continuous index (i + 0.5) * n / size - 0.5
+        pos = (np.arange(size, dtype=np.float64) + 0.5) * (n / size) - 0.5 + NPAD
     base = np.floor(pos).astype(np.intp)
     t = pos - base
     shape = [1] * x.ndim
@@ -203,7 +226,8 @@ def plan_slabs(shape: Sequence[int], grid: Sequence[int], axis: int, itemsize: i
 
 
 def resample_image_bounded(array, grid: int | Sequence[int], max_bytes: int = DEFAULT_MAX_BYTES,
-                           order: int = 3) -> np.ndarray:
+                           order: int = 3, *, steps: Sequence[float] | None = None,
+                           starts: Sequence[float] | None = None, antialias: bool = False) -> np.ndarray:
     """Resample a 3D image to ``grid`` voxels with a cubic B-spline within ``max_bytes`` of memory.
 
     Same result as :func:`innerear.preprocess.resample_image` (``scipy.ndimage.zoom``,
@@ -212,6 +236,11 @@ def resample_image_bounded(array, grid: int | Sequence[int], max_bytes: int = DE
     ``max_bytes`` bounds the arrays allocated here (intermediate, output and one slab's
     working copies); the process also holds the interpreter and whatever the caller holds.
     Returns a float32 array of shape ``grid``.
+
+    ``steps`` and ``starts`` (per axis, source voxels; see :func:`resample_axis`) sample
+    another grid than zoom's, e.g. a fixed voxel size with a margin beyond the scan (edge
+    values there); ``antialias`` low-passes each axis shrunk by more than
+    :data:`ANTIALIAS_MIN_FACTOR` (a Gaussian, see :func:`antialias_sigma`). Both default off.
     """
     if order != 3:
         raise ValueError("only the cubic B-spline (order=3) is implemented")
@@ -220,6 +249,8 @@ def resample_image_bounded(array, grid: int | Sequence[int], max_bytes: int = DE
     shape = src.shape
     if any(g < 1 for g in grid):
         raise ValueError(f"grid must be positive, got {grid}")
+    geometry = [dict(step=None if steps is None else float(steps[a]),
+                     start=None if starts is None else float(starts[a]), antialias=antialias) for a in range(3)]
     axis = src.axis
     others = [a for a in range(3) if a != axis]
     slab, chunk, _ = plan_slabs(shape, grid, axis, src.array.dtype.itemsize, int(max_bytes))
@@ -233,7 +264,7 @@ def resample_image_bounded(array, grid: int | Sequence[int], max_bytes: int = DE
         stop = min(shape[axis], start + slab)
         x = src.slab(start, stop)
         for a in inner:
-            x = resample_axis(x, a, grid[a])
+            x = resample_axis(x, a, grid[a], **geometry[a])
         idx = [slice(None)] * 3
         idx[axis] = slice(start, stop)
         inter[tuple(idx)] = x
@@ -245,5 +276,6 @@ def resample_image_bounded(array, grid: int | Sequence[int], max_bytes: int = DE
     for start in range(0, grid[along], chunk):
         idx = [slice(None)] * 3
         idx[along] = slice(start, min(grid[along], start + chunk))
-        out[tuple(idx)] = resample_axis(inter[tuple(idx)], axis, grid[axis], out_dtype=np.float32)
+        out[tuple(idx)] = resample_axis(inter[tuple(idx)], axis, grid[axis], out_dtype=np.float32,
+                                      **geometry[axis])
     return out
