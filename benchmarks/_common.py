@@ -257,8 +257,8 @@ def bench_weights(grid: int = 256, refit: bool = False, verbose: bool = True):
 
 def bench_cascade(models, meta, batch_size: int | None = None):
     from innerear.cascade import Cascade
-    from innerear.preprocess import Normalizer
+    from innerear.preprocess import normalizer_from_dict
 
-    norm = Normalizer(**meta["normalizer"])
+    norm = normalizer_from_dict(meta["normalizer"])
     return Cascade(stages=list(zip(PAPER_VIEWS, models)), normalizer=norm, grid=meta["grid"],
                    batch_size=batch_size)

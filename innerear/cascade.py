@@ -38,7 +38,7 @@ from .fastinfer import DEFAULT_MARGIN, auto_bucket, output_classes, pooling_fact
 from .io import save_npz, write_json
 from .layout import fold_dir, read_stage_masks, read_stage_predictions, stage_dir  # noqa: F401  (re-exported)
 from .metrics import dice, largest_component
-from .preprocess import Normalizer, PreparedCase, fit_normalizer, split_fold
+from .preprocess import Normalizer, PreparedCase, fit_normalizer, normalizer_from_dict, split_fold
 from .train import ModelPool, SliceDataset, fit, load_model, set_output_prior
 from .views import check_order, from_slices, orientation_axis, to_slices  # noqa: F401  (re-exported)
 
@@ -290,8 +290,9 @@ def load_cascade(run_dir: str | os.PathLike) -> Cascade:
         if not model_path.exists():
             raise FileNotFoundError(f"{model_path}: model file missing; the run folder is incomplete")
         stages.append((json.loads((stage_path / "stage.json").read_text())["view"], load_model(model_path)))
-    norm = Normalizer(**spec["normalizer"])
-    return Cascade(stages=stages, normalizer=norm, grid=int(spec["grid"]), threshold=float(spec.get("threshold", 0.5)),
+    norm = normalizer_from_dict(spec["normalizer"])
+    grid = int(spec["grid"]) if spec.get("grid") is not None else None  # None: a physical model (voxel_mm)
+    return Cascade(stages=stages, normalizer=norm, grid=grid, threshold=float(spec.get("threshold", 0.5)),
                    info=spec, view_axes=spec.get("view_axes", "ras"), connectivity=int(spec.get("connectivity", 26)))
 
 

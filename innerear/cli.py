@@ -176,12 +176,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .segment import segment_to_files
 
     rep = segment_to_files(args.scan, args.out, args.model, mesh=args.mesh, report=args.report,
-                           spacing=args.spacing, force=args.force, progress=not args.quiet,
+                           labels=args.labels, spacing=args.spacing, force=args.force, progress=not args.quiet,
                            allow_empty=args.allow_empty, before_model=_threads_from_env)
     ear = rep["inner_ear"]
     for warning in rep["warnings"]:
         print(f"innerear: warning: {args.scan}: {warning}", file=sys.stderr)
-    extra = "".join(f", {k} {v}" for k, v in (("mesh", args.mesh), ("report", args.report)) if v)
+    extra = "".join(f", {k} {v}" for k, v in (("labels", args.labels), ("mesh", args.mesh), ("report", args.report))
+                    if v)
     print(f"{args.out}: inner ear {ear['volume_mm3']:.2f} mm^3 ({ear['voxels']} voxels of "
           f"{'x'.join(map(str, rep['input']['shape']))}, {ear['components']} component(s) before cleanup)"
           f"{extra} in {rep['total_s']:.1f} s")
@@ -310,7 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="mask to write: .nii.gz, .nii, .nrrd or .mha")
     p.add_argument("--model", default=None, help="model folder with cascade.json (default: the shipped phantom model)")
     p.add_argument("--mesh", default=None, help="also write the mask's surface as STL (world mm)")
-    p.add_argument("--report", default=None, help="also write a JSON report (volume, bounding box, timings)")
+    p.add_argument("--report", default=None, help="also write a JSON report (volume, bounding box, structures, "
+                                                  "intensity check, timings)")
+    p.add_argument("--labels", default=None, metavar="OUT",
+                   help="also write the structure label map on the scan's grid (0 background, 1 cochlea, "
+                        "2 vestibule, 3 semicircular canals): .nii.gz, .nii, .nrrd or .mha; needs a model with "
+                        "structures")
     p.add_argument("--spacing", type=positive_float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="voxel size in mm along the array axes (TIFF: column, row, slice); required for TIFF "
                         "stacks that do not record it, overrides the header otherwise")

@@ -15,6 +15,16 @@ connectivity) is kept. The mask therefore has the scan's shape and affine.
 :func:`segment_to_files` adds the command line's checks and writes the mask (NIfTI, NRRD or
 MetaImage by extension), optionally an STL surface and a JSON report, all or nothing.
 
+Two kinds of model folders are read. A *grid* model (``cascade.json`` has ``"grid"``: the paper's
+recipe, e.g. the shipped ``phantom_cascade``) sees every scan resampled to N³ as above. A
+*physical* model (``"voxel_mm"``, no ``"grid"``) sees the scan at its own field of view,
+resampled to the model's voxel size (:func:`prepare_scan_physical`: a Gaussian prefilter when
+that shrinks the scan by more than 1.5 times), padded to the networks' multiple and normalised
+per scan (:class:`innerear.preprocess.PercentileNormalizer`); the pad never yields foreground.
+A model that outputs structures (cochlea / vestibule / canals) also gives a label map
+(``--labels``), each structure's volume and the cochlea's measures
+(:func:`innerear.cochlea.measure_cochlea`).
+
 The shipped model (``innerear/models/phantom_cascade``) was trained on the project's
 SYNTHETIC phantoms only; see its ``model_card.json``.
 """
@@ -28,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -64,6 +75,20 @@ PLAUSIBLE_VOLUME = {
                "grown into bone, air cells or the background. tests/test_refusals.py checks that the "
                "project's phantoms lie within it."),
 }
+#: the lower bound (mm³) instead of ``PLAUSIBLE_VOLUME["min"]`` when the mask touches the scan's border,
+#: i.e. the field of view cuts the labyrinth (a cochlea-centred crop); a card may state ``"min_cut"``
+PLAUSIBLE_CUT_MIN = {
+    "min_cut": 5.0,
+    "source_cut": ("When the mask touches the border of the field of view the labyrinth is cut and only part of it "
+                   "is in the scan, so the whole-labyrinth lower bound does not apply; 5 mm^3 is about a fifth of the "
+                   "smallest scala tympani (23 uL, Dhanasingh et al. 2021) and less than any field of view in scope "
+                   "(8 mm or more, centred on the labyrinth or the cochlea) holds of a labyrinth; a smaller mask is a "
+                   "speck, not a cut labyrinth. The upper bound still applies."),
+}
+#: the 1-D Wasserstein distance (normalised intensity, 1 = the 0.5-99.5 percentile span) between the
+#: scan's normalised histogram and the model card's above which the report warns
+HISTOGRAM_WARN_DISTANCE = 0.1
+STRUCTURES = {1: "cochlea", 2: "vestibule", 3: "canals"}
 
 
 class SegmentError(ValueError):
@@ -103,11 +128,19 @@ def check_model_dir(model_dir: str | os.PathLike | None = None) -> tuple[Path, d
         spec = json.loads(spec_path.read_text())
     except (OSError, ValueError) as exc:
         raise SegmentError(spec_path, f"model folder incomplete: cascade.json unreadable ({exc})") from exc
-    missing = [k for k in ("stages", "normalizer", "grid") if k not in spec]
+    missing = [k for k in ("stages", "normalizer") if k not in spec]
+    if "grid" not in spec and "voxel_mm" not in spec:
+        missing.append("grid or voxel_mm")
     if missing or not isinstance(spec.get("stages"), list) or not spec["stages"]:
         raise SegmentError(spec_path, f"model folder incomplete: cascade.json lacks {missing or ['stages']}")
-    if not {"mean", "std"} <= set(spec["normalizer"]):
-        raise SegmentError(spec_path, "model folder incomplete: cascade.json's normalizer lacks mean/std")
+    from .preprocess import normalizer_from_dict
+
+    try:
+        normalizer_from_dict(spec["normalizer"])
+    except (TypeError, ValueError) as exc:
+        raise SegmentError(spec_path, f"model folder incomplete: cascade.json's normalizer: {exc}") from None
+    if spec.get("grid") is None:
+        check_model_voxel(spec_path, spec.get("voxel_mm"))
     for rel in spec["stages"]:
         stage = (folder / rel).resolve()
         for name in ("best.keras", "stage.json"):
@@ -140,7 +173,7 @@ def check_model_consistency(folder: Path, spec: dict) -> None:
             card = json.loads(card_path.read_text())
         except (OSError, ValueError) as exc:
             raise SegmentError(card_path, f"model card unreadable ({exc})") from exc
-        for key in ("grid", "order", "backbone", "fold", "normalizer"):
+        for key in ("grid", "voxel_mm", "order", "backbone", "fold", "normalizer"):
             differ(card_path, key, card.get(key), spec.get(key))
         differ(card_path, "training profile grid", card.get("training", {}).get("profile", {}).get("grid"),
                spec.get("grid"))
@@ -158,6 +191,56 @@ def check_model_consistency(folder: Path, spec: dict) -> None:
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
+
+
+def check_model_voxel(path: Path, voxel_mm) -> None:
+    """Refuse a physical model's ``voxel_mm`` that is not a positive size within the scan range."""
+    try:
+        sizes = [float(v) for v in np.atleast_1d(np.asarray(voxel_mm, float))]
+    except (TypeError, ValueError):
+        sizes = []
+    if len(sizes) not in (1, 3) or not all(VOXEL_MM_RANGE[0] <= v <= VOXEL_MM_RANGE[1] for v in sizes):
+        raise SegmentError(path, f"model folder incomplete: voxel_mm {voxel_mm!r} is not one or three sizes "
+                                 f"within {VOXEL_MM_RANGE[0]:g}-{VOXEL_MM_RANGE[1]:g} mm")
+
+
+def model_voxel_mm(cascade) -> tuple[float, float, float] | None:
+    """A physical model's voxel size (mm, per axis), or None for a grid model.
+
+    Read from the engine (``Cascade.voxel_mm``) where it has one, else from ``cascade.json``."""
+    if getattr(cascade, "grid", None) is not None:
+        return None
+    voxel = getattr(cascade, "voxel_mm", None)
+    if voxel is None:
+        voxel = getattr(cascade, "info", {}).get("voxel_mm")
+    if voxel is None:
+        return None
+    v = np.broadcast_to(np.asarray(voxel, float), (3,))
+    return tuple(float(x) for x in v)
+
+
+def network_multiple(cascade) -> int:
+    """The side every slice must be a multiple of: the largest pooling factor of the stages' networks."""
+    from .fastinfer import pooling_factor
+
+    return max(pooling_factor(model) for _, model in cascade.stages)
+
+
+def predict_with_labels(cascade, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``cascade.predict(volume)`` as ``(mask, probabilities, labels)``; ``labels`` (0 background,
+    1 cochlea, 2 vestibule, 3 canals) is None for a binary model or an engine without
+    ``return_labels``."""
+    import inspect
+
+    try:
+        params = inspect.signature(cascade.predict).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        params = {}
+    if "return_labels" in params or any(p.kind is p.VAR_KEYWORD and "return_labels" in params for p in params.values()):
+        mask, prob, labels = cascade.predict(volume, return_labels=True)
+        return mask, prob, labels
+    mask, prob = cascade.predict(volume)
+    return mask, prob, None
 
 
 def read_model_card(folder: str | os.PathLike) -> dict:
@@ -230,31 +313,153 @@ def prepare_scan(image: np.ndarray, affine: np.ndarray, grid: int,
     return volume, prepared_affine
 
 
+@dataclass(frozen=True)
+class PhysicalScan:
+    """A scan prepared for a physical model (:func:`prepare_scan_physical`).
+
+    ``volume`` (float32, raw intensities) is the scan in canonical orientation at the model's
+    voxel size, padded on every side to a multiple of the networks' pooling factor; ``affine``
+    maps its voxels to the world (give it to :func:`map_to_scan`); ``core`` selects the voxels
+    whose centres lie within the scan (the rest is padding, edge values of the scan);
+    ``step`` is the new voxel in source voxels per canonical axis and ``antialias_sigma`` the
+    Gaussian prefilter's width in source voxels (0: none).
+    """
+
+    volume: np.ndarray
+    affine: np.ndarray
+    core: tuple[slice, slice, slice]
+    step: tuple[float, float, float]
+    antialias_sigma: tuple[float, float, float]
+
+    @property
+    def spacing_mm(self) -> list[float]:
+        return [float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0)]
+
+    def padding(self) -> list[list[int]]:
+        """Voxels of padding ``[before, after]`` per axis."""
+        return [[sl.start, n - sl.stop] for sl, n in zip(self.core, self.volume.shape)]
+
+    def outside_zeroed(self, values: np.ndarray | None) -> np.ndarray | None:
+        """``values`` (on the prepared grid) with the padding set to 0, so it yields no foreground."""
+        if values is None:
+            return None
+        out = np.zeros_like(values)
+        out[self.core] = values[self.core]
+        return out
+
+
+def physical_geometry(shape: Sequence[int], affine: np.ndarray, voxel_mm: float | Sequence[float], multiple: int
+                      ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray, tuple[slice, ...]]:
+    """The prepared grid of a canonical scan ``(shape, affine)``: ``(grid, steps, starts,
+    prepared_affine, core)``.
+
+    Each axis gets ``ceil(extent / voxel_mm)`` voxels of exactly ``voxel_mm``, rounded up to a
+    multiple of ``multiple`` and centred on the scan (the padding splits between both sides);
+    new voxel ``i`` sits at source index ``starts + i * steps``.
+    """
+    shape = np.asarray(shape, int)
+    spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    voxel = np.broadcast_to(np.asarray(voxel_mm, float), (3,))
+    multiple = max(1, int(multiple))
+    steps = voxel / spacing
+    needed = np.maximum(1, np.ceil(shape / steps - 1e-6)).astype(int)
+    grid = (multiple * np.ceil(needed / multiple)).astype(int)
+    starts = (shape - 1) / 2.0 - (grid - 1) / 2.0 * steps
+    step_affine = np.eye(4)
+    step_affine[:3, :3] = np.diag(steps)
+    step_affine[:3, 3] = starts
+    first = np.maximum(0, np.ceil((-0.5 - starts) / steps - 1e-9)).astype(int)
+    last = np.minimum(grid - 1, np.floor((shape - 0.5 - starts) / steps + 1e-9)).astype(int)
+    core = tuple(slice(int(a), int(b) + 1) for a, b in zip(first, last))
+    return tuple(int(g) for g in grid), steps, starts, np.asarray(affine, float) @ step_affine, core
+
+
+def prepare_scan_physical(image: np.ndarray, affine: np.ndarray, voxel_mm: float | Sequence[float], multiple: int,
+                          max_bytes: int = PREPARE_MAX_BYTES, antialias: bool = True) -> PhysicalScan:
+    """Resample a scan to a physical model's voxel size and pad it to the networks' multiple.
+
+    The scan is reoriented to canonical (RAS+) axes as a view, resampled with the memory-bounded
+    cubic B-spline (:func:`innerear.resample.resample_image_bounded`, reading a memory-mapped
+    scan slab by slab within ``max_bytes``) to voxels of exactly ``voxel_mm`` (``antialias``: a
+    Gaussian prefilter along every axis shrunk by more than 1.5 times, so a fine scan's noise is
+    averaged, not aliased) and padded on every side to a multiple of ``multiple`` with the
+    scan's edge values (intensities the normaliser knows; no dark slab that could look like
+    lumen). Map results back with ``map_to_scan(values, prepared.affine, image.shape, affine)``
+    after :meth:`PhysicalScan.outside_zeroed`.
+    """
+    from .preprocess import to_canonical
+    from .resample import antialias_sigma, resample_image_bounded
+
+    image_c, affine_c = to_canonical(np.asanyarray(image), np.asarray(affine, float), copy=False)
+    grid, steps, starts, prepared_affine, core = physical_geometry(image_c.shape, affine_c, voxel_mm, multiple)
+    kwargs = dict(steps=steps, starts=starts, antialias=antialias)
+    try:
+        volume = resample_image_bounded(image_c, grid, max_bytes=max_bytes, **kwargs)
+    except ValueError as exc:  # a scan too large for that budget: the resampler's default (2 GiB)
+        if "too small" not in str(exc):
+            raise
+        volume = resample_image_bounded(image_c, grid, **kwargs)
+    sigma = tuple(float(antialias_sigma(s)) if antialias else 0.0 for s in steps)
+    return PhysicalScan(volume, prepared_affine, core, tuple(float(s) for s in steps), sigma)
+
+
 def map_to_scan(values: np.ndarray, prepared_affine: np.ndarray, shape: Sequence[int], affine: np.ndarray,
-                threshold: float | None = 0.5, chunk_voxels: int = 1 << 20, progress: bool = False) -> np.ndarray:
+                threshold: float | None = 0.5, chunk_voxels: int = 1 << 20, progress: bool = False,
+                order: int = 1) -> np.ndarray:
     """Sample a prepared-grid map at every voxel centre of the scan grid ``(shape, affine)``.
 
-    Linear interpolation (``scipy.ndimage.map_coordinates``, edge values beyond the grid),
-    computed in slabs of about ``chunk_voxels`` voxels. With ``threshold`` returns the
-    ``uint8`` mask ``value >= threshold``, else the float32 values.
+    Linear interpolation (``order=1``; ``scipy.ndimage.map_coordinates``, edge values beyond
+    the grid), computed in slabs of about ``chunk_voxels`` voxels. With ``threshold`` returns
+    the ``uint8`` mask ``value >= threshold``, else the float32 values. ``order=0`` (nearest
+    neighbour, e.g. a label map) returns the values in their own type. Where the result can
+    only be 0 (a mask outside the region at or above ``threshold``, a label map outside its
+    non-zero region), only the scan voxels within that region's bounding box are computed.
     """
     from tqdm.auto import tqdm
 
     shape = tuple(int(s) for s in shape)
     m = np.linalg.inv(np.asarray(prepared_affine, float)) @ np.asarray(affine, float)
-    j, k = np.meshgrid(np.arange(shape[1], dtype=float), np.arange(shape[2], dtype=float), indexing="ij")
+    if order == 0:
+        values = np.asarray(values)
+        out = np.zeros(shape, values.dtype)
+        region = values != 0
+    else:
+        values = np.asarray(values, np.float32)
+        out = np.zeros(shape, np.uint8 if threshold is not None else np.float32)
+        region = values >= threshold if threshold is not None else None
+    lo, hi = np.zeros(3, int), np.array(shape)
+    if region is not None:
+        if not region.any():
+            return out
+        lo, hi = _scan_box(region, m, shape)
+        if np.any(hi <= lo):
+            return out
+    j, k = np.meshgrid(np.arange(lo[1], hi[1], dtype=float), np.arange(lo[2], hi[2], dtype=float), indexing="ij")
     plane = m[:3, 1, None, None] * j + m[:3, 2, None, None] * k + m[:3, 3, None, None]  # (3, Y, Z)
-    out = np.empty(shape, np.uint8 if threshold is not None else np.float32)
-    values = np.asarray(values, np.float32)
-    step = max(1, chunk_voxels // max(1, shape[1] * shape[2]))
-    starts = range(0, shape[0], step)
+    step = max(1, chunk_voxels // max(1, j.size))
+    starts = range(int(lo[0]), int(hi[0]), step)
     for i0 in tqdm(starts, desc="map back", unit="slab", leave=False, file=sys.stderr,
                    disable=not progress or len(starts) < 2):
-        i = np.arange(i0, min(shape[0], i0 + step), dtype=float)
+        i = np.arange(i0, min(int(hi[0]), i0 + step), dtype=float)
         coords = plane[:, None] + m[:3, 0, None, None, None] * i[None, :, None, None]
-        vals = ndimage.map_coordinates(values, coords, order=1, mode="nearest")
-        out[i0 : i0 + len(i)] = vals >= threshold if threshold is not None else vals
+        vals = ndimage.map_coordinates(values, coords, order=order, mode="nearest")
+        out[i0 : i0 + len(i), lo[1]:hi[1], lo[2]:hi[2]] = vals >= threshold if (threshold is not None and order) else vals
     return out
+
+
+def _scan_box(region: np.ndarray, m: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Scan-index bounding box ``[lo, hi)`` of every scan voxel whose centre maps (``m``: scan index to
+    prepared index) within one prepared voxel of ``region``'s bounding box."""
+    idx = [np.flatnonzero(region.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    far = 1e6  # a region at the grid's edge extends beyond it ("nearest": edge values out there)
+    plo = np.array([i[0] - 1.0 if i[0] > 0 else -far for i in idx])
+    phi = np.array([i[-1] + 1.0 if i[-1] < n - 1 else far for i, n in zip(idx, region.shape)])
+    corners = np.array(np.meshgrid(*zip(plo, phi), indexing="ij")).reshape(3, -1)
+    inv = np.linalg.inv(m)
+    scan = inv[:3, :3] @ corners + inv[:3, 3, None]
+    lo = np.maximum(0, np.floor(scan.min(1)) - 1).astype(int)
+    hi = np.minimum(shape, np.ceil(scan.max(1)) + 2).astype(int)
+    return lo, hi
 
 
 def mask_measures(mask: np.ndarray, affine: np.ndarray) -> dict:
@@ -282,27 +487,120 @@ def mask_measures(mask: np.ndarray, affine: np.ndarray) -> dict:
 
 # --------------------------------------------------------------------------- checks
 def plausible_volume(card: dict) -> dict:
-    """The model card's ``plausible_inner_ear_volume_mm3`` (``min``, ``max``, ``source``), or
-    :data:`PLAUSIBLE_VOLUME` for a model folder whose card states none."""
+    """The model card's ``plausible_inner_ear_volume_mm3`` (``min``, ``max``, ``source`` and
+    optionally ``min_cut``, ``source_cut``), or :data:`PLAUSIBLE_VOLUME` for a model folder whose
+    card states none; :data:`PLAUSIBLE_CUT_MIN` fills a missing ``min_cut``."""
     stated = card.get("plausible_inner_ear_volume_mm3") if isinstance(card, dict) else None
     if stated:
-        return {"min": float(stated["min"]), "max": float(stated["max"]), "source": stated.get("source", "model card")}
-    return dict(PLAUSIBLE_VOLUME)
+        out = {"min": float(stated["min"]), "max": float(stated["max"]), "source": stated.get("source", "model card")}
+        if "min_cut" in stated:
+            out.update(min_cut=float(stated["min_cut"]), source_cut=stated.get("source_cut", "model card"))
+    else:
+        out = dict(PLAUSIBLE_VOLUME)
+    return {**PLAUSIBLE_CUT_MIN, **out}
 
 
-def volume_check(volume_mm3: float, voxels: int, bounds: dict) -> dict:
+def touches_border(mask: np.ndarray) -> bool:
+    """Does the mask reach a face of its array (the scan's field of view)?"""
+    mask = np.asarray(mask)
+    return any(bool(np.take(mask, i, axis=a).any()) for a in range(mask.ndim) for i in (0, -1))
+
+
+def volume_check(volume_mm3: float, voxels: int, bounds: dict, cut: bool = False) -> dict:
     """Is the segmented inner ear non-empty and of a plausible size? A JSON-able record with
-    ``passed`` and, when it failed, a one-line ``reason``."""
+    ``passed`` and, when it failed, a one-line ``reason``.
+
+    ``cut`` (the mask touches the field of view's border, :func:`touches_border`): the scan
+    holds part of the labyrinth, so the lower bound is ``bounds["min_cut"]`` instead of the
+    whole labyrinth's ``min``; the upper bound is the same."""
     lo, hi = bounds["min"], bounds["max"]
+    applied = float(bounds.get("min_cut", lo)) if cut else lo
     reason = None
     if voxels == 0:
         reason = "no inner ear found: the mask is empty"
-    elif not lo <= volume_mm3 <= hi:
-        reason = (f"implausible inner-ear volume {volume_mm3:.4g} mm^3 (a human inner ear is within "
-                  f"{lo:g}-{hi:g} mm^3)")
-    return {"check": "the mask is non-empty and its volume is within the plausible range",
-            "range_mm3": [lo, hi], "source": bounds["source"], "volume_mm3": volume_mm3, "passed": reason is None,
-            "reason": reason}
+    elif not applied <= volume_mm3 <= hi:
+        what = ("the part of a human inner ear a field of view cuts" if cut else "a human inner ear")
+        reason = f"implausible inner-ear volume {volume_mm3:.4g} mm^3 ({what} is within {applied:g}-{hi:g} mm^3)"
+    out = {"check": "the mask is non-empty and its volume is within the plausible range",
+           "range_mm3": [lo, hi], "source": bounds["source"], "cut_by_field_of_view": bool(cut),
+           "applied_range_mm3": [applied, hi], "volume_mm3": volume_mm3, "passed": reason is None, "reason": reason}
+    if cut:
+        out["source_cut"] = bounds.get("source_cut")
+    return out
+
+
+def intensity_check(cascade, prepared: np.ndarray, card: dict) -> dict:
+    """How far the scan's normalised intensities are from the model's training intensities.
+
+    The 1-D Wasserstein distance (:func:`innerear.preprocess.histogram_distance`) between the
+    normalised histogram of the prepared scan (the cascade's normaliser, the card's bins) and
+    the card's ``"intensity_histogram"``; ``passed`` is False above
+    :data:`HISTOGRAM_WARN_DISTANCE`. A card without a histogram gives ``distance`` None."""
+    from .preprocess import histogram_distance, normalised_histogram
+
+    ref = card.get("intensity_histogram") if isinstance(card, dict) else None
+    out = {"check": "the scan's normalised intensity histogram is close to the training data's",
+           "metric": "1-D Wasserstein distance, normalised intensity (1 = the span the normaliser maps to 0..1)",
+           "warn_above": HISTOGRAM_WARN_DISTANCE, "distance": None, "passed": True, "reason": None}
+    if not ref:
+        out["note"] = "the model card has no intensity_histogram"
+        return out
+    try:
+        edges = np.asarray(ref["edges"], float)
+        hist = normalised_histogram(cascade.normalizer(prepared), bins=edges)
+        distance = histogram_distance(hist, ref)
+    except (KeyError, TypeError, ValueError) as exc:
+        out["note"] = f"the model card's intensity_histogram is unusable ({exc})"
+        return out
+    out["distance"] = round(distance, 4)
+    if distance > HISTOGRAM_WARN_DISTANCE:
+        out["passed"] = False
+        out["reason"] = (f"the scan's normalised intensities are far from the training data's (histogram distance "
+                         f"{distance:.3f} > {HISTOGRAM_WARN_DISTANCE:g}): other contrast, inverted intensities or "
+                         f"strong artefacts? Check the mask")
+    return out
+
+
+def structure_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A structure map that agrees with ``mask``: ``labels`` inside it, 0 outside, and every mask
+    voxel without a structure given its nearest labelled voxel's (within the mask's bounding box)."""
+    out = np.where(mask != 0, labels, 0).astype(np.uint8)
+    if not mask.any():
+        return out
+    idx = np.nonzero(mask)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in idx)
+    crop, crop_mask = out[box], mask[box] != 0
+    missing = crop_mask & (crop == 0)
+    if missing.any() and crop.any():
+        nearest = ndimage.distance_transform_edt(crop == 0, return_distances=False, return_indices=True)
+        crop[missing] = crop[tuple(n[missing] for n in nearest)]
+    return out
+
+
+def structure_measures(labels: np.ndarray, affine: np.ndarray) -> dict:
+    """Voxels and volume (mm³) of each structure of a label map."""
+    counts = np.bincount(np.asarray(labels, np.uint8).ravel(), minlength=len(STRUCTURES) + 1)
+    voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3])))
+    return {name: {"label": k, "voxels": int(counts[k]), "volume_mm3": float(counts[k] * voxel_mm3)}
+            for k, name in STRUCTURES.items()}
+
+
+def cochlea_measures(labels: np.ndarray, affine: np.ndarray) -> dict:
+    """The cochlea's measures (:func:`innerear.cochlea.measure_cochlea`: volume, duct length along
+    the lateral wall, turns, method) from label 1, on its bounding box; or why there are none."""
+    cochlea = labels == 1
+    if not cochlea.any():
+        return {"available": False, "reason": "no cochlea in the label map"}
+    try:
+        from .cochlea import measure_cochlea
+    except ImportError as exc:
+        return {"available": False, "reason": f"innerear.cochlea is not available ({exc})"}
+    crop, _, crop_affine = _cropped(cochlea.astype(np.uint8), affine)
+    measures = measure_cochlea(crop, crop_affine)
+    out = measures.to_dict() if hasattr(measures, "to_dict") else dict(_jsonable(vars(measures)))
+    out["available"] = True
+    out["touches_field_of_view_border"] = touches_border(cochlea)
+    return out
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -315,16 +613,19 @@ def segment_scan(
     progress: bool = False,
     chunk_voxels: int = 1 << 20,
     before_model: Callable[[], None] | None = None,
+    labels_out: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Segment the inner ear in one scan: ``(mask, affine, report)``.
 
     ``mask`` is ``uint8`` on the scan's own grid (its shape), ``affine`` the scan's RAS
     affine, ``report`` a JSON-able dict (input, model, volume in mm³, bounding box,
-    component count, timings). ``spacing`` (mm) is needed for TIFF stacks that do not record
+    component count, per-structure volumes and cochlea measures for a model with structures,
+    the intensity check, timings). ``spacing`` (mm) is needed for TIFF stacks that do not record
     it and overrides any other file's voxel size. ``cascade`` reuses a loaded model
     (:func:`load_model_dir`); otherwise ``model_dir`` (default: the shipped model) is loaded,
     after the scan was read and checked and after calling ``before_model`` (the command line
-    sets the backend's threads there).
+    sets the backend's threads there). A dict passed as ``labels_out`` receives the structure
+    map on the scan's grid as ``labels_out["labels"]`` (None for a binary model).
     """
     from tqdm.auto import tqdm
 
@@ -362,11 +663,20 @@ def segment_scan(
         t = step("load model", t)
 
         bar.set_description("prepare")
-        prepared, prepared_affine = prepare_scan(image, affine, cascade.grid)
+        voxel_mm = model_voxel_mm(cascade)
+        if voxel_mm is None:  # a grid model: the paper's N^3 preparation
+            prepared, prepared_affine = prepare_scan(image, affine, cascade.grid)
+            physical = None
+            core = (slice(None),) * 3
+        else:
+            physical = prepare_scan_physical(image, affine, voxel_mm, network_multiple(cascade))
+            prepared, prepared_affine, core = physical.volume, physical.affine, physical.core
         t = step("prepare", t)
 
         bar.set_description("cascade")
-        mask_p, prob_p = cascade.predict(prepared)
+        mask_p, prob_p, labels_p = predict_with_labels(cascade, prepared)
+        if physical is not None:  # the padding never yields foreground
+            mask_p, prob_p, labels_p = (physical.outside_zeroed(v) for v in (mask_p, prob_p, labels_p))
         t = step("cascade", t)
 
         bar.set_description("map back")
@@ -381,21 +691,32 @@ def segment_scan(
 
         bar.set_description("measure")
         measures = mask_measures(mask, affine)
+        labels = structures = cochlea = None
+        if labels_p is not None:
+            labels = structure_labels(map_to_scan(labels_p, prepared_affine, image.shape, affine, None, chunk_voxels,
+                                                  order=0), mask)
+            structures = structure_measures(labels, affine)
+            cochlea = cochlea_measures(labels, affine)
+        try:
+            card = read_model_card(folder)
+        except (OSError, ValueError):
+            card = {}
+        intensity = intensity_check(cascade, prepared[core], card)
         t = step("measure", t)
     finally:
         bar.close()
 
-    try:
-        card = read_model_card(folder)
-    except (OSError, ValueError):
-        card = {}
+    if labels_out is not None:
+        labels_out["labels"] = labels
     spec = cascade.info
     checks = {
         "voxel_size": {"check": "every voxel size is within the range", "range_mm": list(VOXEL_MM_RANGE),
                        "spacing_mm": list(spacing_mm), "passed": True},
-        "inner_ear_volume": volume_check(measures["volume_mm3"], measures["voxels"], plausible_volume(card)),
+        "inner_ear_volume": volume_check(measures["volume_mm3"], measures["voxels"], plausible_volume(card),
+                                         cut=touches_border(mask)),
+        "intensity": intensity,
     }
-    warnings = [checks["inner_ear_volume"]["reason"]] if not checks["inner_ear_volume"]["passed"] else []
+    warnings = [c["reason"] for c in checks.values() if not c["passed"]]
     report = {
         "innerear_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -416,19 +737,27 @@ def segment_scan(
             "fold": spec.get("fold"),
             "order": list(cascade.order),
             "grid": cascade.grid,
+            "voxel_mm": list(voxel_mm) if voxel_mm is not None else None,
+            "kind": "physical (fixed voxel size)" if voxel_mm is not None else "grid (every scan resampled to N^3)",
+            "structures": labels_p is not None,
             "normalizer": cascade.normalizer.to_dict(),
             "training": card,
         },
         "prepared": {
-            "grid": [cascade.grid] * 3,
+            "grid": list(prepared.shape),
             "spacing_mm": [float(v) for v in np.linalg.norm(prepared_affine[:3, :3], axis=0)],
             "affine": prepared_affine.tolist(),
+            "padding_voxels": physical.padding() if physical is not None else None,
+            "antialias_sigma_source_voxels": list(physical.antialias_sigma) if physical is not None else None,
             "voxels": int(np.count_nonzero(mask_p)),
             "volume_mm3": float(np.count_nonzero(mask_p) * abs(np.linalg.det(prepared_affine[:3, :3]))),
         },
         "threshold": cascade.threshold,
         "inner_ear": dict(measures, components=n_components, components_kept=min(1, n_components),
                           voxels_removed=removed),
+        "structures": structures,
+        "cochlea": cochlea,
+        "intensity_histogram_distance": intensity["distance"],
         "checks": checks,
         "warnings": warnings,
         "timings_s": timings,
@@ -458,7 +787,8 @@ def _check_output(path: Path, suffixes: tuple[str, ...], what: str, force: bool,
     taken.add(key)
 
 
-def check_outputs(scan: Path, out: Path, mesh: Path | None, report: Path | None, force: bool) -> None:
+def check_outputs(scan: Path, out: Path, mesh: Path | None, report: Path | None, force: bool,
+                  labels: Path | None = None) -> None:
     """Refuse, before any work, outputs that could not be written (or would be overwritten)."""
     try:
         check_writable(out)
@@ -466,6 +796,8 @@ def check_outputs(scan: Path, out: Path, mesh: Path | None, report: Path | None,
         raise SegmentError(out, exc.problem) from None
     taken = {scan.resolve()}
     _check_output(out, (".nii", ".nii.gz", ".nrrd", ".mha"), "the mask", force, taken)
+    if labels is not None:
+        _check_output(labels, (".nii", ".nii.gz", ".nrrd", ".mha"), "the label map", force, taken)
     if mesh is not None:
         _check_output(mesh, (".stl",), "the mesh", force, taken)
     if report is not None:
@@ -479,13 +811,17 @@ def segment_to_files(
     *,
     mesh: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
     spacing: Sequence[float] | None = None,
     force: bool = False,
     progress: bool = False,
     allow_empty: bool = False,
     before_model: Callable[[], None] | None = None,
 ) -> dict:
-    """Segment ``scan`` and write the mask (and mesh, report): all of them, or none.
+    """Segment ``scan`` and write the mask (and mesh, report, structure label map): all of them, or none.
+
+    ``labels`` writes the structure map (uint8: 0 background, 1 cochlea, 2 vestibule,
+    3 semicircular canals) on the scan's grid; a binary model (no structures) is refused.
 
     Everything that can be checked is checked before the work starts (output names, that
     their folders exist and are writable, overwriting without ``force``, the model folder).
@@ -498,11 +834,18 @@ def segment_to_files(
     scan, out = Path(scan), Path(out)
     mesh = Path(mesh) if mesh is not None else None
     report_path = Path(report) if report is not None else None
+    labels_path = Path(labels) if labels is not None else None
     if not scan.exists():
         raise VolumeError(scan, "file not found")
-    check_outputs(scan, out, mesh, report_path, force)
+    check_outputs(scan, out, mesh, report_path, force, labels_path)
     check_model_dir(model_dir)
-    mask, affine, rep = segment_scan(scan, model_dir, spacing, progress=progress, before_model=before_model)
+    found: dict = {}
+    mask, affine, rep = segment_scan(scan, model_dir, spacing, progress=progress, before_model=before_model,
+                                     labels_out=found)
+    if labels_path is not None and found.get("labels") is None:
+        raise SegmentError(labels_path, f"the model {rep['model']['folder']} segments the inner ear as one class and "
+                                        f"has no structure labels (cochlea, vestibule, canals) to write; omit "
+                                        f"--labels or use a model trained with structures")
     check = rep["checks"]["inner_ear_volume"]
     if not check["passed"]:
         if not allow_empty:
@@ -511,10 +854,14 @@ def segment_to_files(
         check["allowed_by"] = "--allow-empty"
     t0 = time.perf_counter()
     rep["output"] = {"mask": str(out), "mesh": str(mesh) if mesh else None,
-                     "report": str(report_path) if report_path else None}
+                     "report": str(report_path) if report_path else None,
+                     "labels": str(labels_path) if labels_path else None}
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(out, overwrite=force, suffix=temp_suffix(out)))
         write_volume_to(tmp, mask, affine, like=out)
+        if labels_path is not None:
+            tmp_labels = stack.enter_context(atomic_path(labels_path, overwrite=force, suffix=temp_suffix(labels_path)))
+            write_volume_to(tmp_labels, found["labels"], affine, like=labels_path)
         if mesh is not None:
             from .mesh import surface_mesh, write_stl
 
@@ -574,6 +921,7 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
             "held_out_dice_per_stage": {f"stage{s['stage']}_{s['view']}": s.get("mean_test_dice") for s in stage_infos},
             "order": spec.get("order"), "backbone": spec.get("backbone"), "fold": spec.get("fold"),
             "profile": spec.get("profile"), "grid": spec.get("grid"), "normalizer": spec.get("normalizer"),
+            **({"voxel_mm": spec["voxel_mm"]} if spec.get("voxel_mm") is not None else {}),
             "exported_from": str(src),
             "plausible_inner_ear_volume_mm3": PLAUSIBLE_VOLUME,
             **(card or {}),
