@@ -535,7 +535,8 @@ def intensity_check(cascade, prepared: np.ndarray, card: dict) -> dict:
     The 1-D Wasserstein distance (:func:`innerear.preprocess.histogram_distance`) between the
     normalised histogram of the prepared scan (the cascade's normaliser, the card's bins) and
     the card's ``"intensity_histogram"``; ``passed`` is False above
-    :data:`HISTOGRAM_WARN_DISTANCE`. A card without a histogram gives ``distance`` None."""
+    :data:`HISTOGRAM_WARN_DISTANCE` or the histogram's own ``"warn_above"`` (a training recipe
+    may state the spread of its own scans). A card without a histogram gives ``distance`` None."""
     from .preprocess import histogram_distance, normalised_histogram
 
     ref = card.get("intensity_histogram") if isinstance(card, dict) else None
@@ -552,12 +553,13 @@ def intensity_check(cascade, prepared: np.ndarray, card: dict) -> dict:
     except (KeyError, TypeError, ValueError) as exc:
         out["note"] = f"the model card's intensity_histogram is unusable ({exc})"
         return out
-    out["distance"] = round(distance, 4)
-    if distance > HISTOGRAM_WARN_DISTANCE:
+    warn = float(ref.get("warn_above", HISTOGRAM_WARN_DISTANCE)) if isinstance(ref, dict) else HISTOGRAM_WARN_DISTANCE
+    out["distance"], out["warn_above"] = round(distance, 4), warn
+    if distance > warn:
         out["passed"] = False
         out["reason"] = (f"the scan's normalised intensities are far from the training data's (histogram distance "
-                         f"{distance:.3f} > {HISTOGRAM_WARN_DISTANCE:g}): other contrast, inverted intensities or "
-                         f"strong artefacts? Check the mask")
+                         f"{distance:.3f} > {warn:g}): other contrast, inverted intensities or strong artefacts? "
+                         f"Check the mask")
     return out
 
 

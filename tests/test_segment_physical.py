@@ -438,3 +438,29 @@ def test_grid_models_keep_their_path(monkeypatch):
         info = {"voxel_mm": 0.2}
 
     assert seg.model_voxel_mm(PhysicalCascade()) == (0.2, 0.2, 0.2)
+
+
+def test_intensity_check_uses_the_cards_threshold(physical_model):
+    import innerear.segment as seg
+
+    cascade = seg.load_model_dir(physical_model)
+    card = json.loads((physical_model / "model_card.json").read_text())
+    image = _scan(_planted((50, 48, 44), AFFINES["isotropic"]), seed=3)
+    inverted = (image.max() - image).astype(np.float32)
+    assert not seg.intensity_check(cascade, inverted, card)["passed"]
+    card["intensity_histogram"]["warn_above"] = 10.0
+    check = seg.intensity_check(cascade, inverted, card)
+    assert check["passed"] and check["warn_above"] == 10.0 and check["distance"] > HISTOGRAM_WARN_DISTANCE
+    no_histogram = seg.intensity_check(cascade, image, {})
+    assert no_histogram["distance"] is None and no_histogram["passed"] and "no intensity_histogram" in no_histogram["note"]
+
+
+def test_readme_states_the_segmenters_constants():
+    from pathlib import Path
+
+    from innerear.segment import PLAUSIBLE_CUT_MIN
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert f"with a warning above {HISTOGRAM_WARN_DISTANCE:g}" in text
+    assert f"`min_cut` ({PLAUSIBLE_CUT_MIN['min_cut']:g} mm³" in text
+    assert "--labels" in text and "1 cochlea, 2 vestibule, 3 semicircular canals" in text
