@@ -293,7 +293,8 @@ def load_cascade(run_dir: str | os.PathLike) -> Cascade:
     norm = normalizer_from_dict(spec["normalizer"])
     grid = int(spec["grid"]) if spec.get("grid") is not None else None  # None: a physical model (voxel_mm)
     return Cascade(stages=stages, normalizer=norm, grid=grid, threshold=float(spec.get("threshold", 0.5)),
-                   info=spec, view_axes=spec.get("view_axes", "ras"), connectivity=int(spec.get("connectivity", 26)))
+                   info=spec, view_axes=spec.get("view_axes", "ras"), connectivity=int(spec.get("connectivity", 26)),
+                   voxel_mm=spec.get("voxel_mm"))
 
 
 # --------------------------------------------------------------------------- training

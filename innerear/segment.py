@@ -221,6 +221,9 @@ def model_voxel_mm(cascade) -> tuple[float, float, float] | None:
 
 def network_multiple(cascade) -> int:
     """The side every slice must be a multiple of: the largest pooling factor of the stages' networks."""
+    pooling = getattr(cascade, "pooling", None)  # the engine's, where it has one
+    if pooling is not None:
+        return int(pooling)
     from .fastinfer import pooling_factor
 
     return max(pooling_factor(model) for _, model in cascade.stages)
@@ -529,17 +532,20 @@ def volume_check(volume_mm3: float, voxels: int, bounds: dict, cut: bool = False
     return out
 
 
-def intensity_check(cascade, prepared: np.ndarray, card: dict) -> dict:
+def intensity_check(cascade, prepared: np.ndarray, card: dict,
+                    core: tuple[slice, ...] = (slice(None),) * 3) -> dict:
     """How far the scan's normalised intensities are from the model's training intensities.
 
     The 1-D Wasserstein distance (:func:`innerear.preprocess.histogram_distance`) between the
-    normalised histogram of the prepared scan (the cascade's normaliser, the card's bins) and
-    the card's ``"intensity_histogram"``; ``passed`` is False above
+    normalised histogram of the prepared scan (normalised as the networks see it, then the
+    voxels within the scan, ``core``; the card's bins) and the card's ``"intensity_histogram"``
+    (or ``cascade.json``'s, for a run folder without a card); ``passed`` is False above
     :data:`HISTOGRAM_WARN_DISTANCE` or the histogram's own ``"warn_above"`` (a training recipe
     may state the spread of its own scans). A card without a histogram gives ``distance`` None."""
     from .preprocess import histogram_distance, normalised_histogram
 
     ref = card.get("intensity_histogram") if isinstance(card, dict) else None
+    ref = ref or getattr(cascade, "info", {}).get("intensity_histogram")
     out = {"check": "the scan's normalised intensity histogram is close to the training data's",
            "metric": "1-D Wasserstein distance, normalised intensity (1 = the span the normaliser maps to 0..1)",
            "warn_above": HISTOGRAM_WARN_DISTANCE, "distance": None, "passed": True, "reason": None}
@@ -548,7 +554,7 @@ def intensity_check(cascade, prepared: np.ndarray, card: dict) -> dict:
         return out
     try:
         edges = np.asarray(ref["edges"], float)
-        hist = normalised_histogram(cascade.normalizer(prepared), bins=edges)
+        hist = normalised_histogram(cascade.normalizer(prepared)[core], bins=edges)
         distance = histogram_distance(hist, ref)
     except (KeyError, TypeError, ValueError) as exc:
         out["note"] = f"the model card's intensity_histogram is unusable ({exc})"
@@ -616,6 +622,7 @@ def segment_scan(
     chunk_voxels: int = 1 << 20,
     before_model: Callable[[], None] | None = None,
     labels_out: dict | None = None,
+    require_labels: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Segment the inner ear in one scan: ``(mask, affine, report)``.
 
@@ -628,6 +635,8 @@ def segment_scan(
     after the scan was read and checked and after calling ``before_model`` (the command line
     sets the backend's threads there). A dict passed as ``labels_out`` receives the structure
     map on the scan's grid as ``labels_out["labels"]`` (None for a binary model).
+    ``require_labels`` (the label map's output path) refuses a binary model as soon as it is
+    loaded, naming that path.
     """
     from tqdm.auto import tqdm
 
@@ -662,6 +671,8 @@ def segment_scan(
             cascade = load_model_dir(model_dir)
 
         folder = Path(cascade.info.get("folder", model_dir or DEFAULT_MODEL))
+        if require_labels is not None and getattr(cascade, "n_classes", None) == 1:
+            raise _no_labels(require_labels, folder)
         t = step("load model", t)
 
         bar.set_description("prepare")
@@ -703,7 +714,7 @@ def segment_scan(
             card = read_model_card(folder)
         except (OSError, ValueError):
             card = {}
-        intensity = intensity_check(cascade, prepared[core], card)
+        intensity = intensity_check(cascade, prepared, card, core)
         t = step("measure", t)
     finally:
         bar.close()
@@ -843,11 +854,9 @@ def segment_to_files(
     check_model_dir(model_dir)
     found: dict = {}
     mask, affine, rep = segment_scan(scan, model_dir, spacing, progress=progress, before_model=before_model,
-                                     labels_out=found)
+                                     labels_out=found, require_labels=labels_path)
     if labels_path is not None and found.get("labels") is None:
-        raise SegmentError(labels_path, f"the model {rep['model']['folder']} segments the inner ear as one class and "
-                                        f"has no structure labels (cochlea, vestibule, canals) to write; omit "
-                                        f"--labels or use a model trained with structures")
+        raise _no_labels(labels_path, rep["model"]["folder"])
     check = rep["checks"]["inner_ear_volume"]
     if not check["passed"]:
         if not allow_empty:
@@ -876,6 +885,12 @@ def segment_to_files(
             tmp_rep = stack.enter_context(atomic_path(report_path, overwrite=force))
             tmp_rep.write_text(json.dumps(rep, indent=2, sort_keys=True, default=_json_default) + "\n")
     return rep
+
+
+def _no_labels(path: str | os.PathLike, folder) -> SegmentError:
+    return SegmentError(path, f"the model {folder} segments the inner ear as one class and has no structure labels "
+                              f"(cochlea, vestibule, canals) to write; omit --labels or use a model trained with "
+                              f"structures")
 
 
 def _cropped(mask: np.ndarray, affine: np.ndarray, margin: int = 2):

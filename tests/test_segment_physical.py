@@ -367,6 +367,8 @@ class _StructureEngine:
     """The engine's multi-class output, stubbed for this test: the loaded cascade's mask, split
     along the first canonical axis into cochlea / vestibule / canals thirds."""
 
+    n_classes = 4
+
     def __init__(self, cascade):
         self._cascade = cascade
 
@@ -464,3 +466,67 @@ def test_readme_states_the_segmenters_constants():
     assert f"with a warning above {HISTOGRAM_WARN_DISTANCE:g}" in text
     assert f"`min_cut` ({PLAUSIBLE_CUT_MIN['min_cut']:g} mm³" in text
     assert "--labels" in text and "1 cochlea, 2 vestibule, 3 semicircular canals" in text
+
+
+# --------------------------------------------------------------------------- a multi-class model (the engine's labels)
+CENTRES = {1: 0.05, 2: 0.25, 3: 0.45, 0: 0.9}  # normalised intensity of each class's lumen (0: bone)
+
+
+def _class_network(depth=2, sharpness=200.0):
+    """Softmax over background, cochlea, vestibule, canals by the nearest class intensity
+    (logits ``2 m x - m**2``: the nearest of the centres ``m`` wins)."""
+    import keras
+
+    x = keras.Input((None, None, 1))
+    pooled = x
+    for _ in range(depth):
+        pooled = keras.layers.MaxPooling2D(2)(pooled)
+    both = keras.layers.Concatenate()([x, keras.layers.UpSampling2D(2**depth)(pooled)])
+    out = keras.layers.Conv2D(4, 1, activation="softmax", name="classes")(both)
+    model = keras.Model(x, out)
+    m = np.array([CENTRES[k] for k in range(4)], np.float32)
+    weights = np.zeros((1, 1, 2, 4), np.float32)
+    weights[0, 0, 0] = sharpness * 2 * m
+    model.get_layer("classes").set_weights([weights, -sharpness * m**2])
+    return model
+
+
+def test_multi_class_model_writes_its_label_map(tmp_path, physical_model, monkeypatch):
+    import shutil
+
+    import innerear.cascade as cs
+    import innerear.segment as seg
+
+    if "return_labels" not in __import__("inspect").signature(cs.Cascade.predict).parameters:
+        pytest.skip("the engine has no multi-class output yet")
+    monkeypatch.setitem(sys.modules, "innerear.cochlea", None)  # measures tested above; here: its absence
+    folder = tmp_path / "multi"
+    shutil.copytree(physical_model, folder)
+    _class_network().save(folder / "stage1_axial" / "best.keras")
+    affine = AFFINES["oblique mirrored"]
+    shape = (60, 54, 50)
+    world = _world(shape, affine)
+    centre = world.reshape(-1, 3).mean(0)
+    truth = np.zeros(shape, np.uint8)
+    for code, shift, axes in ((3, (1.6, 0, 0), (1.0, 0.5, 0.5)), (2, (0, 0, 0), (1.0, 0.9, 0.9)),
+                              (1, (-1.6, 0, 0), (1.0, 0.8, 0.8))):
+        inside = ((((world - centre - shift) / axes) ** 2).sum(-1) <= 1)
+        truth[inside & (truth == 0)] = code
+    lo, hi = 1000.0, 3000.0  # cochlea lumen and bone; the others between, at their class's intensity
+    value = {0: hi, **{k: lo + (hi - lo) * CENTRES[k] for k in (1, 2, 3)}}
+    image = np.vectorize(value.get)(truth).astype(np.float32) + np.random.default_rng(0).normal(0, 20, shape)
+    scan = _write_scan(tmp_path / "scan.nii.gz", image.astype(np.float32), affine)
+    labels_path = tmp_path / "labels.nii.gz"
+    rep = seg.segment_to_files(scan, tmp_path / "ear.nii.gz", folder, labels=labels_path,
+                               report=tmp_path / "ear.json")
+    labels, _, _ = read_volume(labels_path)
+    mask, _, _ = read_volume(tmp_path / "ear.nii.gz")
+    assert labels.shape == shape and np.array_equal(labels > 0, mask > 0)
+    from scipy import ndimage
+
+    for code in (1, 2, 3):  # the boundaries' partial volume looks like the other classes: the interiors
+        interior = ndimage.binary_erosion(truth == code, iterations=2)
+        assert np.mean(labels[interior] == code) > 0.95, code
+    assert dice(mask, truth > 0) > 0.9
+    assert rep["structures"]["cochlea"]["voxels"] == int((labels == 1).sum())
+    assert rep["cochlea"]["available"] is False and "innerear.cochlea" in rep["cochlea"]["reason"]
