@@ -183,7 +183,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(f"innerear: warning: {args.scan}: {warning}", file=sys.stderr)
     extra = "".join(f", {k} {v}" for k, v in (("labels", args.labels), ("mesh", args.mesh), ("report", args.report))
                     if v)
-    print(f"{args.out}: inner ear {ear['volume_mm3']:.2f} mm^3 ({ear['voxels']} voxels of "
+    parts = "".join(f", {name} {s['volume_mm3']:.2f}" for name, s in (rep.get("structures") or {}).items())
+    print(f"{args.out}: inner ear {ear['volume_mm3']:.2f} mm^3{parts} ({ear['voxels']} voxels of "
           f"{'x'.join(map(str, rep['input']['shape']))}, {ear['components']} component(s) before cleanup)"
           f"{extra} in {rep['total_s']:.1f} s")
     return 0

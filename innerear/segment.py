@@ -239,7 +239,7 @@ def predict_with_labels(cascade, volume: np.ndarray) -> tuple[np.ndarray, np.nda
         params = inspect.signature(cascade.predict).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
         params = {}
-    if "return_labels" in params or any(p.kind is p.VAR_KEYWORD and "return_labels" in params for p in params.values()):
+    if "return_labels" in params:  # not through **settings: an older engine passes those to InferenceSettings
         mask, prob, labels = cascade.predict(volume, return_labels=True)
         return mask, prob, labels
     mask, prob = cascade.predict(volume)
@@ -294,6 +294,8 @@ def load_model_dir(model_dir: str | os.PathLike | None = None, *, reuse: bool = 
 
 # --------------------------------------------------------------------------- geometry
 PREPARE_MAX_BYTES = 512 << 20  # the resampler's working memory in `innerear segment`
+#: the most voxels a scan prepared for a physical model may have (400³: a 60 mm cube at 0.15 mm)
+MAX_PREPARED_VOXELS = 400**3
 
 
 def prepare_scan(image: np.ndarray, affine: np.ndarray, grid: int,
@@ -378,7 +380,8 @@ def physical_geometry(shape: Sequence[int], affine: np.ndarray, voxel_mm: float 
 
 
 def prepare_scan_physical(image: np.ndarray, affine: np.ndarray, voxel_mm: float | Sequence[float], multiple: int,
-                          max_bytes: int = PREPARE_MAX_BYTES, antialias: bool = True) -> PhysicalScan:
+                          max_bytes: int = PREPARE_MAX_BYTES, antialias: bool = True,
+                          max_voxels: int = MAX_PREPARED_VOXELS) -> PhysicalScan:
     """Resample a scan to a physical model's voxel size and pad it to the networks' multiple.
 
     The scan is reoriented to canonical (RAS+) axes as a view, resampled with the memory-bounded
@@ -388,13 +391,20 @@ def prepare_scan_physical(image: np.ndarray, affine: np.ndarray, voxel_mm: float
     averaged, not aliased) and padded on every side to a multiple of ``multiple`` with the
     scan's edge values (intensities the normaliser knows; no dark slab that could look like
     lumen). Map results back with ``map_to_scan(values, prepared.affine, image.shape, affine)``
-    after :meth:`PhysicalScan.outside_zeroed`.
+    after :meth:`PhysicalScan.outside_zeroed`. A field of view that would need more than
+    ``max_voxels`` prepared voxels (a whole head, say) raises :class:`ValueError` saying so.
     """
     from .preprocess import to_canonical
     from .resample import antialias_sigma, resample_image_bounded
 
     image_c, affine_c = to_canonical(np.asanyarray(image), np.asarray(affine, float), copy=False)
     grid, steps, starts, prepared_affine, core = physical_geometry(image_c.shape, affine_c, voxel_mm, multiple)
+    if int(np.prod(grid)) > max_voxels:
+        fov = np.asarray(image_c.shape) * np.linalg.norm(affine_c[:3, :3], axis=0)
+        side = max_voxels ** (1 / 3) * float(np.min(np.broadcast_to(np.asarray(voxel_mm, float), (3,))))
+        raise ValueError(f"field of view {' x '.join(f'{v:.0f}' for v in fov)} mm is too large for the model's "
+                         f"{voxel_mm} mm voxels ({' x '.join(map(str, grid))} voxels, at most {max_voxels}); crop the "
+                         f"scan around the inner ear (about {side:.0f} mm per axis at most)")
     kwargs = dict(steps=steps, starts=starts, antialias=antialias)
     try:
         volume = resample_image_bounded(image_c, grid, max_bytes=max_bytes, **kwargs)
@@ -682,7 +692,12 @@ def segment_scan(
             physical = None
             core = (slice(None),) * 3
         else:
-            physical = prepare_scan_physical(image, affine, voxel_mm, network_multiple(cascade))
+            try:
+                physical = prepare_scan_physical(image, affine, voxel_mm, network_multiple(cascade))
+            except ValueError as exc:
+                if "too large" not in str(exc):
+                    raise
+                raise VolumeError(path, str(exc)) from None
             prepared, prepared_affine, core = physical.volume, physical.affine, physical.core
         t = step("prepare", t)
 

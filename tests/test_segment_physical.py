@@ -386,7 +386,7 @@ class _StructureEngine:
         return mask, prob, labels
 
 
-def test_labels_structures_and_cochlea_measures(tmp_path, physical_model, monkeypatch):
+def test_labels_structures_and_cochlea_measures(tmp_path, physical_model, monkeypatch, capsys):
     import innerear.segment as seg
 
     cascade = _StructureEngine(seg.load_model_dir(physical_model))
@@ -403,9 +403,12 @@ def test_labels_structures_and_cochlea_measures(tmp_path, physical_model, monkey
     affine = AFFINES["oblique mirrored"]
     shape = (58, 51, 47)
     scan = _write_scan(tmp_path / "scan.nrrd", _scan(_planted(shape, affine)), affine)
+    capsys.readouterr()
     code = cli.main(["segment", str(scan), "-o", str(tmp_path / "ear.nii.gz"), "--labels",
                      str(tmp_path / "ear_labels.nrrd"), "--report", str(tmp_path / "ear.json"), "--quiet"])
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "mm^3, cochlea " in printed and ", vestibule " in printed and "labels " in printed, printed
     mask, _, _ = read_volume(tmp_path / "ear.nii.gz")
     labels, _, lab_affine = read_volume(tmp_path / "ear_labels.nrrd")
     np.testing.assert_allclose(lab_affine, affine, atol=1e-5)
@@ -530,3 +533,14 @@ def test_multi_class_model_writes_its_label_map(tmp_path, physical_model, monkey
     assert dice(mask, truth > 0) > 0.9
     assert rep["structures"]["cochlea"]["voxels"] == int((labels == 1).sum())
     assert rep["cochlea"]["available"] is False and "innerear.cochlea" in rep["cochlea"]["reason"]
+
+
+def test_a_field_of_view_too_large_for_the_model_is_refused(tmp_path, physical_model, capsys):
+    big = np.random.default_rng(0).integers(0, 4000, (40, 40, 40)).astype(np.uint16)
+    scan = _write_scan(tmp_path / "head.nii", big, np.diag([2.0, 2.0, 2.0, 1.0]))  # 80 mm at 0.15 mm: 534^3
+    capsys.readouterr()
+    code = cli.main(["segment", str(scan), "-o", str(tmp_path / "ear.nii.gz"), "--model", str(physical_model),
+                     "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "head.nii" in err[0] and "too large" in err[0] and "crop" in err[0], err
+    assert [p.name for p in tmp_path.iterdir()] == ["head.nii"]
