@@ -401,9 +401,11 @@ def prepare_scan_physical(image: np.ndarray, affine: np.ndarray, voxel_mm: float
     grid, steps, starts, prepared_affine, core = physical_geometry(image_c.shape, affine_c, voxel_mm, multiple)
     if int(np.prod(grid)) > max_voxels:
         fov = np.asarray(image_c.shape) * np.linalg.norm(affine_c[:3, :3], axis=0)
-        side = max_voxels ** (1 / 3) * float(np.min(np.broadcast_to(np.asarray(voxel_mm, float), (3,))))
+        voxel = np.broadcast_to(np.asarray(voxel_mm, float), (3,))
+        side = max_voxels ** (1 / 3) * float(voxel.min())
+        shown = f"{voxel[0]:g}" if np.all(voxel == voxel[0]) else " x ".join(f"{v:g}" for v in voxel)
         raise ValueError(f"field of view {' x '.join(f'{v:.0f}' for v in fov)} mm is too large for the model's "
-                         f"{voxel_mm} mm voxels ({' x '.join(map(str, grid))} voxels, at most {max_voxels}); crop the "
+                         f"{shown} mm voxels ({' x '.join(map(str, grid))} voxels, at most {max_voxels}); crop the "
                          f"scan around the inner ear (about {side:.0f} mm per axis at most)")
     kwargs = dict(steps=steps, starts=starts, antialias=antialias)
     try:
