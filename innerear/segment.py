@@ -360,7 +360,8 @@ def physical_geometry(shape: Sequence[int], affine: np.ndarray, voxel_mm: float 
 
     Each axis gets ``ceil(extent / voxel_mm)`` voxels of exactly ``voxel_mm``, rounded up to a
     multiple of ``multiple`` and centred on the scan (the padding splits between both sides);
-    new voxel ``i`` sits at source index ``starts + i * steps``.
+    new voxel ``i`` sits at source index ``starts + i * steps``. An axis already at ``voxel_mm``
+    keeps its voxel centres (an odd padding puts the extra voxel after the scan).
     """
     shape = np.asarray(shape, int)
     spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
@@ -370,6 +371,9 @@ def physical_geometry(shape: Sequence[int], affine: np.ndarray, voxel_mm: float 
     needed = np.maximum(1, np.ceil(shape / steps - 1e-6)).astype(int)
     grid = (multiple * np.ceil(needed / multiple)).astype(int)
     starts = (shape - 1) / 2.0 - (grid - 1) / 2.0 * steps
+    same = np.abs(steps - 1.0) < 1e-9
+    steps = np.where(same, 1.0, steps)
+    starts = np.where(same, -((grid - shape) // 2), starts)
     step_affine = np.eye(4)
     step_affine[:3, :3] = np.diag(steps)
     step_affine[:3, 3] = starts
@@ -408,12 +412,16 @@ def prepare_scan_physical(image: np.ndarray, affine: np.ndarray, voxel_mm: float
                          f"{shown} mm voxels ({' x '.join(map(str, grid))} voxels, at most {max_voxels}); crop the "
                          f"scan around the inner ear (about {side:.0f} mm per axis at most)")
     kwargs = dict(steps=steps, starts=starts, antialias=antialias)
-    try:
-        volume = resample_image_bounded(image_c, grid, max_bytes=max_bytes, **kwargs)
-    except ValueError as exc:  # a scan too large for that budget: the resampler's default (2 GiB)
-        if "too small" not in str(exc):
-            raise
-        volume = resample_image_bounded(image_c, grid, **kwargs)
+    if np.all(steps == 1.0):  # already at the model's voxel size: the spline through the samples is the scan
+        pad = [(int(-a), int(g - n + a)) for a, g, n in zip(starts, grid, image_c.shape)]
+        volume = np.pad(np.asarray(image_c, np.float32), pad, mode="edge")
+    else:
+        try:
+            volume = resample_image_bounded(image_c, grid, max_bytes=max_bytes, **kwargs)
+        except ValueError as exc:  # a scan too large for that budget: the resampler's default (2 GiB)
+            if "too small" not in str(exc):
+                raise
+            volume = resample_image_bounded(image_c, grid, **kwargs)
     sigma = tuple(float(antialias_sigma(s)) if antialias else 0.0 for s in steps)
     return PhysicalScan(volume, prepared_affine, core, tuple(float(s) for s in steps), sigma)
 

@@ -544,3 +544,20 @@ def test_a_field_of_view_too_large_for_the_model_is_refused(tmp_path, physical_m
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "head.nii" in err[0] and "too large" in err[0] and "crop" in err[0], err
     assert [p.name for p in tmp_path.iterdir()] == ["head.nii"]
+
+
+def test_a_scan_at_the_models_voxel_size_is_only_padded():
+    from innerear.resample import resample_image_bounded
+    from innerear.segment import physical_geometry
+
+    rng = np.random.default_rng(4)
+    image = rng.normal(1000, 200, (37, 30, 25)).astype(np.float32)
+    affine = _affine(np.diag([-1.0, 1.0, 1.0]), (VOXEL_MM,) * 3)
+    prepared = prepare_scan_physical(image, affine, VOXEL_MM, 8)
+    canonical = image[::-1]  # the mirrored first axis, in RAS+ order
+    assert prepared.volume.shape == (40, 32, 32) and prepared.padding() == [[1, 2], [1, 1], [3, 4]]
+    np.testing.assert_array_equal(prepared.volume[prepared.core], canonical)
+    # the same as the spline through the samples
+    grid, steps, starts, _, _ = physical_geometry(canonical.shape, np.diag([VOXEL_MM] * 3 + [1.0]), VOXEL_MM, 8)
+    spline = resample_image_bounded(canonical, grid, steps=steps, starts=starts)
+    np.testing.assert_allclose(prepared.volume, spline, atol=1e-2)
