@@ -561,3 +561,19 @@ def test_a_scan_at_the_models_voxel_size_is_only_padded():
     grid, steps, starts, _, _ = physical_geometry(canonical.shape, np.diag([VOXEL_MM] * 3 + [1.0]), VOXEL_MM, 8)
     spline = resample_image_bounded(canonical, grid, steps=steps, starts=starts)
     np.testing.assert_allclose(prepared.volume, spline, atol=1e-2)
+
+
+def test_cochlea_centred_crops_of_phantoms_pass_the_cut_bound():
+    from innerear.config import get_profile
+    from innerear.phantom import generate_specimen
+
+    bounds = plausible_volume({})
+    for index in range(2):
+        spec = generate_specimen(index, 0, get_profile("demo").phantoms)
+        voxel = abs(np.linalg.det(spec.affine[:3, :3]))
+        centre = np.array(np.nonzero(spec.structures == 1)).mean(1).astype(int)
+        half = int(4.0 / spec.spacing[0])  # an 8 mm field of view centred on the cochlea
+        crop = spec.label[tuple(slice(max(0, c - half), c + half) for c in centre)]
+        assert touches_border(crop)
+        check = volume_check(float(crop.sum() * voxel), int(crop.sum()), bounds, cut=True)
+        assert check["passed"] and check["volume_mm3"] > 2 * bounds["min_cut"], check
