@@ -8,6 +8,12 @@ left→right, axis 1 posterior→anterior and axis 2 inferior→superior; which 
 Images are resampled with :func:`innerear.resample.resample_image_bounded` (the cubic
 B-spline of ``scipy.ndimage.zoom``, computed in slabs within a memory bound) from a
 memory-mapped read where the file allows it.
+
+Two normalisers share one interface (``norm(volume) -> float32``, ``to_dict()`` with a
+``"kind"``, read back by :func:`normalizer_from_dict`): the paper's z-score with the training
+set's statistics (:class:`Normalizer`) and the per-scan percentile normalisation of models in
+physical units (:class:`PercentileNormalizer`), whose normalised intensity histograms
+(:func:`normalised_histogram`) are compared by :func:`histogram_distance`.
 """
 from __future__ import annotations
 
