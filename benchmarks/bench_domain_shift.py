@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,9 +124,9 @@ def run_model(model_dir: Path, scans: list[tuple[Path, dict]]) -> list[dict]:
     cascade = sg.load_model_dir(model_dir, reuse=False)
     rows = []
     for path, truth in scans:
-        result = sg.segment_scan(path, cascade=cascade)
-        mask, report = result[0], result[2]
-        labels = result[3] if len(result) > 3 else None
+        labels_out: dict = {}
+        mask, _, report = sg.segment_scan(path, cascade=cascade, labels_out=labels_out)
+        labels = labels_out.get("labels")
         spacing = report["input"]["spacing_mm"]
         rows.append(score(mask, labels, truth, spacing, report))
     return rows
@@ -149,10 +148,11 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2, help="phantoms per cell")
     ap.add_argument("--seed", type=int, default=7001, help="phantom seed (training used 0)")
     ap.add_argument("--quick", action="store_true", help="three cells only")
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "domain_shift",
+                    help="scratch folder for the scans (reused: a cell's scans are rewritten each run)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="domain_shift_"))
+    work = args.work
     cells = [c for i, c in enumerate(CELLS) if not args.quick or i in QUICK]
     models = {"robust": args.model, "paper recipe": args.baseline}
     results = []

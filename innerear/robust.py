@@ -188,6 +188,7 @@ class PreparedScan:
     image: np.ndarray  # float32, normalised
     classes: np.ndarray  # uint8: 0 background, 1 cochlea, 2 vestibule, 3 canals
     affine: np.ndarray
+    core: tuple[slice, slice, slice] | None = None  # the voxels inside the scan (the rest is padding)
 
 
 class PatchDataset(keras.utils.PyDataset):
@@ -301,7 +302,7 @@ def prepare_training_scan(image: np.ndarray, affine: np.ndarray, label: np.ndarr
     norm = PercentileNormalizer(*recipe.normalizer)
     classes = resample_classes(class_map(label, structures), affine, prepared.volume.shape, prepared.affine,
                                recipe.n_classes)
-    return PreparedScan(case_id, norm(prepared.volume), classes, prepared.affine)
+    return PreparedScan(case_id, norm(prepared.volume), classes, prepared.affine, prepared.core)
 
 
 def prepare_training_set(recipe: RobustRecipe, work: Path, verbose: bool = False) -> list[PreparedScan]:
@@ -317,13 +318,14 @@ def prepare_training_set(recipe: RobustRecipe, work: Path, verbose: bool = False
         if path.exists():
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) == key:
-                    scans.append(PreparedScan(f"specimen_{i:03d}", z["image"], z["classes"], z["affine"]))
+                    core = tuple(slice(int(a), int(b)) for a, b in z["core"])
+                    scans.append(PreparedScan(f"specimen_{i:03d}", z["image"], z["classes"], z["affine"], core))
                     continue
         t0 = time.perf_counter()
         spec, acq = _draw_specimen(recipe, i)
         scan = prepare_training_scan(spec.image, spec.affine, spec.label, spec.structures, recipe, f"specimen_{i:03d}")
         save_npz(path, image=scan.image.astype(np.float32), classes=scan.classes, affine=scan.affine,
-                 key=np.array(key))
+                 core=np.array([[sl.start, sl.stop] for sl in scan.core]), key=np.array(key))
         scans.append(scan)
         if verbose:
             print(f"[robust] specimen {i + 1}/{recipe.n_phantoms}: {acq.style} {acq.voxel_mm:.3f} mm "
@@ -351,7 +353,7 @@ def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = 
     from .backbones import build
     from .cascade import InferenceSettings, drop_context, run_stage, stage_inputs, stage_lock
     from .io import write_json
-    from .preprocess import normalised_histogram
+    from .preprocess import PercentileNormalizer
     from .train import fit, set_output_prior
 
     work = Path(work)
@@ -403,26 +405,31 @@ def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = 
             stages.append(folder)
             keras.backend.clear_session()
     last = stages[-1]
-    edges, density = _training_histogram(scans, normalised_histogram)
+    edges, density, warn_above = _training_histogram(scans)
     write_json(last / "cascade.json", {
         "stages": [os.path.relpath(f, last) for f in stages], "order": list(order),
-        "normalizer": {"kind": "percentile", "low": recipe.normalizer[0], "high": recipe.normalizer[1]},
+        "normalizer": PercentileNormalizer(*recipe.normalizer).to_dict(),
         "voxel_mm": recipe.voxel_mm, "threshold": 0.5, "connectivity": recipe.connectivity, "view_axes": "ras",
         "backbone": recipe.backbone, "fold": None, "profile": "robust", "n_classes": recipe.n_classes,
         "classes": list(STRUCTURE_NAMES[: recipe.n_classes]), "recipe": recipe.to_dict(),
-        "intensity_histogram": {"edges": edges, "density": density},
+        "intensity_histogram": {"edges": edges, "density": density, "warn_above": warn_above,
+                                "warn_above_rule": "1.5 x the largest distance of a training scan's histogram "
+                                                   "from the pooled one (at least 0.1)"},
     })
     return last
 
 
-def _training_histogram(scans: Sequence[PreparedScan], histogram) -> tuple[list[float], list[float]]:
-    """The training scans' normalised-intensity distribution (before augmentation), pooled."""
-    total = None
-    edges = None
+def _training_histogram(scans: Sequence[PreparedScan]) -> tuple[list[float], list[float], float]:
+    """The training scans' normalised-intensity distribution (before augmentation), pooled over
+    the voxels inside each scan (as ``innerear segment`` measures a scan: not its padding), and
+    the distance above which a scan's histogram is called unlike the training ones."""
+    from .preprocess import histogram_distance, normalised_histogram
+
+    parts = []
     for s in scans:
-        e, d = histogram(s.image)
-        weight = s.image.size
-        total = d * weight if total is None else total + d * weight
-        edges = e
-    density = total / sum(s.image.size for s in scans)
-    return [float(v) for v in edges], [float(v) for v in density]
+        core = s.image[s.core] if s.core is not None else s.image
+        parts.append((normalised_histogram(core), core.size))
+    edges = parts[0][0][0]
+    density = sum(d * n for (_, d), n in parts) / sum(n for _, n in parts)
+    spread = max(histogram_distance((edges, d), (edges, density)) for (_, d), _ in parts)
+    return [float(v) for v in edges], [float(v) for v in density], round(max(0.1, 1.5 * spread), 3)
