@@ -60,6 +60,8 @@ The package, one module per concern (in the order a specimen is made):
 * :mod:`.raster`: rasterising tubes, ellipsoids and spheres, interpolating coarse fields;
 * :mod:`.imaging`: smooth fields and the slab-by-slab renderer;
 * :mod:`.measure`: measurements from the voxels alone;
+* :mod:`.acquisition`, :mod:`.artefacts`: an optional acquisition (field of view, voxel,
+  micro-CT or cone-beam CT style, units, artefacts, label noise);
 * :mod:`.write`: NIfTI and manifest files;
 * :mod:`.specimen`: the :class:`Specimen` record and the label and tissue codes.
 """
@@ -74,6 +76,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..config import PhantomSettings
+from .acquisition import Acquisition, acquisition_params, draw_acquisition, misregister, prepare_scanner
 from .imaging import render
 from .measure import canal_tunnels, cochlear_handedness, cochlear_path, count_cochlear_turns, topology, voxel_centres
 from .params import (AnatomyParams, ImagingParams, PoseParams, SpecimenParams, SurroundingsParams, draw_params,
@@ -85,6 +88,7 @@ from .write import (PARTIAL, entry_files_exist, finish_set, resume_set, set_key,
                     write_nifti_gz, write_specimen)
 
 __all__ = [
+    "Acquisition", "draw_acquisition",
     "AnatomyParams", "CANALS", "COCHLEA", "GENERATOR", "ImagingParams", "PHANTOM_VERSION", "PoseParams",
     "STRUCTURES", "Specimen", "SpecimenParams", "SurroundingsParams", "TISSUES", "T_AIR", "T_BONE", "T_LUMEN",
     "T_MEDIUM", "T_NERVE", "T_VESSEL", "VESTIBULE", "canal_tunnels", "cochlear_handedness", "cochlear_path",
@@ -97,24 +101,37 @@ _SLAB_VOXELS = 16_000_000
 
 
 def generate_specimen(index: int, seed: int, settings: PhantomSettings,
-                      shape: tuple[int, int, int] | None = None, with_tissue: bool = False) -> Specimen:
+                      shape: tuple[int, int, int] | None = None, with_tissue: bool = False, *,
+                      acquisition: Acquisition | None = None) -> Specimen:
     """Generate specimen ``index`` of the set drawn from ``seed``.
 
     ``shape`` fixes the grid (e.g. ``(618, 892, 600)`` with ``binning=1`` for a paper-sized
     specimen); the labyrinth is then oriented to fit and, if it still does not fit, shrunk
     (``meta["fit_scale"]``). ``with_tissue`` also returns the map of what each voxel was drawn
     as (see ``TISSUES``). The parameters go through :func:`draw_specimen_params`, the flat
-    record, so that a change made there is what is generated.
+    record, so that a change made there is what is generated. ``acquisition`` (see
+    :mod:`.acquisition`) scans the specimen with its field of view, voxel size, style,
+    artefacts, units and label noise (``clean_label`` / ``clean_structures`` then hold the truth).
     """
     t0 = time.perf_counter()
     params = SpecimenParams.from_dict(draw_specimen_params(index, seed, settings))
-    world = build_world(index, seed, params, shape)
-    image, label, struct, tissue = render(world, with_tissue, index, seed, slab_voxels=_SLAB_VOXELS)
+    view = scanner = None
+    if acquisition is not None:
+        params, view, acq_rng = acquisition_params(params, acquisition, index, seed)
+    world = build_world(index, seed, params, shape, view)
+    if acquisition is not None:
+        scanner = prepare_scanner(acquisition, world, index, seed, acq_rng)
+    image, label, struct, tissue, clean = render(world, with_tissue, index, seed, slab_voxels=_SLAB_VOXELS,
+                                                 scanner=scanner)
+    if scanner is not None:
+        label, struct = misregister(label, struct, scanner.shift)
     meta = _meta(world, seed, label)
+    if scanner is not None:
+        meta["acquisition"] = scanner.info
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     voxel = world.grid.voxel
     return Specimen(specimen_id(index), image, label, struct, world.grid.affine.copy(), (voxel, voxel, voxel),
-                    jsonable(meta), tissue)
+                    jsonable(meta), tissue, *(clean or (None, None)))
 
 
 def _meta(world: World, seed: int, label: np.ndarray) -> dict[str, Any]:

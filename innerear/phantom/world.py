@@ -9,7 +9,7 @@ import numpy as np
 from .anatomy import Anatomy, build_anatomy
 from .imaging import Fields, smooth_fields
 from .params import SpecimenParams
-from .scene import Grid, Labyrinth, geometry_ds, place
+from .scene import Grid, Labyrinth, View, geometry_ds, place
 from .surroundings import Surroundings, place_surroundings
 
 
@@ -28,10 +28,12 @@ class World:
     fields: Fields
 
 
-def build_world(index: int, seed: int, p: SpecimenParams, shape: tuple[int, int, int] | None) -> World:
-    """Build specimen ``index`` of the set drawn from ``seed`` with parameters ``p``."""
+def build_world(index: int, seed: int, p: SpecimenParams, shape: tuple[int, int, int] | None,
+                view: View | None = None) -> World:
+    """Build specimen ``index`` of the set drawn from ``seed`` with parameters ``p`` (``view``:
+    an acquisition's field of view)."""
     anat = build_anatomy(p.anatomy, seed, index, geometry_ds(p.voxel_mm, p.scale))
-    placed = place(p, anat, shape)
+    placed = place(p, anat, shape, view)
     surroundings = place_surroundings(p.surroundings, placed.grid, placed.labyrinth, placed.scale, index, seed)
     fields = smooth_fields(p.surroundings, p.imaging, placed.grid, placed.labyrinth, placed.scale, index, seed)
     return World(p, anat, placed.lin, placed.scale, placed.fit_scale, placed.grid, placed.labyrinth,
