@@ -157,7 +157,7 @@ def test_streaks_and_motion_change_the_image_along_lines():
     assert np.abs(d).max() > 100
 
 
-def test_label_noise_changes_about_a_voxel_shell_and_keeps_the_truth():
+def test_label_noise_changes_about_a_voxel_shell_and_keeps_the_truth(tmp_path):
     kw = dict(voxel_mm=0.15, fov_mm=10.0, centre="cochlea")
     clean = _gen(**kw)
     noisy = _gen(label_noise_vox=1.0, **kw)
@@ -172,6 +172,9 @@ def test_label_noise_changes_about_a_voxel_shell_and_keeps_the_truth():
     shell = ndimage.binary_dilation(b, iterations=3) & ~ndimage.binary_erosion(b, iterations=3)
     assert changed[~shell].sum() == 0  # only near the boundary
     assert np.array_equal(noisy.label > 0, noisy.structures > 0)
+    entry = ph.write_specimen(noisy, tmp_path)  # the truth is written next to the noisy label
+    assert np.array_equal(np.asarray(nib.load(tmp_path / entry["clean_label"]).dataobj), clean.label)
+    assert np.array_equal(np.asarray(nib.load(tmp_path / entry["label"]).dataobj), noisy.label)
     shifted = _gen(label_noise_vox=0.0, misregistration_vox=2.0, **kw)
     s = shifted.meta["acquisition"]["label_shift_vox"]
     assert 1 <= max(abs(v) for v in s) <= 2

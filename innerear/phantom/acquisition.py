@@ -232,17 +232,25 @@ class Scanner:
                    zs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boundary jitter of a slab's label (with halo; ``sk``: its centreline voxels, kept):
         (noisy label, noisy structures)."""
-        if self.jitter is None:
+        if self.jitter is None or not lab.any():
             return lab, st
+        # only the label's bounding box (+ 8 voxels: the filters' reach) can change
+        nz = [np.flatnonzero(lab.any(axis=tuple(k for k in range(3) if k != a))) for a in range(3)]
+        box = tuple(slice(max(0, int(i[0]) - 8), int(i[-1]) + 9) for i in nz)
         field, g0, gs = self.jitter
-        disp = interp(field, g0, gs, xs, ys, zs)
-        noisy = art.jitter_label(lab, disp)
+        disp = interp(field, g0, gs, xs[box[0]], ys[box[1]], zs[box[2]])
+        noisy = art.jitter_label(lab[box], disp)
         if len(sk):
-            noisy[sk[:, 0], sk[:, 1], sk[:, 2]] = True
+            lo = np.array([b.start for b in box])
+            hi = np.array([b.stop for b in box])
+            k = sk[((sk >= lo) & (sk < hi)).all(1)] - lo
+            noisy[k[:, 0], k[:, 1], k[:, 2]] = True
         from scipy import ndimage
 
-        grown = ndimage.maximum_filter(st, size=7)
-        st2 = np.where(noisy, np.where(st > 0, st, grown), 0).astype(st.dtype)
+        sub = st[box]
+        grown = ndimage.maximum_filter(sub, size=7)
+        st2 = np.zeros_like(st)
+        st2[box] = np.where(noisy, np.where(sub > 0, sub, grown), 0)
         return st2 > 0, st2
 
 
