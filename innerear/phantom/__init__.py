@@ -70,6 +70,8 @@ The package, one module per concern (in the order a specimen is made):
 * :mod:`.raster`: rasterising tubes, ellipsoids and spheres, interpolating coarse fields;
 * :mod:`.imaging`: smooth fields and the slab-by-slab renderer;
 * :mod:`.measure`: measurements from the voxels alone;
+* :mod:`.acquisition`, :mod:`.artefacts`: an optional acquisition (field of view, voxel,
+  micro-CT or cone-beam CT style, units, artefacts, label noise);
 * :mod:`.write`: NIfTI and manifest files;
 * :mod:`.specimen`: the :class:`Specimen` record and the label and tissue codes.
 """
@@ -84,6 +86,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..config import PhantomSettings
+from .acquisition import Acquisition, acquisition_params, draw_acquisition, misregister, prepare_scanner
 from .imaging import render
 from .measure import canal_tunnels, cochlear_handedness, cochlear_path, count_cochlear_turns, topology, voxel_centres
 from .params import AnatomyRealism
@@ -96,8 +99,8 @@ from .write import (PARTIAL, entry_files_exist, finish_set, resume_set, set_key,
                     write_nifti_gz, write_specimen)
 
 __all__ = [
-    "AnatomyParams", "AnatomyRealism", "CANALS", "COCHLEA", "GENERATOR", "ImagingParams", "PHANTOM_VERSION",
-    "PoseParams",
+    "Acquisition", "AnatomyParams", "AnatomyRealism", "CANALS", "COCHLEA", "GENERATOR", "ImagingParams",
+    "PHANTOM_VERSION", "PoseParams", "draw_acquisition",
     "STRUCTURES", "Specimen", "SpecimenParams", "SurroundingsParams", "TISSUES", "T_AIR", "T_BONE", "T_LUMEN",
     "T_MEDIUM", "T_NERVE", "T_VESSEL", "VESTIBULE", "canal_tunnels", "cochlear_handedness", "cochlear_path",
     "count_cochlear_turns", "draw_params", "draw_specimen_params", "generate_specimen", "specimen_files",
@@ -110,7 +113,7 @@ _SLAB_VOXELS = 16_000_000
 
 def generate_specimen(index: int, seed: int, settings: PhantomSettings,
                       shape: tuple[int, int, int] | None = None, with_tissue: bool = False, *,
-                      realism: AnatomyRealism | None = None) -> Specimen:
+                      realism: AnatomyRealism | None = None, acquisition: Acquisition | None = None) -> Specimen:
     """Generate specimen ``index`` of the set drawn from ``seed``.
 
     ``shape`` fixes the grid (e.g. ``(618, 892, 600)`` with ``binning=1`` for a paper-sized
@@ -119,21 +122,33 @@ def generate_specimen(index: int, seed: int, settings: PhantomSettings,
     as (see ``TISSUES``). The parameters go through :func:`draw_specimen_params`, the flat
     record, so that a change made there is what is generated. ``realism`` (off by default)
     adds the anatomy of real temporal bones that the plain phantoms leave out (see
-    :class:`AnatomyRealism`; recorded in ``meta["realism"]``).
+    :class:`AnatomyRealism`; recorded in ``meta["realism"]``). ``acquisition`` (see
+    :mod:`.acquisition`) scans the specimen with its field of view, voxel size, style,
+    artefacts, units and label noise (``clean_label`` / ``clean_structures`` then hold the truth).
     """
     t0 = time.perf_counter()
     params = SpecimenParams.from_dict(draw_specimen_params(index, seed, settings))
-    world = build_world(index, seed, params, shape, realism)
-    image, label, struct, tissue = render(world, with_tissue, index, seed, slab_voxels=_SLAB_VOXELS)
+    view = scanner = None
+    if acquisition is not None:
+        params, view, acq_rng = acquisition_params(params, acquisition, index, seed)
+    world = build_world(index, seed, params, shape, view, realism)
+    if acquisition is not None:
+        scanner = prepare_scanner(acquisition, world, index, seed, acq_rng)
+    image, label, struct, tissue, clean = render(world, with_tissue, index, seed, slab_voxels=_SLAB_VOXELS,
+                                                 scanner=scanner)
+    if scanner is not None:
+        label, struct = misregister(label, struct, scanner.shift)
     meta = _meta(world, seed, label)
     if world.realism is not None:
         meta["realism"] = world.realism.info
         if world.realism.honeycomb is not None:  # the spheres were drawn (stream 3) but not rendered
             meta["n_air_cells"], meta["air_cells"] = 0, []
+    if scanner is not None:
+        meta["acquisition"] = scanner.info
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     voxel = world.grid.voxel
     return Specimen(specimen_id(index), image, label, struct, world.grid.affine.copy(), (voxel, voxel, voxel),
-                    jsonable(meta), tissue)
+                    jsonable(meta), tissue, *(clean or (None, None)))
 
 
 def _meta(world: World, seed: int, label: np.ndarray) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from .specimen import (COCHLEA, T_AIR, T_AQUEDUCT, T_BONE, T_LUMEN, T_LUMEN_AIR,
                        T_SEPTUM, T_VESSEL, VESTIBULE)
 
 if TYPE_CHECKING:
+    from .acquisition import Scanner
     from .world import World
 
 _COARSE_MM = 0.3  # grid of the smooth fields (distance to the lumen, bias, capsule edge)
@@ -162,16 +163,21 @@ def _slab_image(world: World, st: np.ndarray, lab: np.ndarray, tis: np.ndarray, 
     return ndimage.gaussian_filter(img.astype(np.float32, copy=False), p.psf_sigma_vox, mode="nearest", truncate=4.0)
 
 
-def render(world: World, with_tissue: bool, index: int, seed: int, slab_voxels: int):
-    """Image (uint16), label, structures and (``with_tissue``) tissue arrays, built in slabs of
-    about ``slab_voxels`` voxels (noise is drawn per slab from ``[seed, index, 5, slab]``)."""
+def render(world: World, with_tissue: bool, index: int, seed: int, slab_voxels: int,
+           scanner: Scanner | None = None):
+    """Image (uint16), label, structures, (``with_tissue``) tissue arrays and the clean
+    ``(label, structures)`` (None without label noise), built in slabs of about
+    ``slab_voxels`` voxels (noise is drawn per slab from ``[seed, index, 5, slab]``). A
+    ``scanner`` (an acquisition) applies its artefacts, noise, units and label noise instead."""
     p = world.params.imaging
     X, Y, Z = (int(d) for d in world.grid.dims)
-    image = np.empty((X, Y, Z), np.uint16)
+    image = np.empty((X, Y, Z), np.uint16 if scanner is None else scanner.dtype)
     label = np.empty((X, Y, Z), np.uint8)
     struct = np.empty((X, Y, Z), np.uint8)
     tissue = np.empty((X, Y, Z), np.uint8) if with_tissue else None
-    halo = int(4.0 * p.psf_sigma_vox + 0.5) + 1
+    noisy = scanner is not None and scanner.label_noise
+    clean = (np.empty((X, Y, Z), np.uint8), np.empty((X, Y, Z), np.uint8)) if noisy else None
+    halo = max(int(4.0 * p.psf_sigma_vox + 0.5) + 1, 0 if scanner is None else scanner.halo)
     depth = max(4 * halo, slab_voxels // max(Y * Z, 1), 1)
     xs_all, ys, zs = world.grid.axes
     noise_sd = p.noise_frac * (p.i_capsule - p.i_lumen)
@@ -190,13 +196,23 @@ def render(world: World, with_tissue: bool, index: int, seed: int, slab_voxels: 
         del cap_margin
         c0, c1 = i0 - a, i1 - a
         out = img[c0:c1] * bias[c0:c1]
-        noise = np.random.default_rng([int(seed), int(index), 5, slab]).standard_normal(out.shape, dtype=np.float32)
-        out += noise * np.float32(noise_sd)
-        del noise
-        np.clip(out, 0.0, 65535.0, out=out)
-        image[i0:i1] = np.rint(out).astype(np.uint16)
+        if scanner is not None:
+            image[i0:i1] = scanner.image_slab(out, i0, i1, xs[c0:c1], ys, zs)
+            if noisy:
+                clean[0][i0:i1] = lab[c0:c1]
+                clean[1][i0:i1] = st[c0:c1]
+                sk = world.labyrinth.sk_idx
+                sk = sk[np.searchsorted(sk[:, 0], a):np.searchsorted(sk[:, 0], b)] - np.array([a, 0, 0])
+                lab, st = scanner.label_slab(lab, st, sk, xs, ys, zs)
+        else:
+            noise = np.random.default_rng([int(seed), int(index), 5, slab]).standard_normal(out.shape,
+                                                                                            dtype=np.float32)
+            out += noise * np.float32(noise_sd)
+            del noise
+            np.clip(out, 0.0, 65535.0, out=out)
+            image[i0:i1] = np.rint(out).astype(np.uint16)
         label[i0:i1] = lab[c0:c1]
         struct[i0:i1] = st[c0:c1]
         if tissue is not None:
             tissue[i0:i1] = tis[c0:c1]
-    return image, label, struct, tissue
+    return image, label, struct, tissue, clean

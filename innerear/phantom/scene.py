@@ -14,6 +14,7 @@ from .anatomy import LAYOUT_DS, Anatomy
 from .geometry import Ellipsoid, rotmat, unit
 from .params import SpecimenParams
 from .raster import TubeSet, block_levels
+from .specimen import COCHLEA
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,21 @@ class Labyrinth:
         d, idx = self.lumen.tree.query(pts, k=8)
         tube = np.min(d - self.lumen.rmax[idx], axis=1)
         return np.minimum(tube, self.vest.surface_distance(pts) - 0.05)
+
+
+@dataclass(frozen=True)
+class View:
+    """A fixed field of view (an acquisition's): size, voxel, what it is centred on, offset.
+
+    ``offset`` (each in [-1, 1]) moves the centre: for ``"labyrinth"`` by up to the slack
+    around the labyrinth plus 10 % of its extent (most of it stays inside), for
+    ``"cochlea"`` by up to 10 % of the field of view (the canals may be cut).
+    """
+
+    voxel_mm: float
+    fov_mm: tuple[float, float, float]
+    centre: str  # "labyrinth" or "cochlea"
+    offset: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -162,8 +178,43 @@ def _labyrinth(anat: Anatomy, lin: np.ndarray, scale: float, grid: Grid) -> Laby
     )
 
 
-def place(p: SpecimenParams, anat: Anatomy, shape: tuple[int, int, int] | None) -> Placement:
-    """Pose the anatomy in the scanner (``shape``: a fixed grid, else the drawn field of view)."""
+def _cochlea_centre(anat: Anatomy, lin: np.ndarray) -> np.ndarray:
+    """Centre of the cochlea's bounding box (world mm)."""
+    pts = np.concatenate([t.pts for t in anat.tubes if t.lumen and t.code == COCHLEA]) @ lin.T
+    return 0.5 * (pts.min(0) + pts.max(0))
+
+
+def _view_grid(view: View, anat: Anatomy, lin: np.ndarray, scale: float) -> Grid:
+    """The acquisition's grid: a fixed field of view centred as ``view`` says (it may cut)."""
+    voxel = float(view.voxel_mm)
+    fov = np.broadcast_to(np.asarray(view.fov_mm, float), (3,))
+    dims = np.maximum(8, np.round(fov / voxel)).astype(int)
+    size = dims * voxel
+    off = np.asarray(view.offset, float)
+    if view.centre == "cochlea":
+        centre = _cochlea_centre(anat, lin) + off * 0.1 * size
+    else:
+        lo, hi = _extent(anat, lin, scale)
+        ext = hi - lo
+        centre = 0.5 * (lo + hi) + off * (np.maximum(size - ext, 0.0) / 2 + 0.1 * np.minimum(ext, size))
+    origin = centre - (dims - 1) / 2.0 * voxel
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([voxel] * 3)
+    affine[:3, 3] = origin
+    return Grid(voxel, dims, origin, [origin[a] + voxel * np.arange(dims[a]) for a in range(3)], affine,
+                block_levels(voxel))
+
+
+def place(p: SpecimenParams, anat: Anatomy, shape: tuple[int, int, int] | None,
+          view: View | None = None) -> Placement:
+    """Pose the anatomy in the scanner (``shape``: a fixed grid, ``view``: an acquisition's
+    field of view, else the drawn field of view)."""
+    if view is not None:
+        if shape is not None:
+            raise ValueError("give either a fixed shape or an acquisition, not both")
+        lin = rotmat(np.asarray(p.pose.pose_axis), p.pose.pose_deg) @ _mirror(p.side) * p.scale
+        grid = _view_grid(view, anat, lin, p.scale)
+        return Placement(lin, p.scale, 1.0, grid, _labyrinth(anat, lin, p.scale, grid))
     pose = rotmat(np.asarray(p.pose.pose_axis), p.pose.pose_deg)
     mirror = _mirror(p.side)
     margin = 1.0 if shape is None else 0.5  # mm of bone at least around the labyrinth

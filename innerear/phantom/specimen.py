@@ -28,13 +28,15 @@ class Specimen:
     """One synthetic specimen: image, labels and geometry."""
 
     specimen_id: str
-    image: np.ndarray  # uint16 (X, Y, Z)
+    image: np.ndarray  # uint16 (X, Y, Z); an acquisition's units (int16 HU, float32) with one
     label: np.ndarray  # uint8 0/1
     structures: np.ndarray  # uint8 0..3 (see STRUCTURES)
     affine: np.ndarray  # 4x4 voxel -> world (mm, RAS+)
     spacing: tuple[float, float, float]
     meta: dict = field(default_factory=dict)
     tissue: np.ndarray | None = None  # uint8 (see TISSUES), only with ``with_tissue=True``
+    clean_label: np.ndarray | None = None  # the true label when ``label`` carries label noise
+    clean_structures: np.ndarray | None = None
 
 
 def specimen_id(index: int) -> str:

@@ -10,7 +10,7 @@ from .anatomy import Anatomy, build_anatomy
 from .imaging import Fields, smooth_fields
 from .params import AnatomyRealism, SpecimenParams
 from .realism import Realism, build_realism
-from .scene import Grid, Labyrinth, geometry_ds, place
+from .scene import Grid, Labyrinth, View, geometry_ds, place
 from .surroundings import Surroundings, place_surroundings
 
 
@@ -31,11 +31,12 @@ class World:
 
 
 def build_world(index: int, seed: int, p: SpecimenParams, shape: tuple[int, int, int] | None,
-                realism: AnatomyRealism | None = None) -> World:
-    """Build specimen ``index`` of the set drawn from ``seed`` with parameters ``p`` (and, with
-    ``realism``, the realism structures, drawn after everything else from their own streams)."""
+                view: View | None = None, realism: AnatomyRealism | None = None) -> World:
+    """Build specimen ``index`` of the set drawn from ``seed`` with parameters ``p`` (``view``:
+    an acquisition's field of view; with ``realism``, the realism structures, drawn after
+    everything else from their own streams)."""
     anat = build_anatomy(p.anatomy, seed, index, geometry_ds(p.voxel_mm, p.scale))
-    placed = place(p, anat, shape)
+    placed = place(p, anat, shape, view)
     surroundings = place_surroundings(p.surroundings, placed.grid, placed.labyrinth, placed.scale, index, seed)
     fields = smooth_fields(p.surroundings, p.imaging, placed.grid, placed.labyrinth, placed.scale, index, seed)
     real = None

@@ -71,13 +71,20 @@ def specimen_files(sid: str) -> dict[str, str]:
 
 
 def write_specimen(spec: Specimen, out_dir: Path) -> dict:
-    """Write ``{id}_image/_label/_structures.nii.gz``; return the manifest entry."""
+    """Write ``{id}_image/_label/_structures.nii.gz`` (the image in its own dtype: uint16,
+    int16 HU or float32; with label noise also ``_label_clean/_structures_clean``); return the
+    manifest entry."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = specimen_files(spec.specimen_id)
     write_nifti_gz(out_dir / files["image"], spec.image, spec.affine)
     write_nifti_gz(out_dir / files["label"], spec.label, spec.affine)
     write_nifti_gz(out_dir / files["structures"], spec.structures, spec.affine)
+    if spec.clean_label is not None:  # label noise: the truth as well
+        files = {**files, "clean_label": f"{spec.specimen_id}_label_clean.nii.gz",
+                 "clean_structures": f"{spec.specimen_id}_structures_clean.nii.gz"}
+        write_nifti_gz(out_dir / files["clean_label"], spec.clean_label, spec.affine)
+        write_nifti_gz(out_dir / files["clean_structures"], spec.clean_structures, spec.affine)
     meta = {k: v for k, v in spec.meta.items() if k != "seconds"}  # keep manifests reproducible
     return jsonable({
         "id": spec.specimen_id,
