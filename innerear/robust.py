@@ -107,7 +107,7 @@ class RobustRecipe:
     loss: str = "cce_dice"
     context_dropout: float = 0.3
     foreground_share: float = 0.6  # share of patches centred on a labyrinth voxel
-    n_phantoms: int = 48
+    n_phantoms: int = 64
     seed: int = 0
     connectivity: int = 26
     normalizer: tuple[float, float] = (0.5, 99.5)  # percentiles mapped to 0 and 1
