@@ -6,8 +6,8 @@ from the voxels of a cochlea mask alone, at any voxel size (16 um to 0.3 mm), po
 
 The method ("lateral-wall spiral unwrapping"):
 
-1. The mask's largest 26-connected component is kept (fine scans are block-averaged to
-   about 0.04 mm voxels first: the measurement does not need more).
+1. The mask's largest 26-connected component is kept (scans finer than about 0.04 mm are
+   block-averaged to about 0.06 mm voxels first: the measurement does not need more).
 2. **Centreline.** The two ends of the duct are the ends of the mask's longest geodesic
    path (the voxel farthest inside the mask from any voxel, then the voxel farthest from
    that one). The voxels are ordered by their geodesic distance from one end; the
@@ -20,14 +20,24 @@ The method ("lateral-wall spiral unwrapping"):
 4. **Unwrapping.** Every voxel gets its angle about the axis, unwrapped along the duct
    (the branch nearest the angle of its centreline shell), so that the basal, middle and
    apical turns, which overlap in angle, stay apart.
-5. **Lateral wall.** In narrow bins of unwrapped angle, the lateral wall is the outermost
-   distance of the lumen from the axis (the outermost voxel centre plus half a voxel), at
-   the bin's mean height; CDL_LW is the 3D length of that curve, smoothed over a few bins.
+5. **Lateral wall.** In 1-degree bins of unwrapped angle, the lateral wall is the outermost
+   voxel centre's distance from the axis in a window of at least 3 degrees and 1.5 voxels of
+   arc (plus 0.1 voxel), at the window's mean height; its distance from the axis is made
+   non-increasing from base to apex (an isotonic fit: the duct spirals inwards), which
+   removes voxel jitter. CDL_LW is the 3D length of that curve between the two ends.
 6. **Ends.** The duct runs from the centre of its basal end (where, in a labyrinth, the
    cochlea opens into the vestibule; the round window lies in this hook region) to the
-   centre of its apical end (the lumen's rounded tip extends half a lumen width beyond
-   it). The number of turns is the angle swept about the axis between the two ends / 360
-   degrees, and the centreline length is the centreline's length between them.
+   centre of its apical end. The basal end is where the duct's section (voxels per degree)
+   first reaches half its largest size: the centre of an oblique end face. The apical end
+   is the lumen's largest angle less the angle its half-width subtends there (the rounded
+   tip extends half a lumen width beyond the centreline's end). The number of turns is the
+   angle swept about the axis between the two ends / 360 degrees; the centreline (the
+   section's centre per degree, smoothed the same way) is measured between the same ends.
+
+Limits: only the largest component is measured (``kept_fraction``); a mask that has lost
+part of the duct (e.g. a thin apical turn) gives the length of what is left; where two turns
+touch in the mask (``tunnels`` > 0) the geodesic centreline can take the shortcut and the
+length and turns come out too small.
 
 The phantoms' truth (``meta["cochlea_truth"]``, see
 :func:`innerear.phantom.measure.cochlea_truth`) follows the same convention, from the
@@ -47,7 +57,7 @@ METHOD = (f"{METHOD_NAME}: the modiolar axis is fitted to the mask's geodesic ce
           "angle about it is unwrapped along the duct, and the lateral wall (outermost lumen radius per "
           "angle bin) is integrated in 3D from the centre of the basal end to the centre of the apical end.")
 
-_WORK_VOXEL_MM = 0.045  # finer scans are block-averaged to about this voxel size
+_WORK_VOXEL_MM = 0.06  # finer scans are block-averaged to about this voxel size
 _MIN_VOXELS = 30
 _MIN_TURNS = 0.75  # less than this about the fitted axis: not a spiral
 
@@ -68,6 +78,7 @@ class CochleaMeasures:
     handedness: int  # +1: winds right-handed about the axis from base to apex (left/right ears differ)
     axis_residual_mm: float  # rms wobble left in the centreline's radius and height about the axis
     kept_fraction: float  # share of the mask's voxels in the measured component
+    tunnels: int  # handles of the measured component: 0 for a duct; more where turns touch (then too short)
     voxel_mm: float  # the working voxel size (mean over axes)
 
     def to_dict(self) -> dict:
@@ -83,24 +94,30 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The smallest box holding every voxel of a non-empty mask."""
+    box = []
+    for ax in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def _working_grid(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The mask cropped to its box and, for fine voxels, block-averaged (a voxel is inside
-    when at least half of its block is): (mask, affine)."""
-    idx = np.nonzero(mask)
-    lo = np.array([int(i.min()) for i in idx])
-    hi = np.array([int(i.max()) + 1 for i in idx])
+    """``mask`` (already cropped, its corner at voxel 0 of ``affine``), block-averaged to about
+    0.06 mm where its voxels are finer than about 0.04 mm (a voxel is inside when at least
+    half of its block is): (mask, affine)."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    f = np.maximum(1, np.floor(_WORK_VOXEL_MM / spacing)).astype(int)
-    hi = lo + np.ceil((hi - lo) / f).astype(int) * f
-    box = np.zeros(tuple(hi - lo), bool)
-    src = mask[tuple(slice(int(a), int(b)) for a, b in zip(lo, np.minimum(hi, mask.shape)))]
-    box[tuple(slice(0, s) for s in src.shape)] = src
-    if (f > 1).any():
-        shape = [x for s, k in zip(box.shape, f) for x in (s // k, k)]
-        box = box.reshape(shape).mean(axis=(1, 3, 5)) >= 0.5
+    f = np.maximum(1, np.round(_WORK_VOXEL_MM / spacing)).astype(int)
+    if (f == 1).all():
+        return mask, affine
+    padded = np.zeros(tuple(int(np.ceil(s / k)) * k for s, k in zip(mask.shape, f)), bool)
+    padded[tuple(slice(0, s) for s in mask.shape)] = mask
+    shape = [x for s, k in zip(padded.shape, f) for x in (s // k, k)]
+    work = 2 * padded.reshape(shape).sum(axis=(1, 3, 5), dtype=np.int32) >= int(np.prod(f))
     step = np.diag(np.append(f.astype(float), 1.0))
-    step[:3, 3] = lo + (f - 1) / 2.0
-    return box, affine @ step
+    step[:3, 3] = (f - 1) / 2.0
+    return work, affine @ step
 
 
 def _world(index: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -188,7 +205,7 @@ def fit_modiolar_axis(path: np.ndarray, iterations: int = 30) -> tuple[np.ndarra
     """
     w = spiral_binormal(path)
     centre = _last_turn_pole(path, w)
-    resid = float("inf")
+    best = (float("inf"), centre, w)
     for _ in range(iterations):
         e1, e2 = _basis(w)
         x, y, h, theta, r = _cylindrical(path, centre, w)
@@ -196,14 +213,19 @@ def fit_modiolar_axis(path: np.ndarray, iterations: int = 30) -> tuple[np.ndarra
         c_r, *_ = np.linalg.lstsq(a_r, r, rcond=None)
         a_h = np.column_stack([_poly(theta, 3), x, y])
         c_h, *_ = np.linalg.lstsq(a_h, h, rcond=None)
+        resid = float(np.sqrt(np.mean(np.concatenate([r - a_r @ c_r, h - a_h @ c_h]) ** 2)))
+        if resid < best[0]:
+            best = (resid, centre, w)
+        # damped steps: at most a fifth of the median radius, and 0.1 rad of tilt
         shift, tilt = c_r[-2:], c_h[-2:]
+        shift = shift * min(1.0, 0.2 * float(np.median(r)) / max(float(np.hypot(*shift)), 1e-12))
+        tilt = tilt * min(1.0, 0.1 / max(float(np.hypot(*tilt)), 1e-12))
+        if np.hypot(*shift) < 1e-5 and np.hypot(*tilt) < 1e-6:
+            break
         centre = centre + shift[0] * e1 + shift[1] * e2
         w = w - tilt[0] * e1 - tilt[1] * e2
         w = w / np.linalg.norm(w)
-        resid = float(np.sqrt(np.mean(np.concatenate([r - a_r @ c_r, h - a_h @ c_h]) ** 2)))
-        if np.hypot(*shift) < 1e-5 and np.hypot(*tilt) < 1e-6:
-            break
-    return centre, w, resid
+    return best[1], best[2], best[0]
 
 
 # =========================================================================== lateral wall
@@ -260,9 +282,12 @@ def _prepare(cochlea_mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     n_all = int(np.count_nonzero(mask))
     if n_all == 0:
         raise ValueError("cochlea mask is empty: nothing to measure")
-    comp = _largest_component(mask)
+    box = _bounding_box(mask)
+    comp = _largest_component(mask[box])
     n_kept = int(np.count_nonzero(comp))
-    work, waff = _working_grid(comp, affine)
+    shift = np.eye(4)
+    shift[:3, 3] = [b.start for b in box]
+    work, waff = _working_grid(comp, affine @ shift)
     work = _largest_component(work)
     n = int(np.count_nonzero(work))
     if n < _MIN_VOXELS:
@@ -335,7 +360,7 @@ def measure_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> CochleaMeas
         centreline_length_mm=_curve_length(middle), method=METHOD, modiolar_axis=_tup(sp.w),
         modiolus_point=_tup(sp.centre + ((middle[0] - sp.centre) @ sp.w) * sp.w), basal_end=_tup(middle[0]),
         apex=_tup(middle[-1]), handedness=sp.sign, axis_residual_mm=sp.residual, kept_fraction=kept,
-        voxel_mm=voxel)
+        tunnels=_tunnels(work), voxel_mm=voxel)
 
 
 @dataclass(frozen=True)
@@ -426,6 +451,14 @@ def _spiral_curve(sp: _Spiral, theta: np.ndarray, radius: np.ndarray, height: np
     an oblique basal end."""
     c = _clip_by_angle(theta, np.stack([theta, radius, height], 1), t0, t1)
     return sp.world(c[:, 0], isotonic_regression(c[:, 1], increasing=False).x, c[:, 2])
+
+
+def _tunnels(mask: np.ndarray) -> int:
+    """Handles of a one-component mask (a clean duct has none; a bridge between two turns
+    makes one, and the geodesic centreline may then take the shortcut)."""
+    from .phantom.measure import topology  # the package's one topology helper (lazy: no import cycle)
+
+    return int(topology(mask)["tunnels"])
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:

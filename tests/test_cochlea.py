@@ -62,7 +62,7 @@ def test_duct_length_and_turns_match_the_truth_at_0_16_to_0_2_mm(medium):
         m = measure_cochlea(sp.structures == ph.COCHLEA, sp.affine)
         _check(m, sp.meta["cochlea_truth"])
         assert m.method.startswith(METHOD_NAME)
-        assert m.kept_fraction == 1.0
+        assert m.kept_fraction == 1.0 and m.tunnels == 0
         assert m.volume_mm3 == pytest.approx(np.count_nonzero(sp.structures == ph.COCHLEA) * sp.meta["voxel_mm"] ** 3)
 
 
@@ -132,6 +132,13 @@ def test_imperfect_mask_missing_voxels_and_extra_blobs(medium):
     m = measure_cochlea(mask, sp.affine)
     assert 0.99 < m.kept_fraction < 1.0
     _check(m, sp.meta["cochlea_truth"], length_tol=0.04, turns_tol=0.08)
+
+
+def test_touching_turns_are_flagged(medium):
+    """Turns joined in the mask (here: the label grown by two voxels) make a tunnel."""
+    sp = medium[0]
+    grown = ndimage.binary_dilation(sp.structures == ph.COCHLEA, iterations=2)
+    assert measure_cochlea(grown, sp.affine).tunnels >= 1
 
 
 # --------------------------------------------------------------------------- refusals
