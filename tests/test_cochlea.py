@@ -72,6 +72,16 @@ def test_duct_length_and_turns_at_0_24_to_0_29_mm():
         _check(measure_cochlea(sp.structures == ph.COCHLEA, sp.affine), sp.meta["cochlea_truth"])
 
 
+def test_realism_leaves_the_cochlea_measurable():
+    """Windows, aqueducts and the scala septum (phantom realism) are not label: same accuracy."""
+    from innerear.phantom.params import AnatomyRealism
+
+    sp = ph.generate_specimen(1, SEED, PhantomSettings(n_specimens=2, binning=COARSE), realism=AnatomyRealism.full())
+    m = measure_cochlea(sp.structures == ph.COCHLEA, sp.affine)
+    _check(m, sp.meta["cochlea_truth"])
+    assert m.tunnels == 0 and m.kept_fraction == 1.0
+
+
 @pytest.mark.slow
 def test_duct_length_and_turns_at_0_08_to_0_1_mm():
     for i in range(4):

@@ -71,7 +71,7 @@ def cochlea_truth(anatomy: Anatomy, scale: float) -> dict[str, float]:
     the scala's width away from the modiolar axis. Turns: the angle the centreline sweeps
     about the modiolar axis between the two ends / 360 degrees.
     """
-    tube = next(t for t in anatomy.tubes if t.code == COCHLEA and t.lumen)
+    tube = next(t for t in anatomy.tubes if t.name == "cochlea")
     q = anatomy.vestibule.q(tube.pts)
     i0 = max(1, int(np.argmax(q > 1.0)))
     f = float(np.clip((1.0 - q[i0 - 1]) / max(q[i0] - q[i0 - 1], 1e-12), 0.0, 1.0))
