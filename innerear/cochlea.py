@@ -34,10 +34,13 @@ The method ("lateral-wall spiral unwrapping"):
    angle swept about the axis between the two ends / 360 degrees; the centreline (the
    section's centre per degree, smoothed the same way) is measured between the same ends.
 
+Where two turns touch in the mask (``tunnels`` > 0: a bridge through the bone between them),
+the duct is ordered on the mask opened by one or two voxels, which cuts thin bridges.
+
 Limits: only the largest component is measured (``kept_fraction``); a mask that has lost
-part of the duct (e.g. a thin apical turn) gives the length of what is left; where two turns
-touch in the mask (``tunnels`` > 0) the geodesic centreline can take the shortcut and the
-length and turns come out too small.
+part of the duct (e.g. a thin apical turn) gives the length of what is left; where turns
+still touch after the opening (coarse voxels, where the apical turn is as thin as a bridge),
+the geodesic centreline takes the shortcut and the length and turns come out too small.
 
 The phantoms' truth (``meta["cochlea_truth"]``, see
 :func:`innerear.phantom.measure.cochlea_truth`) follows the same convention, from the
@@ -78,7 +81,7 @@ class CochleaMeasures:
     handedness: int  # +1: winds right-handed about the axis from base to apex (left/right ears differ)
     axis_residual_mm: float  # rms wobble left in the centreline's radius and height about the axis
     kept_fraction: float  # share of the mask's voxels in the measured component
-    tunnels: int  # handles of the measured component: 0 for a duct; more where turns touch (then too short)
+    tunnels: int  # handles of the measured component: 0 for a duct; more where turns touch
     voxel_mm: float  # the working voxel size (mean over axes)
 
     def to_dict(self) -> dict:
@@ -295,21 +298,43 @@ def _prepare(cochlea_mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     return work, waff, n_kept * abs(float(np.linalg.det(affine[:3, :3]))), n_kept / n_all
 
 
-def _centreline(work: np.ndarray, waff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _untangled(work: np.ndarray, tunnels: int) -> np.ndarray:
+    """The mask to order the duct on: where turns touch (``tunnels`` > 0), the mask opened by
+    one then two voxels (which cuts thin bridges) if that leaves one tunnel-free component
+    holding at least half of it; else the mask itself."""
+    if tunnels == 0:
+        return work
+    for k in (1, 2):
+        opened = _largest_component(ndimage.binary_opening(work, ndimage.generate_binary_structure(3, 1),
+                                                           iterations=k))
+        if 2 * np.count_nonzero(opened) >= np.count_nonzero(work) and _tunnels(opened) == 0:
+            return opened
+    return work
+
+
+def _centreline(work: np.ndarray, waff: np.ndarray, tunnels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel centres (world), the geodesic centreline from one end, each voxel's row in it."""
-    idx = np.argwhere(work)
     spacing = np.linalg.norm(waff[:3, :3], axis=0)
-    world = _world(idx, waff)
+    core = _untangled(work, tunnels)
+    cidx = np.argwhere(core)
+    cworld = _world(cidx, waff)
     # the duct's two ends: farthest geodesically from the centre, then from that end
-    seed = idx[np.argmin(np.linalg.norm(world - world.mean(0), axis=1))]
-    d0 = geodesic_distance(work, spacing, seed)[tuple(idx.T)]
-    end = idx[int(np.argmax(np.where(np.isfinite(d0), d0, -1.0)))]
-    dist = geodesic_distance(work, spacing, end)[tuple(idx.T)]
+    seed = cidx[np.argmin(np.linalg.norm(cworld - cworld.mean(0), axis=1))]
+    d0 = geodesic_distance(core, spacing, seed)[tuple(cidx.T)]
+    end = cidx[int(np.argmax(np.where(np.isfinite(d0), d0, -1.0)))]
+    dist = geodesic_distance(core, spacing, end)[tuple(cidx.T)]
     ok = np.isfinite(dist)
-    world, dist = world[ok], dist[ok]
-    path, row = shell_centreline(world, dist, max(1.5 * float(spacing.max()), 0.1))
+    cworld, dist = cworld[ok], dist[ok]
+    path, row = shell_centreline(cworld, dist, max(1.5 * float(spacing.max()), 0.1))
     if len(path) < 8:
         raise ValueError(f"cochlea mask is not a spiral: its longest path is only {dist.max():.2f} mm")
+    world = _world(np.argwhere(work), waff)
+    if core is not work:  # every voxel takes the shell of the nearest voxel of the opened mask
+        from scipy.spatial import cKDTree
+
+        row = row[cKDTree(cworld).query(world)[1]]
+    else:
+        world = cworld
     return world, np.stack([_smooth(path[:, k], 1.0) for k in range(3)], axis=1), row
 
 
@@ -344,7 +369,8 @@ def measure_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> CochleaMeas
     affine = np.asarray(affine, float)
     work, waff, volume, kept = _prepare(cochlea_mask, affine)
     voxel = float(np.mean(np.linalg.norm(waff[:3, :3], axis=0)))
-    world, path, row = _centreline(work, waff)
+    tunnels = _tunnels(work)
+    world, path, row = _centreline(work, waff, tunnels)
     sp, row = _spiral(path, row)
     # every voxel's unwrapped angle: the branch nearest its centreline shell's angle
     rel = world - sp.centre
@@ -360,7 +386,7 @@ def measure_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> CochleaMeas
         centreline_length_mm=_curve_length(middle), method=METHOD, modiolar_axis=_tup(sp.w),
         modiolus_point=_tup(sp.centre + ((middle[0] - sp.centre) @ sp.w) * sp.w), basal_end=_tup(middle[0]),
         apex=_tup(middle[-1]), handedness=sp.sign, axis_residual_mm=sp.residual, kept_fraction=kept,
-        tunnels=_tunnels(work), voxel_mm=voxel)
+        tunnels=tunnels, voxel_mm=voxel)
 
 
 @dataclass(frozen=True)

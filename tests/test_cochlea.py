@@ -144,6 +144,33 @@ def test_imperfect_mask_missing_voxels_and_extra_blobs(medium):
     _check(m, sp.meta["cochlea_truth"], length_tol=0.04, turns_tol=0.08)
 
 
+def _bridge(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``mask`` with a 1-voxel bridge across the bone between two turns: the closest pair of
+    voxels (within 1.2 mm) more than 3 mm apart along the duct."""
+    from scipy.spatial import cKDTree
+
+    from innerear.cochlea import geodesic_distance
+
+    idx = np.argwhere(mask)
+    voxel = float(np.linalg.norm(affine[:3, :3], axis=0).mean())
+    end = idx[np.argmax(np.linalg.norm(idx - idx.mean(0), axis=1))]
+    d = geodesic_distance(mask, np.full(3, voxel), end)[tuple(idx.T)]
+    pairs = cKDTree(idx).query_pairs(1.2 / voxel, output_type="ndarray")
+    pairs = pairs[np.abs(d[pairs[:, 0]] - d[pairs[:, 1]]) > 3.0]
+    p, q = idx[pairs[np.argmin(np.linalg.norm(idx[pairs[:, 0]] - idx[pairs[:, 1]], axis=1))]]
+    out = mask.copy()
+    for t in np.linspace(0.0, 1.0, 20):
+        out[tuple(np.rint(p + t * (q - p)).astype(int))] = True
+    return out
+
+
+def test_a_bridge_between_turns_is_cut_before_ordering_the_duct(medium):
+    sp = medium[0]
+    m = measure_cochlea(_bridge(sp.structures == ph.COCHLEA, sp.affine), sp.affine)
+    assert m.tunnels == 1
+    _check(m, sp.meta["cochlea_truth"])
+
+
 def test_touching_turns_are_flagged(medium):
     """Turns joined in the mask (here: the label grown by two voxels) make a tunnel."""
     sp = medium[0]
