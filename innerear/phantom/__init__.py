@@ -88,7 +88,8 @@ from scipy import ndimage
 from ..config import PhantomSettings
 from .acquisition import Acquisition, acquisition_params, draw_acquisition, misregister, prepare_scanner
 from .imaging import render
-from .measure import canal_tunnels, cochlear_handedness, cochlear_path, count_cochlear_turns, topology, voxel_centres
+from .measure import (canal_tunnels, cochlea_truth, cochlear_handedness, cochlear_path, count_cochlear_turns, topology,
+                      voxel_centres)
 from .params import AnatomyRealism
 from .params import (AnatomyParams, ImagingParams, PoseParams, SpecimenParams, SurroundingsParams, draw_params,
                      draw_specimen_params)
@@ -175,6 +176,7 @@ def _meta(world: World, seed: int, label: np.ndarray) -> dict[str, Any]:
         "modiolar_axis_world": laby.modiolar_axis,
         "vestibule_centre_world": laby.vest.centre,
         "anatomy": world.anatomy.info,
+        "cochlea_truth": cochlea_truth(world.anatomy, world.scale),
         "n_air_cells": int(len(surr.air_r)),
         "air_cells": surr.air_info,
         "n_vessels": len(surr.vessel_info),

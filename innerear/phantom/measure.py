@@ -1,5 +1,6 @@
 """Measuring the anatomy from the voxels alone: cochlear path, turns and handedness,
-topology (components, cavities, tunnels) and the canals' tunnels."""
+topology (components, cavities, tunnels) and the canals' tunnels; and the cochlea's true
+size from the generator's own spiral (:func:`cochlea_truth`)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .geometry import unit
+from ..cochlea import geodesic_distance, measure_cochlea, shell_centreline
+from .anatomy import Anatomy
+from .geometry import arc_length, unit
 from .specimen import CANALS, COCHLEA, VESTIBULE
 
 
@@ -24,8 +27,6 @@ def cochlear_path(structures: np.ndarray, affine: np.ndarray) -> np.ndarray:
     geodesic distance inside the cochlea from where they meet the vestibule; the path is the
     centroids of thin distance bins.
     """
-    from skimage.graph import MCP_Geometric
-
     structures = np.asarray(structures)
     coch = structures == COCHLEA
     if not coch.any():
@@ -40,57 +41,53 @@ def cochlear_path(structures: np.ndarray, affine: np.ndarray) -> np.ndarray:
     starts = c & ndimage.binary_dilation(vest, structure=np.ones((3, 3, 3), bool))
     if not starts.any():  # no vestibule next to it: start from its surface
         starts = c & ~ndimage.binary_erosion(c)
-    mcp = MCP_Geometric(np.where(c, 1.0, np.inf), sampling=tuple(float(s) for s in spacing))
-    dist, _ = mcp.find_costs([tuple(int(v) for v in s) for s in np.argwhere(starts)])
+    dist = geodesic_distance(c, spacing, np.argwhere(starts))
     idx = np.argwhere(c & np.isfinite(dist))
-    d = dist[tuple(idx.T)]
     world = voxel_centres(idx + np.array([s.start for s in box]), affine)
-    step = max(1.5 * float(spacing.max()), 0.15)
-    bins = np.floor(d / step).astype(int)
-    counts = np.bincount(bins)
-    keep = counts > 0
-    return np.stack([np.bincount(bins, weights=world[:, k])[keep] / counts[keep] for k in range(3)], 1)
-
-
-def _spiral_axis(path: np.ndarray) -> np.ndarray:
-    """Mean binormal of a path: the axis it winds around (right-handed winding)."""
-    tang = np.diff(path, axis=0)
-    return unit(np.sum(np.cross(tang[:-1], tang[1:]), axis=0))
+    return shell_centreline(world, dist[tuple(idx.T)], max(1.5 * float(spacing.max()), 0.15))[0]
 
 
 def count_cochlear_turns(structures: np.ndarray, affine: np.ndarray) -> float:
-    """Number of turns of the cochlea, measured from the voxels alone.
-
-    Along :func:`cochlear_path` (base to apex), the modiolar axis is the path's mean binormal
-    and the spiral's pole the mean of its last (apical) turn; the turns are the angle the
-    path sweeps around the pole, / 360 degrees.
-    """
-    path = cochlear_path(structures, affine)
-    if len(path) < 6:
-        return 0.0
-    axis = _spiral_axis(path)
-    e1 = unit(np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0]))
-    e2 = np.cross(axis, e1)
-    xy = np.stack([path @ e1, path @ e2], axis=1)
-    # the last full turn of the path (by tangent rotation) gives the pole
-    t2 = np.diff(xy, axis=0)
-    turn = np.arctan2(t2[:-1, 0] * t2[1:, 1] - t2[:-1, 1] * t2[1:, 0], np.sum(t2[:-1] * t2[1:], axis=1))
-    back = np.abs(np.cumsum(turn[::-1]))
-    m = len(xy) - 2 - int(np.searchsorted(back, 2 * math.pi)) if back[-1] >= 2 * math.pi else 0
-    seg = np.linalg.norm(t2[m:], axis=1)
-    mid = 0.5 * (xy[m:-1] + xy[m + 1:])
-    pole = (mid * seg[:, None]).sum(0) / max(seg.sum(), 1e-12)
-    ang = np.unwrap(np.arctan2(xy[:, 1] - pole[1], xy[:, 0] - pole[0]))
-    return float(abs(ang[-1] - ang[0]) / (2 * math.pi))
+    """Number of turns of the cochlea (``structures == 1``), measured from the voxels alone by
+    :func:`innerear.cochlea.measure_cochlea` (0 where there is no cochlea)."""
+    coch = np.asarray(structures) == COCHLEA
+    return measure_cochlea(coch, affine).turns if coch.any() else 0.0
 
 
 def cochlear_handedness(structures: np.ndarray, affine: np.ndarray) -> int:
-    """+1 if the cochlea winds right-handed from base to apex (in world coordinates), else -1.
-    Left and right ears wind oppositely."""
-    path = cochlear_path(structures, affine)
-    if len(path) < 6:
-        return 0
-    return 1 if float(np.dot(_spiral_axis(path), path[-1] - path[0])) > 0 else -1
+    """+1 if the cochlea winds right-handed from base to apex (in world coordinates), else -1
+    (0 where there is no cochlea). Left and right ears wind oppositely."""
+    coch = np.asarray(structures) == COCHLEA
+    return measure_cochlea(coch, affine).handedness if coch.any() else 0
+
+
+def cochlea_truth(anatomy: Anatomy, scale: float) -> dict[str, float]:
+    """The cochlear duct's true size from the generator's own spiral (world mm: anatomical
+    mm x ``scale``), with the convention of :func:`innerear.cochlea.measure_cochlea`.
+
+    The duct runs from where its centreline leaves the vestibule (the centre of its basal
+    opening; the cochlear label starts there) to the centreline's apical end (the centre of
+    the rounded tip). Its lateral wall is the tube's outer edge, the centreline moved by half
+    the scala's width away from the modiolar axis. Turns: the angle the centreline sweeps
+    about the modiolar axis between the two ends / 360 degrees.
+    """
+    tube = next(t for t in anatomy.tubes if t.name == "cochlea")
+    q = anatomy.vestibule.q(tube.pts)
+    i0 = max(1, int(np.argmax(q > 1.0)))
+    f = float(np.clip((1.0 - q[i0 - 1]) / max(q[i0] - q[i0 - 1], 1e-12), 0.0, 1.0))
+
+    def from_opening(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([(x[i0 - 1] + f * (x[i0] - x[i0 - 1]))[None], x[i0:]])
+
+    centre = from_opening(tube.pts)
+    lateral = from_opening(tube.pts + tube.frames[:, 0] * tube.semi[:, :1])
+    axis = unit(np.asarray(anatomy.info["modiolar_axis"], float))
+    e1 = unit(np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0]))
+    rel = centre - np.asarray(anatomy.info["modiolus_base"], float)
+    ang = np.unwrap(np.arctan2(rel @ np.cross(axis, e1), rel @ e1))
+    return {"turns": float(abs(ang[-1] - ang[0]) / (2 * math.pi)),
+            "lateral_wall_length_mm": float(arc_length(lateral)[-1] * scale),
+            "centreline_length_mm": float(arc_length(centre)[-1] * scale)}
 
 
 def topology(mask: np.ndarray) -> dict[str, int]:
