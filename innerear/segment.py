@@ -620,15 +620,26 @@ def cochlea_measures(labels: np.ndarray, affine: np.ndarray) -> dict:
     cochlea = labels == 1
     if not cochlea.any():
         return {"available": False, "reason": "no cochlea in the label map"}
-    try:
-        from .cochlea import measure_cochlea
-    except ImportError as exc:
-        return {"available": False, "reason": f"innerear.cochlea is not available ({exc})"}
+    from .cochlea import measure_cochlea
+
     crop, _, crop_affine = _cropped(cochlea.astype(np.uint8), affine)
-    measures = measure_cochlea(crop, crop_affine)
-    out = measures.to_dict() if hasattr(measures, "to_dict") else dict(_jsonable(vars(measures)))
+    cut = touches_border(cochlea)
+    try:
+        measures = measure_cochlea(crop, crop_affine)
+    except ValueError as exc:  # a predicted cochlea that is no spiral: say so, don't fail the segmentation
+        return {"available": False, "reason": f"the predicted cochlea could not be measured: {exc}",
+                "touches_field_of_view_border": cut}
+    out = measures.to_dict()
     out["available"] = True
-    out["touches_field_of_view_border"] = touches_border(cochlea)
+    out["touches_field_of_view_border"] = cut
+    doubts = []
+    if cut:
+        doubts.append("the cochlea touches the scan's border: the duct may be cut, the length too short")
+    if out.get("tunnels", 0) > 0:
+        doubts.append("turns of the predicted cochlea touch each other: length and turns may be too small")
+    if out.get("kept_fraction", 1.0) < 0.95:
+        doubts.append(f"only {out['kept_fraction']:.0%} of the predicted cochlea is one piece; the rest was left out")
+    out["doubts"] = doubts
     return out
 
 

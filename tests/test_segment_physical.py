@@ -399,6 +399,9 @@ def test_labels_structures_and_cochlea_measures(tmp_path, physical_model, monkey
             self.volume_mm3 = float(mask.sum() * abs(np.linalg.det(affine[:3, :3])))
             self.duct_length_mm, self.turns, self.method = 31.5, 2.6, "stub"
 
+        def to_dict(self):
+            return dict(vars(self))
+
     monkeypatch.setitem(sys.modules, "innerear.cochlea", types.SimpleNamespace(measure_cochlea=Measures))
     affine = AFFINES["oblique mirrored"]
     shape = (58, 51, 47)
@@ -502,7 +505,6 @@ def test_multi_class_model_writes_its_label_map(tmp_path, physical_model, monkey
 
     if "return_labels" not in __import__("inspect").signature(cs.Cascade.predict).parameters:
         pytest.skip("the engine has no multi-class output yet")
-    monkeypatch.setitem(sys.modules, "innerear.cochlea", None)  # measures tested above; here: its absence
     folder = tmp_path / "multi"
     shutil.copytree(physical_model, folder)
     _class_network().save(folder / "stage1_axial" / "best.keras")
@@ -532,7 +534,7 @@ def test_multi_class_model_writes_its_label_map(tmp_path, physical_model, monkey
         assert np.mean(labels[interior] == code) > 0.95, code
     assert dice(mask, truth > 0) > 0.9
     assert rep["structures"]["cochlea"]["voxels"] == int((labels == 1).sum())
-    assert rep["cochlea"]["available"] is False and "innerear.cochlea" in rep["cochlea"]["reason"]
+    assert rep["cochlea"]["available"] is False and "not a spiral" in rep["cochlea"]["reason"]  # an ellipsoid
 
 
 def test_a_field_of_view_too_large_for_the_model_is_refused(tmp_path, physical_model, capsys):
@@ -577,3 +579,18 @@ def test_cochlea_centred_crops_of_phantoms_pass_the_cut_bound():
         assert touches_border(crop)
         check = volume_check(float(crop.sum() * voxel), int(crop.sum()), bounds, cut=True)
         assert check["passed"] and check["volume_mm3"] > 2 * bounds["min_cut"], check
+
+
+def test_a_cochlea_that_is_no_spiral_is_reported_not_fatal(tmp_path, physical_model, monkeypatch):
+    """The real measurement refuses the planted block-shaped "cochlea": the report says why, exit 0."""
+    import innerear.segment as seg
+
+    cascade = _StructureEngine(seg.load_model_dir(physical_model))
+    monkeypatch.setattr(seg, "load_model_dir", lambda *a, **k: cascade)
+    affine = AFFINES["oblique mirrored"]
+    scan = _write_scan(tmp_path / "scan.nrrd", _scan(_planted((58, 51, 47), affine)), affine)
+    code = cli.main(["segment", str(scan), "-o", str(tmp_path / "ear.nii.gz"), "--labels",
+                     str(tmp_path / "ear_labels.nii.gz"), "--report", str(tmp_path / "ear.json"), "--quiet"])
+    assert code == 0
+    cochlea = json.loads((tmp_path / "ear.json").read_text())["cochlea"]
+    assert cochlea["available"] is False and "could not be measured" in cochlea["reason"]
