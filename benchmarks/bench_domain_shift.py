@@ -25,6 +25,7 @@ writes ``benchmarks/results/domain_shift.json`` and prints the matrix.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -66,23 +67,40 @@ CELLS = (
 QUICK = {0, 2, 6}  # --quick: one CBCT crop, the coarse CBCT crop and a micro-CT block
 
 
-def make_scan(cell: Cell, index: int, seed: int, folder: Path) -> tuple[Path, dict]:
-    """Write phantom ``index`` of ``cell`` as a NIfTI scan; return its path and its truth."""
+def make_scan(cell: Cell, index: int, seed: int, folder: Path) -> tuple[Path, Path]:
+    """Write phantom ``index`` of ``cell`` as a NIfTI scan with its truth, unless the folder
+    already holds exactly that scan; return the scan's path and its record (JSON)."""
     from innerear import phantom as ph
     from innerear.config import get_profile
-
+    from innerear.io import write_json
     from innerear.phantom.acquisition import ARTEFACTS, Acquisition
 
+    record = folder / f"phantom_{index:03d}.json"
+    key = {"cell": asdict(cell), "index": index, "seed": seed, "version": ph.PHANTOM_VERSION}
+    if record.exists():
+        entry = json.loads(record.read_text())
+        if entry.get("key") == key and all((folder / entry[k]).exists() for k in ("image", "label", "structures")):
+            return folder / entry["image"], record
     acq = Acquisition(style=cell.style, voxel_mm=cell.voxel_mm, fov_mm=cell.fov_mm, centre=cell.centre,
                       units=cell.units, **{name: cell.artefacts for name in ARTEFACTS})
     spec = ph.generate_specimen(index, seed, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
                                 acquisition=acq)
-    entry = ph.write_specimen(spec, folder)
-    label = spec.clean_label if spec.clean_label is not None else spec.label
-    structures = spec.clean_structures if spec.clean_structures is not None else spec.structures
-    truth = {"label": label, "structures": structures, "shape": spec.image.shape,
-             "cochlea_truth": spec.meta.get("cochlea_truth"), "seconds": spec.meta.get("seconds")}
-    return folder / entry["image"], truth
+    entry = ph.write_specimen(spec, folder)  # no label noise here: the label is the truth
+    entry["key"] = key
+    entry["seconds"] = spec.meta.get("seconds")
+    write_json(record, entry)
+    return folder / entry["image"], record
+
+
+def read_truth(record: Path) -> dict:
+    """The clean label, structure map and cochlea truth of a scan written by :func:`make_scan`."""
+    from innerear.io import read_volume
+
+    entry = json.loads(record.read_text())
+    label = read_volume(record.parent / entry["label"])[0]
+    structures = read_volume(record.parent / entry["structures"])[0]
+    return {"label": np.asarray(label), "structures": np.asarray(structures), "shape": entry["shape"],
+            "cochlea_truth": entry["meta"].get("cochlea_truth"), "seconds": entry.get("seconds")}
 
 
 def _bbox(*masks: np.ndarray, margin: int = 4) -> tuple[slice, ...]:
@@ -117,18 +135,19 @@ def score(mask: np.ndarray, labels: np.ndarray | None, truth: dict, spacing, rep
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
 
 
-def run_model(model_dir: Path, scans: list[tuple[Path, dict]]) -> list[dict]:
+def run_model(model_dir: Path, scans: list[tuple[Path, Path]]) -> list[dict]:
     """Segment every scan with one model (loaded once); score each."""
     from innerear import segment as sg
 
     cascade = sg.load_model_dir(model_dir, reuse=False)
     rows = []
-    for path, truth in scans:
+    for path, record in scans:
         labels_out: dict = {}
         mask, _, report = sg.segment_scan(path, cascade=cascade, labels_out=labels_out)
         labels = labels_out.get("labels")
         spacing = report["input"]["spacing_mm"]
-        rows.append(score(mask, labels, truth, spacing, report))
+        rows.append(score(mask, labels, read_truth(record), spacing, report))
+        del mask, labels, labels_out
     return rows
 
 
@@ -151,6 +170,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "domain_shift",
                     help="scratch folder for the scans (reused: a cell's scans are rewritten each run)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--generate-only", action="store_true", help="write the cells' scans, segment nothing")
     args = ap.parse_args()
     work = args.work
     cells = [c for i, c in enumerate(CELLS) if not args.quick or i in QUICK]
@@ -163,8 +183,11 @@ def main() -> int:
         t0 = time.perf_counter()
         scans = [make_scan(cell, i, args.seed + 100 * ci, folder) for i in range(args.n)]
         gen_s = time.perf_counter() - t0
-        entry = {"cell": asdict(cell), "n": args.n, "shapes": [list(t["shape"]) for _, t in scans],
-                 "generate_s": round(gen_s, 1), "models": {}}
+        shapes = [json.loads(r.read_text())["shape"] for _, r in scans]
+        print(f"{cell.name}: {args.n} scans {shapes} ready ({gen_s:.0f} s)", flush=True)
+        if args.generate_only:
+            continue
+        entry = {"cell": asdict(cell), "n": args.n, "shapes": shapes, "models": {}}
         for name, model in models.items():
             rows = run_model(model, scans)
             entry["models"][name] = {"per_scan": rows, "summary": summarise(rows)}
@@ -173,8 +196,8 @@ def main() -> int:
                   + "".join(f"  {k[5:]} {s[k]['mean']:.3f}" for k in ("dice_cochlea", "dice_vestibule", "dice_canals")
                             if s.get(k)), flush=True)
         results.append(entry)
-        for _, truth in scans:
-            truth.clear()
+    if args.generate_only:
+        return 0
     robust_min = [e["models"]["robust"]["summary"]["dice"]["mean"] for e in results]
     doc = {
         "goal_dice": GOAL_DICE,
