@@ -107,3 +107,41 @@ def test_class_map_gives_every_label_voxel_a_structure():
     out = rb.class_map(label, structures)
     assert set(np.unique(out[label > 0])) <= {1, 3} and not out[label == 0].any()
     assert (out[4] == 3)[1:5, 1:5].all()
+
+
+@pytest.mark.slow
+def test_robust_smoke_recipe_trains_exports_and_segments_a_hounsfield_crop(tmp_path):
+    """`innerear train --recipe robust-smoke`, exported, then `innerear segment --labels` on a
+    cone-beam-CT-style cochlea crop stored in Hounsfield units: the whole physical path runs."""
+    import json
+
+    from innerear import cli
+    from innerear import phantom as ph
+    from innerear.config import get_profile
+    from innerear.io import read_volume
+    from innerear.phantom.acquisition import Acquisition
+    from innerear.segment import export_model
+
+    assert cli.main(["train", "--recipe", "robust-smoke", "--out", str(tmp_path / "work"), "--quiet"]) == 0
+    last = tmp_path / "work" / "run" / "coronal" / "sagittal" / "axial"
+    spec = json.loads((last / "cascade.json").read_text())
+    assert spec["voxel_mm"] == 0.3 and spec["n_classes"] == 4 and spec["normalizer"]["kind"] == "percentile"
+    hist = spec["intensity_histogram"]
+    assert len(hist["density"]) == len(hist["edges"]) - 1 and hist["warn_above"] >= 0.1
+    model = export_model(last, tmp_path / "model", {"intensity_histogram": hist})
+    acq = Acquisition(style="cbct", voxel_mm=0.25, fov_mm=9.0, centre="cochlea", units="hu", rings=0.5)
+    scan = ph.generate_specimen(0, 5, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(), acquisition=acq)
+    entry = ph.write_specimen(scan, tmp_path / "scan")
+    assert scan.image.dtype == np.int16
+    out, labels, report = tmp_path / "ear.nii.gz", tmp_path / "labels.nii.gz", tmp_path / "ear.json"
+    code = cli.main(["segment", str(tmp_path / "scan" / entry["image"]), "-o", str(out), "--labels", str(labels),
+                     "--report", str(report), "--model", str(model), "--allow-empty", "--quiet"])
+    assert code == 0
+    mask, _, affine = read_volume(out)
+    lab, _, _ = read_volume(labels)
+    assert mask.shape == lab.shape == scan.image.shape
+    np.testing.assert_allclose(affine, scan.affine, atol=1e-6)
+    assert np.array_equal(lab > 0, mask > 0)
+    rep = json.loads(report.read_text())
+    assert rep["model"]["voxel_mm"] == [0.3, 0.3, 0.3] and isinstance(rep["intensity_histogram_distance"], float)
+    assert set(rep["structures"]) == {"cochlea", "vestibule", "canals"}
