@@ -13,10 +13,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -80,11 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {b} | {r['voxel_mm']:.3f} | {i} | {r['side']} | {t['lateral_wall_length_mm']:.2f} | "
                   f"{r['duct_length_mm']:.2f} | {r['duct_length_error_pct']:+.1f} | {t['turns']:.3f} | {r['turns']:.3f} | "
                   f"{r['turns_error']:+.3f} | {r['centreline_error_pct']:+.1f} | {r['seconds']:.2f} |", flush=True)
-    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
-              "method": METHOD, "seed": args.seed, "summary": summary(rows), "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1))
+    from innerear.performance import write_record
+
+    record = {"method": METHOD, "seed": args.seed, "summary": summary(rows), "rows": rows}
+    write_record(args.json, "bench_cochlea", record)  # with the machine and versions (run_context)
     print(json.dumps(record["summary"], indent=1))
     return 0
 
