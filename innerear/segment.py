@@ -948,11 +948,14 @@ def _cropped(mask: np.ndarray, affine: np.ndarray, margin: int = 2):
 def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: dict | None = None) -> Path:
     """Copy a trained cascade (a run's deepest stage folder) into a self-contained model folder.
 
-    ``dest`` gets ``stage<k>_<view>/{best.keras,stage.json}`` per stage, a ``cascade.json``
+    ``dest`` gets ``stage<k>_<view>/{best.keras,stage.json}`` per stage (the networks without
+    their optimizer state), a ``cascade.json``
     whose stage paths are relative to ``dest`` and a ``model_card.json`` (the stages'
     held-out Dice and training record, plus ``card``). Written to a temporary folder and
     renamed; an existing ``dest`` is replaced.
     """
+    from .train import save_for_inference
+
     src, spec = check_model_dir(cascade_dir)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -964,7 +967,7 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
             info = json.loads((stage / "stage.json").read_text())
             name = f"stage{k + 1}_{info['view']}"
             (tmp / name).mkdir()
-            shutil.copy2(stage / "best.keras", tmp / name / "best.keras")
+            save_for_inference(stage / "best.keras", tmp / name / "best.keras")  # no optimizer state
             shutil.copy2(stage / "stage.json", tmp / name / "stage.json")
             stages.append(name)
             stage_infos.append(_stage_summary(info))

@@ -321,11 +321,17 @@ class ModelPool:
         return len(self._models)
 
 
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """Load a ``.keras`` file with Keras' safe mode on."""
+def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` file with Keras' safe mode on (``compile=False``: without loss and optimizer)."""
     from . import backbones  # noqa: F401  (registers the custom layers)
 
-    return keras.saving.load_model(str(path), safe_mode=True)
+    return keras.saving.load_model(str(path), safe_mode=True, compile=compile)
+
+
+def save_for_inference(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Copy a trained ``.keras`` file without its optimizer state (a third of the size for Adam)."""
+    model = load_model(src, compile=False)
+    model.save(str(dest))
 
 
 def fit(

@@ -129,6 +129,8 @@ def test_robust_smoke_recipe_trains_exports_and_segments_a_hounsfield_crop(tmp_p
     hist = spec["intensity_histogram"]
     assert len(hist["density"]) == len(hist["edges"]) - 1 and hist["warn_above"] >= 0.1
     model = export_model(last, tmp_path / "model", {"intensity_histogram": hist})
+    trained, shipped = last.parents[1] / "best.keras", model / "stage1_coronal" / "best.keras"
+    assert shipped.stat().st_size < 0.8 * trained.stat().st_size  # exported without the optimizer state
     acq = Acquisition(style="cbct", voxel_mm=0.25, fov_mm=9.0, centre="cochlea", units="hu", rings=0.5)
     scan = ph.generate_specimen(0, 5, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(), acquisition=acq)
     entry = ph.write_specimen(scan, tmp_path / "scan")
