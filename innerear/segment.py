@@ -25,8 +25,9 @@ A model that outputs structures (cochlea / vestibule / canals) also gives a labe
 (``--labels``), each structure's volume and the cochlea's measures
 (:func:`innerear.cochlea.measure_cochlea`).
 
-The shipped model (``innerear/models/phantom_cascade``) was trained on the project's
-SYNTHETIC phantoms only; see its ``model_card.json``.
+The shipped models were trained on the project's SYNTHETIC phantoms only: the default,
+``innerear/models/robust_cascade`` (robust recipe, physical units, structures), and the paper
+recipe's ``innerear/models/phantom_cascade`` (64³ grid); see their ``model_card.json``.
 """
 from __future__ import annotations
 
@@ -61,7 +62,10 @@ from .metrics import largest_component
 from .views import ORIENTATIONS
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = MODELS_DIR / "phantom_cascade"
+#: the shipped segmenter: the robust recipe (physical units, structures; see innerear.robust)
+DEFAULT_MODEL = MODELS_DIR / "robust_cascade"
+#: the earlier shipped model of the paper recipe (64³ grid, fixed z-score): the benchmark's baseline
+PAPER_RECIPE_MODEL = MODELS_DIR / "phantom_cascade"
 #: inner-ear volumes (mm³) a segmentation may have; :func:`export_model` writes it into every
 #: model card (``plausible_inner_ear_volume_mm3``), and it applies to folders whose card states none
 PLAUSIBLE_VOLUME = {

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from innerear.performance import (README_MARKERS, domain_shift_markdown, domain_shift_sentence, read_record,
-                                  replace_readme_block, results_path)
+                                  replace_readme_block, results_path, shipped_speed)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,5 +44,5 @@ def test_readme_matrix_matches_the_benchmark_record():
     if record is None:
         pytest.skip("benchmarks/results/domain_shift.json not written yet")
     readme = (ROOT / "README.md").read_text()
-    assert replace_readme_block(readme, domain_shift_markdown(record)) == readme, \
+    assert replace_readme_block(readme, domain_shift_markdown(record, shipped_speed(ROOT))) == readme, \
         "README's domain-shift block is stale: run tools/update_readme.py"

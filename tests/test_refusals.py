@@ -20,6 +20,7 @@ import pytest
 from innerear import cli
 from innerear.config import get_profile
 from innerear.io import VolumeError, read_volume, write_volume
+from innerear.metrics import dice
 
 sitk = pytest.importorskip("SimpleITK")
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,19 +60,27 @@ def test_plausible_range_is_stated_with_its_source_and_covers_the_phantoms():
 
 
 def test_empty_mask_from_other_intensity_units_is_refused(tmp_path, held_out, capsys):
+    """The paper recipe's model (fixed z-score) finds nothing in Hounsfield units: refused; the
+    default robust model (per-scan percentiles) segments the same scan."""
+    from innerear.segment import PAPER_RECIPE_MODEL
+
     img = held_out.image.astype(np.float32)
     hounsfield = (img - img.min()) / (img.max() - img.min()) * 4000 - 1000  # int16, -1000..3000
     write_volume(tmp_path / "hu.nii.gz", hounsfield.astype(np.int16), held_out.affine)
+    code, _, err = _run_cli(["segment", tmp_path / "hu.nii.gz", "-o", tmp_path / "robust.nii.gz", "--quiet"], capsys)
+    assert code == 0, err
+    assert dice(read_volume(tmp_path / "robust.nii.gz")[0], held_out.label) > 0.8
+    (tmp_path / "robust.nii.gz").unlink()
     before = _files(tmp_path)
-    code, _, err = _run_cli(["segment", tmp_path / "hu.nii.gz", "-o", tmp_path / "ear.nii.gz",
-                             "--report", tmp_path / "ear.json", "--quiet"], capsys)
+    code, _, err = _run_cli(["segment", tmp_path / "hu.nii.gz", "-o", tmp_path / "ear.nii.gz", "--model",
+                             PAPER_RECIPE_MODEL, "--report", tmp_path / "ear.json", "--quiet"], capsys)
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith("innerear: error: ") and "hu.nii.gz" in err[0] and "--allow-empty" in err[0]
     assert "empty" in err[0] or "implausible" in err[0]
     assert _files(tmp_path) == before, "a refused run wrote files"
     # asked for: written, and the report states the check and its outcome
-    code, _, err = _run_cli(["segment", tmp_path / "hu.nii.gz", "-o", tmp_path / "ear.nii.gz",
-                             "--report", tmp_path / "ear.json", "--quiet", "--allow-empty"], capsys)
+    code, _, err = _run_cli(["segment", tmp_path / "hu.nii.gz", "-o", tmp_path / "ear.nii.gz", "--model",
+                             PAPER_RECIPE_MODEL, "--report", tmp_path / "ear.json", "--quiet", "--allow-empty"], capsys)
     assert code == 0
     check = json.loads((tmp_path / "ear.json").read_text())["checks"]["inner_ear_volume"]
     assert check["passed"] is False and check["allowed_by"] == "--allow-empty" and check["reason"]

@@ -11,7 +11,8 @@ from innerear.config import get_profile
 from innerear.io import read_volume, write_tiff_stack, write_volume
 from innerear.phantom import generate_specimen, write_phantom_set
 from innerear.metrics import dice
-from innerear.segment import DEFAULT_MODEL, check_model_dir, load_model_dir, map_to_scan, segment_scan
+from innerear.segment import (DEFAULT_MODEL, PAPER_RECIPE_MODEL, check_model_dir, load_model_dir, map_to_scan,
+                              segment_scan)
 from innerear.mesh import read_stl
 
 pytest.importorskip("SimpleITK")
@@ -54,9 +55,24 @@ def model():
     return load_model_dir()
 
 
-def test_shipped_model_is_complete_and_documented():
+def test_default_model_is_the_robust_one_and_documented():
     folder, spec = check_model_dir(None)
     assert folder == DEFAULT_MODEL and spec["stages"] == ["stage1_coronal", "stage2_sagittal", "stage3_axial"]
+    assert spec["voxel_mm"] > 0 and "grid" not in spec and spec["normalizer"]["kind"] == "percentile"
+    assert spec["classes"] == ["background", "cochlea", "vestibule", "canals"]
+    card = json.loads((folder / "model_card.json").read_text())
+    assert "SYNTHETIC" in card["WARNING"] and card["recipe"]["voxel_mm"] == spec["voxel_mm"]
+    assert card["intensity_histogram"]["warn_above"] >= 0.1 and len(card["limits"]) >= 3
+    cells = card["domain_shift"]["cells"]
+    assert cells and all(isinstance(c["robust"]["dice"], float) for c in cells)
+    assert card["speed"]["median_wall_s"] > 0
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 20 * 2**20  # the limit
+
+
+def test_paper_recipe_model_is_complete_and_documented():
+    folder, spec = check_model_dir(PAPER_RECIPE_MODEL)
+    assert spec["stages"] == ["stage1_coronal", "stage2_sagittal", "stage3_axial"]
     card = json.loads((folder / "model_card.json").read_text())
     assert "SYNTHETIC" in card["data"]["kind"] and card["training"]["profile"]["name"] == "demo"
     assert set(card["held_out_dice_per_stage"]) == {"stage1_coronal", "stage2_sagittal", "stage3_axial"}
@@ -64,8 +80,8 @@ def test_shipped_model_is_complete_and_documented():
     assert size < 10 * 2**20
 
 
-def test_shipped_model_card_is_consistent():
-    card = json.loads((DEFAULT_MODEL / "model_card.json").read_text())
+def test_paper_recipe_model_card_is_consistent():
+    card = json.loads((PAPER_RECIPE_MODEL / "model_card.json").read_text())
     trained = card["training"]["profile"]
     n_used = len(card["stages"][0]["train_ids"]) + len(card["stages"][0]["test_ids"])
     assert card["data"]["n_specimens"] == trained["phantoms"]["n_specimens"] == n_used
@@ -95,7 +111,7 @@ def test_rotated_anisotropic_scan_comes_back_on_its_grid(tmp_path, held_out, mod
     assert ear["voxels"] == int(mask.sum()) and ear["components_kept"] == 1
     assert ear["volume_mm3"] == pytest.approx(mask.sum() * abs(np.linalg.det(affine[:3, :3])))
     assert ear["volume_mm3"] == pytest.approx(label.sum() * abs(np.linalg.det(affine[:3, :3])), rel=0.3)
-    assert rep["input"]["shape"] == list(image.shape) and rep["model"]["profile"] == "demo"
+    assert rep["input"]["shape"] == list(image.shape) and rep["model"]["profile"] == "robust"
     assert {"read", "prepare", "cascade", "map_back", "write"} <= set(rep["timings_s"])
     tri, _ = read_stl(tmp_path / "ear.stl")
     verts = tri.reshape(-1, 3)

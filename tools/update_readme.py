@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from innerear.performance import domain_shift_markdown, read_record, replace_readme_block, results_path  # noqa: E402
+from innerear.performance import (domain_shift_markdown, read_record, replace_readme_block,  # noqa: E402
+                                  results_path, shipped_speed)
 
 
 def main() -> int:
@@ -21,7 +22,7 @@ def main() -> int:
         print("no benchmarks/results/domain_shift.json: run benchmarks/bench_domain_shift.py first", file=sys.stderr)
         return 1
     readme = ROOT / "README.md"
-    readme.write_text(replace_readme_block(readme.read_text(), domain_shift_markdown(record)))
+    readme.write_text(replace_readme_block(readme.read_text(), domain_shift_markdown(record, shipped_speed(ROOT))))
     print(f"updated {readme}")
     return 0
 
