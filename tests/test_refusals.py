@@ -120,19 +120,23 @@ def test_dicom_series_with_missing_slices_is_refused_naming_the_gap(tmp_path):
 
 
 # --------------------------------------------------------------------------- 4. model folders
-@pytest.mark.parametrize("edit,named", [
-    (lambda m: _edit_json(m / "cascade.json", grid=96), ["model_card.json", "grid", "96", "64"]),
-    (lambda m: _edit_json(m / "model_card.json", order=["axial", "sagittal", "coronal"]),
+@pytest.mark.parametrize("which,edit,named", [
+    ("paper", lambda m: _edit_json(m / "cascade.json", grid=96), ["model_card.json", "grid", "96", "64"]),
+    ("paper", lambda m: _edit_json(m / "model_card.json", order=["axial", "sagittal", "coronal"]),
      ["model_card.json", "order"]),
-    (lambda m: _edit_json(m / "stage2_sagittal" / "stage.json", view="axial"),
+    ("paper", lambda m: _edit_json(m / "stage2_sagittal" / "stage.json", view="axial"),
      ["stage2_sagittal/stage.json", "view", "axial", "sagittal"]),
-    (lambda m: _edit_json(m / "stage3_axial" / "stage.json", channels=1), ["stage3_axial/stage.json", "channels"]),
+    ("paper", lambda m: _edit_json(m / "stage3_axial" / "stage.json", channels=1),
+     ["stage3_axial/stage.json", "channels"]),
+    ("robust", lambda m: _edit_json(m / "cascade.json", voxel_mm=0.3), ["model_card.json", "voxel_mm", "0.3"]),
+    ("robust", lambda m: _edit_json(m / "stage2_sagittal" / "stage.json", channels=3),
+     ["stage2_sagittal/stage.json", "channels"]),
 ])
-def test_inconsistent_model_folder_is_refused(tmp_path, capsys, edit, named):
-    from innerear.segment import DEFAULT_MODEL, SegmentError, check_model_dir
+def test_inconsistent_model_folder_is_refused(tmp_path, capsys, which, edit, named):
+    from innerear.segment import DEFAULT_MODEL, PAPER_RECIPE_MODEL, SegmentError, check_model_dir
 
     model = tmp_path / "model"
-    shutil.copytree(DEFAULT_MODEL, model)
+    shutil.copytree(DEFAULT_MODEL if which == "robust" else PAPER_RECIPE_MODEL, model)
     check_model_dir(model)  # the copy is consistent
     edit(model)
     with pytest.raises(SegmentError) as info:
