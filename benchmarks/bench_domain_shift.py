@@ -52,8 +52,11 @@ class Cell:
     centre: str
     units: str
     artefacts: float  # 0..1, every artefact at this strength
+    held_out: bool = True  # False: a reference row (the paper recipe's own training domain), not in the goal
 
 
+REFERENCE = Cell("demo phantoms, uint16 (the paper recipe's training domain)", "demo", 0.0, 0.0, "labyrinth",
+                 "uint16", 0.0, held_out=False)
 CELLS = (
     Cell("CBCT cochlea crop, HU, 0.1 mm", "cbct", 0.10, 9.0, "cochlea", "hu", 0.9),
     Cell("CBCT cochlea crop, HU, 0.2 mm", "cbct", 0.20, 9.0, "cochlea", "hu", 0.9),
@@ -63,8 +66,9 @@ CELLS = (
     Cell("micro-CT block, uint16, 25 µm", "microct", 0.025, 14.0, "labyrinth", "uint16", 0.9),
     Cell("micro-CT block, uint16, 40 µm", "microct", 0.040, 24.0, "labyrinth", "uint16", 0.9),
     Cell("micro-CT block, float, 0.1 mm", "microct", 0.10, 20.0, "labyrinth", "float", 0.9),
+    REFERENCE,
 )
-QUICK = {0, 2, 6}  # --quick: one CBCT crop, the coarse CBCT crop and a micro-CT block
+QUICK = {0, 2, 6, 8}  # --quick: one CBCT crop, the coarse CBCT crop, a micro-CT block, the reference
 
 
 def make_scan(cell: Cell, index: int, seed: int, folder: Path) -> tuple[Path, Path]:
@@ -81,10 +85,13 @@ def make_scan(cell: Cell, index: int, seed: int, folder: Path) -> tuple[Path, Pa
         entry = json.loads(record.read_text())
         if entry.get("key") == key and all((folder / entry[k]).exists() for k in ("image", "label", "structures")):
             return folder / entry["image"], record
-    acq = Acquisition(style=cell.style, voxel_mm=cell.voxel_mm, fov_mm=cell.fov_mm, centre=cell.centre,
-                      units=cell.units, **{name: cell.artefacts for name in ARTEFACTS})
-    spec = ph.generate_specimen(index, seed, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
-                                acquisition=acq)
+    if cell.style == "demo":  # the plain demo phantoms, as the paper recipe's model was trained on
+        spec = ph.generate_specimen(index, seed, get_profile("demo").phantoms)
+    else:
+        acq = Acquisition(style=cell.style, voxel_mm=cell.voxel_mm, fov_mm=cell.fov_mm, centre=cell.centre,
+                          units=cell.units, **{name: cell.artefacts for name in ARTEFACTS})
+        spec = ph.generate_specimen(index, seed, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
+                                    acquisition=acq)
     entry = ph.write_specimen(spec, folder)  # no label noise here: the label is the truth
     entry["key"] = key
     entry["seconds"] = spec.meta.get("seconds")
@@ -183,11 +190,15 @@ def main() -> int:
         t0 = time.perf_counter()
         scans = [make_scan(cell, i, args.seed + 100 * ci, folder) for i in range(args.n)]
         gen_s = time.perf_counter() - t0
-        shapes = [json.loads(r.read_text())["shape"] for _, r in scans]
+        records = [json.loads(r.read_text()) for _, r in scans]
+        shapes = [r["shape"] for r in records]
         print(f"{cell.name}: {args.n} scans {shapes} ready ({gen_s:.0f} s)", flush=True)
         if args.generate_only:
             continue
-        entry = {"cell": asdict(cell), "n": args.n, "shapes": shapes, "models": {}}
+        voxels = [float(r["spacing"][0]) for r in records]
+        fovs = [float(np.mean(np.multiply(r["shape"], r["spacing"]))) for r in records]
+        entry = {"cell": asdict(cell), "n": args.n, "shapes": shapes, "voxel_mm": [min(voxels), max(voxels)],
+                 "fov_mm": [min(fovs), max(fovs)], "models": {}}
         for name, model in models.items():
             rows = run_model(model, scans)
             entry["models"][name] = {"per_scan": rows, "summary": summarise(rows)}
@@ -198,12 +209,12 @@ def main() -> int:
         results.append(entry)
     if args.generate_only:
         return 0
-    robust_min = [e["models"]["robust"]["summary"]["dice"]["mean"] for e in results]
+    robust_min = [e["models"]["robust"]["summary"]["dice"]["mean"] for e in results if e["cell"]["held_out"]]
     doc = {
         "goal_dice": GOAL_DICE,
         "what": "Dice on held-out acquisitions (style x voxel size x field of view x units), on each scan's own "
                 "grid against the phantom's clean label; anatomy realism on; strong artefacts",
-        "goal": f"robust model: mean Dice >= {GOAL_DICE} in every cell",
+        "goal": f"robust model: mean Dice >= {GOAL_DICE} in every held-out cell",
         "goal_met": bool(all(v >= GOAL_DICE for v in robust_min)),
         "models": {k: str(v.relative_to(ROOT) if v.is_relative_to(ROOT) else v) for k, v in models.items()},
         "seed": args.seed,

@@ -234,11 +234,16 @@ def domain_shift_table(record: dict[str, Any], structures: bool = True) -> pd.Da
     structure, the mean Dice."""
     import pandas as pd
 
+    def span(values: list[float], digits: int) -> str:
+        lo, hi = (round(v, digits) for v in values)
+        return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
     rows = []
     for entry in record["cells"]:
         cell = entry["cell"]
-        row = {"style": cell["style"], "voxel (mm)": f"{cell['voxel_mm']:g}",
-               "field of view (mm)": f"{cell['fov_mm']:g}" + (" (cochlea crop)" if cell["centre"] == "cochlea" else ""),
+        style = {"cbct": "cone-beam CT", "microct": "micro-CT", "demo": "demo phantom (reference)"}[cell["style"]]
+        row = {"style": style, "voxel (mm)": span(entry["voxel_mm"], 3),
+               "field of view (mm)": span(entry["fov_mm"], 0) + (" (cochlea crop)" if cell["centre"] == "cochlea" else ""),
                "units": cell["units"], "scans": str(entry["n"])}
         for name, result in entry["models"].items():
             s = result["summary"]
@@ -253,7 +258,8 @@ def domain_shift_table(record: dict[str, Any], structures: bool = True) -> pd.Da
 def domain_shift_sentence(record: dict[str, Any], model: str = "robust") -> str:
     """One computed sentence: the goal, and the cells that meet or miss it."""
     goal = float(record.get("goal_dice", 0.85))
-    means = {e["cell"]["name"]: e["models"][model]["summary"]["dice"]["mean"] for e in record["cells"]}
+    means = {e["cell"]["name"]: e["models"][model]["summary"]["dice"]["mean"] for e in record["cells"]
+             if e["cell"].get("held_out", True)}
     missed = {k: v for k, v in means.items() if v < goal}
     lo = min(means.values())
     text = (f"The {model} model's mean Dice ranges from {lo:.3f} to {max(means.values()):.3f} over "

@@ -14,10 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def _record(dices):
     cells = []
     for i, d in enumerate(dices):
-        cell = {"name": f"cell {i}", "style": "cbct", "voxel_mm": 0.2, "fov_mm": 9.0, "centre": "cochlea", "units": "hu"}
+        cell = {"name": f"cell {i}", "style": "cbct", "voxel_mm": 0.2, "fov_mm": 9.0, "centre": "cochlea", "units": "hu",
+                "held_out": True}
         summary = {"dice": {"mean": d, "min": d - 0.01, "n": 2}, "dice_cochlea": {"mean": d, "min": d, "n": 2},
                    "dice_vestibule": None, "dice_canals": {"mean": 0.5, "min": 0.4, "n": 1}}
-        cells.append({"cell": cell, "n": 2, "models": {"robust": {"summary": summary},
+        cells.append({"cell": cell, "n": 2, "voxel_mm": [0.2, 0.2], "fov_mm": [9.0, 9.4],
+                      "models": {"robust": {"summary": summary},
                                                          "paper recipe": {"summary": summary}}})
     return {"kind": "domain_shift", "goal_dice": 0.85, "cells": cells,
             "context": {"date": "2026-11-28", "machine": {"cpu_count": 2, "cpu": "x"}, "versions": {}}}
@@ -25,6 +27,9 @@ def _record(dices):
 
 def test_sentence_names_the_cells_that_miss_the_goal():
     assert "every cell meets" in domain_shift_sentence(_record([0.9, 0.95]))
+    reference = _record([0.9, 0.3])
+    reference["cells"][1]["cell"]["held_out"] = False  # a reference row is not part of the goal
+    assert "every cell meets" in domain_shift_sentence(reference) and "over 1 held-out" in domain_shift_sentence(reference)
     text = domain_shift_sentence(_record([0.9, 0.5]))
     assert "1 of 2 miss" in text and "cell 1 (0.500)" in text
 
