@@ -116,6 +116,11 @@ def limits(record: dict) -> list[str]:
         s = e["models"]["robust"]["summary"]
         if s["dice"]["mean"] < goal:
             out.append(f"Below the goal (Dice {goal}) on {e['cell']['name']}: mean Dice {s['dice']['mean']:.3f}.")
+        weak = {k[5:]: v["mean"] for k, v in s.items() if k.startswith("dice_") and v and v["mean"] < goal}
+        if weak:
+            out.append(f"{e['cell']['name']}: the whole-ear mask reaches Dice {s['dice']['mean']:.3f}, but per "
+                       "structure " + ", ".join(f"{k} only {v:.3f}" for k, v in weak.items())
+                       + " (mostly the thin apical turn and the canal ends, lost at the model's voxel size).")
     return out
 
 
