@@ -120,7 +120,8 @@ def limits(record: dict) -> list[str]:
         if weak:
             out.append(f"{e['cell']['name']}: the whole-ear mask reaches Dice {s['dice']['mean']:.3f}, but per "
                        "structure " + ", ".join(f"{k} only {v:.3f}" for k, v in weak.items())
-                       + " (mostly the thin apical turn and the canal ends, lost at the model's voxel size).")
+                       + "; the predicted structure is incomplete there, so its volume (and, for the cochlea, the duct "
+                       "length and turns) must not be trusted: per-scan errors in benchmarks/results/domain_shift.json.")
     return out
 
 
