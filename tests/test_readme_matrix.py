@@ -32,6 +32,7 @@ def test_sentence_names_the_cells_that_miss_the_goal():
     assert "every cell meets" in domain_shift_sentence(reference) and "over 1 held-out" in domain_shift_sentence(reference)
     text = domain_shift_sentence(_record([0.9, 0.5]))
     assert "1 of 2 miss" in text and "cell 1 (0.500)" in text
+    assert "canals in 2 of 2 cells (lowest 0.500)" in text and "cochlea in 1 of 2 cells" in text
 
 
 def test_block_replacement_keeps_the_rest_and_refuses_a_readme_without_markers():
