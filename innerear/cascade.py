@@ -181,7 +181,7 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
     return (prob, mask, class_prob) if return_classes else (prob, mask)
 
 
-def structure_labels(mask: np.ndarray, class_prob: np.ndarray | None) -> np.ndarray | None:
+def labels_from_classes(mask: np.ndarray, class_prob: np.ndarray | None) -> np.ndarray | None:
     """The label map inside ``mask``: each voxel's most likely structure class (1..k-1), 0 outside.
 
     ``None`` for a binary network (no class probabilities).
@@ -232,7 +232,7 @@ class Cascade:
         """Segment a prepared volume (resampled to the cascade's grid or voxel size, raw intensities).
 
         Returns ``(mask, probabilities)`` of the last stage; with ``return_labels`` also the
-        structure label map (:func:`structure_labels`; ``None`` for a binary cascade), then,
+        structure label map (:func:`labels_from_classes`; ``None`` for a binary cascade), then,
         with ``return_stages``, the list of every stage's ``(probabilities, mask)``. ``mode`` (default: the cascade's
         settings, ``"fast"``) and keyword settings (``margin``, ``batch_size``, ``bucket``,
         ``full_fraction``, ``fixed_batch``) override :attr:`settings` for this call.
@@ -265,7 +265,7 @@ class Cascade:
         mask, prob = stages[-1][1], stages[-1][0]
         out: tuple = (mask, prob)
         if return_labels:
-            out += (structure_labels(mask, class_prob),)
+            out += (labels_from_classes(mask, class_prob),)
         if return_stages:
             out += (stages,)
         return out

@@ -250,13 +250,11 @@ class PatchDataset(keras.utils.PyDataset):
 
 # --------------------------------------------------------------------------- training data
 def class_map(label: np.ndarray, structures: np.ndarray) -> np.ndarray:
-    """Class codes from a binary label and its structure map (1 cochlea, 2 vestibule, 3 canals)."""
-    out = np.where(np.asarray(label) > 0, np.asarray(structures), 0).astype(np.uint8)
-    if np.any((out == 0) & (np.asarray(label) > 0)):  # label voxels without a structure: nearest one
-        missing = (out == 0) & (np.asarray(label) > 0)
-        idx = ndimage.distance_transform_edt(out == 0, return_distances=False, return_indices=True)
-        out[missing] = out[tuple(i[missing] for i in idx)]
-    return out
+    """Class codes from a binary label and its structure map (1 cochlea, 2 vestibule, 3 canals);
+    a label voxel without a structure takes its nearest one's (as ``innerear segment`` does)."""
+    from .segment import structure_labels
+
+    return structure_labels(np.asarray(structures), np.asarray(label))
 
 
 def resample_classes(classes: np.ndarray, affine: np.ndarray, shape: Sequence[int],

@@ -224,33 +224,6 @@ def model_voxel_mm(cascade) -> tuple[float, float, float] | None:
     return tuple(float(x) for x in v)
 
 
-def network_multiple(cascade) -> int:
-    """The side every slice must be a multiple of: the largest pooling factor of the stages' networks."""
-    pooling = getattr(cascade, "pooling", None)  # the engine's, where it has one
-    if pooling is not None:
-        return int(pooling)
-    from .fastinfer import pooling_factor
-
-    return max(pooling_factor(model) for _, model in cascade.stages)
-
-
-def predict_with_labels(cascade, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``cascade.predict(volume)`` as ``(mask, probabilities, labels)``; ``labels`` (0 background,
-    1 cochlea, 2 vestibule, 3 canals) is None for a binary model or an engine without
-    ``return_labels``."""
-    import inspect
-
-    try:
-        params = inspect.signature(cascade.predict).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        params = {}
-    if "return_labels" in params:  # not through **settings: an older engine passes those to InferenceSettings
-        mask, prob, labels = cascade.predict(volume, return_labels=True)
-        return mask, prob, labels
-    mask, prob = cascade.predict(volume)
-    return mask, prob, None
-
-
 def read_model_card(folder: str | os.PathLike) -> dict:
     """The model card next to ``cascade.json`` (``model_card.json``), or a summary of the stages."""
     folder = Path(folder)
@@ -719,7 +692,7 @@ def segment_scan(
             core = (slice(None),) * 3
         else:
             try:
-                physical = prepare_scan_physical(image, affine, voxel_mm, network_multiple(cascade))
+                physical = prepare_scan_physical(image, affine, voxel_mm, cascade.pooling)
             except ValueError as exc:
                 if "too large" not in str(exc):
                     raise
@@ -728,7 +701,7 @@ def segment_scan(
         t = step("prepare", t)
 
         bar.set_description("cascade")
-        mask_p, prob_p, labels_p = predict_with_labels(cascade, prepared)
+        mask_p, prob_p, labels_p = cascade.predict(prepared, return_labels=True)
         if physical is not None:  # the padding never yields foreground
             mask_p, prob_p, labels_p = (physical.outside_zeroed(v) for v in (mask_p, prob_p, labels_p))
         t = step("cascade", t)

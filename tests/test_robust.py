@@ -8,7 +8,7 @@ keras = pytest.importorskip("keras")
 
 from innerear import robust as rb  # noqa: E402
 from innerear.backbones import build  # noqa: E402
-from innerear.cascade import Cascade, structure_labels  # noqa: E402
+from innerear.cascade import Cascade, labels_from_classes  # noqa: E402
 from innerear.preprocess import Normalizer  # noqa: E402
 from innerear.train import cce_dice_loss, set_output_prior  # noqa: E402
 
@@ -63,8 +63,8 @@ def test_structure_labels_pick_the_most_likely_structure():
     p = np.zeros((2, 1, 1, 4), "float32")
     p[0, 0, 0] = [0.1, 0.2, 0.6, 0.1]
     p[1, 0, 0] = [0.9, 0.0, 0.0, 0.1]
-    assert structure_labels(np.array([[[1]], [[0]]]), p).ravel().tolist() == [2, 0]
-    assert structure_labels(np.ones((2, 1, 1)), None) is None
+    assert labels_from_classes(np.array([[[1]], [[0]]]), p).ravel().tolist() == [2, 0]
+    assert labels_from_classes(np.ones((2, 1, 1)), None) is None
 
 
 def test_monotone_curve_never_inverts_and_augmentation_keeps_dark_below_bright():
