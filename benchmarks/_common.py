@@ -1,6 +1,6 @@
 """Helpers shared by ``bench_inference.py`` and ``gpu_check.py`` (no TensorFlow import here).
 
-* :func:`prepare_phantom`: a synthetic specimen (``innerear.phantom``) prepared to ``grid``³
+* :func:`prepare_phantom`: a synthetic specimen (``innerear.data.phantom``) prepared to ``grid``³
   the way the pipeline prepares scans (cubic-spline image, signed-distance label).
 * :func:`bench_weights`: weights for the three paper-size U-Nets that produce *realistic*
   masks, so that the region-of-interest path has something real to restrict to (random
@@ -28,13 +28,13 @@ if str(ROOT) not in sys.path:
 CACHE = Path(os.environ.get("INNEREAR_BENCH_CACHE", ROOT / "benchmarks" / ".cache"))
 
 WEIGHTS_VERSION = 1
-from innerear.views import PAPER_ORDER as PAPER_VIEWS  # noqa: E402  (numpy only: safe on the GPU box)
+from innerear.settings.views import PAPER_ORDER as PAPER_VIEWS  # noqa: E402  (numpy only: safe on the GPU box)
 FIT = dict(train_index=1, test_index=0, seed=0, binning=4, steps=300, batch=16, crop=64, lr=1e-3,
            fg_share=0.6, bn_momentum=0.9)
 
 
 def install_nibabel_stub() -> bool:
-    """Let ``innerear.io`` / ``innerear.preprocess`` import where nibabel is missing (GPU box).
+    """Let ``innerear.io`` / ``innerear.data.preprocess`` import where nibabel is missing (GPU box).
 
     Only reading/writing NIfTI and reorienting use nibabel; any use raises ImportError.
     Returns True when a stub was installed.
@@ -127,9 +127,9 @@ def prepare_phantom(index: int, grid: int = 256, seed: int = 0, binning: int = F
     if use_cache and path.exists():
         with np.load(path) as z:
             return z["image"], z["label"]
-    from innerear.config import get_profile
-    from innerear.phantom import generate_specimen
-    from innerear.preprocess import resample_image, resample_label
+    from innerear.settings.profiles import get_profile
+    from innerear.data.phantom import generate_specimen
+    from innerear.data.preprocess import resample_image, resample_label
 
     spec = generate_specimen(index, seed, replace(get_profile("demo").phantoms, binning=binning))
     image = resample_image(spec.image, grid)
@@ -148,7 +148,7 @@ def paper_unets(seed: int = 0, bn_momentum: float = 0.9):
     """The three paper-size U-Nets (1, 2, 3 input channels), seeded."""
     import keras
 
-    from innerear.backbones import unet
+    from innerear.nets.backbones import unet
 
     keras.utils.set_random_seed(seed)
     return [unet(channels=k, bn_momentum=bn_momentum, name=f"stage{k}") for k in (1, 2, 3)]
@@ -204,9 +204,10 @@ def fit_bench_weights(grid: int = 256, verbose: bool = True, **overrides) -> tup
     """Fit the three paper-size stages quickly on phantom ``train_index`` (see module doc)."""
     import keras
 
-    from innerear.cascade import run_stage, stage_inputs
-    from innerear.preprocess import fit_normalizer, to_slices
-    from innerear.train import bce_dice_loss
+    from innerear.inference.engine import run_stage, stage_inputs
+    from innerear.data.preprocess import fit_normalizer
+    from innerear.settings.views import to_slices
+    from innerear.nets.losses import bce_dice_loss
 
     cfg = dict(FIT, **overrides)
     t0 = time.perf_counter()
@@ -256,8 +257,8 @@ def bench_weights(grid: int = 256, refit: bool = False, verbose: bool = True):
 
 
 def bench_cascade(models, meta, batch_size: int | None = None):
-    from innerear.cascade import Cascade
-    from innerear.preprocess import normalizer_from_dict
+    from innerear.inference.engine import Cascade
+    from innerear.data.preprocess import normalizer_from_dict
 
     norm = normalizer_from_dict(meta["normalizer"])
     return Cascade(stages=list(zip(PAPER_VIEWS, models)), normalizer=norm, grid=meta["grid"],

@@ -1,4 +1,4 @@
-"""Accuracy and speed of :func:`innerear.cochlea.measure_cochlea` on phantoms.
+"""Accuracy and speed of :func:`innerear.metrics.cochlea.measure_cochlea` on phantoms.
 
 For ``--n`` phantoms (seed ``--seed``) at each ``--binnings`` (voxels 16.3 / 19.5 um x
 binning), the cochlea label (``structures == 1``) is measured and compared with the
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from innerear import phantom as ph  # noqa: E402
-from innerear.cochlea import METHOD, measure_cochlea  # noqa: E402
-from innerear.config import PhantomSettings  # noqa: E402
+from innerear.data import phantom as ph  # noqa: E402
+from innerear.metrics.cochlea import METHOD, measure_cochlea  # noqa: E402
+from innerear.settings.profiles import PhantomSettings  # noqa: E402
 
 
 def measure_one(index: int, seed: int, binning: int) -> dict:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {b} | {r['voxel_mm']:.3f} | {i} | {r['side']} | {t['lateral_wall_length_mm']:.2f} | "
                   f"{r['duct_length_mm']:.2f} | {r['duct_length_error_pct']:+.1f} | {t['turns']:.3f} | {r['turns']:.3f} | "
                   f"{r['turns_error']:+.3f} | {r['centreline_error_pct']:+.1f} | {r['seconds']:.2f} |", flush=True)
-    from innerear.performance import write_record
+    from innerear.reporting.performance import write_record
 
     record = {"method": METHOD, "seed": args.seed, "summary": summary(rows), "rows": rows}
     write_record(args.json, "bench_cochlea", record)  # with the machine and versions (run_context)

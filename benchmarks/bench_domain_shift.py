@@ -1,7 +1,7 @@
 """Domain shift: how the segmenter does on scans unlike its training phantoms.
 
-The shipped model (robust recipe, :mod:`innerear.robust`) is trained on one mixture of
-acquisitions (:class:`innerear.robust.TrainingMixture`: 0.06-0.3 mm voxels, uint16 or float
+The shipped model (robust recipe, :mod:`innerear.training.robust`) is trained on one mixture of
+acquisitions (:class:`innerear.training.robust.TrainingMixture`: 0.06-0.3 mm voxels, uint16 or float
 units, artefacts up to 0.6). Each cell below is a combination it never saw: Hounsfield
 units, voxels from 16 to 40 µm, cone-beam-CT cochlea crops, strong artefacts. For each
 cell the script writes ``--n`` new phantoms (anatomy realism on, seed ``--seed``), each as a
@@ -74,10 +74,10 @@ QUICK = {0, 2, 6, 8}  # --quick: one CBCT crop, the coarse CBCT crop, a micro-CT
 def make_scan(cell: Cell, index: int, seed: int, folder: Path) -> tuple[Path, Path]:
     """Write phantom ``index`` of ``cell`` as a NIfTI scan with its truth, unless the folder
     already holds exactly that scan; return the scan's path and its record (JSON)."""
-    from innerear import phantom as ph
-    from innerear.config import get_profile
+    from innerear.data import phantom as ph
+    from innerear.settings.profiles import get_profile
     from innerear.io import write_json
-    from innerear.phantom.acquisition import ARTEFACTS, Acquisition
+    from innerear.data.phantom.acquisition import ARTEFACTS, Acquisition
 
     record = folder / f"phantom_{index:03d}.json"
     key = {"cell": asdict(cell), "index": index, "seed": seed, "version": ph.PHANTOM_VERSION}
@@ -144,7 +144,7 @@ def score(mask: np.ndarray, labels: np.ndarray | None, truth: dict, spacing, rep
 
 def run_model(model_dir: Path, scans: list[tuple[Path, Path]]) -> list[dict]:
     """Segment every scan with one model (loaded once); score each."""
-    from innerear import segment as sg
+    from innerear.inference import segment as sg
 
     cascade = sg.load_model_dir(model_dir, reuse=False)
     rows = []
@@ -221,7 +221,7 @@ def main() -> int:
         "cells": results,
         "seconds": round(time.perf_counter() - t_all, 1),
     }
-    from innerear.performance import write_record
+    from innerear.reporting.performance import write_record
 
     write_record(args.out, "domain_shift", doc)
     print(f"wrote {args.out} ({doc['seconds']:.0f} s); goal met: {doc['goal_met']}")

@@ -7,7 +7,7 @@ the pipeline's resampling); the three stages are the paper-size U-Net (base 32, 
 cached in ``benchmarks/.cache/``), so that every stage produces a realistic mask.
 
 Variants, run in the same process, interleaved (the order rotates every repeat), all through
-the product's own engine, :meth:`innerear.cascade.Cascade.predict` (what ``innerear segment``,
+the product's own engine, :meth:`innerear.inference.engine.Cascade.predict` (what ``innerear segment``,
 training and evaluation call):
 
 * ``full`` — ``mode="full"``, the authors' way: every slice of every stage at full size,
@@ -67,7 +67,7 @@ def _threads_from_env() -> None:
 def machine() -> dict:
     import keras
 
-    from innerear.performance import cpu_model
+    from innerear.reporting.performance import cpu_model
 
     info = {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(), "keras": keras.__version__,
             "backend": keras.backend.backend(), "load_avg_start": os.getloadavg()}
@@ -82,7 +82,7 @@ def machine() -> dict:
 
 def _warm_up(casc, batch: int) -> None:
     """Trace the compiled predict step once per model (not timed), and touch the eager path."""
-    from innerear.fastinfer import predict_slices  # the engine's kernel, to trace each network once
+    from innerear.inference.kernels import predict_slices  # the engine's kernel, to trace each network once
 
     for k, (_, model) in enumerate(casc.stages, 1):
         x = np.zeros((batch, casc.grid, casc.grid, k), np.float32)
@@ -178,8 +178,8 @@ def tune_worker(args) -> dict:
     """Slices per second of the paper-size U-Net at 256², by batch size (compiled) and eager."""
     import keras
 
-    from innerear.backbones import unet
-    from innerear.fastinfer import predict_slices
+    from innerear.nets.backbones import unet
+    from innerear.inference.kernels import predict_slices
 
     keras.utils.set_random_seed(0)
     model = unet(channels=1)
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     if args.sweep:
         print("margin sweep (one run each):", flush=True)
         out["sweep"] = sweep(image, casc, ref_mask, [int(m) for m in args.sweep.split(",")], args)
-    from innerear.performance import results_path, write_record
+    from innerear.reporting.performance import results_path, write_record
 
     print(f"wrote {write_record(args.json or results_path(C.ROOT, 'bench_inference'), 'bench_inference', out)}")
     if not args.skip_resample:

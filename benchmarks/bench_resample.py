@@ -1,9 +1,9 @@
 """Time and peak memory of resampling a paper-sized scan to 256³ (cubic spline).
 
 Compares ``scipy.ndimage.zoom`` on the whole scan in memory (what the pipeline did before
-it was wired to the bounded resampler) with :func:`innerear.resample.resample_image_bounded`
+it was wired to the bounded resampler) with :func:`innerear.data.resample.resample_image_bounded`
 (separable passes over slabs of a memory-mapped ``.npy``; what
-:func:`innerear.preprocess.resample_image`, ``prepare_case`` and ``innerear segment`` now call). Each run is a fresh subprocess;
+:func:`innerear.data.preprocess.resample_image`, ``prepare_case`` and ``innerear segment`` now call). Each run is a fresh subprocess;
 its peak resident memory is that process's ``VmHWM`` (high-water mark of its resident set,
 file-mapped pages included), read at the end of the work, so it includes the Python
 interpreter and the imported libraries (reported separately as "baseline"); the kernel's
@@ -84,8 +84,8 @@ def _status_mib(key: str) -> float:
 
 def worker(method: str, src: str, grid: int, max_bytes: int, out: str) -> None:
     """Runs in the subprocess: resample ``src`` with ``method``; prints one JSON line."""
-    import innerear.preprocess as pre  # noqa: F401  (same imports for both methods)
-    from innerear.resample import resample_image_bounded
+    import innerear.data.preprocess as pre  # noqa: F401  (same imports for both methods)
+    from innerear.data.resample import resample_image_bounded
 
     baseline = _status_mib("VmRSS")
     t0 = time.perf_counter()
@@ -225,7 +225,7 @@ def main(argv=None) -> list[dict]:
     print()
     print(f"resampling to {args.grid}^3 (cubic B-spline), {os.cpu_count()} CPU(s); peak RSS = VmHWM of the run's process")
     print_table(results)
-    from innerear.performance import results_path, write_record
+    from innerear.reporting.performance import results_path, write_record
 
     path = write_record(args.json or results_path(ROOT, "bench_resample"), "bench_resample",
                         {"cases": results, "settings": {"grid": args.grid, "max_bytes_gib": args.max_bytes}})

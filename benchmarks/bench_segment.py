@@ -11,7 +11,7 @@ they are resident; the resampler releases them slab by slab.
 Default: 300 × 446 × 309 voxels (a quarter of the paper's smallest Hear-EU scan per axis
 pair). ``--large`` uses 618 × 892 × 600, that scan's full size (330 M voxels, 660 MB);
 ``--shape X Y Z`` any other. The record goes to ``--json`` (default
-``benchmarks/results/bench_segment.json``, written by :func:`innerear.performance.write_record`
+``benchmarks/results/bench_segment.json``, written by :func:`innerear.reporting.performance.write_record`
 with the machine, date and versions) with the report's timings.
 
     .venv/bin/python benchmarks/bench_segment.py [--large] [--shape 1500 1500 1500]
@@ -42,8 +42,8 @@ def write_large_scan(path: Path, shape: tuple[int, int, int], seed: int = 0, bin
 
     import nibabel as nib
 
-    from innerear.config import get_profile
-    from innerear.phantom import generate_specimen
+    from innerear.settings.profiles import get_profile
+    from innerear.data.phantom import generate_specimen
 
     settings = replace(get_profile("demo").phantoms, binning=binning)
     spec = generate_specimen(0, seed, settings)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
               f"steps {other_rep.get('timings_s')}")
     print(f"innerear segment on {'x'.join(map(str, shape))}: peak RSS {out['peak_rss_mib']:.0f} MiB "
           f"(scan {out['scan_mib']:.0f} MiB on disk), {res['seconds']:.1f} s; steps {rep.get('timings_s')}")
-    from innerear.performance import results_path, write_record
+    from innerear.reporting.performance import results_path, write_record
 
     print(f"wrote {write_record(args.json or results_path(ROOT, 'bench_segment'), 'bench_segment', out)}")
     return 0

@@ -30,9 +30,10 @@ def time_backbone(backbone: str, profile_name: str, steps: int, threads: int | N
     """Median seconds per training step (batch of the profile's size) for one backbone."""
     import numpy as np
 
-    from innerear.backbones import build_for_profile
-    from innerear.config import get_profile
-    from innerear.train import compile_for_training, set_seed, set_threads
+    from innerear.nets.backbones import build_for_profile
+    from innerear.settings.profiles import get_profile
+    from innerear.training.fit import compile_for_training
+    from innerear.nets.backend import set_seed, set_threads
 
     if threads:
         set_threads(threads)
@@ -67,7 +68,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/bench_training.json)")
     args = ap.parse_args()
 
-    from innerear.config import get_profile
+    from innerear.settings.profiles import get_profile
 
     rows = []
     for profile_name in args.profiles.split(","):
@@ -98,7 +99,7 @@ def main() -> None:
     print("\ncascade per fold = 3 stages x (epochs x s/epoch + first step); prediction not included")
     from pathlib import Path
 
-    from innerear.performance import results_path, write_record
+    from innerear.reporting.performance import results_path, write_record
 
     path = write_record(args.json or results_path(Path(__file__).resolve().parents[1], "bench_training"), "bench_training",
                         {"rows": rows, "settings": {"paper_epochs_assumed": args.paper_epochs,

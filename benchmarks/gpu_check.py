@@ -4,7 +4,7 @@ Prints, and writes to ``$OUT/gpu_results.json`` when ``$OUT`` is set:
 
 * the device, JAX and Keras versions;
 * seconds per 256³ volume through the paper-size three-stage cascade (U-Net, 1/2/3 input
-  channels), through the engine (:meth:`innerear.cascade.Cascade.predict`) in its ``"full"``
+  channels), through the engine (:meth:`innerear.inference.engine.Cascade.predict`) in its ``"full"``
   mode and its default ``"fast"`` mode, in float32 and in mixed precision
   (``mixed_float16``), with the Dice between the float32 and mixed-precision masks and
   between the two paths;
@@ -57,7 +57,7 @@ def elapsed() -> float:
 def save() -> None:
     RESULTS["elapsed_s"] = round(elapsed(), 1)
     if "context" not in RESULTS:  # date, machine, versions: the Performance page reads them
-        from innerear.performance import run_context
+        from innerear.reporting.performance import run_context
 
         RESULTS["context"] = dict(run_context(), command="KERAS_BACKEND=jax python benchmarks/gpu_check.py")
     out = os.environ.get("OUT")
@@ -138,10 +138,10 @@ def p_setup(args) -> dict:
     import _common as C
 
     stub = C.install_nibabel_stub()
-    import innerear.backbones  # noqa: F401
-    import innerear.cascade  # noqa: F401
-    import innerear.fastinfer  # noqa: F401
-    import innerear.preprocess  # noqa: F401
+    import innerear.nets.backbones  # noqa: F401
+    import innerear.inference.engine  # noqa: F401
+    import innerear.inference.kernels  # noqa: F401
+    import innerear.data.preprocess  # noqa: F401
 
     info = {"nibabel_stub": stub}
     t = time.perf_counter()
@@ -159,7 +159,7 @@ def p_setup(args) -> dict:
         meta = C.load_weights(wpath, models)
         info["weights"] = f"quick-fit benchmark weights ({wpath.name})"
     else:
-        from innerear.preprocess import fit_normalizer
+        from innerear.data.preprocess import fit_normalizer
 
         meta = {"normalizer": fit_normalizer([image]).to_dict(), "grid": args.grid}
         info["weights"] = "random (benchmarks/.cache weights not carried): the ROI has little to restrict to"
@@ -241,7 +241,7 @@ def p_infer_mixed(args) -> dict:
 def _train(policy: str, args) -> dict:
     import keras
 
-    from innerear.backbones import unet
+    from innerear.nets.backbones import unet
 
     keras.mixed_precision.set_global_policy(policy)
     try:

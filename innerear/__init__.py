@@ -1,25 +1,20 @@
 """innerear: an open reproduction of AutoCasNet (Hussain et al., Sci Rep 2021).
 
 Automatic segmentation of the human inner ear in micro-CT with an auto-context cascade of
-2D U-Nets. Modules, in data-flow order (data → model → cascade → evaluation → app):
+2D U-Nets. The subpackages are floors, in the order the data flows; a floor imports only
+from the floors below it (``tests/test_layering.py`` enforces it):
 
-- settings and places: ``config`` (profiles), ``layout`` (run tree, cache, saved
-  predictions), ``views`` (orientations, stage orders, slicing conventions);
-- data: ``phantom`` (synthetic specimens; a subpackage, one module per generator step), ``hear_eu`` (the real data set), ``io`` (volume
-  files), ``resample`` (memory-bounded cubic B-spline), ``preprocess`` (pairs, resampling,
-  z-scoring or per-scan percentile normalisation, folds);
-- model: ``backbones`` (U-Net, ResU-Net, SE-U-Net), ``train`` (fitting, checkpoints);
-- cascade: ``cascade`` (the one inference engine, :class:`~innerear.cascade.Cascade`, and
-  cascade training), ``fastinfer`` (its slice-prediction kernels and region of interest),
-  ``robust`` (the shipped segmenter's recipe: physical units, domain randomisation, structures);
-- evaluation (no Keras import): ``metrics`` (the paper's metrics, Dice, largest component),
-  ``evaluation`` (saved predictions → per-volume table), ``table1`` (Table 1, tests), ``compare`` (per-structure
-  scores, cascade against baseline with generated sentences);
-- app: ``timing`` (engine timings for the book), ``performance`` (measurement records),
-  ``mesh`` (surfaces, STL), ``viz`` (figures), ``cochlea`` (duct length and turns),
-  ``segment`` (your own scan), ``pipeline``
-  (``make reproduce``) and ``cli``.
+0. ``settings``    profiles, slice views, run-tree layout, the structure table
+1. ``io``          volume files (NIfTI, NRRD, MetaImage, DICOM, TIFF), STL meshes, atomic writes
+2. ``metrics``     everything measured from a mask: the paper's metrics, cochlea, anatomy
+3. ``data``        phantoms, the Hear-EU loader, resampling, preparation, normalisers, folds
+4. ``nets``        U-Net / ResU-Net / SE-U-Net, losses, safe loading (first floor with Keras)
+5. ``inference``   the one engine (``Cascade.predict``) and ``innerear segment``
+6. ``training``    fitting, the paper recipe's cascade trainer, the robust recipe
+7. ``evaluation``  per-volume results, Table 1, comparisons (no Keras)
+8. ``reporting``   ``innerear reproduce``, performance records, timings, figures
+9. ``cli``         the command line, a thin layer over the floors
 
-Apart from ``phantom`` the modules stay in one flat package: the order above is the reading order.
+``models/`` holds the shipped segmenters (package data, read by ``inference``).
 """
 __version__ = "0.1.0"

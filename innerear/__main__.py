@@ -1,6 +1,6 @@
 """``python -m innerear`` runs the command line."""
 import sys
 
-from .cli import main
+from innerear.cli import main
 
 sys.exit(main())

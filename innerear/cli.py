@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import BACKBONES, PAPER_ORDER, PROFILES, get_profile, import_backend
+from innerear.settings.profiles import BACKBONES, PROFILES, get_profile, import_backend
+from innerear.settings.views import PAPER_ORDER
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -63,7 +64,7 @@ def label_values(text: str) -> tuple[int, ...]:
 
 def view_order(text: str) -> tuple[str, ...]:
     """``"coronal,sagittal,axial"`` -> a checked view order."""
-    from .preprocess import check_order
+    from innerear.settings.views import check_order
 
     try:
         return check_order(text.split(","))
@@ -84,7 +85,7 @@ def _profile(args: argparse.Namespace):
 def _cmd_phantoms(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .phantom import generate_specimen, write_phantom_set, write_specimen
+    from innerear.data.phantom import generate_specimen, write_phantom_set, write_specimen
 
     profile = get_profile(args.profile)
     settings = profile.phantoms
@@ -104,9 +105,9 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .config import default_data_dir, project_root
-    from .layout import cache_dir
-    from .preprocess import prepare_dataset
+    from innerear.settings.profiles import default_data_dir, project_root
+    from innerear.settings.layout import cache_dir
+    from innerear.data.preprocess import prepare_dataset
 
     profile = get_profile(args.profile)
     root = project_root()
@@ -118,9 +119,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import default_data_dir, project_root
-    from .layout import cache_dir, runs_root
-    from .preprocess import make_folds, prepare_dataset
+    from innerear.settings.profiles import default_data_dir, project_root
+    from innerear.settings.layout import cache_dir, runs_root
+    from innerear.data.preprocess import make_folds, prepare_dataset
 
     profile = _profile(args)
     jobs = [_parse_job(j) for j in args.job] if args.job else [(args.fold, list(args.order))]
@@ -130,8 +131,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
     import_backend()  # the inputs are fine: now the deep-learning stack
     _threads_from_env()
-    from .cascade import train_cascade
-    from .train import ModelPool
+    from innerear.training.cascade import train_cascade
+    from innerear.training.fit import ModelPool
 
     pool = ModelPool()  # runs in one process share compiled networks (identical results)
     for fold, views in jobs:
@@ -154,7 +155,7 @@ def _parse_job(text: str) -> tuple[int, list[str]]:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .pipeline import reproduce
+    from innerear.reporting.pipeline import reproduce
 
     times = reproduce(args.profile, seed=args.seed, book=not args.no_book, only=args.only, site=args.site,
                       workers=args.workers, scheduler=args.scheduler)
@@ -167,13 +168,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _threads_from_env() -> None:
     """Apply ``INNEREAR_THREADS`` (imports the deep-learning stack: call after checking inputs)."""
     if os.environ.get("INNEREAR_THREADS"):
-        from .train import set_threads
+        from innerear.nets.backend import set_threads
 
         set_threads(int(os.environ["INNEREAR_THREADS"]))
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .segment import segment_to_files
+    from innerear.inference.segment import segment_to_files
 
     rep = segment_to_files(args.scan, args.out, args.model, mesh=args.mesh, report=args.report,
                            labels=args.labels, spacing=args.spacing, force=args.force, progress=not args.quiet,
@@ -192,7 +193,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     """``innerear train --recipe robust --out WORK``: the shipped segmenter's recipe on generated phantoms."""
-    from .robust import get_recipe
+    from innerear.training.robust import get_recipe
 
     if args.data_dir is not None:
         raise ValueError(f"{args.data_dir}: --recipe {args.recipe} trains on phantoms it generates; "
@@ -203,7 +204,7 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe, seed=args.seed)
     import_backend()
     _threads_from_env()
-    from .robust import train_robust
+    from innerear.training.robust import train_robust
 
     last = train_robust(recipe, out, verbose=not args.quiet)
     print(f"cascade: {last / 'cascade.json'}  (innerear segment SCAN -o MASK --model {last})")
@@ -211,8 +212,8 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .layout import cache_dir
-    from .preprocess import make_folds, prepare_dataset
+    from innerear.settings.layout import cache_dir
+    from innerear.data.preprocess import make_folds, prepare_dataset
 
     if args.recipe is not None:
         return _cmd_train_recipe(args)
@@ -233,9 +234,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--fold must be in 0..{len(folds) - 1}, got {args.fold}")
     import_backend()  # the inputs are fine: now the deep-learning stack
     _threads_from_env()
-    from .cascade import train_cascade
-    from .layout import stage_dir
-    from .train import ModelPool
+    from innerear.training.cascade import train_cascade
+    from innerear.settings.layout import stage_dir
+    from innerear.training.fit import ModelPool
 
     pool = ModelPool()
     for fold in todo:
@@ -332,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or the shipped segmenter's robust recipe on generated phantoms (--recipe)")
     p.add_argument("data_dir", nargs="?", default=None, help="folder of <id>_image.<ext> and <id>_label.<ext> pairs")
     p.add_argument("--recipe", choices=("robust", "robust-smoke"), default=None,
-                   help="train the segmenter's robust recipe (innerear.robust) on domain-randomised phantoms "
+                   help="train the segmenter's robust recipe (innerear.training.robust) on domain-randomised phantoms "
                         "instead of a profile on a data folder")
     p.add_argument("--out", required=True, help="folder for the run tree (and its cache)")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))

@@ -26,7 +26,7 @@ def make_tube_volume(shape=(40, 36, 32), radius=2.5, seed=0):
 
 def make_prepared_cases(n=4, shape=(16, 16, 16)):
     """``n`` tube volumes as prepared cases c0..c{n-1} (0.1 mm voxels, no structure map)."""
-    from innerear import preprocess as pp
+    from innerear.data import preprocess as pp
 
     cases = []
     for i in range(n):

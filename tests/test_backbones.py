@@ -1,4 +1,4 @@
-"""Tests for innerear.backbones: layout, parameter counts, shapes, saving, determinism."""
+"""Tests for innerear.nets.backbones: layout, parameter counts, shapes, saving, determinism."""
 from __future__ import annotations
 
 import re
@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from innerear import backbones
-from innerear.backbones import AUTHORS_PARAMS, BACKBONE_LABELS, build, layer_table, res_unet, se_unet, unet
+from innerear.nets import backbones
+from innerear.nets.backbones import AUTHORS_PARAMS, build, layer_table, res_unet, se_unet, unet
+from innerear.settings.profiles import BACKBONE_LABELS
 
 # small networks: 32x32 slices, 4 base filters, 2 pooling levels
 SMALL = dict(size=32, base_filters=4, depth=2)
@@ -221,7 +222,7 @@ def _authors_network(block: str, channels: int, size: int = 256, base: int = 32)
 def test_paper_profile_builds_the_authors_networks(backbone):
     """At the ``paper`` profile (256² slices, base 32, depth 3) each backbone has exactly the
     parameters of the authors' network, counted on an independent Keras rebuild of it."""
-    from innerear.config import get_profile
+    from innerear.settings.profiles import get_profile
 
     paper = get_profile("paper")
     assert paper.plain_bottleneck and paper.se_mode == "authors"
@@ -237,7 +238,7 @@ def test_paper_profile_builds_the_authors_networks(backbone):
 
 
 def test_profile_build_kwargs_follow_the_profile():
-    from innerear.config import get_profile
+    from innerear.settings.profiles import get_profile
 
     demo = get_profile("demo")
     kw = backbones.profile_build_kwargs("se_unet", demo)
@@ -257,7 +258,7 @@ def test_backbone_label_names_the_se_variant():
 
 
 def test_run_network_prefers_the_runs_saved_model(tmp_path):
-    from innerear.config import get_profile
+    from innerear.settings.profiles import get_profile
 
     smoke = get_profile("smoke")
     model, source = backbones.run_network(tmp_path, "se_unet", 1, smoke)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from innerear import phantom as ph
-from innerear.cochlea import METHOD_NAME, CochleaMeasures, measure_cochlea
-from innerear.config import PhantomSettings
-from innerear.phantom.geometry import rotmat
+from innerear.data import phantom as ph
+from innerear.metrics.cochlea import METHOD_NAME, CochleaMeasures, measure_cochlea
+from innerear.settings.profiles import PhantomSettings
+from innerear.data.phantom.geometry import rotmat
 
 SEED = 11
 # (binning, specimens): voxels 16.3 / 19.5 um x binning; specimens 0, 2 are left ears, 1, 3 right
@@ -74,7 +74,7 @@ def test_duct_length_and_turns_at_0_24_to_0_29_mm():
 
 def test_realism_leaves_the_cochlea_measurable():
     """Windows, aqueducts and the scala septum (phantom realism) are not label: same accuracy."""
-    from innerear.phantom.params import AnatomyRealism
+    from innerear.data.phantom.params import AnatomyRealism
 
     sp = ph.generate_specimen(1, SEED, PhantomSettings(n_specimens=2, binning=COARSE), realism=AnatomyRealism.full())
     m = measure_cochlea(sp.structures == ph.COCHLEA, sp.affine)
@@ -149,7 +149,7 @@ def _bridge(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     voxels (within 1.2 mm) more than 3 mm apart along the duct."""
     from scipy.spatial import cKDTree
 
-    from innerear.cochlea import geodesic_distance
+    from innerear.metrics.cochlea import geodesic_distance
 
     idx = np.argwhere(mask)
     voxel = float(np.linalg.norm(affine[:3, :3], axis=0).mean())

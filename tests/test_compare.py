@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from innerear import compare, evaluation
-from innerear.config import get_profile
+from innerear.evaluation import compare, results as evaluation
+from innerear.settings.profiles import get_profile
 from innerear.metrics import per_structure, structure_regions
 
 

@@ -4,18 +4,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from innerear import cascade as cs
-from innerear import preprocess as pp
-from innerear.config import get_profile
-from innerear.layout import stage_dir
+from innerear.inference import engine as cs
+from innerear.data import preprocess as pp
+from innerear.settings.profiles import get_profile
+from innerear.settings.layout import stage_dir
 from innerear.metrics import dice
-from innerear.views import PAPER_ORDER, VIEW_AXES, from_slices, orientation_axis, to_slices
+from innerear.settings.views import PAPER_ORDER, VIEW_AXES, from_slices, orientation_axis, to_slices
+from innerear.training import cascade as tc
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A smoke-size cascade trained for a few epochs on 48^3 phantoms (not random weights)."""
-    from innerear.phantom import write_phantom_set
+    from innerear.data.phantom import write_phantom_set
 
     tmp = tmp_path_factory.mktemp("engine")
     profile = get_profile("smoke", max_epochs=4, patience=4, base_filters=8, depth=2, grid=48, learning_rate=3e-3)
@@ -24,7 +25,7 @@ def trained(tmp_path_factory):
     write_phantom_set(data, replace(profile.phantoms, binning=16), seed=0, n=4)
     cases = pp.prepare_dataset(data, profile.grid)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
-    summary = cs.train_cascade(cases, folds, 0, "unet", PAPER_ORDER, profile, tmp / "runs")
+    summary = tc.train_cascade(cases, folds, 0, "unet", PAPER_ORDER, profile, tmp / "runs")
     casc = cs.load_cascade(stage_dir(tmp / "runs", profile, "unet", 0, PAPER_ORDER))
     by_id = {c.case_id: c for c in cases}
     return casc, by_id[folds[0][0]], summary, by_id

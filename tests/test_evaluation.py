@@ -1,4 +1,4 @@
-"""innerear.evaluation: row names, the probabilities ROC AUC is computed on, failed volumes, planted predictions."""
+"""innerear.evaluation.results: row names, the probabilities ROC AUC is computed on, failed volumes, planted predictions."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from innerear import evaluation as E
-from innerear import preprocess as pp
-from innerear import table1
-from innerear.cascade import largest_component, stage_dir
-from innerear.config import get_profile
+from innerear.evaluation import results as E
+from innerear.data import preprocess as pp
+from innerear.evaluation import table1
+from innerear.metrics import largest_component
+from innerear.settings.layout import stage_dir
+from innerear.settings.profiles import get_profile
 from innerear.io import save_npz
 from innerear.metrics import roc_auc
 

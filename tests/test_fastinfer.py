@@ -1,14 +1,15 @@
-"""The engine's fast mode (innerear.fastinfer kernels) gives the masks of the full-size mode, computing less."""
+"""The engine's fast mode (innerear.inference.kernels kernels) gives the masks of the full-size mode, computing less."""
 import keras
 import numpy as np
 import pytest
 from conftest import make_tube_volume
 
-from innerear.backbones import unet
-from innerear.cascade import Cascade, InferenceSettings, run_stage
-from innerear.fastinfer import pooling_factor, predict_slices, roi_crops
+from innerear.nets.backbones import unet
+from innerear.inference.engine import Cascade, InferenceSettings, run_stage
+from innerear.inference.kernels import pooling_factor, predict_slices, roi_crops
 from innerear.metrics import dice
-from innerear.preprocess import fit_normalizer, to_slices
+from innerear.data.preprocess import fit_normalizer
+from innerear.settings.views import to_slices
 
 VIEWS = ("coronal", "sagittal", "axial")
 

@@ -5,19 +5,12 @@ import nrrd
 import numpy as np
 import pytest
 
-from innerear.config import get_profile, is_synthetic
-from innerear.hear_eu import (
-    export_prepared,
-    find_specimens,
-    load_corrections,
-    load_specimen,
-    lumen_check,
-    read_slicer_segmentation,
-    shift_vox,
-)
+from innerear.settings.profiles import get_profile, is_synthetic
+from innerear.data.hear_eu import (export_prepared, find_specimens, load_corrections, load_specimen, lumen_check,
+                                   read_slicer_segmentation, shift_vox)
 from innerear.io import VolumeError, read_volume, write_volume
-from innerear.phantom import generate_specimen
-from innerear.preprocess import discover_pairs
+from innerear.data.phantom import generate_specimen
+from innerear.data.preprocess import discover_pairs
 
 pytest.importorskip("SimpleITK")
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from innerear import layout
-from innerear.config import get_profile
+from innerear.settings import layout
+from innerear.settings.profiles import get_profile
 from innerear.io import save_npz
 
 

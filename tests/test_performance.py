@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from innerear import performance as perf
-from innerear.config import get_profile
-from innerear.pipeline import write_timings
+from innerear.reporting import performance as perf
+from innerear.settings.profiles import get_profile
+from innerear.reporting.pipeline import write_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 

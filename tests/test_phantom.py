@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from innerear import phantom as ph
-from innerear.config import PhantomSettings, get_profile, is_synthetic
+from innerear.data import phantom as ph
+from innerear.settings.profiles import PhantomSettings, get_profile, is_synthetic
 
 SMOKE = get_profile("smoke").phantoms
 FINE = PhantomSettings(n_specimens=3, binning=10)  # ~0.16-0.2 mm voxels: canals 4-5 voxels wide

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from innerear import phantom as ph
-from innerear.config import get_profile
-from innerear.phantom.acquisition import Acquisition, draw_acquisition
+from innerear.data import phantom as ph
+from innerear.settings.profiles import get_profile
+from innerear.data.phantom.acquisition import Acquisition, draw_acquisition
 
 DEMO = get_profile("demo").phantoms
 SEED = 3

@@ -13,8 +13,8 @@ import hashlib
 
 import pytest
 
-from innerear import phantom as ph
-from innerear.config import get_profile
+from innerear.data import phantom as ph
+from innerear.settings.profiles import get_profile
 
 # specimen 0 of the smoke set drawn from seed 0
 SHAPE = (35, 40, 33)

@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from innerear import phantom as ph
-from innerear.config import get_profile
+from innerear.data import phantom as ph
+from innerear.settings.profiles import get_profile
 
 SMOKE = get_profile("smoke").phantoms
 

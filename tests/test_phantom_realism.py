@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from innerear import phantom as ph
-from innerear.config import get_profile
+from innerear.data import phantom as ph
+from innerear.settings.profiles import get_profile
 from innerear.metrics import largest_component
-from innerear.phantom.specimen import (T_AIR, T_AQUEDUCT, T_BONE, T_LUMEN, T_LUMEN_AIR, T_MIDDLE_EAR, T_NERVE,
-                                       T_SEPTUM, TISSUES)
+from innerear.data.phantom.specimen import (T_AIR, T_AQUEDUCT, T_BONE, T_LUMEN, T_LUMEN_AIR, T_MIDDLE_EAR, T_NERVE,
+                                            T_SEPTUM, TISSUES)
 
 DEMO = get_profile("demo").phantoms  # ~0.13-0.16 mm voxels, under a second a specimen
 FULL = ph.AnatomyRealism.full()

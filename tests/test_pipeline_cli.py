@@ -1,8 +1,11 @@
 """Pipeline plan, CLI exit codes and messages, viz helpers."""
 import numpy as np
 
-from innerear import cli, pipeline, viz
-from innerear.config import PAPER_ORDER, get_profile
+from innerear import cli
+from innerear.reporting import pipeline, figures as viz
+from innerear.settings.views import PAPER_ORDER
+from innerear.settings.profiles import get_profile
+from innerear.io import mesh
 
 
 def test_training_jobs_cover_table1_and_share_prefixes():
@@ -61,12 +64,12 @@ def test_cli_phantoms_writes_a_set(tmp_path, capsys):
 def test_stl_round_trip(tmp_path):
     mask = np.zeros((12, 12, 12), np.uint8)
     mask[3:9, 3:9, 3:9] = 1
-    verts, faces = viz.surface_mesh(mask, (0.5, 0.5, 1.0))
+    verts, faces = mesh.surface_mesh(mask, (0.5, 0.5, 1.0))
     assert len(faces) > 0
     extent = verts.max(0) - verts.min(0)
     np.testing.assert_allclose(extent, [3.0, 3.0, 6.0], atol=1.0)  # about 6 voxels in mm
-    viz.write_stl(tmp_path / "cube.stl", verts, faces)
-    tri, normals = viz.read_stl(tmp_path / "cube.stl")
+    mesh.write_stl(tmp_path / "cube.stl", verts, faces)
+    tri, normals = mesh.read_stl(tmp_path / "cube.stl")
     assert tri.shape == (len(faces), 3, 3)
     np.testing.assert_allclose(tri, verts[faces], atol=1e-5)
 
@@ -74,7 +77,7 @@ def test_stl_round_trip(tmp_path):
 def test_offline_plotly_html_embeds_the_library():
     mask = np.zeros((8, 8, 8), np.uint8)
     mask[2:6, 2:6, 2:6] = 1
-    fig = viz.plotly_surfaces({"cube": viz.surface_mesh(mask, (1, 1, 1))})
+    fig = viz.plotly_surfaces({"cube": mesh.surface_mesh(mask, (1, 1, 1))})
     html = viz.offline_html(fig)
     import re
 

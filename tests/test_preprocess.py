@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from innerear import preprocess as pp
+from innerear.data import preprocess as pp
 from innerear.io import VolumeError, write_volume
 from conftest import make_tube_volume
+from innerear.settings import views
 
 
 def _write_case(folder, cid, image, label, affine=None, label_affine=None):
@@ -132,10 +133,10 @@ def test_make_folds_partition_by_specimen():
 @pytest.mark.parametrize("view,axis", [("sagittal", 0), ("coronal", 1), ("axial", 2)])
 def test_slices_round_trip_and_axis(rng, view, axis):
     vol = rng.random((4, 5, 6, 2))
-    s = pp.to_slices(vol, view)
+    s = views.to_slices(vol, view)
     assert s.shape[0] == vol.shape[axis]
     np.testing.assert_array_equal(s[2], np.take(vol, 2, axis=axis))
-    np.testing.assert_array_equal(pp.from_slices(s, view), vol)
+    np.testing.assert_array_equal(views.from_slices(s, view), vol)
 
 
 def test_prepare_dataset_caches(tmp_path):

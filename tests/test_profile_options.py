@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from innerear import cascade as cs
-from innerear import preprocess as pp
-from innerear.backbones import build
-from innerear.config import PROFILES, get_profile
+from innerear.inference import engine as cs
+from innerear.data import preprocess as pp
+from innerear.nets.backbones import build
+from innerear.settings.profiles import PROFILES, get_profile
 from innerear.metrics import largest_component
-from innerear.train import SliceDataset, fit
+from innerear.training.fit import SliceDataset, fit
 
 from conftest import make_prepared_cases, make_tube_volume
+from innerear.training import cascade as tc
+from innerear.settings import layout
 
 
 def _diagonal_pair() -> np.ndarray:
@@ -53,13 +55,13 @@ def test_cascade_records_and_uses_the_profiles_connectivity(tmp_path):
     cases = make_prepared_cases()
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2, grid=16, connectivity=6)
-    cs.train_cascade(cases, folds, 0, "unet", ("axial",), profile, tmp_path)
-    folder = cs.stage_dir(tmp_path, profile, "unet", 0, ("axial",))
+    tc.train_cascade(cases, folds, 0, "unet", ("axial",), profile, tmp_path)
+    folder = layout.stage_dir(tmp_path, profile, "unet", 0, ("axial",))
     assert json.loads((folder / "cascade.json").read_text())["connectivity"] == 6
     assert cs.load_cascade(folder).connectivity == 6
     # the run tree refuses the other connectivity instead of mixing the two
     with pytest.raises(RuntimeError, match="connectivity differ"):
-        cs.train_cascade(cases, folds, 0, "unet", ("axial",), get_profile(
+        tc.train_cascade(cases, folds, 0, "unet", ("axial",), get_profile(
             "smoke", max_epochs=1, base_filters=2, depth=2, grid=16), tmp_path)
 
 
@@ -68,13 +70,13 @@ def test_runs_recorded_before_plain_bottleneck_existed_are_refused(tmp_path):
     cases = make_prepared_cases()
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2, grid=16)
-    root = cs.fold_dir(tmp_path, profile, "res_unet", 0)
+    root = layout.fold_dir(tmp_path, profile, "res_unet", 0)
     root.mkdir(parents=True)
     train_ids, test_ids = pp.split_fold(sorted(c.case_id for c in cases), folds, 0)
     old = {k: v for k, v in profile.to_dict().items() if k not in ("plain_bottleneck", "connectivity", "lr_plateau")}
     (root / "fold.json").write_text(json.dumps({"train": train_ids, "test": test_ids, "profile": old}))
     with pytest.raises(RuntimeError, match="plain_bottleneck differ"):
-        cs.train_cascade(cases, folds, 0, "res_unet", ("axial",), profile, tmp_path)
+        tc.train_cascade(cases, folds, 0, "res_unet", ("axial",), profile, tmp_path)
 
 
 def test_lr_plateau_lowers_the_learning_rate(tmp_path):

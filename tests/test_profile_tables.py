@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from innerear.config import PROFILES
+from innerear.settings.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from innerear.performance import (README_MARKERS, domain_shift_markdown, domain_shift_sentence, read_record,
-                                  replace_readme_block, results_path, shipped_speed)
+from innerear.reporting.performance import (README_MARKERS, domain_shift_markdown, domain_shift_sentence, read_record,
+                                            replace_readme_block, results_path, shipped_speed)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from innerear import cli
-from innerear.config import get_profile
+from innerear.settings.profiles import get_profile
 from innerear.io import VolumeError, read_volume, write_volume
 from innerear.metrics import dice
+from innerear.training import cascade as tc
 
 sitk = pytest.importorskip("SimpleITK")
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,15 +41,15 @@ def _files(folder):
 @pytest.fixture(scope="module")
 def held_out():
     """A demo-sized phantom the shipped model never saw (seed 99)."""
-    from innerear.phantom import generate_specimen
+    from innerear.data.phantom import generate_specimen
 
     return generate_specimen(2, 99, get_profile("demo").phantoms)
 
 
 # --------------------------------------------------------------------------- 1. intensity units
 def test_plausible_range_is_stated_with_its_source_and_covers_the_phantoms():
-    from innerear.phantom import generate_specimen
-    from innerear.segment import DEFAULT_MODEL, PLAUSIBLE_VOLUME
+    from innerear.data.phantom import generate_specimen
+    from innerear.inference.segment import DEFAULT_MODEL, PLAUSIBLE_VOLUME
 
     card = json.loads((DEFAULT_MODEL / "model_card.json").read_text())
     stated = card["plausible_inner_ear_volume_mm3"]
@@ -62,7 +63,7 @@ def test_plausible_range_is_stated_with_its_source_and_covers_the_phantoms():
 def test_empty_mask_from_other_intensity_units_is_refused(tmp_path, held_out, capsys):
     """The paper recipe's model (fixed z-score) finds nothing in Hounsfield units: refused; the
     default robust model (per-scan percentiles) segments the same scan."""
-    from innerear.segment import PAPER_RECIPE_MODEL
+    from innerear.inference.segment import PAPER_RECIPE_MODEL
 
     img = held_out.image.astype(np.float32)
     hounsfield = (img - img.min()) / (img.max() - img.min()) * 4000 - 1000  # int16, -1000..3000
@@ -133,7 +134,7 @@ def test_dicom_series_with_missing_slices_is_refused_naming_the_gap(tmp_path):
      ["stage2_sagittal/stage.json", "channels"]),
 ])
 def test_inconsistent_model_folder_is_refused(tmp_path, capsys, which, edit, named):
-    from innerear.segment import DEFAULT_MODEL, PAPER_RECIPE_MODEL, SegmentError, check_model_dir
+    from innerear.inference.segment import DEFAULT_MODEL, PAPER_RECIPE_MODEL, SegmentError, check_model_dir
 
     model = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL if which == "robust" else PAPER_RECIPE_MODEL, model)
@@ -160,7 +161,7 @@ def _labelled_case(folder, label, cid="s1"):
 
 
 def test_multi_label_and_empty_labels_are_refused(tmp_path):
-    from innerear.preprocess import prepare_dataset
+    from innerear.data.preprocess import prepare_dataset
 
     label = np.zeros((12, 12, 12), np.uint8)
     label[2:5, 2:5, 2:5] = 2
@@ -190,8 +191,8 @@ def test_train_takes_label_values(capsys):
 # --------------------------------------------------------------------------- 6. file modes
 def _write_everything(folder):
     from innerear.io import save_npz, write_json, write_tiff_stack
-    from innerear.phantom import write_nifti_gz
-    from innerear.viz import write_stl
+    from innerear.data.phantom import write_nifti_gz
+    from innerear.io.mesh import write_stl
 
     vol = np.zeros((4, 4, 4), np.uint8)
     write_volume(folder / "mask.nii.gz", vol, np.eye(4))
@@ -234,7 +235,7 @@ def test_one_atomic_write_helper():
     offenders = []
     for folder in ("innerear", "tools", "benchmarks"):
         for path in (ROOT / folder).rglob("*.py"):
-            if path == ROOT / "innerear" / "io.py" or path.name == "gpu_check.py":
+            if path.parent == ROOT / "innerear" / "io" or path.name == "gpu_check.py":
                 continue
             text = path.read_text()
             offenders += [f"{path.relative_to(ROOT)}: {w}" for w in ("os.replace(", "mkstemp(", "mkdtemp(",
@@ -254,12 +255,12 @@ def _unwritable(tmp_path):
 
 @pytest.mark.parametrize("option", ["-o", "--mesh", "--report"])
 def test_unwritable_output_is_refused_before_any_work(tmp_path, capsys, monkeypatch, option):
-    import innerear.segment
+    import innerear.inference.segment
 
     def no_work(*args, **kwargs):
         raise AssertionError("the segmentation started")
 
-    monkeypatch.setattr(innerear.segment, "segment_scan", no_work)
+    monkeypatch.setattr(innerear.inference.segment, "segment_scan", no_work)
     write_volume(tmp_path / "scan.nii.gz", np.random.default_rng(0).random((8, 8, 8)).astype(np.float32),
                  np.diag([0.1, 0.1, 0.1, 1]))
     bad = _unwritable(tmp_path) / {"-o": "ear.nii.gz", "--mesh": "ear.stl", "--report": "ear.json"}[option]
@@ -278,7 +279,7 @@ def test_sigterm_during_the_final_write_leaves_nothing(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         import numpy as np
-        import innerear.segment as seg
+        import innerear.inference.segment as seg
         from innerear import cli
 
         def fake_scan(path, *args, **kwargs):  # the segmentation itself is not under test
@@ -370,7 +371,7 @@ def test_bad_input_fails_fast_before_the_deep_learning_stack(tmp_path):
 
 def test_backend_start_up_prints_nothing():
     proc = _in_fresh_python("""
-        from innerear.config import import_backend
+        from innerear.settings.profiles import import_backend
         import_backend()
         import keras, sys
         print("tensorflow" in sys.modules)
@@ -380,7 +381,7 @@ def test_backend_start_up_prints_nothing():
 
 # --------------------------------------------------------------------------- 11. no implicit deletion
 def test_another_seed_never_deletes_trained_runs(tmp_path):
-    from innerear.pipeline import ensure_phantoms
+    from innerear.reporting.pipeline import ensure_phantoms
 
     profile = get_profile("smoke")
     profile = replace(profile, phantoms=replace(profile.phantoms, n_specimens=2))
@@ -404,8 +405,7 @@ def test_another_seed_never_deletes_trained_runs(tmp_path):
 def test_two_trainings_of_one_stage_never_overlap(tmp_path, monkeypatch):
     """Two trainings of the same stage (threads here; processes alike): the second waits for
     the first, which holds the stage folder's lock."""
-    import innerear.cascade as cs
-    from innerear.preprocess import PreparedCase, make_folds
+    from innerear.data.preprocess import PreparedCase, make_folds
 
     from conftest import make_tube_volume
 
@@ -417,7 +417,7 @@ def test_two_trainings_of_one_stage_never_overlap(tmp_path, monkeypatch):
         intervals.append((start, time.perf_counter()))
         raise RuntimeError("stop after the fake training")
 
-    monkeypatch.setattr(cs, "fit", fake_fit)
+    monkeypatch.setattr(tc, "fit", fake_fit)
     cases = []
     for i in range(4):
         image, label = make_tube_volume((16, 16, 16), seed=i)
@@ -428,7 +428,7 @@ def test_two_trainings_of_one_stage_never_overlap(tmp_path, monkeypatch):
 
     def train():
         try:
-            cs.train_cascade(cases, folds, 0, "unet", ["axial"], profile, tmp_path)
+            tc.train_cascade(cases, folds, 0, "unet", ["axial"], profile, tmp_path)
         except RuntimeError as exc:
             errors.append(str(exc))
 

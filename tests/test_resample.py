@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from innerear.resample import plan_slabs, resample_axis, resample_image_bounded
+from innerear.data.resample import plan_slabs, resample_axis, resample_image_bounded
 
 
 def resample_image(v, grid):
@@ -86,10 +86,10 @@ def test_prepare_and_segment_use_the_bounded_resampler_on_a_mapped_scan(tmp_path
     ndimage.zoom) up to float32 rounding."""
     import nibabel as nib
 
-    from innerear import preprocess as pp
+    from innerear.data import preprocess as pp
     from innerear.io import read_volume
-    from innerear.resample import _base_mmap, value_range
-    from innerear.segment import prepare_scan
+    from innerear.data.resample import _base_mmap, value_range
+    from innerear.inference.segment import prepare_scan
 
     v = _smooth_volume((30, 26, 22), seed=2)
     affine = np.array([[0, 0, -0.05, 1.0], [0.04, 0, 0, 2.0], [0, -0.06, 0, 3.0], [0, 0, 0, 1]])  # not RAS order

@@ -6,11 +6,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from innerear import robust as rb  # noqa: E402
-from innerear.backbones import build  # noqa: E402
-from innerear.cascade import Cascade, labels_from_classes  # noqa: E402
-from innerear.preprocess import Normalizer  # noqa: E402
-from innerear.train import cce_dice_loss, set_output_prior  # noqa: E402
+from innerear.training import robust as rb  # noqa: E402
+from innerear.nets.backbones import build  # noqa: E402
+from innerear.inference.engine import Cascade, labels_from_classes  # noqa: E402
+from innerear.data.preprocess import Normalizer  # noqa: E402
+from innerear.nets.losses import cce_dice_loss  # noqa: E402
+from innerear.training.fit import set_output_prior
 
 
 def _net(channels: int, n_classes: int):
@@ -116,11 +117,11 @@ def test_robust_smoke_recipe_trains_exports_and_segments_a_hounsfield_crop(tmp_p
     import json
 
     from innerear import cli
-    from innerear import phantom as ph
-    from innerear.config import get_profile
+    from innerear.data import phantom as ph
+    from innerear.settings.profiles import get_profile
     from innerear.io import read_volume
-    from innerear.phantom.acquisition import Acquisition
-    from innerear.segment import export_model
+    from innerear.data.phantom.acquisition import Acquisition
+    from innerear.inference.segment import export_model
 
     assert cli.main(["train", "--recipe", "robust-smoke", "--out", str(tmp_path / "work"), "--quiet"]) == 0
     last = tmp_path / "work" / "run" / "coronal" / "sagittal" / "axial"

@@ -7,13 +7,13 @@ import pytest
 from scipy import ndimage
 
 from innerear import cli
-from innerear.config import get_profile
+from innerear.settings.profiles import get_profile
 from innerear.io import read_volume, write_tiff_stack, write_volume
-from innerear.phantom import generate_specimen, write_phantom_set
+from innerear.data.phantom import generate_specimen, write_phantom_set
 from innerear.metrics import dice
-from innerear.segment import (DEFAULT_MODEL, PAPER_RECIPE_MODEL, check_model_dir, load_model_dir, map_to_scan,
-                              segment_scan)
-from innerear.mesh import read_stl
+from innerear.inference.segment import (DEFAULT_MODEL, PAPER_RECIPE_MODEL, check_model_dir, load_model_dir,
+                                        map_to_scan, segment_scan)
+from innerear.io.mesh import read_stl
 
 pytest.importorskip("SimpleITK")
 
@@ -131,7 +131,7 @@ def test_tiff_folder_with_given_spacing(tmp_path, held_out, model):
 
 def test_map_to_scan_is_the_inverse_of_preparation():
     """A map on the prepared grid sampled back at the scan's voxel centres (pure geometry)."""
-    from innerear.segment import prepare_scan
+    from innerear.inference.segment import prepare_scan
 
     aff = np.array([[0, 0, -0.3, 5], [0.2, 0, 0, -1], [0, 0.5, 0, 2], [0, 0, 0, 1.0]])
     shape = (30, 20, 12)
@@ -205,12 +205,12 @@ def test_bad_input_fails_in_one_line_naming_the_file(tmp_path, capsys, case):
 
 
 def test_failure_while_writing_leaves_no_partial_output(tmp_path, held_out, model, monkeypatch, capsys):
-    import innerear.mesh
+    import innerear.io.mesh
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(innerear.mesh, "write_stl", broken)
+    monkeypatch.setattr(innerear.io.mesh, "write_stl", broken)
     _nifti(tmp_path / "scan.nii.gz", held_out.image, held_out.affine)
     code = cli.main(["segment", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "ear.nrrd"),
                      "--mesh", str(tmp_path / "ear.stl"), "--report", str(tmp_path / "r.json"), "--quiet"])

@@ -20,24 +20,11 @@ import pytest
 from innerear import cli
 from innerear.io import read_volume, write_volume
 from innerear.metrics import dice
-from innerear.preprocess import (
-    Normalizer,
-    PercentileNormalizer,
-    histogram_distance,
-    normalised_histogram,
-    normalizer_from_dict,
-)
-from innerear.segment import (
-    HISTOGRAM_WARN_DISTANCE,
-    SegmentError,
-    check_model_dir,
-    map_to_scan,
-    plausible_volume,
-    prepare_scan_physical,
-    segment_scan,
-    touches_border,
-    volume_check,
-)
+from innerear.data.preprocess import (Normalizer, PercentileNormalizer, histogram_distance, normalised_histogram,
+                                      normalizer_from_dict)
+from innerear.inference.segment import (HISTOGRAM_WARN_DISTANCE, SegmentError, check_model_dir, map_to_scan,
+                                        plausible_volume, prepare_scan_physical, segment_scan, touches_border,
+                                        volume_check)
 
 pytest.importorskip("SimpleITK")
 VOXEL_MM = 0.15
@@ -266,7 +253,7 @@ def _threshold_network(channels, depth=2):
 @pytest.fixture(scope="module")
 def physical_model(tmp_path_factory):
     """A model folder of the physical kind: voxel_mm, percentile normaliser, no grid."""
-    from innerear.config import import_backend
+    from innerear.settings.profiles import import_backend
 
     import_backend()
     folder = tmp_path_factory.mktemp("models") / "physical"
@@ -387,13 +374,13 @@ class _StructureEngine:
 
 
 def test_labels_structures_and_cochlea_measures(tmp_path, physical_model, monkeypatch, capsys):
-    import innerear.segment as seg
+    import innerear.inference.segment as seg
 
     cascade = _StructureEngine(seg.load_model_dir(physical_model))
     monkeypatch.setattr(seg, "load_model_dir", lambda *a, **k: cascade)
     calls = []
 
-    class Measures:  # the interface of innerear.cochlea (helper `cochlea`), stubbed in this test only
+    class Measures:  # the interface of innerear.metrics.cochlea (helper `cochlea`), stubbed in this test only
         def __init__(self, mask, affine):
             calls.append((mask.shape, np.asarray(affine)))
             self.volume_mm3 = float(mask.sum() * abs(np.linalg.det(affine[:3, :3])))
@@ -402,7 +389,7 @@ def test_labels_structures_and_cochlea_measures(tmp_path, physical_model, monkey
         def to_dict(self):
             return dict(vars(self))
 
-    monkeypatch.setitem(sys.modules, "innerear.cochlea", types.SimpleNamespace(measure_cochlea=Measures))
+    monkeypatch.setitem(sys.modules, "innerear.metrics.cochlea", types.SimpleNamespace(measure_cochlea=Measures))
     affine = AFFINES["oblique mirrored"]
     shape = (58, 51, 47)
     scan = _write_scan(tmp_path / "scan.nrrd", _scan(_planted(shape, affine)), affine)
@@ -433,7 +420,7 @@ def test_labels_structures_and_cochlea_measures(tmp_path, physical_model, monkey
 
 def test_grid_models_keep_their_path(monkeypatch):
     """A grid model (the shipped one) never reaches the physical preparation."""
-    import innerear.segment as seg
+    import innerear.inference.segment as seg
 
     class GridCascade:
         grid = 16
@@ -449,7 +436,7 @@ def test_grid_models_keep_their_path(monkeypatch):
 
 
 def test_intensity_check_uses_the_cards_threshold(physical_model):
-    import innerear.segment as seg
+    import innerear.inference.segment as seg
 
     cascade = seg.load_model_dir(physical_model)
     card = json.loads((physical_model / "model_card.json").read_text())
@@ -466,7 +453,7 @@ def test_intensity_check_uses_the_cards_threshold(physical_model):
 def test_readme_states_the_segmenters_constants():
     from pathlib import Path
 
-    from innerear.segment import PLAUSIBLE_CUT_MIN
+    from innerear.inference.segment import PLAUSIBLE_CUT_MIN
 
     text = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert f"with a warning above {HISTOGRAM_WARN_DISTANCE:g}" in text
@@ -500,8 +487,8 @@ def _class_network(depth=2, sharpness=200.0):
 def test_multi_class_model_writes_its_label_map(tmp_path, physical_model, monkeypatch):
     import shutil
 
-    import innerear.cascade as cs
-    import innerear.segment as seg
+    import innerear.inference.engine as cs
+    import innerear.inference.segment as seg
 
     if "return_labels" not in __import__("inspect").signature(cs.Cascade.predict).parameters:
         pytest.skip("the engine has no multi-class output yet")
@@ -549,8 +536,8 @@ def test_a_field_of_view_too_large_for_the_model_is_refused(tmp_path, physical_m
 
 
 def test_a_scan_at_the_models_voxel_size_is_only_padded():
-    from innerear.resample import resample_image_bounded
-    from innerear.segment import physical_geometry
+    from innerear.data.resample import resample_image_bounded
+    from innerear.inference.segment import physical_geometry
 
     rng = np.random.default_rng(4)
     image = rng.normal(1000, 200, (37, 30, 25)).astype(np.float32)
@@ -566,8 +553,8 @@ def test_a_scan_at_the_models_voxel_size_is_only_padded():
 
 
 def test_cochlea_centred_crops_of_phantoms_pass_the_cut_bound():
-    from innerear.config import get_profile
-    from innerear.phantom import generate_specimen
+    from innerear.settings.profiles import get_profile
+    from innerear.data.phantom import generate_specimen
 
     bounds = plausible_volume({})
     for index in range(2):
@@ -583,7 +570,7 @@ def test_cochlea_centred_crops_of_phantoms_pass_the_cut_bound():
 
 def test_a_cochlea_that_is_no_spiral_is_reported_not_fatal(tmp_path, physical_model, monkeypatch):
     """The real measurement refuses the planted block-shaped "cochlea": the report says why, exit 0."""
-    import innerear.segment as seg
+    import innerear.inference.segment as seg
 
     cascade = _StructureEngine(seg.load_model_dir(physical_model))
     monkeypatch.setattr(seg, "load_model_dir", lambda *a, **k: cascade)

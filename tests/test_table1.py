@@ -1,4 +1,4 @@
-"""innerear.table1: summary, paired tests, formatting and the paper's table."""
+"""innerear.evaluation.table1: summary, paired tests, formatting and the paper's table."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from innerear import table1 as T
+from innerear.evaluation import table1 as T
 from innerear.metrics import METRIC_KEYS
 
 N_VOL = 8
@@ -223,7 +223,7 @@ def test_variant_rows_pair_with_their_own_baseline_and_the_papers_row():
     assert keys[i + 1] == ("SEU-Net", T.PAPER_LABEL)  # ours next to the paper's row it reproduces
     assert keys[i + 2] == ("AutoCas-SEU-Net (standard SE)", "ours")
     assert keys[i + 3] == ("AutoCas-SEU-Net", T.PAPER_LABEL)
-    from innerear.compare import cascade_comparison
+    from innerear.evaluation.compare import cascade_comparison
 
     comparison = cascade_comparison(pv, n_boot=200)
     assert ("AutoCas-SEU-Net (standard SE)", "SEU-Net (standard SE)") in set(

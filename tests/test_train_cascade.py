@@ -4,14 +4,17 @@ import json
 import numpy as np
 import pytest
 
-from innerear import cascade as cs
-from innerear import preprocess as pp
-from innerear.backbones import build
-from innerear.config import get_profile
-from innerear.fastinfer import predict_volume
+from innerear.inference import engine as cs
+from innerear.data import preprocess as pp
+from innerear.nets.backbones import build
+from innerear.settings.profiles import get_profile
+from innerear.inference.kernels import predict_volume
 from innerear.metrics import dice
-from innerear.train import SliceDataset, fit, read_history
+from innerear.training.fit import SliceDataset, fit, read_history
 from conftest import make_prepared_cases, make_tube_volume
+from innerear.training import cascade as tc
+from innerear.settings import layout
+from innerear.settings import views
 
 
 def _tiny_build(channels=1):
@@ -70,7 +73,7 @@ def test_same_seed_gives_identical_losses(tmp_path):
 
 @pytest.mark.slow  # trains networks
 def test_pooled_network_trains_exactly_like_a_new_one(tmp_path):
-    from innerear.train import ModelPool
+    from innerear.training.fit import ModelPool
 
     imgs, labs = _data(2)
     data = [SliceDataset([imgs[i][..., None]], [labs[i]], "axial", batch_size=8, seed=3) for i in range(2)]
@@ -149,10 +152,10 @@ def test_stage_inputs_wiring():
 
 
 def test_check_order():
-    assert cs.check_order(["axial"]) == ("axial",)
+    assert views.check_order(["axial"]) == ("axial",)
     for bad in ([], ["axial", "axial"], ["axial", "coronal", "sagittal", "axial"], ["oblique"]):
         with pytest.raises(ValueError):
-            cs.check_order(bad)
+            views.check_order(bad)
 
 
 @pytest.mark.slow  # trains networks
@@ -160,7 +163,7 @@ def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch):
     order = ("axial", "coronal", "sagittal")
     """Stage k receives exactly image + k-1 masks, sliced along its own view."""
     seen = []
-    real_ds = cs.SliceDataset
+    real_ds = SliceDataset
 
     class Spy(real_ds):
         def __init__(self, inputs, labels, orientation, *a, **kw):
@@ -171,23 +174,23 @@ def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch):
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
     cases = make_prepared_cases(4)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
-    summary = cs.train_cascade(cases, folds, 0, "unet", order, profile, tmp_path, seed=0)
+    summary = tc.train_cascade(cases, folds, 0, "unet", order, profile, tmp_path, seed=0)
     assert [s[0] for s in seen] == list(order)
     assert [s[1] for s in seen] == [1, 2, 3]
     train_ids, _ = pp.split_fold([c.case_id for c in cases], folds, 0)
     first = train_ids[0]
     for k in range(1, 3):
-        prev_dir = cs.stage_dir(tmp_path, profile, "unet", 0, order[:k])
+        prev_dir = layout.stage_dir(tmp_path, profile, "unet", 0, order[:k])
         with np.load(prev_dir / "pred" / f"{first}.npz") as z:
             np.testing.assert_array_equal(seen[k][2][..., k], z["mask"])  # mask k in channel k
     assert len(summary["stages"]) == 3
-    casc = cs.load_cascade(cs.stage_dir(tmp_path, profile, "unet", 0, order))
+    casc = cs.load_cascade(layout.stage_dir(tmp_path, profile, "unet", 0, order))
     assert casc.order == tuple(order)
-    mask, prob = cs.segment(cases[0].image, casc)
+    mask, prob = casc.predict(cases[0].image)
     assert mask.shape == prob.shape == cases[0].image.shape
 
 
-@pytest.mark.parametrize("order", __import__("innerear.views", fromlist=["ALL_ORDERS"]).ALL_ORDERS)
+@pytest.mark.parametrize("order", __import__("innerear.settings.views", fromlist=["ALL_ORDERS"]).ALL_ORDERS)
 def test_six_orders_give_correctly_oriented_outputs(order):
     """Hand-built stages that pass the image channel through: every order must return the
     thresholded image itself on a non-cubic volume (a wrong slicing or reassembly could not)."""
@@ -206,7 +209,7 @@ def test_six_orders_give_correctly_oriented_outputs(order):
     vol = rng.normal(size=(9, 11, 13)).astype(np.float32)
     vol[2:7, 3:9, 1:12] = 3.0  # one big bright block: the largest component
     models = cs.Cascade([(v, passthrough(k + 1)) for k, v in enumerate(order)], pp.Normalizer(0.0, 1.0), 0)
-    mask, prob, stages = cs.segment(vol, models, return_stages=True)
+    mask, prob, stages = models.predict(vol, return_stages=True)
     expected = cs.largest_component(vol > 0)
     assert mask.shape == vol.shape
     for _, m in stages:
@@ -218,11 +221,11 @@ def test_prefix_tree_reuses_shared_stages(tmp_path):
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
     cases = make_prepared_cases(4)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
-    cs.train_cascade(cases, folds, 0, "unet", ("coronal",), profile, tmp_path)
-    stamp = (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal",)) / "best.keras").stat().st_mtime_ns
-    cs.train_cascade(cases, folds, 0, "unet", ("coronal", "axial"), profile, tmp_path)
-    assert (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal",)) / "best.keras").stat().st_mtime_ns == stamp
-    assert (cs.stage_dir(tmp_path, profile, "unet", 0, ("coronal", "axial")) / "stage.json").exists()
+    tc.train_cascade(cases, folds, 0, "unet", ("coronal",), profile, tmp_path)
+    stamp = (layout.stage_dir(tmp_path, profile, "unet", 0, ("coronal",)) / "best.keras").stat().st_mtime_ns
+    tc.train_cascade(cases, folds, 0, "unet", ("coronal", "axial"), profile, tmp_path)
+    assert (layout.stage_dir(tmp_path, profile, "unet", 0, ("coronal",)) / "best.keras").stat().st_mtime_ns == stamp
+    assert (layout.stage_dir(tmp_path, profile, "unet", 0, ("coronal", "axial")) / "stage.json").exists()
 
 
 @pytest.mark.slow  # trains networks
@@ -230,10 +233,10 @@ def test_changed_settings_never_mix_into_an_existing_run_tree(tmp_path):
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
     cases = make_prepared_cases(4)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
-    cs.train_cascade(cases, folds, 0, "unet", ("coronal",), profile, tmp_path)
+    tc.train_cascade(cases, folds, 0, "unet", ("coronal",), profile, tmp_path)
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with pytest.raises(RuntimeError, match="max_epochs differ"):
-        cs.train_cascade(cases, folds, 0, "unet", ("coronal", "axial"), get_profile("smoke", max_epochs=2,
+        tc.train_cascade(cases, folds, 0, "unet", ("coronal", "axial"), get_profile("smoke", max_epochs=2,
                          base_filters=2, depth=2), tmp_path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing trained or rewritten
 
@@ -242,7 +245,7 @@ def test_changed_settings_never_mix_into_an_existing_run_tree(tmp_path):
 def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
     from dataclasses import replace
 
-    from innerear.phantom import write_phantom_set
+    from innerear.data.phantom import write_phantom_set
 
     profile = get_profile("smoke", max_epochs=10, patience=10, base_filters=8, depth=2, grid=32, learning_rate=3e-3)
     assert profile.bn_momentum == 0.9
@@ -252,7 +255,7 @@ def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
     cases = pp.prepare_dataset(data, profile.grid)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
     order = ("coronal", "sagittal", "axial")
-    summary = cs.train_cascade(cases, folds, 0, "unet", order, profile, tmp_path / "runs")
+    summary = tc.train_cascade(cases, folds, 0, "unet", order, profile, tmp_path / "runs")
     final = summary["stages"][-1]["mean_test_dice"]
     test_case = folds[0][0]
     by_id = {c.case_id: c for c in cases}
@@ -260,8 +263,8 @@ def test_smoke_cascade_segments_a_phantom_well_above_chance(tmp_path):
     # chance: a random mask with the truth's foreground fraction has an expected Dice equal to that fraction
     chance = float(truth.mean())
     assert final > max(0.5, 10 * chance), (final, chance)
-    casc = cs.load_cascade(cs.stage_dir(tmp_path / "runs", profile, "unet", 0, order))
-    mask, _ = cs.segment(by_id[test_case].image, casc)
+    casc = cs.load_cascade(layout.stage_dir(tmp_path / "runs", profile, "unet", 0, order))
+    mask, _ = casc.predict(by_id[test_case].image)
     assert dice(mask, truth) == pytest.approx(summary["stages"][-1]["test_dice"][test_case])
 
 
@@ -283,7 +286,7 @@ def test_relative_min_delta_stops_on_a_slow_plateau(tmp_path):
 
 
 def test_output_prior_sets_the_final_bias_to_the_foreground_logit():
-    from innerear.train import set_output_prior
+    from innerear.training.fit import set_output_prior
 
     model = set_output_prior(_tiny_build()(), 0.05)
     bias = np.asarray(model.get_layer("mask").bias)
@@ -296,10 +299,10 @@ def test_output_prior_sets_the_final_bias_to_the_foreground_logit():
 def test_drop_context_erases_about_the_share_and_never_adds():
     mask = np.zeros((40, 40, 40), np.uint8)
     mask[5:35, 10:20, 10:30] = 1
-    out = cs.drop_context(mask, 0.3, np.random.default_rng(0))
+    out = tc.drop_context(mask, 0.3, np.random.default_rng(0))
     removed = 1 - out.sum() / mask.sum()
     assert 0.3 <= removed < 0.6
     assert not (out > mask).any()
-    assert np.array_equal(cs.drop_context(mask, 0.0, np.random.default_rng(0)), mask)
-    again = cs.drop_context(mask, 0.3, np.random.default_rng(0))
+    assert np.array_equal(tc.drop_context(mask, 0.0, np.random.default_rng(0)), mask)
+    again = tc.drop_context(mask, 0.3, np.random.default_rng(0))
     assert np.array_equal(out, again)  # seeded

@@ -142,7 +142,7 @@ def _executed_pages() -> list[Path]:
 
 
 def test_table1_our_rows_hold_finite_numbers():
-    from innerear.table1 import METHODS, PAPER_LABEL
+    from innerear.evaluation.table1 import METHODS, PAPER_LABEL
 
     page = HTML / "book" / "executed" / "04_evaluation.html"
     table = next((t for t in _tables(page) if any(c[1] == PAPER_LABEL for row in t for c in row)), None)

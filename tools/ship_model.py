@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from innerear import io
-from innerear.config import get_profile
-from innerear.layout import stage_dir
+from innerear.settings.profiles import get_profile
+from innerear.settings.layout import stage_dir
 from innerear.metrics import dice
-from innerear.phantom import write_phantom_set
-from innerear.segment import export_model
-from innerear.views import PAPER_ORDER
+from innerear.data.phantom import write_phantom_set
+from innerear.inference.segment import export_model
+from innerear.settings.views import PAPER_ORDER
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "innerear" / "models" / "phantom_cascade"
 
@@ -107,7 +107,7 @@ def main() -> None:
     overrides = {"grid": args.grid, "max_epochs": args.epochs, "patience": args.patience}
     card = {
         "name": "phantom_cascade",
-        "WARNING": "Trained on SYNTHETIC phantoms only (innerear.phantom), not on real micro-CT. Its output on "
+        "WARNING": "Trained on SYNTHETIC phantoms only (innerear.data.phantom), not on real micro-CT. Its output on "
                    "real scans is untested and must not be trusted without checking.",
         "description": "AutoCas-U-Net cascade (coronal -> sagittal -> axial, 2D U-Net backbone) for binary "
                        "inner-ear segmentation, trained with innerear's own pipeline.",

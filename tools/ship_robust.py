@@ -41,11 +41,11 @@ def cmd_train(work: Path) -> None:
 
 def speed_check(model: Path, work: Path, runs: int = 3) -> dict:
     """``innerear segment`` on a 30 mm block at the model's voxel size: wall time with start-up."""
-    from innerear import phantom as ph
-    from innerear.config import get_profile
+    from innerear.data import phantom as ph
+    from innerear.settings.profiles import get_profile
 
     voxel = json.loads((model / "cascade.json").read_text())["voxel_mm"]
-    from innerear.phantom.acquisition import Acquisition
+    from innerear.data.phantom.acquisition import Acquisition
 
     acq = Acquisition(style="microct", voxel_mm=voxel, fov_mm=30.0, centre="labyrinth", units="uint16",
                       correlated_noise=0.3, rings=0.3, cupping=0.3)
@@ -69,8 +69,8 @@ def speed_check(model: Path, work: Path, runs: int = 3) -> dict:
 
 
 def cmd_export(work: Path) -> None:
-    from innerear.robust import get_recipe
-    from innerear.segment import export_model
+    from innerear.training.robust import get_recipe
+    from innerear.inference.segment import export_model
 
     recipe = get_recipe("robust")
     last = work / "robust" / "run" / Path(*recipe.order)
@@ -79,7 +79,7 @@ def cmd_export(work: Path) -> None:
         else None
     card = {
         "name": "robust_cascade",
-        "WARNING": "Trained on SYNTHETIC phantoms only (innerear.phantom), never on real scans. Check every mask.",
+        "WARNING": "Trained on SYNTHETIC phantoms only (innerear.data.phantom), never on real scans. Check every mask.",
         "description": "AutoCas-U-Net cascade (coronal -> sagittal -> axial, 2D U-Nets) in physical units: "
                        f"scans are resampled to {recipe.voxel_mm} mm voxels and normalised per scan by their "
                        f"{recipe.normalizer[0]}th/{recipe.normalizer[1]}th percentiles; the networks output "
@@ -126,7 +126,7 @@ def limits(record: dict) -> list[str]:
 
 
 def cmd_card() -> None:
-    from innerear.performance import read_record
+    from innerear.reporting.performance import read_record
 
     record = read_record(MATRIX)
     if record is None:

@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from innerear.performance import (domain_shift_markdown, read_record, replace_readme_block,  # noqa: E402
-                                  results_path, shipped_speed)
+from innerear.reporting.performance import (domain_shift_markdown, read_record, replace_readme_block, results_path,
+                                            shipped_speed)
 
 
 def main() -> int:

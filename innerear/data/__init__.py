@@ -1,0 +1,6 @@
+"""data: what the networks are fed (floor 3; imports settings, io and metrics).
+
+Owns the synthetic phantoms (:mod:`~innerear.data.phantom`), the real Hear-EU data set
+(:mod:`~innerear.data.hear_eu`), the memory-bounded resampler
+(:mod:`~innerear.data.resample`) and the paper's preparation (:mod:`~innerear.data.preprocess`:
+pairs, resampling to N³, normalisers, folds). No deep learning here."""

@@ -1,0 +1,275 @@
+"""The auto-context cascade (AutoCasNet): the one inference engine, and its training.
+
+Stage *k* sees the image and the *k-1* earlier stages' post-processed masks as channels,
+sliced along its own view. After each stage the slice predictions are reassembled in 3D,
+thresholded at 0.5 and reduced to the largest 3D connected component (26-connected by
+default; ``Profile.connectivity``).
+
+:class:`Cascade` is the engine every caller uses: the stage predictions written during
+training (:func:`train_cascade`), ``innerear segment`` (:mod:`innerear.inference.segment`), the
+notebooks, the timing in :mod:`innerear.reporting.timing` and the benchmarks all call
+:meth:`Cascade.predict` (or :func:`run_stage` for one stage). Its default mode ``"fast"``
+(compiled prediction, stages 2 and 3 restricted to the earlier masks' region) and the exact
+modes are described in :mod:`innerear.inference.kernels`.
+
+Runs are stored as a prefix tree, one folder per stage (paths: :mod:`innerear.settings.layout`)::
+
+    runs/<profile>/<backbone>/fold<k>/<view1>/<view2>/<view3>/
+
+A single-view baseline is the first level of that tree (``fold0/axial``), and cascades that
+share their first views share those stages' training: the six stage orders need 15 stage
+trainings, not 18, and the three single-view baselines come with them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from innerear.inference.kernels import (DEFAULT_MARGIN, auto_bucket, output_classes, pooling_factor, predict_slices,
+                                        predict_volume, roi_crops)
+from innerear.metrics import largest_component
+from innerear.data.preprocess import Normalizer, normalizer_from_dict
+from innerear.nets.checkpoints import load_model
+from innerear.settings.views import from_slices, orientation_axis, to_slices
+
+MODES = ("fast", "compiled", "full")
+
+
+# --------------------------------------------------------------------------- building blocks
+def postprocess(probabilities: np.ndarray, threshold: float = 0.5, keep_largest: bool = True,
+                connectivity: int = 26) -> np.ndarray:
+    """Threshold stage probabilities and keep the largest 3D component (the paper's step)."""
+    mask = (np.asarray(probabilities) >= threshold).astype(np.uint8)
+    return largest_component(mask, connectivity) if keep_largest else mask
+
+
+def stage_inputs(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack the (z-scored) image and the earlier stages' masks as channels: (x, y, z, 1+k)."""
+    channels = [np.asarray(image, np.float32)] + [np.asarray(m, np.float32) for m in masks]
+    shapes = {c.shape for c in channels}
+    if len(shapes) != 1:
+        raise ValueError(f"image and masks must share a shape, got {sorted(shapes)}")
+    return np.stack(channels, axis=-1)
+
+
+
+
+# --------------------------------------------------------------------------- inference
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How :func:`run_stage` predicts (see :mod:`innerear.inference.kernels` for the modes).
+
+    ``mode``: ``"fast"`` (default), ``"compiled"`` or ``"full"``; ``margin`` (voxels) the
+    region kept around the earlier masks in fast mode; ``batch_size`` slices per call
+    (``None``: 8 compiled, 32 eager); ``bucket`` rounds rectangle sides (default: the pooling
+    factor on TensorFlow, 64 on JAX); ``full_fraction`` turns a rectangle that large into the
+    full slice; ``fixed_batch`` pads the last batch (default on JAX).
+    """
+
+    mode: str = "fast"
+    margin: int = DEFAULT_MARGIN
+    batch_size: int | None = None
+    bucket: int | None = None
+    full_fraction: float = 0.75
+    fixed_batch: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown inference mode {self.mode!r}; use one of {list(MODES)}")
+
+    @property
+    def compiled(self) -> bool:
+        return self.mode != "full"
+
+    @property
+    def batch(self) -> int:
+        return int(self.batch_size or (8 if self.compiled else 32))
+
+
+def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
+              threshold: float = 0.5, settings: InferenceSettings | None = None, *, view_axes: str = "ras",
+              connectivity: int = 26, stats: dict | None = None, return_classes: bool = False):
+    """One stage on one volume: ``(probabilities, post-processed mask)``.
+
+    The probabilities are the foreground's: a multi-class network's ``1 - p(background)``.
+    With ``return_classes`` also its ``(x, y, z, k)`` class probabilities (``None`` for a
+    binary network) as a third item. In ``"fast"`` mode a stage with earlier masks predicts
+    only their region (see :mod:`innerear.inference.kernels`); without earlier masks (stage 1) or
+    with empty ones it predicts every slice at full size. A dict passed as ``stats``
+    receives the stage's seconds and the fraction of pixels computed.
+    """
+    settings = settings or InferenceSettings()
+    t0 = time.perf_counter()
+    inputs = stage_inputs(image_norm, masks)
+    slices = to_slices(inputs, view, view_axes)
+    n, h, w = slices.shape[:3]
+    crops = None
+    if masks and settings.mode == "fast":
+        align = pooling_factor(model)
+        bucket = auto_bucket(align) if settings.bucket is None else int(settings.bucket)
+        crops = roi_crops(masks, view, int(settings.margin), align, bucket, settings.full_fraction, view_axes) or None
+    if crops is None:  # every slice at full size
+        prob = predict_volume(model, inputs, view, settings.batch, settings.compiled, settings.fixed_batch,
+                              view_axes)
+        pixels = n * h * w
+    else:
+        classes = output_classes(model)
+        out = np.zeros((n, h, w) + ((classes,) if classes > 1 else ()), np.float32)
+        if classes > 1:
+            out[..., 0] = 1.0  # outside the rectangles: background
+        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        for i, r0, nr, c0, nc in crops:
+            groups.setdefault((nr, nc), []).append((i, r0, c0))
+        pixels = 0
+        for (nr, nc), items in sorted(groups.items()):
+            for start in range(0, len(items), settings.batch):
+                chunk = items[start:start + settings.batch]
+                batch = np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk])
+                pred = predict_slices(model, batch, settings.batch, True, settings.fixed_batch)
+                for (i, r0, c0), p in zip(chunk, pred):
+                    out[i, r0:r0 + nr, c0:c0 + nc] = p
+                pixels += len(chunk) * nr * nc
+        prob = from_slices(out, view, view_axes)
+    class_prob = None
+    if prob.ndim == 4:  # a multi-class network: the foreground is every class but background
+        class_prob = prob
+        prob = 1.0 - class_prob[..., 0]
+    mask = postprocess(prob, threshold, connectivity=connectivity)
+    if stats is not None:
+        stats.setdefault("stages", []).append({
+            "view": view, "mode": settings.mode, "seconds": time.perf_counter() - t0,
+            "pixel_fraction": pixels / float(n * h * w), "slices": n if crops is None else len(crops),
+            "shapes": 1 if crops is None else len({c[2:5:2] for c in crops}),
+        })
+    return (prob, mask, class_prob) if return_classes else (prob, mask)
+
+
+def labels_from_classes(mask: np.ndarray, class_prob: np.ndarray | None) -> np.ndarray | None:
+    """The label map inside ``mask``: each voxel's most likely structure class (1..k-1), 0 outside.
+
+    ``None`` for a binary network (no class probabilities).
+    """
+    if class_prob is None:
+        return None
+    labels = (np.argmax(class_prob[..., 1:], axis=-1) + 1).astype(np.uint8)
+    labels[np.asarray(mask) == 0] = 0
+    return labels
+
+
+@dataclass
+class Cascade:
+    """A trained cascade: its stages (view, model), normaliser, grid and inference settings.
+
+    Load one with :func:`load_cascade` (a run's deepest stage folder) or
+    :func:`innerear.inference.segment.load_model_dir` (a shipped model folder); segment a prepared
+    volume with :meth:`predict`.
+    """
+
+    stages: list[tuple[str, keras.Model]]
+    normalizer: Normalizer
+    grid: int | None  # the reproduction's N^3 grid; None for a model in physical units
+    threshold: float = 0.5
+    batch_size: int | None = None
+    info: dict = field(default_factory=dict)
+    view_axes: str = "ras"
+    connectivity: int = 26
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
+    voxel_mm: float | None = None  # the networks' voxel size (robust recipe), None for grid models
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return tuple(view for view, _ in self.stages)
+
+    @property
+    def pooling(self) -> int:
+        """The networks' pooling factor: a slice side must be a multiple of it."""
+        return max(pooling_factor(model) for _, model in self.stages)
+
+    @property
+    def n_classes(self) -> int:
+        """1 for a binary cascade, else the classes of its last network (background first)."""
+        return output_classes(self.stages[-1][1])
+
+    def predict(self, volume: np.ndarray, mode: str | None = None, *, return_stages: bool = False,
+                return_labels: bool = False, stats: dict | None = None, **settings):
+        """Segment a prepared volume (resampled to the cascade's grid or voxel size, raw intensities).
+
+        Returns ``(mask, probabilities)`` of the last stage; with ``return_labels`` also the
+        structure label map (:func:`labels_from_classes`; ``None`` for a binary cascade), then,
+        with ``return_stages``, the list of every stage's ``(probabilities, mask)``. ``mode`` (default: the cascade's
+        settings, ``"fast"``) and keyword settings (``margin``, ``batch_size``, ``bucket``,
+        ``full_fraction``, ``fixed_batch``) override :attr:`settings` for this call.
+        """
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+        for view in self.order:
+            orientation_axis(view, self.view_axes)
+        opts = dict(self.settings.__dict__)
+        if self.batch_size is not None:
+            opts["batch_size"] = self.batch_size
+        opts.update({k: v for k, v in settings.items() if v is not None})  # None: keep the cascade's
+        if mode is not None:
+            opts["mode"] = mode
+        run = InferenceSettings(**opts)
+        image = self.normalizer(volume)
+        masks: list[np.ndarray] = []
+        stages = []
+        class_prob = None
+        for k, (view, model) in enumerate(self.stages):
+            last = k == len(self.stages) - 1
+            prob, mask, classes = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
+                                            connectivity=self.connectivity, stats=stats, return_classes=True)
+            if last:
+                class_prob = classes
+            del classes
+            masks.append(mask)
+            stages.append((prob, mask))
+        mask, prob = stages[-1][1], stages[-1][0]
+        out: tuple = (mask, prob)
+        if return_labels:
+            out += (labels_from_classes(mask, class_prob),)
+        if return_stages:
+            out += (stages,)
+        return out
+
+
+
+
+def load_cascade(run_dir: str | os.PathLike) -> Cascade:
+    """Load a trained cascade from its deepest stage folder (or a folder with ``cascade.json``)."""
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "cascade.json"
+    if not spec_path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a trained cascade (no cascade.json)")
+    spec = json.loads(spec_path.read_text())
+    stages = []
+    for rel in spec["stages"]:
+        stage_path = (run_dir / rel).resolve()
+        model_path = stage_path / "best.keras"
+        if not model_path.exists():
+            raise FileNotFoundError(f"{model_path}: model file missing; the run folder is incomplete")
+        stages.append((json.loads((stage_path / "stage.json").read_text())["view"], load_model(model_path)))
+    norm = normalizer_from_dict(spec["normalizer"])
+    grid = int(spec["grid"]) if spec.get("grid") is not None else None  # None: a physical model (voxel_mm)
+    return Cascade(stages=stages, normalizer=norm, grid=grid, threshold=float(spec.get("threshold", 0.5)),
+                   info=spec, view_axes=spec.get("view_axes", "ras"), connectivity=int(spec.get("connectivity", 26)),
+                   voxel_mm=spec.get("voxel_mm"))
+
+
+# --------------------------------------------------------------------------- training
+
+
+
+
+
+
+
+

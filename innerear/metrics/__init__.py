@@ -1,0 +1,17 @@
+"""metrics: everything measured from a mask (floor 2; imports :mod:`innerear.settings` and :mod:`innerear.io`).
+
+Owns the paper's per-volume metrics, distances, largest component and fragmentation
+(:mod:`~innerear.metrics.scores`, re-exported here: ``innerear.metrics.evaluate``), the
+cochlear duct length and turns (:mod:`~innerear.metrics.cochlea`) and the anatomy measured
+from a structure map (:mod:`~innerear.metrics.anatomy`: cochlear path, handedness,
+topology). NumPy, SciPy and scikit-image only: no deep learning, so results code and the
+data floor (phantoms that measure themselves, the label-resampling check) can use it.
+It sits below :mod:`innerear.data` for that reason."""
+from innerear.metrics.scores import (CONNECTIVITY, METRIC_KEYS, DistanceMethod, as_mask, check_spacing,
+                                     components_per_slice, confusion_counts, dice, evaluate, fragmentation,
+                                     largest_component, overlap_metrics, per_structure, roc_auc, structure_regions,
+                                     surface, surface_distances)
+
+__all__ = ["CONNECTIVITY", "METRIC_KEYS", "DistanceMethod", "as_mask", "check_spacing", "components_per_slice",
+           "confusion_counts", "dice", "evaluate", "fragmentation", "largest_component", "overlap_metrics",
+           "per_structure", "roc_auc", "structure_regions", "surface", "surface_distances"]

@@ -1,0 +1,321 @@
+"""Measurements as JSON records, and their rendering on the book's Performance page.
+
+Every figure on that page comes from a record written by code: ``innerear reproduce``
+writes ``runs/<profile>/timings.json`` (seconds per step), the scripts in ``benchmarks/``
+write ``benchmarks/results/<name>.json``. Each record carries the context it was measured
+in (:func:`run_context`: date, machine, package versions), so the page can say where a
+figure comes from. Nothing here imports the deep-learning stack.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PACKAGES = ("innerear", "numpy", "scipy", "keras", "tensorflow-cpu", "tensorflow", "jax", "papermill")
+RESULTS_DIR = Path("benchmarks") / "results"  # relative to the project root
+
+
+def timings_path(root: str | os.PathLike, profile: str) -> Path:
+    """Where ``innerear reproduce --profile PROFILE`` records the seconds of its steps."""
+    return Path(root) / "runs" / profile / "timings.json"
+
+
+def results_path(root: str | os.PathLike, benchmark: str) -> Path:
+    """Where the benchmark script ``benchmarks/<benchmark>.py`` writes its record."""
+    return Path(root) / RESULTS_DIR / f"{benchmark}.json"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` (those not installed are left out)."""
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def run_context() -> dict[str, Any]:
+    """Where and when a measurement is taken: UTC date, machine and package versions."""
+    mem = _memory_gib()
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "system": platform.system(),
+                    "memory_gib": round(mem, 1) if mem else None},
+        "versions": versions(),
+        "command": _command(),
+    }
+
+
+def _command() -> str:
+    """The command line of this process (``python -m innerear`` shown as ``innerear``)."""
+    if not sys.argv or not sys.argv[0]:
+        return ""
+    prog = Path(sys.argv[0])
+    name = prog.parent.name if prog.name == "__main__.py" else prog.name
+    return " ".join([name, *sys.argv[1:]])
+
+
+def write_record(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` with its :func:`run_context` as JSON (atomically) to ``path``."""
+    from innerear.io import write_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_json(path, {"kind": kind, "context": run_context(), **payload})
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A record written by :func:`write_record`, or None when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict) or "context" not in record:
+        raise ValueError(f"{path}: not a measurement record (no 'context')")
+    return record
+
+
+# ----------------------------------------------------------------------------- rendering
+def format_value(value: Any) -> str:
+    """A cell: floats to 4 significant digits (thousands separated), the rest as text."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return " / ".join(format_value(v) for v in value)
+    return str(value)
+
+
+def context_line(record: dict[str, Any]) -> str:
+    """One sentence: when, on what machine, with which versions, by which command."""
+    ctx = record["context"]
+    m = ctx.get("machine", {})
+    v = ctx.get("versions", {})
+    tf = v.get("tensorflow-cpu") or v.get("tensorflow")
+    libs = ", ".join(f"{k} {x}" for k, x in (("keras", v.get("keras")), ("tensorflow", tf), ("jax", v.get("jax")))
+                     if x)
+    mem = f", {m['memory_gib']} GiB memory" if m.get("memory_gib") else ""
+    cmd = f" by `{ctx['command']}`" if ctx.get("command") else ""
+    return (f"Measured {ctx.get('date', '?')}{cmd} on {m.get('cpu_count', '?')} CPU(s) ({m.get('cpu', '?')}"
+            f"{mem}); Python {v.get('python', '?')}{', ' + libs if libs else ''}.")
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def records_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
+    """Rows of a record (list of dicts, nested dicts flattened) as a table of strings."""
+    import pandas as pd
+
+    flat = []
+    for row in rows:
+        f: dict[str, Any] = {}
+        _flatten("", row, f)
+        flat.append({k: v for k, v in f.items() if not (isinstance(v, list) and len(v) > 6)})
+    table = pd.DataFrame(flat)
+    if columns:
+        table = table[[c for c in columns if c in table.columns]]
+    return table.map(format_value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A small markdown table (no extra dependency)."""
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    sep = "|" + " --- |" * len(table.columns)
+    body = ["| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def render_record(record: dict[str, Any], columns: dict[str, list[str]] | None = None) -> str:
+    """Markdown for any record: its context, each list of rows as a table, other values listed."""
+    parts = [context_line(record)]
+    scalars: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in ("kind", "context"):
+            continue
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            parts.append(f"**{key}**\n\n" + to_markdown(records_table(value, (columns or {}).get(key))))
+        elif isinstance(value, dict) and value and all(isinstance(r, dict) for r in value.values()):
+            rows = [{"": k, **r} for k, r in value.items()]
+            parts.append(f"**{key}**\n\n" + to_markdown(records_table(rows, (columns or {}).get(key))))
+        else:
+            _flatten(key, value, scalars)
+    if scalars:
+        parts.append("\n".join(f"- {k}: {format_value(v)}" for k, v in scalars.items()))
+    return "\n\n".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    """``75.3`` → ``"1 min 15 s"``; under a minute with one decimal."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min {secs} s" if hours else f"{minutes} min {secs} s"
+
+
+def timings_table(record: dict[str, Any]) -> pd.DataFrame:
+    """The steps of an ``innerear reproduce`` run (``timings.json``): step, seconds, share."""
+    import pandas as pd
+
+    total = record.get("total_s")
+    rows = [{"step": st["step"], "seconds": f"{st['seconds']:.1f}", "time": format_seconds(st["seconds"]),
+             "share of total": f"{st['seconds'] / total:.0%}" if total else ""} for st in record["steps"]]
+    if total is not None:
+        rows.append({"step": "**total** (wall clock)", "seconds": f"{total:.1f}", "time": format_seconds(total),
+                     "share of total": ""})
+    return pd.DataFrame(rows)
+
+
+def missing_note(what: str, command: str) -> str:
+    """The page's sentence for a measurement that has not been made on this machine."""
+    return f"*Not yet measured on this machine* ({what} is absent): run `{command}`."
+
+
+def paper_runtime() -> "pd.DataFrame":
+    """The paper's seconds per volume on its GPU and CPU machines (``data/runtime_paper.csv``)."""
+    from importlib.resources import files
+
+    import pandas as pd
+
+    with (files("innerear.evaluation") / "paper" / "runtime_paper.csv").open() as fh:
+        return pd.read_csv(fh)
+
+
+def _mean(summary: dict[str, Any] | None, key: str) -> str:
+    item = (summary or {}).get(key)
+    return "n/a (not in the field of view)" if not item else f"{item['mean']:.3f}"
+
+
+def domain_shift_table(record: dict[str, Any], structures: bool = True) -> pd.DataFrame:
+    """The domain-shift matrix (``benchmarks/bench_domain_shift.py``): one row per held-out cell,
+    the Dice of each model (mean over the cell's scans, its minimum in brackets) and, per
+    structure, the mean Dice."""
+    import pandas as pd
+
+    def span(values: list[float], digits: int) -> str:
+        lo, hi = (round(v, digits) for v in values)
+        return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
+    rows = []
+    for entry in record["cells"]:
+        cell = entry["cell"]
+        style = {"cbct": "cone-beam CT", "microct": "micro-CT", "demo": "demo phantom (reference)"}[cell["style"]]
+        row = {"style": style, "voxel (mm)": span(entry["voxel_mm"], 3),
+               "field of view (mm)": span(entry["fov_mm"], 0) + (" (cochlea crop)" if cell["centre"] == "cochlea" else ""),
+               "units": cell["units"], "scans": str(entry["n"])}
+        for name, result in entry["models"].items():
+            s = result["summary"]
+            row[f"{name}: Dice"] = f"{s['dice']['mean']:.3f} (min {s['dice']['min']:.3f})"
+            if structures:
+                for part in ("cochlea", "vestibule", "canals"):
+                    row[f"{name}: {part}"] = _mean(s, f"dice_{part}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def domain_shift_sentence(record: dict[str, Any], model: str = "robust") -> str:
+    """One computed sentence: the goal, and the cells that meet or miss it."""
+    goal = float(record.get("goal_dice", 0.85))
+    means = {e["cell"]["name"]: e["models"][model]["summary"]["dice"]["mean"] for e in record["cells"]
+             if e["cell"].get("held_out", True)}
+    missed = {k: v for k, v in means.items() if v < goal}
+    lo = min(means.values())
+    text = (f"The {model} model's mean Dice ranges from {lo:.3f} to {max(means.values()):.3f} over "
+            f"{len(means)} held-out cells; ")
+    if not missed:
+        text += f"every cell meets the goal of {goal:.2f}."
+    else:
+        text += f"{len(missed)} of {len(means)} miss the goal of {goal:.2f}: " + "; ".join(
+            f"{k} ({v:.3f})" for k, v in missed.items()) + "."
+    weak: dict[str, list[float]] = {}
+    for e in record["cells"]:
+        if not e["cell"].get("held_out", True):
+            continue
+        for part in ("cochlea", "vestibule", "canals"):
+            item = e["models"][model]["summary"].get(f"dice_{part}")
+            if item and item["mean"] < goal:
+                weak.setdefault(part, []).append(item["mean"])
+    if weak:
+        text += " Per structure the goal is missed: " + "; ".join(
+            f"{part} in {len(v)} of {len(means)} cells (lowest {min(v):.3f})" for part, v in weak.items()) + "."
+    return text
+
+
+README_MARKERS = ("<!-- domain-shift:start (generated by tools/update_readme.py; do not edit) -->",
+                  "<!-- domain-shift:end -->")
+
+
+def speed_sentence(speed: dict[str, Any]) -> str:
+    """The shipped model's speed check (its model card's ``speed``) as one sentence."""
+    return (f"Speed: {speed['what']}: median {speed['median_wall_s']:.1f} s over {speed['runs']} runs "
+            f"({speed['median_inside_command_s']:.1f} s inside the command).")
+
+
+def domain_shift_markdown(record: dict[str, Any], speed: dict[str, Any] | None = None) -> str:
+    """The README's block: the matrix (Dice per cell and model, the robust model per structure),
+    the computed sentence, the model card's speed check, and where the figures come from."""
+    table = domain_shift_table(record)
+    keep = [c for c in table.columns if not c.startswith("paper recipe: ") or c.endswith("Dice")]
+    parts = [to_markdown(table[keep]), domain_shift_sentence(record)]
+    if speed:
+        parts.append(speed_sentence(speed))
+    parts.append(context_line(record) + " Source: `benchmarks/results/domain_shift.json`, written by "
+                 "`benchmarks/bench_domain_shift.py`; speed: the model card, written by `tools/ship_robust.py`.")
+    return "\n\n".join(parts)
+
+
+def shipped_speed(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The default shipped model's speed check from its model card (None when it has none)."""
+    card = Path(root) / "innerear" / "models" / "robust_cascade" / "model_card.json"
+    return json.loads(card.read_text()).get("speed") if card.exists() else None
+
+
+def replace_readme_block(text: str, block: str) -> str:
+    """``text`` with the part between :data:`README_MARKERS` replaced by ``block``."""
+    start, end = README_MARKERS
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"README has no {start!r} ... {end!r} block")
+    return text[: i + len(start)] + "\n" + block + "\n" + text[j:]

@@ -1,0 +1,355 @@
+"""The whole reproduction in order: phantoms → prepared data → notebooks (papermill) → book.
+
+``innerear reproduce --profile demo`` (what ``make reproduce`` calls) runs every step; each
+step skips what is already complete, so a rerun after an interruption picks up where the
+last one stopped, and one failed notebook run does not touch the others' results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from innerear.settings.profiles import BACKBONES, Profile, default_data_dir, get_profile, project_root
+from innerear.io import atomic_path
+from innerear.settings.layout import cache_dir, profile_runs, runs_root, stage_dir
+from innerear.settings.views import ALL_ORDERS, ORIENTATIONS, PAPER_ORDER
+
+NOTEBOOKS = {
+    "01": "01_data_preparation",
+    "02": "02_backbones",
+    "03": "03_cascade_training",
+    "04": "04_evaluation",
+    "05": "05_3d_visualization",
+    "06": "06_performance",  # runs last: it renders this run's timings.json (see reproduce)
+}
+@dataclass(frozen=True)
+class NotebookRun:
+    """One papermill execution: which notebook, with which parameters, into which page."""
+
+    notebook: str
+    output: str  # relative to book/executed/
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a profile runs: folds, backbones and ablations."""
+
+    folds: tuple[int, ...]
+    backbones: tuple[str, ...]
+    orientation_folds: tuple[int, ...]  # U-Net single-view comparison (all three views)
+    order_folds: tuple[int, ...]  # U-Net six-order ablation
+
+
+PLANS = {
+    "smoke": Plan(folds=(0,), backbones=("unet",), orientation_folds=(), order_folds=()),
+    "demo": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0,), order_folds=(0,)),
+    "paper": Plan(folds=(0, 1, 2, 3), backbones=BACKBONES, orientation_folds=(0, 1, 2, 3), order_folds=(0, 1, 2, 3)),
+}
+
+
+def notebook_runs(profile: Profile, seed: int = 0) -> list[NotebookRun]:
+    """Every notebook execution of ``make reproduce`` for a profile, in order."""
+    plan = PLANS[profile.name]
+    p = {"profile": profile.name, "seed": seed}
+    runs = [NotebookRun(NOTEBOOKS["01"], f"{NOTEBOOKS['01']}.ipynb", dict(p))]
+    for fold in plan.folds:
+        for backbone in plan.backbones:
+            views = ORIENTATIONS if backbone == "unet" and fold in plan.orientation_folds else ("axial",)
+            views = ("axial",) + tuple(v for v in views if v != "axial")
+            runs.append(NotebookRun(NOTEBOOKS["02"], f"02_backbones/{backbone}_fold{fold}.ipynb",
+                                    dict(p, fold=fold, backbone=backbone, orientation=",".join(views))))
+    for backbone in plan.backbones:
+        for fold in plan.folds:
+            runs.append(NotebookRun(NOTEBOOKS["03"], f"03_cascade/{backbone}_fold{fold}.ipynb",
+                                    dict(p, fold=fold, backbone=backbone, order=",".join(PAPER_ORDER))))
+    runs.append(NotebookRun(NOTEBOOKS["04"], f"{NOTEBOOKS['04']}.ipynb", dict(p)))
+    runs.append(NotebookRun(NOTEBOOKS["05"], f"{NOTEBOOKS['05']}.ipynb", dict(p)))
+    runs.append(NotebookRun(NOTEBOOKS["06"], f"{NOTEBOOKS['06']}.ipynb", dict(p)))
+    return runs
+
+
+def execute_notebook(run: NotebookRun, root: Path, site: Path) -> float:
+    """Execute one notebook with papermill into ``book/executed/``; return the seconds taken.
+
+    The executed copy is written to a temporary name and renamed on success, so a failed
+    run never leaves a page that looks complete.
+    """
+    import papermill as pm
+
+    src = root / "notebooks" / f"{run.notebook}.ipynb"
+    dst = site / "book" / "executed" / run.output
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with atomic_path(dst, suffix=".running.ipynb") as tmp:
+        pm.execute_notebook(str(src), str(tmp), parameters=run.parameters, cwd=str(root / "notebooks"),
+                            progress_bar=False, kernel_name="python3")
+    return time.perf_counter() - t0
+
+
+def training_jobs(profile: Profile) -> list[tuple[str, int, tuple[str, ...]]]:
+    """Every (backbone, fold, views) run a profile's book needs, before notebooks read them."""
+    plan = PLANS[profile.name]
+    jobs: list[tuple[str, int, tuple[str, ...]]] = []
+    for fold in plan.folds:
+        for backbone in plan.backbones:
+            jobs += [(backbone, fold, ("axial",)), (backbone, fold, tuple(PAPER_ORDER))]
+    for fold in plan.orientation_folds:
+        jobs += [("unet", fold, (v,)) for v in ORIENTATIONS]
+    for fold in plan.order_folds:
+        jobs += [("unet", fold, tuple(o)) for o in ALL_ORDERS]
+    return list(dict.fromkeys(jobs))
+
+
+def stage_nodes(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> list[tuple[str, int, tuple[str, ...]]]:
+    """The distinct stages of a set of runs (prefix-tree nodes), parents before children."""
+    nodes = {(b, f, views[: k + 1]) for b, f, views in jobs for k in range(len(views))}
+    return sorted(nodes, key=lambda n: (len(n[2]), n[0], n[1], n[2]))
+
+
+def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int) -> list[list[tuple]]:
+    """Runs grouped for training in one process each: by backbone, or by (backbone, fold)
+    when there are more workers than backbones. Runs that share stages always share a group
+    (they have the same backbone and fold), so groups never depend on each other; within a
+    group the runs keep their order, whose shared prefixes are trained by the first."""
+    by_backbone = len({b for b, _, _ in jobs}) >= n_groups
+    groups: dict[tuple, list[tuple]] = {}
+    for job in jobs:
+        groups.setdefault((job[0],) if by_backbone else (job[0], job[1]), []).append(job)
+    return sorted(groups.values(), key=lambda g: -sum(len(v) for _, _, v in g))  # longest first
+
+
+def _train_group(profile_name: str, seed: int, root: str, group: list[tuple], threads: int | None) -> list[dict]:
+    """Worker task: train a group of runs of one backbone in one fresh Python process.
+
+    One process per group pays the framework's start-up once and lets runs of the same
+    architecture share compiled networks (``innerear run --job ...``, see
+    :class:`~innerear.training.fit.ModelPool`); a separate process keeps each group's memory and
+    threads to itself (TensorFlow inside a Dask worker ran 2-3x slower here).
+    """
+    env = dict(os.environ, INNEREAR_HOME=root, TF_CPP_MIN_LOG_LEVEL="3")
+    if threads:
+        env["INNEREAR_THREADS"] = str(threads)
+    backbone = group[0][0]
+    cmd = [sys.executable, "-m", "innerear", "run", "--profile", profile_name, "--seed", str(seed),
+           "--backbone", backbone]
+    for _, fold, views in group:
+        cmd += ["--job", f"{fold}:{','.join(views)}"]
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
+    results = []
+    for _, fold, views in group:
+        folder = stage_dir(runs_root(root), profile_name, backbone, fold, views)
+        if not (folder / "stage.json").exists():
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+            raise RuntimeError(f"training {backbone} fold {fold} {'/'.join(views)} failed:\n{tail}")
+        stages = [json.loads((stage_dir(runs_root(root), profile_name, backbone, fold, views[: k + 1]) / "stage.json")
+                             .read_text()) for k in range(len(views))]
+        results.append({"backbone": backbone, "fold": fold, "views": "/".join(views),
+                        "dice": [round(st["mean_test_dice"], 3) for st in stages],
+                        "epochs": [st["epochs"] for st in stages],
+                        "train_seconds": sum(st["train_seconds"] for st in stages)})
+    return results
+
+
+def train_all(profile: Profile, seed: int, root: Path, workers: int | None = None,
+              scheduler: str | None = None, verbose: bool = True) -> list[dict]:
+    """Train every run the book needs, in parallel on a Dask cluster.
+
+    The runs are grouped (:func:`job_groups`) and each group is one task that trains its
+    runs in one process; runs that share their first stages are in the same group, so
+    shared stages are trained once and no two workers write the same folder. Without
+    ``scheduler`` a local cluster of ``workers`` threads is started (default: one per CPU
+    core; the training itself runs in a subprocess per task); with a scheduler address
+    (``tcp://host:8786``) the tasks go to that cluster, whose workers must see the same
+    project folder.
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    jobs = [j for j in training_jobs(profile)
+            if not (stage_dir(runs_root(root), profile, *j) / "stage.json").exists()]
+    if not jobs:
+        return []
+    n_workers = workers or max(1, os.cpu_count() or 1)
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+        threads = None
+        n_groups = max(1, len(client.scheduler_info().get("workers", {})))
+    else:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=n_workers, processes=False,
+                               dashboard_address=None, memory_limit=0, silence_logs=40)
+        client = Client(cluster)
+        threads = max(1, (os.cpu_count() or 1) // n_workers)
+        n_groups = n_workers
+    groups = job_groups(jobs, n_groups)
+    try:
+        futures = [client.submit(_train_group, profile.name, seed, str(root), group, threads, pure=False,
+                                 key=f"train-{profile.name}-{group[0][0]}-{len(group)}runs-{i}")
+                   for i, group in enumerate(groups)]
+        results = []
+        for fut in as_completed(futures):
+            for r in fut.result():
+                results.append(r)
+                if verbose:
+                    print(f"[train {len(results)}/{len(jobs)}] {r['backbone']} fold {r['fold']} {r['views']}: "
+                          f"held-out Dice per stage {r['dice']}, epochs {r['epochs']}, {r['train_seconds']:.0f} s",
+                          flush=True)
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
+    """Generate the profile's phantom set unless real data or a matching set is present.
+
+    When the profile's phantom folder holds another set (other seed, settings or generator
+    version) it is regenerated, and the data prepared from it dropped, only while no network
+    was trained on it: trained runs (``runs/<profile>``) are never deleted implicitly; a
+    :class:`RuntimeError` then says which command removes them.
+    """
+    from innerear.data.phantom import write_phantom_set
+
+    data_dir = default_data_dir(profile.name, root)
+    if data_dir.name == "hear-eu":
+        return data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
+    except FileExistsError:
+        import shutil
+
+        manifest = data_dir / "manifest.json"
+        if not (manifest.exists() and json.loads(manifest.read_text()).get("synthetic")):
+            raise
+        runs = profile_runs(runs_root(root), profile)
+        if runs.exists():
+            old_seed = json.loads(manifest.read_text()).get("seed")
+            what = f"seed {old_seed}" if old_seed != seed else "other settings or generator version"
+            keep = f", or keep seed {old_seed}" if old_seed != seed else ""
+            raise RuntimeError(
+                f"{data_dir}: holds a phantom set of {what} (asked for seed {seed}) and {runs} holds networks "
+                f"trained on it; nothing was changed. To start over, remove the trained runs yourself: "
+                f"rm -r {runs} (or `make clean`){keep}")
+        print(f"[phantoms] {data_dir} holds a different phantom set and no run was trained on it; regenerating it",
+              flush=True)
+        shutil.rmtree(data_dir)
+        shutil.rmtree(cache_dir(root, profile), ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
+    return data_dir
+
+
+def write_timings(root: Path, profile: Profile, seed: int, times: dict[str, float], complete: bool,
+                  workers: int | None = None) -> Path:
+    """Record a reproduce run's seconds per step (and per notebook page) as JSON.
+
+    Written twice per run: before the Performance page is rendered (``complete`` false: the
+    book build and the total are still to come) and at the end.
+    """
+    from innerear.reporting.performance import timings_path, write_record
+
+    pages = {k: v for k, v in times.items() if k.endswith(".ipynb")}
+    steps = [{"step": k, "seconds": v} for k, v in times.items() if k not in pages and k != "total"]  # in order
+    return write_record(timings_path(root, profile.name), "reproduce-timings",
+                        {"profile": profile.name, "seed": seed, "complete": complete,
+                         "workers": workers or os.cpu_count(), "steps": steps, "pages": pages,
+                         "total_s": times.get("total")})
+
+
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "book")
+
+
+def prepare_site(root: Path, site: Path) -> Path:
+    """Copy the book's static sources into ``site`` (a separate book, e.g. the test build)."""
+    import shutil
+
+    if site.resolve() == root.resolve():
+        return site
+    site.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_SOURCES:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, site / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("executed", "*.png"))
+        elif src.exists():
+            shutil.copy2(src, site / name)
+    return site
+
+
+def build_book(site: Path, warnings_as_errors: bool = True) -> Path:
+    """Build the Jupyter Book (HTML) in ``site``; return the index page."""
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(site), "--path-output", str(site)]
+    if warnings_as_errors:
+        cmd += ["-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True, cwd=site)
+    return site / "_build" / "html" / "index.html"
+
+
+def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only: Sequence[str] | None = None,
+              site: str | os.PathLike | None = None, workers: int | None = None,
+              scheduler: str | None = None) -> dict:
+    """Run the whole pipeline for a profile; return the seconds each step took.
+
+    The executed pages and the HTML go to ``site`` (default: the project itself, so
+    ``_build/html``); ``make test`` builds its smoke book in a separate site so that it
+    never replaces the pages of a demo run.
+    """
+    profile = get_profile(profile_name)
+    root = project_root()
+    site_dir = prepare_site(root, Path(site).resolve() if site else root)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ensure_phantoms(profile, seed, root)
+    times["phantoms"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    from innerear.data.preprocess import prepare_dataset
+
+    prepare_dataset(default_data_dir(profile.name, root), profile.grid, cache_dir(root, profile), progress=True)
+    times["prepare"] = time.perf_counter() - t
+    if not only:
+        t = time.perf_counter()
+        train_all(profile, seed, root, workers=workers, scheduler=scheduler)
+        times["training (all stages)"] = time.perf_counter() - t
+    # the kernels inherit these; set once, before the notebooks run side by side
+    os.environ.update(INNEREAR_HOME=str(root), TF_CPP_MIN_LOG_LEVEL="3")
+    runs = [r for r in notebook_runs(profile, seed) if not only or any(r.notebook.startswith(o) for o in only)]
+    last = [r for r in runs if r.notebook == NOTEBOOKS["06"]]  # renders the timings of the steps before it
+    runs = [r for r in runs if r not in last]
+    failures = []
+
+    def one(run: NotebookRun) -> None:
+        print(f"[papermill] {run.notebook} {run.parameters} -> book/executed/{run.output}", flush=True)
+        try:
+            times[run.output] = execute_notebook(run, root, site_dir)
+        except Exception as exc:  # keep going: other runs' results stay valid
+            failures.append(f"{run.output}: {type(exc).__name__}")
+            print(f"[papermill] FAILED {run.output}: {exc}", file=sys.stderr, flush=True)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, runs))
+    times["notebooks (all)"] = time.perf_counter() - t
+    if failures:
+        raise RuntimeError("notebook runs failed:\n" + "\n".join(failures))
+    write_timings(root, profile, seed, times, complete=False, workers=workers)
+    for run in last:
+        one(run)
+    if failures:
+        raise RuntimeError("notebook runs failed:\n" + "\n".join(failures))
+    if book:
+        t = time.perf_counter()
+        index = build_book(site_dir)
+        times["book"] = time.perf_counter() - t
+        print(f"Book built: open {index}", flush=True)
+    times["total"] = time.perf_counter() - t0
+    write_timings(root, profile, seed, times, complete=True, workers=workers)
+    return times
