@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
 from innerear.data import phantom as ph  # noqa: E402
 from innerear.metrics.cochlea import METHOD, measure_cochlea  # noqa: E402
 from innerear.settings.profiles import PhantomSettings  # noqa: E402
+from innerear.settings.structures import COCHLEA
 
 
 def measure_one(index: int, seed: int, binning: int) -> dict:
@@ -34,7 +35,7 @@ def measure_one(index: int, seed: int, binning: int) -> dict:
     sp = ph.generate_specimen(index, seed, PhantomSettings(n_specimens=index + 1, binning=binning))
     truth = sp.meta["cochlea_truth"]
     t0 = time.perf_counter()
-    m = measure_cochlea(sp.structures == ph.COCHLEA, sp.affine)
+    m = measure_cochlea(sp.structures == COCHLEA, sp.affine)
     seconds = time.perf_counter() - t0
     return {"index": index, "binning": binning, "voxel_mm": sp.meta["voxel_mm"], "side": sp.meta["side"],
             "truth": truth, "duct_length_mm": m.duct_length_mm, "turns": m.turns,

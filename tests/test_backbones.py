@@ -11,6 +11,8 @@ import pytest
 from innerear.nets import backbones
 from innerear.nets.backbones import AUTHORS_PARAMS, build, layer_table, res_unet, se_unet, unet
 from innerear.settings.profiles import BACKBONE_LABELS
+from innerear.nets.checkpoints import run_network
+from innerear.settings.profiles import backbone_label
 
 # small networks: 32x32 slices, 4 base filters, 2 pooling levels
 SMALL = dict(size=32, base_filters=4, depth=2)
@@ -250,24 +252,24 @@ def test_profile_build_kwargs_follow_the_profile():
 
 
 def test_backbone_label_names_the_se_variant():
-    assert backbones.backbone_label("se_unet", "authors") == "SEU-Net"
-    assert backbones.backbone_label("se_unet", "standard") == "SEU-Net (standard SE)"
-    assert backbones.backbone_label("unet", "standard") == "U-Net"
+    assert backbone_label("se_unet", "authors") == "SEU-Net"
+    assert backbone_label("se_unet", "standard") == "SEU-Net (standard SE)"
+    assert backbone_label("unet", "standard") == "U-Net"
     with pytest.raises(ValueError, match="unknown backbone"):
-        backbones.backbone_label("vnet")
+        backbone_label("vnet")
 
 
 def test_run_network_prefers_the_runs_saved_model(tmp_path):
     from innerear.settings.profiles import get_profile
 
     smoke = get_profile("smoke")
-    model, source = backbones.run_network(tmp_path, "se_unet", 1, smoke)
+    model, source = run_network(tmp_path, "se_unet", 1, smoke)
     assert "profile `smoke`" in source and "no trained run" in source
     assert any(layer.name.endswith("_se_scale") for layer in model.layers)
     # a run trained with other settings than the profile's: its own network comes back
     trained = build("se_unet", channels=2, size=None, base_filters=3, depth=1, se_mode="authors")
     trained.save(tmp_path / "best.keras")
-    loaded, source = backbones.run_network(tmp_path, "se_unet", 2, smoke)
+    loaded, source = run_network(tmp_path, "se_unet", 2, smoke)
     assert "saved model of this run" in source
     assert loaded.count_params() == trained.count_params()
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in trained.layers]

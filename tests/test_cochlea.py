@@ -10,6 +10,7 @@ from innerear.data import phantom as ph
 from innerear.metrics.cochlea import METHOD_NAME, CochleaMeasures, measure_cochlea
 from innerear.settings.profiles import PhantomSettings
 from innerear.data.phantom.geometry import rotmat
+from innerear.settings.structures import COCHLEA
 
 SEED = 11
 # (binning, specimens): voxels 16.3 / 19.5 um x binning; specimens 0, 2 are left ears, 1, 3 right
@@ -59,17 +60,17 @@ def test_truth_is_the_generators_spiral(medium):
 # --------------------------------------------------------------------------- accuracy
 def test_duct_length_and_turns_match_the_truth_at_0_16_to_0_2_mm(medium):
     for sp in medium:
-        m = measure_cochlea(sp.structures == ph.COCHLEA, sp.affine)
+        m = measure_cochlea(sp.structures == COCHLEA, sp.affine)
         _check(m, sp.meta["cochlea_truth"])
         assert m.method.startswith(METHOD_NAME)
         assert m.kept_fraction == 1.0 and m.tunnels == 0
-        assert m.volume_mm3 == pytest.approx(np.count_nonzero(sp.structures == ph.COCHLEA) * sp.meta["voxel_mm"] ** 3)
+        assert m.volume_mm3 == pytest.approx(np.count_nonzero(sp.structures == COCHLEA) * sp.meta["voxel_mm"] ** 3)
 
 
 def test_duct_length_and_turns_at_0_24_to_0_29_mm():
     for i in range(4):
         sp = _specimen(i, COARSE)
-        _check(measure_cochlea(sp.structures == ph.COCHLEA, sp.affine), sp.meta["cochlea_truth"])
+        _check(measure_cochlea(sp.structures == COCHLEA, sp.affine), sp.meta["cochlea_truth"])
 
 
 def test_realism_leaves_the_cochlea_measurable():
@@ -77,7 +78,7 @@ def test_realism_leaves_the_cochlea_measurable():
     from innerear.data.phantom.params import AnatomyRealism
 
     sp = ph.generate_specimen(1, SEED, PhantomSettings(n_specimens=2, binning=COARSE), realism=AnatomyRealism.full())
-    m = measure_cochlea(sp.structures == ph.COCHLEA, sp.affine)
+    m = measure_cochlea(sp.structures == COCHLEA, sp.affine)
     _check(m, sp.meta["cochlea_truth"])
     assert m.tunnels == 0 and m.kept_fraction == 1.0
 
@@ -86,18 +87,18 @@ def test_realism_leaves_the_cochlea_measurable():
 def test_duct_length_and_turns_at_0_08_to_0_1_mm():
     for i in range(4):
         sp = _specimen(i, 5)
-        _check(measure_cochlea(sp.structures == ph.COCHLEA, sp.affine), sp.meta["cochlea_truth"])
+        _check(measure_cochlea(sp.structures == COCHLEA, sp.affine), sp.meta["cochlea_truth"])
 
 
 def test_left_and_right_ears_wind_oppositely(medium):
-    hand = {sp.meta["side"]: measure_cochlea(sp.structures == ph.COCHLEA, sp.affine).handedness for sp in medium}
+    hand = {sp.meta["side"]: measure_cochlea(sp.structures == COCHLEA, sp.affine).handedness for sp in medium}
     assert hand["left"] == -hand["right"] != 0
 
 
 # --------------------------------------------------------------------------- invariance
 def test_mirror_and_rotated_affine_give_the_same_measures(medium):
     sp = medium[0]
-    mask = sp.structures == ph.COCHLEA
+    mask = sp.structures == COCHLEA
     ref = measure_cochlea(mask, sp.affine)
     # the mirror image (array flipped, same affine): the other side's ear
     mirror = measure_cochlea(mask[::-1], sp.affine)
@@ -117,7 +118,7 @@ def test_mirror_and_rotated_affine_give_the_same_measures(medium):
 def test_a_resampled_rotation_still_matches_the_truth(medium):
     """The cochlea rotated on the voxel grid (a new voxelisation in another pose)."""
     sp = medium[1]
-    mask = (sp.structures == ph.COCHLEA).astype(np.float32)
+    mask = (sp.structures == COCHLEA).astype(np.float32)
     mask = np.pad(mask, 12)
     r = rotmat(np.array([1.0, 2.0, -0.5]), 33.0)
     centre = (np.array(mask.shape) - 1) / 2.0
@@ -130,7 +131,7 @@ def test_imperfect_mask_missing_voxels_and_extra_blobs(medium):
     """A predicted label: 3 % of the voxels missing, a detached blob (dropped) and a small blob
     attached to the wall (kept)."""
     sp = medium[2]
-    mask = sp.structures == ph.COCHLEA
+    mask = sp.structures == COCHLEA
     rng = np.random.default_rng(0)
     mask &= rng.random(mask.shape) >= 0.03
     idx = np.argwhere(mask)
@@ -166,7 +167,7 @@ def _bridge(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def test_a_bridge_between_turns_is_cut_before_ordering_the_duct(medium):
     sp = medium[0]
-    m = measure_cochlea(_bridge(sp.structures == ph.COCHLEA, sp.affine), sp.affine)
+    m = measure_cochlea(_bridge(sp.structures == COCHLEA, sp.affine), sp.affine)
     assert m.tunnels == 1
     _check(m, sp.meta["cochlea_truth"])
 
@@ -174,7 +175,7 @@ def test_a_bridge_between_turns_is_cut_before_ordering_the_duct(medium):
 def test_touching_turns_are_flagged(medium):
     """Turns joined in the mask (here: the label grown by two voxels) make a tunnel."""
     sp = medium[0]
-    grown = ndimage.binary_dilation(sp.structures == ph.COCHLEA, iterations=2)
+    grown = ndimage.binary_dilation(sp.structures == COCHLEA, iterations=2)
     assert measure_cochlea(grown, sp.affine).tunnels >= 1
 
 

@@ -11,6 +11,8 @@ from scipy import ndimage
 
 from innerear.data import phantom as ph
 from innerear.settings.profiles import PhantomSettings, get_profile, is_synthetic
+from innerear.metrics.anatomy import canal_tunnels, cochlear_handedness, count_cochlear_turns, topology, voxel_centres
+from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 
 SMOKE = get_profile("smoke").phantoms
 FINE = PhantomSettings(n_specimens=3, binning=10)  # ~0.16-0.2 mm voxels: canals 4-5 voxels wide
@@ -34,7 +36,7 @@ def test_label_is_one_component_and_matches_structures(fine_specimens):
         assert set(np.unique(sp.label)) == {0, 1}
         assert set(np.unique(sp.structures)) == {0, 1, 2, 3}
         np.testing.assert_array_equal(sp.label, sp.structures > 0)
-        topo = ph.topology(sp.label)
+        topo = topology(sp.label)
         assert topo["components"] == 1 and topo["cavities"] == 0
         assert sp.meta["label_components"] == 1
         # 6-connected as well
@@ -48,16 +50,16 @@ def test_each_canal_closes_a_loop_through_the_vestibule(fine_specimens):
     for sp in fine_specimens:
         st = sp.structures
         # canals + vestibule: three tunnels, one per canal (anterior and posterior share the crus)
-        assert ph.canal_tunnels(st) == 3
+        assert canal_tunnels(st) == 3
         # the cochlea adds none (its turns never touch)
-        assert ph.topology(sp.label)["tunnels"] == 3
+        assert topology(sp.label)["tunnels"] == 3
         # without the vestibule the canals are open arcs: anterior+posterior (joined by the
         # common crus) and the lateral canal, no loop left
-        canals = ph.topology(st == ph.CANALS)
+        canals = topology(st == CANALS)
         assert canals["components"] == 2 and canals["tunnels"] == 0
         # every canal piece meets the vestibule at two places at least (both of its ends)
-        lab, n = ndimage.label(st == ph.CANALS, structure=np.ones((3, 3, 3), bool))
-        vest_zone = _dilated(st == ph.VESTIBULE)
+        lab, n = ndimage.label(st == CANALS, structure=np.ones((3, 3, 3), bool))
+        vest_zone = _dilated(st == VESTIBULE)
         for k in range(1, n + 1):
             ends = ndimage.label(vest_zone & (lab == k), structure=np.ones((3, 3, 3), bool))[1]
             assert ends >= 2
@@ -65,7 +67,7 @@ def test_each_canal_closes_a_loop_through_the_vestibule(fine_specimens):
 
 def test_cochlear_turns_measured_from_voxels(fine_specimens):
     for sp in fine_specimens:
-        turns = ph.count_cochlear_turns(sp.structures, sp.affine)
+        turns = count_cochlear_turns(sp.structures, sp.affine)
         assert 2.45 <= turns <= 2.8, turns
         assert abs(turns - sp.meta["turns"]) <= 0.08
         assert 2.5 <= sp.meta["turns"] <= 2.75
@@ -74,7 +76,7 @@ def test_cochlear_turns_measured_from_voxels(fine_specimens):
 def test_cochlea_and_canal_dimensions(fine_specimens):
     for sp in fine_specimens:
         scale = sp.meta["scale"] * sp.meta["fit_scale"]
-        pts = ph.voxel_centres(np.argwhere(sp.structures == ph.COCHLEA), sp.affine)
+        pts = voxel_centres(np.argwhere(sp.structures == COCHLEA), sp.affine)
         pts -= pts.mean(0)
         _, vecs = np.linalg.eigh(np.cov(pts.T))
         a, b, h = (np.ptp(pts @ vecs[:, k]) / scale for k in (2, 1, 0))
@@ -92,10 +94,10 @@ def test_cochlea_and_canal_dimensions(fine_specimens):
         assert anat["canal_lumen_diameter_mm"] == pytest.approx(0.8, abs=0.07)
         # lumen ~0.8 mm from the voxels: twice the distance to the wall on the canals' medial
         # ridge (away from the vestibule; ampullae are short)
-        canals = sp.structures == ph.CANALS
+        canals = sp.structures == CANALS
         dt = ndimage.distance_transform_edt(canals, sampling=sp.spacing)
         ridge = canals & (ndimage.maximum_filter(dt, size=3) == dt)
-        ridge &= ndimage.distance_transform_edt(sp.structures != ph.VESTIBULE, sampling=sp.spacing) > 1.5
+        ridge &= ndimage.distance_transform_edt(sp.structures != VESTIBULE, sampling=sp.spacing) > 1.5
         assert 0.5 <= 2 * np.median(dt[ridge]) / scale <= 1.2
 
 
@@ -107,7 +109,7 @@ def test_left_and_right_ears_are_mirror_images():
     assert set(sides) == {"left", "right"}
     coarse = replace(FINE, binning=12)
     specs = {s: ph.generate_specimen(i, SEED, coarse) for s, i in sides.items()}
-    hand = {s: ph.cochlear_handedness(sp.structures, sp.affine) for s, sp in specs.items()}
+    hand = {s: cochlear_handedness(sp.structures, sp.affine) for s, sp in specs.items()}
     assert hand["left"] == -hand["right"] != 0
 
 
@@ -177,7 +179,7 @@ def test_shape_override_and_slabs():
     spec = ph.generate_specimen(1, SEED, SMOKE, shape=(30, 44, 30))
     assert spec.image.shape == (30, 44, 30)
     assert 0.2 < spec.meta["fit_scale"] <= 1.0
-    assert ph.topology(spec.label)["components"] == 1
+    assert topology(spec.label)["components"] == 1
     with pytest.raises(ValueError):
         ph.generate_specimen(1, SEED, SMOKE, shape=(8, 8, 8))
 
@@ -269,7 +271,7 @@ def test_phantom_set_manifest_noop_and_refusals(tmp_path):
 def test_topology_helper_on_simple_shapes():
     x, y, z = np.mgrid[-12:13, -12:13, -6:7]
     torus = (np.sqrt(x**2 + y**2) - 7) ** 2 + z**2 <= 9
-    assert ph.topology(torus) == {"components": 1, "cavities": 0, "tunnels": 1, "euler": 0}
+    assert topology(torus) == {"components": 1, "cavities": 0, "tunnels": 1, "euler": 0}
     r = np.sqrt(x**2 + y**2 + (2 * z) ** 2)
     shell = (r >= 5) & (r <= 8)
-    assert ph.topology(shell)["cavities"] == 1 and ph.topology(shell)["tunnels"] == 0
+    assert topology(shell)["cavities"] == 1 and topology(shell)["tunnels"] == 0

@@ -11,6 +11,7 @@ from scipy import ndimage
 from innerear.data import phantom as ph
 from innerear.settings.profiles import get_profile
 from innerear.data.phantom.acquisition import Acquisition, draw_acquisition
+from innerear.settings.structures import CANALS, COCHLEA
 
 DEMO = get_profile("demo").phantoms
 SEED = 3
@@ -45,10 +46,10 @@ def test_grid_is_the_acquisitions_field_of_view_and_voxel(tmp_path):
 def test_cochlea_crop_holds_the_cochlea_and_cuts_the_canals():
     full = _gen(voxel_mm=0.25, fov_mm=30.0, centre="labyrinth")
     crop = _gen(voxel_mm=0.25, fov_mm=8.0, centre="cochlea")
-    n_full = {k: int((full.structures == k).sum()) for k in (ph.COCHLEA, ph.CANALS)}
-    n_crop = {k: int((crop.structures == k).sum()) for k in (ph.COCHLEA, ph.CANALS)}
-    assert n_crop[ph.COCHLEA] > 0.6 * n_full[ph.COCHLEA]
-    assert n_crop[ph.CANALS] < 0.6 * n_full[ph.CANALS]  # the canals are cut
+    n_full = {k: int((full.structures == k).sum()) for k in (COCHLEA, CANALS)}
+    n_crop = {k: int((crop.structures == k).sum()) for k in (COCHLEA, CANALS)}
+    assert n_crop[COCHLEA] > 0.6 * n_full[COCHLEA]
+    assert n_crop[CANALS] < 0.6 * n_full[CANALS]  # the canals are cut
     # the canals' label touches the border of the crop
     assert (crop.label.astype(bool) & _border(crop.label.shape)).any()
 

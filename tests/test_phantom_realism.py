@@ -12,6 +12,7 @@ from innerear.settings.profiles import get_profile
 from innerear.metrics import largest_component
 from innerear.data.phantom.specimen import (T_AIR, T_AQUEDUCT, T_BONE, T_LUMEN, T_LUMEN_AIR, T_MIDDLE_EAR, T_NERVE,
                                             T_SEPTUM, TISSUES)
+from innerear.settings.structures import COCHLEA
 
 DEMO = get_profile("demo").phantoms  # ~0.13-0.16 mm voxels, under a second a specimen
 FULL = ph.AnatomyRealism.full()
@@ -135,7 +136,7 @@ def test_septum_divides_the_cochlear_lumen_into_two_scalae():
     base = ph.generate_specimen(0, 0, fine)
     assert np.array_equal(spec.label, base.label)
     sept = np.argwhere(spec.tissue == T_SEPTUM)
-    assert len(sept) > 500 and np.all(spec.structures[tuple(sept.T)] == ph.COCHLEA)
+    assert len(sept) > 500 and np.all(spec.structures[tuple(sept.T)] == COCHLEA)
     contrast = spec.meta["imaging"]["i_capsule"] - spec.meta["imaging"]["i_lumen"]
     up, down = _septum_step(spec, sept, spec.tissue)
     up0, down0 = _septum_step(base, sept, spec.tissue)

@@ -46,6 +46,8 @@ import numpy as np
 from scipy import ndimage
 
 from innerear.io import VolumeError, read_volume, write_json, write_volume
+from innerear.io import nrrd_affine, read_nrrd_file
+from innerear.settings.profiles import project_root
 
 VOLUME_EXTS = (".seg.nrrd", ".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 LABEL_WORDS = ("label", "labels", "labelmap", "seg", "segmentation", "mask", "gt")
@@ -170,7 +172,6 @@ def read_slicer_segmentation(path: str | os.PathLike, segment: str | None = None
     (4D, one ``list`` axis) files. ``segment`` picks one segment by name (``SegmentN_Name``);
     by default every segment is merged.
     """
-    from innerear.io import nrrd_affine, read_nrrd_file
 
     path = Path(path)
     array, header = read_nrrd_file(path)
@@ -364,7 +365,6 @@ def export_prepared(
     returns) a report, ``hear_eu_report.json``, and a ``manifest.json`` marking the data as
     real (not synthetic).
     """
-    from innerear.settings.profiles import project_root
 
     out = Path(out_dir) if out_dir is not None else project_root() / "data" / "hear-eu"
     out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from innerear.settings.layout import read_stage_predictions, stage_dir
 from innerear.metrics import evaluate, fragmentation, per_structure
 from innerear.data.preprocess import PreparedCase
 from innerear.settings.views import orientation_axis
+from innerear.io import atomic_path
 
 
 def table1_methods(order: Sequence[str] = PAPER_ORDER, se_mode: str = "authors") -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -92,7 +93,6 @@ def per_volume_table(cases: Sequence[PreparedCase], runs_root: str | os.PathLike
 
 def save_tidy(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a per-volume table as CSV atomically."""
-    from innerear.io import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

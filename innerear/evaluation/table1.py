@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import stats
 
 from innerear.metrics import METRIC_KEYS
+from innerear.settings.profiles import is_synthetic
 
 METHODS: list[str] = [
     "U-Net", "AutoCas-U-Net", "ResU-Net", "AutoCas-ResU-Net", "SEU-Net", "AutoCas-SEU-Net",
@@ -78,7 +79,6 @@ PAPER_LABEL = "paper (Hear-EU)"
 def source_label(data_dir: str | Path) -> str:
     """Source label of our rows, from the data actually used: "ours (synthetic)" for the
     generated phantoms, "ours (real)" for anything else (Hear-EU or one's own scans)."""
-    from innerear.settings.profiles import is_synthetic
 
     return "ours (synthetic)" if is_synthetic(Path(data_dir)) else "ours (real)"
 

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from innerear.io import atomic_path
 
 
 def surface_mesh(mask: np.ndarray, spacing: Sequence[float], affine: np.ndarray | None = None,
@@ -45,7 +46,6 @@ def vertex_distances(verts: np.ndarray, reference_verts: np.ndarray) -> np.ndarr
 
 def write_stl(path, verts: np.ndarray, faces: np.ndarray, name: str = "innerear") -> None:
     """Write a binary STL file atomically (vertices in mm)."""
-    from innerear.io import atomic_path
 
     tri = np.asarray(verts, np.float32)[np.asarray(faces)]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])

@@ -7,11 +7,12 @@ from a structure map (:mod:`~innerear.metrics.anatomy`: cochlear path, handednes
 topology). NumPy, SciPy and scikit-image only: no deep learning, so results code and the
 data floor (phantoms that measure themselves, the label-resampling check) can use it.
 It sits below :mod:`innerear.data` for that reason."""
-from innerear.metrics.scores import (CONNECTIVITY, METRIC_KEYS, DistanceMethod, as_mask, check_spacing,
+from innerear.metrics.components import CONNECTIVITY, largest_component, topology
+from innerear.metrics.scores import (METRIC_KEYS, DistanceMethod, as_mask, check_spacing,
                                      components_per_slice, confusion_counts, dice, evaluate, fragmentation,
-                                     largest_component, overlap_metrics, per_structure, roc_auc, structure_regions,
+                                     overlap_metrics, per_structure, roc_auc, structure_regions,
                                      surface, surface_distances)
 
 __all__ = ["CONNECTIVITY", "METRIC_KEYS", "DistanceMethod", "as_mask", "check_spacing", "components_per_slice",
            "confusion_counts", "dice", "evaluate", "fragmentation", "largest_component", "overlap_metrics",
-           "per_structure", "roc_auc", "structure_regions", "surface", "surface_distances"]
+           "per_structure", "roc_auc", "structure_regions", "surface", "surface_distances", "topology"]

@@ -5,6 +5,7 @@ import numpy as np
 from scipy import ndimage
 from innerear.metrics.cochlea import geodesic_distance, measure_cochlea, shell_centreline
 from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
+from innerear.metrics.components import largest_component, topology
 
 
 def voxel_centres(index: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -24,9 +25,7 @@ def cochlear_path(structures: np.ndarray, affine: np.ndarray) -> np.ndarray:
     coch = structures == COCHLEA
     if not coch.any():
         return np.zeros((0, 3))
-    lab, n = ndimage.label(coch, structure=np.ones((3, 3, 3), bool))
-    if n > 1:
-        coch = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    coch = largest_component(coch).view(bool)
     box = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in np.nonzero(coch))
     c = coch[box]
     vest = structures[box] == VESTIBULE
@@ -54,21 +53,6 @@ def cochlear_handedness(structures: np.ndarray, affine: np.ndarray) -> int:
     return measure_cochlea(coch, affine).handedness if coch.any() else 0
 
 
-def topology(mask: np.ndarray) -> dict[str, int]:
-    """Components (26-connected), cavities and tunnels (handles) of a binary mask.
-
-    Uses the 3D Euler characteristic chi = components - tunnels + cavities (26-connectivity
-    for the object, 6 for the background).
-    """
-    from skimage.measure import euler_number
-
-    m = np.pad(np.asarray(mask, bool), 1)
-    _, comps = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
-    _, bg = ndimage.label(~m)  # 6-connected background
-    cavities = bg - 1
-    chi = int(euler_number(m, connectivity=3))
-    return {"components": int(comps), "cavities": int(cavities), "tunnels": int(comps + cavities - chi),
-            "euler": chi}
 
 
 def canal_tunnels(structures: np.ndarray) -> int:

@@ -55,6 +55,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import isotonic_regression
 
+from innerear.metrics.components import largest_component, topology
+
 METHOD_NAME = "lateral-wall spiral unwrapping"
 METHOD = (f"{METHOD_NAME}: the modiolar axis is fitted to the mask's geodesic centreline, every voxel's "
           "angle about it is unwrapped along the duct, and the lateral wall (outermost lumen radius per "
@@ -90,13 +92,6 @@ class CochleaMeasures:
 
 
 # =========================================================================== preparing the mask
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return mask
-    return lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
-
-
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     """The smallest box holding every voxel of a non-empty mask."""
     box = []
@@ -286,12 +281,12 @@ def _prepare(cochlea_mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     if n_all == 0:
         raise ValueError("cochlea mask is empty: nothing to measure")
     box = _bounding_box(mask)
-    comp = _largest_component(mask[box])
+    comp = largest_component(mask[box]).view(bool)
     n_kept = int(np.count_nonzero(comp))
     shift = np.eye(4)
     shift[:3, 3] = [b.start for b in box]
     work, waff = _working_grid(comp, affine @ shift)
-    work = _largest_component(work)
+    work = largest_component(work).view(bool)
     n = int(np.count_nonzero(work))
     if n < _MIN_VOXELS:
         raise ValueError(f"cochlea mask has only {n} voxels at {_fmt_voxel(waff)} mm: too small to measure")
@@ -305,8 +300,8 @@ def _untangled(work: np.ndarray, tunnels: int) -> np.ndarray:
     if tunnels == 0:
         return work
     for k in (1, 2):
-        opened = _largest_component(ndimage.binary_opening(work, ndimage.generate_binary_structure(3, 1),
-                                                           iterations=k))
+        opened = largest_component(ndimage.binary_opening(work, ndimage.generate_binary_structure(3, 1),
+                                                          iterations=k)).view(bool)
         if 2 * np.count_nonzero(opened) >= np.count_nonzero(work) and _tunnels(opened) == 0:
             return opened
     return work
@@ -482,7 +477,6 @@ def _spiral_curve(sp: _Spiral, theta: np.ndarray, radius: np.ndarray, height: np
 def _tunnels(mask: np.ndarray) -> int:
     """Handles of a one-component mask (a clean duct has none; a bridge between two turns
     makes one, and the geodesic centreline may then take the shortcut)."""
-    from innerear.metrics.anatomy import topology  # the package's one topology helper (lazy: no import cycle)
 
     return int(topology(mask)["tunnels"])
 

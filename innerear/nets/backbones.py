@@ -32,34 +32,25 @@ divisible by ``2**depth`` works.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import keras
 from keras import layers
 
-if TYPE_CHECKING:
-    from innerear.settings.profiles import Profile
+from innerear.settings.profiles import SE_MODES, Profile
 
 __all__ = [
     "AUTHORS_PARAMS",
-    "BACKBONE_LABELS",
     "AUTHORS_NETWORK_PARAMS",
     "BUILDERS",
-    "SE_MODES",
-    "backbone_label",
     "build",
     "build_for_profile",
     "profile_build_kwargs",
     "layer_table",
-    "run_network",
     "res_unet",
     "se_unet",
     "unet",
 ]
-
-from innerear.settings.profiles import (BACKBONE_LABELS, SE_MODES, backbone_label)
 
 # Parameter count (trainable + BN statistics) of the authors' U-Net at paper size
 # (base 32, depth 3), by number of input channels.
@@ -291,7 +282,7 @@ def build(
     return builder(channels=channels, size=size, base_filters=base_filters, depth=depth, dropout=dropout, **kw)
 
 
-def profile_build_kwargs(backbone: str, profile: "Profile") -> dict[str, Any]:
+def profile_build_kwargs(backbone: str, profile: Profile) -> dict[str, Any]:
     """The keywords :func:`build` gets from a profile for ``backbone`` (sizes and variants)."""
     kw: dict[str, Any] = dict(base_filters=profile.base_filters, depth=profile.depth, dropout=profile.dropout,
                               bn_momentum=profile.bn_momentum)
@@ -302,25 +293,12 @@ def profile_build_kwargs(backbone: str, profile: "Profile") -> dict[str, Any]:
     return kw
 
 
-def build_for_profile(backbone: str, channels: int, profile: "Profile", size: int | None = None,
+def build_for_profile(backbone: str, channels: int, profile: Profile, size: int | None = None,
                       **kw: Any) -> keras.Model:
     """The network a profile trains (fully convolutional unless ``size`` is given)."""
     return build(backbone, channels=channels, size=size, **(profile_build_kwargs(backbone, profile) | kw))
 
 
-def run_network(run_dir: str | os.PathLike, backbone: str, channels: int, profile: "Profile") -> tuple[keras.Model, str]:
-    """The network a run trained, and where it came from.
-
-    The run's own saved model (``best.keras``, which holds its configuration) when the run
-    exists; otherwise the network the profile would build, and the second value says so.
-    """
-    path = Path(run_dir) / "best.keras"
-    if path.exists():
-        from innerear.nets.checkpoints import load_model
-
-        return load_model(path), f"the saved model of this run (`{path.name}` in `{Path(run_dir).name}/`)"
-    return (build_for_profile(backbone, channels, profile),
-            f"built from profile `{profile.name}`'s configuration (no trained run found)")
 
 
 # --------------------------------------------------------------------------- inspection

@@ -17,6 +17,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+from innerear.io import write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,7 +89,6 @@ def _command() -> str:
 
 def write_record(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> Path:
     """Write ``payload`` with its :func:`run_context` as JSON (atomically) to ``path``."""
-    from innerear.io import write_json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

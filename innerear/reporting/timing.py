@@ -19,6 +19,8 @@ from innerear.data.preprocess import Normalizer
 from innerear.nets.checkpoints import load_model
 from innerear.nets.backend import set_seed
 from innerear.settings.views import orientation_axis
+from innerear.inference.kernels import predict_volume
+from innerear.nets.backbones import build
 
 
 def time_segmentation(cascade_dir: str | os.PathLike, cache_file: str | os.PathLike, repeats: int = 1,
@@ -60,8 +62,6 @@ def time_paper_size(grid: int = 256, seed: int = 0, backbone: str = "unet", slic
     """
     import tempfile
 
-    from innerear.nets.backbones import build
-    from innerear.inference.kernels import predict_volume
 
     set_seed(seed, deterministic=False)
     rng = np.random.default_rng(seed)

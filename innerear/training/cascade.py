@@ -23,6 +23,7 @@ from innerear.data.preprocess import PreparedCase, fit_normalizer, split_fold
 from innerear.training.fit import ModelPool, SliceDataset, fit, set_output_prior
 from innerear.settings.views import check_order
 from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
+from innerear.nets.backbones import build_for_profile
 
 
 @contextlib.contextmanager
@@ -91,7 +92,6 @@ def train_cascade(
     written to ``cascade.json`` with the connectivity, so that a loaded cascade predicts as
     it was trained.
     """
-    from innerear.nets.backbones import build_for_profile
 
     inference = inference or InferenceSettings()
     view_axes = view_axes or getattr(profile, "view_axes", "ras")

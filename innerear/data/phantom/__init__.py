@@ -47,9 +47,8 @@ fluid, and a connected mastoid air-cell honeycomb (see :mod:`.realism`; the tiss
 them as ``aqueduct``, ``middle_ear_air``, ``septum``, ``lumen_air``; ``meta["realism"]``
 records what was drawn).
 
-Helpers measure the anatomy from the voxels alone: :func:`count_cochlear_turns`,
-:func:`cochlear_handedness`, :func:`topology` (components, cavities, tunnels),
-:func:`canal_tunnels`.
+The anatomy is measured back from the voxels by :mod:`innerear.metrics.anatomy` (turns,
+handedness, topology, the canals' loops).
 
 Volumes are built in slabs along axis 0 (each with a halo for the blur), so that a
 paper-sized specimen (``binning=1``, e.g. ``shape=(618, 892, 600)``) needs only its uint16 /
@@ -89,13 +88,10 @@ from innerear.settings.profiles import PhantomSettings
 from innerear.data.phantom.acquisition import (Acquisition, acquisition_params, draw_acquisition, misregister,
                                                prepare_scanner)
 from innerear.data.phantom.imaging import render
-from innerear.metrics.anatomy import (canal_tunnels, cochlear_handedness, cochlear_path, count_cochlear_turns,
-                                      topology, voxel_centres)
 from innerear.data.phantom.truth import cochlea_truth
 from innerear.data.phantom.params import AnatomyRealism
 from innerear.data.phantom.params import (AnatomyParams, ImagingParams, PoseParams, SpecimenParams, SurroundingsParams,
                                           draw_params, draw_specimen_params)
-from innerear.settings.structures import CANALS, COCHLEA, STRUCTURES, VESTIBULE
 from innerear.data.phantom.specimen import (GENERATOR, PHANTOM_VERSION, T_AIR, T_BONE, T_LUMEN, T_MEDIUM, T_NERVE,
                                             T_VESSEL, TISSUES, Specimen, jsonable, specimen_id)
 from innerear.data.phantom.world import World, build_world
@@ -103,12 +99,12 @@ from innerear.data.phantom.write import (PARTIAL, entry_files_exist, finish_set,
                                          write_json, write_nifti_gz, write_specimen)
 
 __all__ = [
-    "Acquisition", "AnatomyParams", "AnatomyRealism", "CANALS", "COCHLEA", "GENERATOR", "ImagingParams",
+    "Acquisition", "AnatomyParams", "AnatomyRealism", "GENERATOR", "ImagingParams",
     "PHANTOM_VERSION", "PoseParams", "draw_acquisition",
-    "STRUCTURES", "Specimen", "SpecimenParams", "SurroundingsParams", "TISSUES", "T_AIR", "T_BONE", "T_LUMEN",
-    "T_MEDIUM", "T_NERVE", "T_VESSEL", "VESTIBULE", "canal_tunnels", "cochlear_handedness", "cochlear_path",
-    "count_cochlear_turns", "draw_params", "draw_specimen_params", "generate_specimen", "specimen_files",
-    "specimen_id", "topology", "voxel_centres", "write_nifti_gz", "write_phantom_set", "write_specimen",
+    "Specimen", "SpecimenParams", "SurroundingsParams", "TISSUES", "T_AIR", "T_BONE", "T_LUMEN",
+    "T_MEDIUM", "T_NERVE", "T_VESSEL", 
+    "draw_params", "draw_specimen_params", "generate_specimen", "specimen_files",
+    "specimen_id", "write_nifti_gz", "write_phantom_set", "write_specimen",
 ]
 
 # voxels per slab (plus halo); read when a specimen is generated, so a test can shrink it

@@ -14,6 +14,7 @@ import numpy as np
 from innerear.settings.profiles import PhantomSettings
 from innerear.data.phantom.specimen import GENERATOR, PHANTOM_VERSION, Specimen, jsonable
 from innerear.settings.structures import STRUCTURES
+from innerear.io import atomic_path
 
 PARTIAL = ".phantoms-partial.json"  # the progress file of an unfinished set
 _SPECIMEN_FILES = ("image", "label", "structures")
@@ -43,7 +44,6 @@ def write_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray, compressle
     array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    from innerear.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) as gz:
@@ -59,7 +59,6 @@ def write_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray, compressle
 
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
-    from innerear.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
