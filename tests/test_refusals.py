@@ -191,7 +191,7 @@ def test_train_takes_label_values(capsys):
 # --------------------------------------------------------------------------- 6. file modes
 def _write_everything(folder):
     from innerear.io import save_npz, write_json, write_tiff_stack
-    from innerear.data.phantom import write_nifti_gz
+    from innerear.io.nifti import write_nifti_gz
     from innerear.io.mesh import write_stl
 
     vol = np.zeros((4, 4, 4), np.uint8)

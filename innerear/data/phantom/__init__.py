@@ -96,7 +96,8 @@ from innerear.data.phantom.specimen import (GENERATOR, PHANTOM_VERSION, T_AIR, T
                                             T_VESSEL, TISSUES, Specimen, jsonable, specimen_id)
 from innerear.data.phantom.world import World, build_world
 from innerear.data.phantom.write import (PARTIAL, entry_files_exist, finish_set, resume_set, set_key, specimen_files,
-                                         write_json, write_nifti_gz, write_specimen)
+                                         write_specimen)
+from innerear.io.files import write_json
 
 __all__ = [
     "Acquisition", "AnatomyParams", "AnatomyRealism", "GENERATOR", "ImagingParams",
@@ -104,7 +105,7 @@ __all__ = [
     "Specimen", "SpecimenParams", "SurroundingsParams", "TISSUES", "T_AIR", "T_BONE", "T_LUMEN",
     "T_MEDIUM", "T_NERVE", "T_VESSEL", 
     "draw_params", "draw_specimen_params", "generate_specimen", "specimen_files",
-    "specimen_id", "write_nifti_gz", "write_phantom_set", "write_specimen",
+    "specimen_id", "write_phantom_set", "write_specimen",
 ]
 
 # voxels per slab (plus halo); read when a specimen is generated, so a test can shrink it
@@ -224,7 +225,7 @@ def write_phantom_set(out_dir: Path, settings: PhantomSettings, seed: int, n: in
                       f"{entry['meta']['protocol_um']} um ({time.perf_counter() - t0:.1f} s)",
                       file=sys.stderr, flush=True)
         entries.append(entry)
-        write_json(out_dir / PARTIAL, {**key, "specimens": entries})
+        write_json(out_dir / PARTIAL, {**key, "specimens": entries}, indent=1)
     manifest = finish_set(out_dir, key, entries)
     if progress:
         print(f"[phantoms] {n} specimens in {out_dir} ({time.perf_counter() - t_all:.1f} s)",

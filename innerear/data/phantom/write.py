@@ -1,68 +1,21 @@
-"""Writing phantoms: reproducible NIfTI files (gzip without timestamp), atomic JSON, the
-manifest entry of one specimen and the state of a set's folder (resume or refuse)."""
+"""Writing phantoms: their NIfTI files (through :func:`innerear.io.nifti.write_nifti_gz`, reproducible),
+the manifest entry of one specimen and the state of a set's folder (resume or refuse)."""
 from __future__ import annotations
 
-import gzip
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 
 from innerear.settings.profiles import PhantomSettings
 from innerear.data.phantom.specimen import GENERATOR, PHANTOM_VERSION, Specimen, jsonable
 from innerear.settings.structures import STRUCTURES
-from innerear.io import atomic_path
+from innerear.io.files import write_json
+from innerear.io.nifti import write_nifti_gz
 
+DESCRIPTION = "innerear synthetic phantom"  # the NIfTI header's descrip field
 PARTIAL = ".phantoms-partial.json"  # the progress file of an unfinished set
 _SPECIMEN_FILES = ("image", "label", "structures")
-
-
-def _nifti_header(shape, dtype, affine) -> bytes:
-    import nibabel as nib
-
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape(tuple(int(s) for s in shape))
-    hdr.set_data_dtype(np.dtype(dtype))
-    hdr.set_zooms(tuple(float(z) for z in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
-    hdr.set_xyzt_units("mm")
-    hdr.set_qform(np.asarray(affine, float), code=1)
-    hdr.set_sform(np.asarray(affine, float), code=1)
-    hdr["descrip"] = b"innerear synthetic phantom"
-    hdr["vox_offset"] = 352
-    raw = hdr.binaryblock
-    assert len(raw) == 348
-    return raw + b"\x00\x00\x00\x00"  # no extensions
-
-
-def write_nifti_gz(path: Path, array: np.ndarray, affine: np.ndarray, compresslevel: int = 1) -> Path:
-    """Write a NIfTI-1 .nii.gz reproducibly (no gzip timestamp or name) and atomically, streaming
-    the data plane by plane (no full copy in memory)."""
-    path = Path(path)
-    array = np.asarray(array)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) as gz:
-            gz.write(_nifti_header(array.shape, array.dtype, affine))
-            plane = max(1, array.shape[0] * array.shape[1])
-            step = max(1, 8_000_000 // plane)
-            for k in range(0, array.shape[2], step):
-                gz.write(np.ascontiguousarray(array[:, :, k:k + step].transpose(2, 1, 0)).tobytes())
-        raw.flush()
-        os.fsync(raw.fileno())
-    return path
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON, atomically."""
-
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
 
 
 def specimen_files(sid: str) -> dict[str, str]:
@@ -77,14 +30,14 @@ def write_specimen(spec: Specimen, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = specimen_files(spec.specimen_id)
-    write_nifti_gz(out_dir / files["image"], spec.image, spec.affine)
-    write_nifti_gz(out_dir / files["label"], spec.label, spec.affine)
-    write_nifti_gz(out_dir / files["structures"], spec.structures, spec.affine)
+    write_nifti_gz(out_dir / files["image"], spec.image, spec.affine, description=DESCRIPTION)
+    write_nifti_gz(out_dir / files["label"], spec.label, spec.affine, description=DESCRIPTION)
+    write_nifti_gz(out_dir / files["structures"], spec.structures, spec.affine, description=DESCRIPTION)
     if spec.clean_label is not None:  # label noise: the truth as well
         files = {**files, "clean_label": f"{spec.specimen_id}_label_clean.nii.gz",
                  "clean_structures": f"{spec.specimen_id}_structures_clean.nii.gz"}
-        write_nifti_gz(out_dir / files["clean_label"], spec.clean_label, spec.affine)
-        write_nifti_gz(out_dir / files["clean_structures"], spec.clean_structures, spec.affine)
+        write_nifti_gz(out_dir / files["clean_label"], spec.clean_label, spec.affine, description=DESCRIPTION)
+        write_nifti_gz(out_dir / files["clean_structures"], spec.clean_structures, spec.affine, description=DESCRIPTION)
     meta = {k: v for k, v in spec.meta.items() if k != "seconds"}  # keep manifests reproducible
     return jsonable({
         "id": spec.specimen_id,
@@ -159,7 +112,7 @@ def finish_set(out_dir: Path, key: dict, entries: list[dict]) -> dict:
         "specimens": entries,
     }
     manifest_path = out_dir / "manifest.json"
-    write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest, indent=1)
     partial_path = out_dir / PARTIAL
     if partial_path.exists():
         partial_path.unlink()
