@@ -11,6 +11,7 @@ from innerear.settings.layout import stage_dir
 from innerear.metrics import dice
 from innerear.settings.views import PAPER_ORDER, VIEW_AXES, from_slices, orientation_axis, to_slices
 from innerear.training import cascade as tc
+from innerear.data import normalize as norm
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,6 @@ def test_engine_slices_by_the_cascade_s_convention(rng):
     vol = rng.normal(size=(9, 11, 13)).astype(np.float32)
     vol[2:7, 3:9, 1:12] = 3.0
     for conv_name in VIEW_AXES:
-        casc = cs.Cascade([("coronal", model)], pp.Normalizer(0.0, 1.0), 0, view_axes=conv_name)
+        casc = cs.Cascade([("coronal", model)], norm.Normalizer(0.0, 1.0), 0, view_axes=conv_name)
         mask, _ = casc.predict(vol)
         np.testing.assert_array_equal(mask, cs.largest_component(vol > 0))

@@ -8,7 +8,7 @@ from innerear.nets.backbones import unet
 from innerear.inference.engine import Cascade, InferenceSettings, run_stage
 from innerear.inference.kernels import pooling_factor, predict_slices, roi_crops
 from innerear.metrics import dice
-from innerear.data.preprocess import fit_normalizer
+from innerear.data.normalize import fit_normalizer
 from innerear.settings.views import to_slices
 
 VIEWS = ("coronal", "sagittal", "axial")

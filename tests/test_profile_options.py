@@ -17,6 +17,7 @@ from innerear.training.fit import SliceDataset, fit
 from conftest import make_prepared_cases, make_tube_volume
 from innerear.training import cascade as tc
 from innerear.settings import layout
+from innerear.data import normalize as norm
 
 
 def _diagonal_pair() -> np.ndarray:
@@ -123,6 +124,6 @@ def test_every_engine_mode_uses_the_cascades_connectivity(mode):
     conv.set_weights([np.full((1, 1, 1, 1), 10.0, np.float32), np.full(1, -5.0, np.float32)])
     volume = _diagonal_pair().astype(np.float32)  # 1 inside (p > 0.99), 0 outside (p < 0.01)
     for connectivity, expected in ((6, 27), (26, 40)):
-        models = cs.Cascade([("axial", net)], pp.Normalizer(0.0, 1.0), 0, connectivity=connectivity)
+        models = cs.Cascade([("axial", net)], norm.Normalizer(0.0, 1.0), 0, connectivity=connectivity)
         mask, _ = models.predict(volume, mode)
         assert int(mask.sum()) == expected

@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 from innerear.training import robust as rb  # noqa: E402
 from innerear.nets.backbones import build  # noqa: E402
 from innerear.inference.engine import Cascade, labels_from_classes  # noqa: E402
-from innerear.data.preprocess import Normalizer  # noqa: E402
+from innerear.data.normalize import Normalizer  # noqa: E402
 from innerear.nets.losses import cce_dice_loss  # noqa: E402
 from innerear.training.fit import set_output_prior
 

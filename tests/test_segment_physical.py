@@ -20,8 +20,8 @@ import pytest
 from innerear import cli
 from innerear.io import read_volume, write_volume
 from innerear.metrics import dice
-from innerear.data.preprocess import (Normalizer, PercentileNormalizer, histogram_distance, normalised_histogram,
-                                      normalizer_from_dict)
+from innerear.data.normalize import (Normalizer, PercentileNormalizer, histogram_distance, normalised_histogram,
+                                     normalizer_from_dict)
 from innerear.inference.segment import (HISTOGRAM_WARN_DISTANCE, SegmentError, check_model_dir, map_to_scan,
                                         plausible_volume, prepare_scan_physical, segment_scan, touches_border,
                                         volume_check)

@@ -15,6 +15,7 @@ from conftest import make_prepared_cases, make_tube_volume
 from innerear.training import cascade as tc
 from innerear.settings import layout
 from innerear.settings import views
+from innerear.data import normalize as norm
 
 
 def _tiny_build(channels=1):
@@ -208,7 +209,7 @@ def test_six_orders_give_correctly_oriented_outputs(order):
     rng = np.random.default_rng(0)
     vol = rng.normal(size=(9, 11, 13)).astype(np.float32)
     vol[2:7, 3:9, 1:12] = 3.0  # one big bright block: the largest component
-    models = cs.Cascade([(v, passthrough(k + 1)) for k, v in enumerate(order)], pp.Normalizer(0.0, 1.0), 0)
+    models = cs.Cascade([(v, passthrough(k + 1)) for k, v in enumerate(order)], norm.Normalizer(0.0, 1.0), 0)
     mask, prob, stages = models.predict(vol, return_stages=True)
     expected = cs.largest_component(vol > 0)
     assert mask.shape == vol.shape

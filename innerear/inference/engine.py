@@ -35,7 +35,7 @@ import numpy as np
 from innerear.inference.kernels import (DEFAULT_MARGIN, auto_bucket, output_classes, pooling_factor, predict_slices,
                                         predict_volume, roi_crops)
 from innerear.metrics import largest_component
-from innerear.data.preprocess import Normalizer, normalizer_from_dict
+from innerear.data.normalize import Normalizer, normalizer_from_dict
 from innerear.nets.checkpoints import load_model
 from innerear.settings.views import from_slices, orientation_axis, to_slices
 

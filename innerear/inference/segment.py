@@ -138,7 +138,7 @@ def check_model_dir(model_dir: str | os.PathLike | None = None) -> tuple[Path, d
         missing.append("grid or voxel_mm")
     if missing or not isinstance(spec.get("stages"), list) or not spec["stages"]:
         raise SegmentError(spec_path, f"model folder incomplete: cascade.json lacks {missing or ['stages']}")
-    from innerear.data.preprocess import normalizer_from_dict
+    from innerear.data.normalize import normalizer_from_dict
 
     try:
         normalizer_from_dict(spec["normalizer"])
@@ -540,7 +540,7 @@ def intensity_check(cascade, prepared: np.ndarray, card: dict,
     (or ``cascade.json``'s, for a run folder without a card); ``passed`` is False above
     :data:`HISTOGRAM_WARN_DISTANCE` or the histogram's own ``"warn_above"`` (a training recipe
     may state the spread of its own scans). A card without a histogram gives ``distance`` None."""
-    from innerear.data.preprocess import histogram_distance, normalised_histogram
+    from innerear.data.normalize import histogram_distance, normalised_histogram
 
     ref = card.get("intensity_histogram") if isinstance(card, dict) else None
     ref = ref or getattr(cascade, "info", {}).get("intensity_histogram")

@@ -15,7 +15,7 @@ import numpy as np
 from innerear.inference.engine import Cascade, InferenceSettings, load_cascade, postprocess
 from innerear.settings.views import PAPER_ORDER
 from innerear.io import save_npz
-from innerear.data.preprocess import Normalizer
+from innerear.data.normalize import Normalizer
 from innerear.nets.checkpoints import load_model
 from innerear.nets.backend import set_seed
 from innerear.settings.views import orientation_axis

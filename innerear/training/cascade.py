@@ -19,7 +19,8 @@ from innerear.settings.profiles import Profile
 from innerear.io import save_npz, write_json
 from innerear.settings.layout import (fold_dir, read_stage_masks, stage_dir)
 from innerear.metrics import dice
-from innerear.data.preprocess import PreparedCase, fit_normalizer, split_fold
+from innerear.data.preprocess import PreparedCase, split_fold
+from innerear.data.normalize import fit_normalizer
 from innerear.training.fit import ModelPool, SliceDataset, fit, set_output_prior
 from innerear.settings.views import check_order
 from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs

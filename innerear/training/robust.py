@@ -297,7 +297,7 @@ def _draw_specimen(recipe: RobustRecipe, index: int):
 def prepare_training_scan(image: np.ndarray, affine: np.ndarray, label: np.ndarray, structures: np.ndarray,
                           recipe: RobustRecipe, case_id: str) -> PreparedScan:
     """A specimen as ``innerear segment`` would see it (same resampling and normalisation)."""
-    from innerear.data.preprocess import PercentileNormalizer
+    from innerear.data.normalize import PercentileNormalizer
     from innerear.inference.segment import prepare_scan_physical
 
     prepared = prepare_scan_physical(image, affine, recipe.voxel_mm, 2 ** recipe.depth)
@@ -357,7 +357,7 @@ def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = 
     from innerear.training.cascade import drop_context
     from innerear.training.cascade import stage_lock
     from innerear.io import write_json
-    from innerear.data.preprocess import PercentileNormalizer
+    from innerear.data.normalize import PercentileNormalizer
     from innerear.training.fit import fit, set_output_prior
 
     work = Path(work)
@@ -427,7 +427,7 @@ def _training_histogram(scans: Sequence[PreparedScan]) -> tuple[list[float], lis
     """The training scans' normalised-intensity distribution (before augmentation), pooled over
     the voxels inside each scan (as ``innerear segment`` measures a scan: not its padding), and
     the distance above which a scan's histogram is called unlike the training ones."""
-    from innerear.data.preprocess import histogram_distance, normalised_histogram
+    from innerear.data.normalize import histogram_distance, normalised_histogram
 
     parts = []
     for s in scans:
