@@ -305,63 +305,77 @@ def fit(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    done = run_dir / "done.json"
-    if done.exists():
-        info = json.loads(done.read_text())
-        return FitResult(load_model(run_dir / "best.keras"), read_history(run_dir), info["epochs"],
-                         info["best_epoch"], info["seconds"], None, info.get("stopped_by", "unknown"))
+    if (run_dir / "done.json").exists():
+        return _finished(run_dir)
     if monitor == "val_loss" and val_data is None:
         raise ValueError("monitor='val_loss' needs val_data")
     t0 = time.perf_counter()
-    state_path = run_dir / "state.json"
-    resumed_from = None
-    if state_path.exists() and (run_dir / "last.keras").exists() and (run_dir / "best.keras").exists():
-        state = json.loads(state_path.read_text())
-        set_seed(seed + 1000 * (state["epoch"] + 1))
-        model = load_model(run_dir / "last.keras")
-        history = read_history(run_dir)[: state["epoch"] + 1]
-        initial_epoch = resumed_from = state["epoch"] + 1
-        if verbose:
-            print(f"  resuming {run_dir} after epoch {initial_epoch}", flush=True)
-    else:
-        set_seed(seed)
-        model = build()
-        model = pool.get(model, learning_rate, loss) if pool is not None else \
-            compile_for_training(model, learning_rate, loss)
-        state = {"epoch": -1, "best": float("inf"), "best_epoch": -1, "wait": 0, "monitor": monitor,
-                 "seconds": 0.0}
-        history, initial_epoch = [], 0
+    model, state, history, initial_epoch, resumed_from = _start_or_resume(
+        build, run_dir, seed, monitor, learning_rate, loss, pool, verbose)
     keeper = RunKeeper(run_dir, monitor, patience, state, history, max_epochs, verbose, checkpoint_seconds,
                        min_delta)
     if state["wait"] < patience and initial_epoch < max_epochs:
-        streamed = isinstance(train_data, keras.utils.PyDataset)  # batches made on the fly (augmented)
-        x, y = (train_data, None) if streamed else train_data.arrays()
-        validation = val_data.arrays() if val_data is not None else None
-        callbacks: list[keras.callbacks.Callback] = [keeper]
-        if lr_plateau is not None:  # first, so that the epoch's log (history.csv) holds the rate
-            factor, lr_patience = lr_plateau
-            callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
-                monitor="loss", factor=float(factor), patience=int(lr_patience), min_delta=1e-5, mode="min"))
-        if streamed:
-            model.fit(x, validation_data=validation, epochs=max_epochs, initial_epoch=initial_epoch,
-                      callbacks=callbacks, verbose=0)
-        else:
-            model.fit(x, y, batch_size=train_data.batch_size, shuffle=train_data.shuffle, validation_data=validation,
-                      epochs=max_epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+        _run_epochs(model, train_data, val_data, keeper, max_epochs, initial_epoch, lr_plateau)
     if keeper.best_weights is not None:
         model.set_weights(keeper.best_weights)
         _save_model_atomic(model, run_dir / "best.keras")
     else:  # resumed and never improved: the best model is the one on disk
         model = load_model(run_dir / "best.keras")
-    seconds = state.get("seconds", 0.0) + time.perf_counter() - t0
-    state["seconds"] = seconds
-    write_json(state_path, state)
-    epochs = state["epoch"] + 1
+    state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - t0
+    write_json(run_dir / "state.json", state)
     stopped_by = "patience" if state["wait"] >= patience else "max_epochs"
-    write_json(done, {"epochs": epochs, "best_epoch": state["best_epoch"], "best": state["best"],
-                      "monitor": monitor, "seconds": seconds, "seed": seed, "learning_rate": learning_rate,
-                      "loss": loss, "patience": patience, "min_delta": min_delta, "max_epochs": max_epochs,
-                      "stopped_by": stopped_by,
-                      "lr_plateau": None if lr_plateau is None else list(lr_plateau)})
+    write_json(run_dir / "done.json", {
+        "epochs": state["epoch"] + 1, "best_epoch": state["best_epoch"], "best": state["best"], "monitor": monitor,
+        "seconds": state["seconds"], "seed": seed, "learning_rate": learning_rate, "loss": loss, "patience": patience,
+        "min_delta": min_delta, "max_epochs": max_epochs, "stopped_by": stopped_by,
+        "lr_plateau": None if lr_plateau is None else list(lr_plateau)})
     (run_dir / "last.keras").unlink(missing_ok=True)  # the finished run keeps only its best model
-    return FitResult(model, history, epochs, state["best_epoch"], seconds, resumed_from, stopped_by)
+    return FitResult(model, history, state["epoch"] + 1, state["best_epoch"], state["seconds"], resumed_from,
+                     stopped_by)
+
+
+def _finished(run_dir: Path) -> FitResult:
+    """The result of a finished run folder (``done.json``), loaded."""
+    info = json.loads((run_dir / "done.json").read_text())
+    return FitResult(load_model(run_dir / "best.keras"), read_history(run_dir), info["epochs"],
+                     info["best_epoch"], info["seconds"], None, info.get("stopped_by", "unknown"))
+
+
+def _start_or_resume(build: Callable[[], keras.Model], run_dir: Path, seed: int, monitor: str, learning_rate: float,
+                     loss: str, pool: ModelPool | None, verbose: bool):
+    """``(model, state, history, initial_epoch, resumed_from)``: the checkpoint after the last
+    completed epoch when the folder has one, else a freshly built, seeded and compiled network."""
+    state_path = run_dir / "state.json"
+    if state_path.exists() and (run_dir / "last.keras").exists() and (run_dir / "best.keras").exists():
+        state = json.loads(state_path.read_text())
+        set_seed(seed + 1000 * (state["epoch"] + 1))
+        model = load_model(run_dir / "last.keras")
+        history = read_history(run_dir)[: state["epoch"] + 1]
+        initial_epoch = state["epoch"] + 1
+        if verbose:
+            print(f"  resuming {run_dir} after epoch {initial_epoch}", flush=True)
+        return model, state, history, initial_epoch, initial_epoch
+    set_seed(seed)
+    model = build()
+    model = pool.get(model, learning_rate, loss) if pool is not None else compile_for_training(model, learning_rate, loss)
+    state = {"epoch": -1, "best": float("inf"), "best_epoch": -1, "wait": 0, "monitor": monitor, "seconds": 0.0}
+    return model, state, [], 0, None
+
+
+def _run_epochs(model: keras.Model, train_data, val_data: SliceDataset | None, keeper: RunKeeper, max_epochs: int,
+                initial_epoch: int, lr_plateau: tuple[float, int] | None) -> None:
+    """Keras' training loop from ``initial_epoch``, with the keeper (checkpoints, early stopping)."""
+    streamed = isinstance(train_data, keras.utils.PyDataset)  # batches made on the fly (augmented)
+    x, y = (train_data, None) if streamed else train_data.arrays()
+    validation = val_data.arrays() if val_data is not None else None
+    callbacks: list[keras.callbacks.Callback] = [keeper]
+    if lr_plateau is not None:  # first, so that the epoch's log (history.csv) holds the rate
+        factor, lr_patience = lr_plateau
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
+            monitor="loss", factor=float(factor), patience=int(lr_patience), min_delta=1e-5, mode="min"))
+    if streamed:
+        model.fit(x, validation_data=validation, epochs=max_epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=0)
+    else:
+        model.fit(x, y, batch_size=train_data.batch_size, shuffle=train_data.shuffle, validation_data=validation,
+                  epochs=max_epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
