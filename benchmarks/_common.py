@@ -205,7 +205,7 @@ def fit_bench_weights(grid: int = 256, verbose: bool = True, **overrides) -> tup
     import keras
 
     from innerear.inference.engine import run_stage, stage_inputs
-    from innerear.data.preprocess import fit_normalizer
+    from innerear.data.normalize import fit_normalizer
     from innerear.settings.views import to_slices
     from innerear.nets.losses import bce_dice_loss
 
@@ -258,7 +258,7 @@ def bench_weights(grid: int = 256, refit: bool = False, verbose: bool = True):
 
 def bench_cascade(models, meta, batch_size: int | None = None):
     from innerear.inference.engine import Cascade
-    from innerear.data.preprocess import normalizer_from_dict
+    from innerear.data.normalize import normalizer_from_dict
 
     norm = normalizer_from_dict(meta["normalizer"])
     return Cascade(stages=list(zip(PAPER_VIEWS, models)), normalizer=norm, grid=meta["grid"],

@@ -159,7 +159,7 @@ def p_setup(args) -> dict:
         meta = C.load_weights(wpath, models)
         info["weights"] = f"quick-fit benchmark weights ({wpath.name})"
     else:
-        from innerear.data.preprocess import fit_normalizer
+        from innerear.data.normalize import fit_normalizer
 
         meta = {"normalizer": fit_normalizer([image]).to_dict(), "grid": args.grid}
         info["weights"] = "random (benchmarks/.cache weights not carried): the ROI has little to restrict to"
