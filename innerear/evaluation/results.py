@@ -2,7 +2,7 @@
 
 Nothing here trains or predicts, and nothing here imports Keras or TensorFlow: every
 function reads the held-out probabilities and masks that
-:func:`innerear.inference.engine.train_cascade` saved (paths: :mod:`innerear.settings.layout`), and the
+:func:`innerear.training.cascade.train_cascade` saved (paths: :mod:`innerear.settings.layout`), and the
 prepared ground truth. Timing the engine lives in :mod:`innerear.reporting.timing`.
 
 Every metric is computed on the post-processed mask (threshold 0.5, largest component).
