@@ -107,12 +107,6 @@ def training_jobs(profile: Profile) -> list[tuple[str, int, tuple[str, ...]]]:
     return list(dict.fromkeys(jobs))
 
 
-def stage_nodes(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> list[tuple[str, int, tuple[str, ...]]]:
-    """The distinct stages of a set of runs (prefix-tree nodes), parents before children."""
-    nodes = {(b, f, views[: k + 1]) for b, f, views in jobs for k in range(len(views))}
-    return sorted(nodes, key=lambda n: (len(n[2]), n[0], n[1], n[2]))
-
-
 def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int) -> list[list[tuple]]:
     """Runs grouped for training in one process each: by backbone, or by (backbone, fold)
     when there are more workers than backbones. Runs that share stages always share a group
