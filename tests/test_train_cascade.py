@@ -171,7 +171,7 @@ def test_cascade_channel_wiring_and_orientation(tmp_path, monkeypatch):
             seen.append((orientation, inputs[0].shape[-1], inputs[0].copy()))
             super().__init__(inputs, labels, orientation, *a, **kw)
 
-    monkeypatch.setattr(cs, "SliceDataset", Spy)
+    monkeypatch.setattr(tc, "SliceDataset", Spy)
     profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
     cases = make_prepared_cases(4)
     folds = pp.make_folds([c.case_id for c in cases], 4, 0)
