@@ -128,7 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _threads_from_env()
     # lazy: the training floor imports Keras/TensorFlow, loaded only once the inputs are checked
     from innerear.training.fit import ModelPool
-    from innerear.training.paper import train_run
+    from innerear.training.paper import train_run  # lazy: Keras/TensorFlow, as above
 
     pool = ModelPool()  # runs in one process share compiled networks (identical results)
     for fold, views in jobs:
@@ -164,6 +164,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _threads_from_env() -> None:
     """Apply ``INNEREAR_THREADS`` (imports the deep-learning stack: call after checking inputs)."""
     if os.environ.get("INNEREAR_THREADS"):
+        # lazy: the nets floor imports Keras/TensorFlow, loaded only once the inputs are checked
         from innerear.nets.backend import set_threads
 
         set_threads(int(os.environ["INNEREAR_THREADS"]))
@@ -230,7 +231,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _threads_from_env()
     # lazy: the training floor imports Keras/TensorFlow, loaded only once the inputs are checked
     from innerear.training.fit import ModelPool
-    from innerear.training.paper import train_run
+    from innerear.training.paper import train_run  # lazy: Keras/TensorFlow, as above
 
     pool = ModelPool()
     for fold in todo:
