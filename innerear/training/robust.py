@@ -47,9 +47,16 @@ import keras
 import numpy as np
 from scipy import ndimage
 
-from innerear.settings.views import PAPER_ORDER, check_order, to_slices
+from innerear.data import phantom as ph
+from innerear.data.normalize import PercentileNormalizer, histogram_distance, normalised_histogram
+from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
+from innerear.io import save_npz, write_json
+from innerear.nets.backbones import build
+from innerear.settings.profiles import get_profile
 from innerear.settings.structures import CLASS_NAMES
-
+from innerear.settings.views import PAPER_ORDER, check_order, to_slices
+from innerear.training.cascade import drop_context, stage_lock
+from innerear.training.fit import fit, set_output_prior
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -280,9 +287,6 @@ def resample_classes(classes: np.ndarray, affine: np.ndarray, shape: Sequence[in
 
 def _draw_specimen(recipe: RobustRecipe, index: int):
     """Training specimen ``index``: anatomy realism on, an acquisition drawn from the mixture."""
-    from innerear.data import phantom as ph
-    from innerear.settings.profiles import get_profile
-
     m = recipe.mixture
     rng = np.random.default_rng([recipe.seed, index, 0xAC0])
     crop = bool(rng.random() < m.crop_share)
@@ -297,7 +301,6 @@ def _draw_specimen(recipe: RobustRecipe, index: int):
 def prepare_training_scan(image: np.ndarray, affine: np.ndarray, label: np.ndarray, structures: np.ndarray,
                           recipe: RobustRecipe, case_id: str) -> PreparedScan:
     """A specimen as ``innerear segment`` would see it (same resampling and normalisation)."""
-    from innerear.data.normalize import PercentileNormalizer
     from innerear.inference.segment import prepare_scan_physical
 
     prepared = prepare_scan_physical(image, affine, recipe.voxel_mm, 2 ** recipe.depth)
@@ -309,8 +312,6 @@ def prepare_training_scan(image: np.ndarray, affine: np.ndarray, label: np.ndarr
 
 def prepare_training_set(recipe: RobustRecipe, work: Path, verbose: bool = False) -> list[PreparedScan]:
     """Generate (or reuse) the training specimens and prepare them; cached under ``work/prepared``."""
-    from innerear.io import save_npz
-
     out = Path(work) / "prepared"
     out.mkdir(parents=True, exist_ok=True)
     key = json.dumps({"recipe": recipe.to_dict()}, sort_keys=True, default=str)
@@ -352,14 +353,6 @@ def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = 
                  scans: Sequence[PreparedScan] | None = None) -> Path:
     """Train (or resume) the robust cascade in ``work``; returns the deepest stage folder
     (with ``cascade.json``), ready for :func:`innerear.inference.segment.export_model`."""
-    from innerear.nets.backbones import build
-    from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
-    from innerear.training.cascade import drop_context
-    from innerear.training.cascade import stage_lock
-    from innerear.io import write_json
-    from innerear.data.normalize import PercentileNormalizer
-    from innerear.training.fit import fit, set_output_prior
-
     work = Path(work)
     order = check_order(recipe.order)
     if scans is None:
@@ -427,8 +420,6 @@ def _training_histogram(scans: Sequence[PreparedScan]) -> tuple[list[float], lis
     """The training scans' normalised-intensity distribution (before augmentation), pooled over
     the voxels inside each scan (as ``innerear segment`` measures a scan: not its padding), and
     the distance above which a scan's histogram is called unlike the training ones."""
-    from innerear.data.normalize import histogram_distance, normalised_histogram
-
     parts = []
     for s in scans:
         core = s.image[s.core] if s.core is not None else s.image
