@@ -7,13 +7,13 @@ and names the file in every :class:`VolumeError`), surface meshes as STL
 JSON, NPZ, model and volume file the package writes). The names below are its public API."""
 from innerear.io.volumes import (DICOM_SUFFIXES, METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, SPACING_FIELDS,
                                  TIFF_SUFFIXES, VOXEL_MM_RANGE, WRITABLE, VolumeError, atomic_path, check_slice_positions,
-                                 check_voxel_size, check_writable, current_umask, json_default, keep_locale,
+                                 check_voxel_size, check_writable, current_umask, json_default, jsonable, keep_locale,
                                  nifti_bytes, nrrd_affine, read_nrrd_file, read_volume, save_npz, spacing_from_affine,
                                  spacing_source, temp_suffix, volume_format, write_json, write_tiff_stack, write_volume,
                                  write_volume_to)
 
 __all__ = ["DICOM_SUFFIXES", "METAIMAGE_SUFFIXES", "NIFTI_SUFFIXES", "NRRD_SUFFIXES", "SPACING_FIELDS", "TIFF_SUFFIXES",
            "VOXEL_MM_RANGE", "WRITABLE", "VolumeError", "atomic_path", "check_slice_positions", "check_voxel_size",
-           "check_writable", "current_umask", "json_default", "keep_locale", "nifti_bytes", "nrrd_affine",
+           "check_writable", "current_umask", "json_default", "jsonable", "keep_locale", "nifti_bytes", "nrrd_affine",
            "read_nrrd_file", "read_volume", "save_npz", "spacing_from_affine", "spacing_source", "temp_suffix",
            "volume_format", "write_json", "write_tiff_stack", "write_volume", "write_volume_to"]

@@ -9,9 +9,9 @@ data floor (phantoms that measure themselves, the label-resampling check) can us
 It sits below :mod:`innerear.data` for that reason."""
 from innerear.metrics.scores import (CONNECTIVITY, METRIC_KEYS, DistanceMethod, as_mask, check_spacing,
                                      components_per_slice, confusion_counts, dice, evaluate, fragmentation,
-                                     largest_component, overlap_metrics, per_structure, roc_auc, structure_regions,
-                                     surface, surface_distances)
+                                     largest_component, overlap_metrics, per_structure, roc_auc, structure_labels,
+                                     structure_regions, surface, surface_distances)
 
 __all__ = ["CONNECTIVITY", "METRIC_KEYS", "DistanceMethod", "as_mask", "check_spacing", "components_per_slice",
            "confusion_counts", "dice", "evaluate", "fragmentation", "largest_component", "overlap_metrics",
-           "per_structure", "roc_auc", "structure_regions", "surface", "surface_distances"]
+           "per_structure", "roc_auc", "structure_labels", "structure_regions", "surface", "surface_distances"]
