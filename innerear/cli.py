@@ -171,6 +171,7 @@ def _threads_from_env() -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    # lazy: the inference floor imports Keras/TensorFlow, which `innerear --help` does without
     from innerear.inference.segment import segment_to_files
 
     rep = segment_to_files(args.scan, args.out, args.model, mesh=args.mesh, report=args.report,
@@ -186,6 +187,24 @@ def _cmd_segment(args: argparse.Namespace) -> int:
           f"{'x'.join(map(str, rep['input']['shape']))}, {ear['components']} component(s) before cleanup)"
           f"{extra} in {rep['total_s']:.1f} s")
     return 0
+
+
+def _cmd_upgrade_model(args: argparse.Namespace) -> int:
+    # lazy: the inference floor loads the data floor and SciPy, which `innerear --help` does without
+    from innerear.inference.modelfolder import FORMAT_VERSION, upgrade_model
+
+    folder = upgrade_model(args.model_dir)
+    print(f"{folder}: converted to model folder format version {FORMAT_VERSION}")
+    return 0
+
+
+def _add_upgrade_model(sub) -> None:
+    p = sub.add_parser("upgrade-model", help="convert a model folder of an older format to the current one",
+                       description="Convert a model folder (cascade.json, stage folders, model_card.json) written "
+                                   "by an older innerear to the current format, in place; the networks are not "
+                                   "touched. A folder already in the current format is refused.")
+    p.add_argument("model_dir", help="the model folder (with cascade.json)")
+    p.set_defaults(func=_cmd_upgrade_model)
 
 
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
@@ -323,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
 
+    _add_upgrade_model(sub)
     p = sub.add_parser("train", help="train a cascade on a folder of labelled scans (<id>_image / <id>_label), "
                                       "or the shipped segmenter's robust recipe on generated phantoms (--recipe)")
     p.add_argument("data_dir", nargs="?", default=None, help="folder of <id>_image.<ext> and <id>_label.<ext> pairs")

@@ -82,6 +82,11 @@ def write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> Path:
     return path
 
 
+def jsonable(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples become lists, numpy scalars numbers), for comparing."""
+    return json.loads(json.dumps(value, default=json_default))
+
+
 def json_default(obj: object) -> object:
     if isinstance(obj, np.generic):
         return obj.item()

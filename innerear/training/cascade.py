@@ -3,8 +3,8 @@
 :func:`train_cascade` trains the stages of one order in sequence, each on the image plus
 the earlier stages' held-out masks (with optional context dropout,
 :func:`drop_context`), writes every stage's held-out predictions through the engine
-(:func:`innerear.inference.engine.run_stage`) and a ``cascade.json`` for
-:func:`innerear.inference.engine.load_cascade`. A stage folder is locked while it trains
+(:func:`innerear.inference.engine.run_stage`) and a ``cascade.json``
+(:class:`innerear.inference.modelfolder.ModelSpec`) for :func:`innerear.inference.engine.load_cascade`. A stage folder is locked while it trains
 (:func:`stage_lock`) and resumes from its checkpoints."""
 from __future__ import annotations
 import contextlib
@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import keras
 import numpy as np
 from innerear.settings.profiles import Profile
-from innerear.io import save_npz, write_json
+from innerear.io import jsonable, save_npz, write_json
 from innerear.settings.layout import (fold_dir, read_stage_masks, stage_dir)
 from innerear.metrics import dice
 from innerear.data.preprocess import PreparedCase, split_fold
@@ -25,6 +25,7 @@ from innerear.data.normalize import fit_normalizer
 from innerear.training.fit import ModelPool, SliceDataset, fit, set_output_prior
 from innerear.settings.views import check_order
 from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
+from innerear.inference.modelfolder import ModelSpec
 from innerear.nets.backbones import build_for_profile
 
 
@@ -53,11 +54,6 @@ def stage_lock(folder: str | os.PathLike, verbose: bool = False) -> Iterator[Non
 def _stage_seed(seed: int, backbone: str, fold: int, order: Sequence[str]) -> int:
     key = f"{backbone}|{fold}|{'/'.join(order)}"
     return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(key))) % (2**31 - 1)
-
-
-def _jsonable(value):
-    """A value as it reads back from JSON (tuples become lists), for comparing settings."""
-    return json.loads(json.dumps(value))
 
 
 # Profile fields added after runs were first recorded: a record without one was trained with
@@ -139,12 +135,10 @@ def train_cascade(
             masks[c].append(prev[c])
         summary["stages"].append(info)
     last = run.folder(len(order) - 1)
-    write_json(last / "cascade.json", {
-        "stages": [os.path.relpath(run.folder(k), last) for k in range(len(order))],
-        "order": list(order), "normalizer": normalizer.to_dict(), "grid": profile.grid, "threshold": 0.5,
-        "connectivity": profile.connectivity, "view_axes": run.view_axes,
-        "backbone": backbone, "fold": fold, "profile": profile.name,
-    })
+    ModelSpec(stages=tuple(os.path.relpath(run.folder(k), last) for k in range(len(order))),
+              order=tuple(order), normalizer=normalizer.to_dict(), grid=profile.grid, threshold=0.5,
+              connectivity=profile.connectivity, view_axes=run.view_axes, backbone=backbone, fold=fold,
+              profile=profile.name).write(last)
     return summary
 
 
@@ -162,7 +156,7 @@ def _record_fold(root: Path, train_ids: list[str], test_ids: list[str], normaliz
             | ({"plain_bottleneck"} if backbone == "unet" else set())
         recorded = _LEGACY_PROFILE_VALUES | old.get("profile", {})
         changed = sorted(k for k, v in profile.to_dict().items() if k not in irrelevant
-                         and k in recorded and _jsonable(recorded[k]) != _jsonable(v))
+                         and k in recorded and jsonable(recorded[k]) != jsonable(v))
         if changed:
             raise RuntimeError(f"{root}: trained with other settings ({', '.join(changed)} differ from profile "
                                f"{profile.name!r}); remove the folder or use another runs folder")
