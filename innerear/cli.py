@@ -284,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``innerear`` command."""
     parser = _Parser(prog="innerear", description="AutoCasNet inner-ear segmentation, reproduced.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_phantoms(sub)
+    _add_prepare(sub)
+    _add_run(sub)
+    _add_segment(sub)
+    _add_upgrade_model(sub)
+    _add_train(sub)
+    _add_reproduce(sub)
+    return parser
+
+
+def _add_phantoms(sub) -> None:
+    """The ``phantoms`` command's options."""
 
     p = sub.add_parser("phantoms", help="write synthetic inner-ear micro-CT phantoms (NIfTI + manifest)")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
@@ -297,12 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_phantoms)
 
+
+def _add_prepare(sub) -> None:
+    """The ``prepare`` command's options."""
     p = sub.add_parser("prepare", help="resample a data folder to the profile's grid (cached)")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     p.add_argument("--data", default=None, help="data folder (default: data/hear-eu if present, else the phantoms)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_run(sub) -> None:
+    """The ``run`` command's options."""
     p = sub.add_parser("run", help="train one cascade (or single-view baseline) on one fold")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     p.add_argument("--fold", type=non_negative_int, default=0)
@@ -318,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_overrides(p)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_segment(sub) -> None:
+    """The ``segment`` command's options."""
     p = sub.add_parser("segment", help="segment the inner ear in your own scan (NIfTI, NRRD, MetaImage, DICOM, TIFF)",
                        description="Segment the inner ear in one scan and write the mask on the scan's own grid. "
                                    "Without --model the shipped model is used, which was trained on SYNTHETIC phantoms.")
@@ -342,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
 
-    _add_upgrade_model(sub)
+
+def _add_train(sub) -> None:
+    """The ``train`` command's options."""
     p = sub.add_parser("train", help="train a cascade on a folder of labelled scans (<id>_image / <id>_label), "
                                       "or the shipped segmenter's robust recipe on generated phantoms (--recipe)")
     p.add_argument("data_dir", nargs="?", default=None, help="folder of <id>_image.<ext> and <id>_label.<ext> pairs")
@@ -364,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_reproduce(sub) -> None:
+    """The ``reproduce`` command's options."""
     p = sub.add_parser("reproduce", help="the whole pipeline for a profile, ending with the built book")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     p.add_argument("--seed", type=non_negative_int, default=0)
@@ -373,7 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, help="local Dask workers for training (default: one per core)")
     p.add_argument("--scheduler", default=None, help="address of a Dask scheduler (tcp://host:8786) to train on")
     p.set_defaults(func=_cmd_reproduce)
-    return parser
 
 
 def _terminate(signum, frame):  # noqa: ARG001
