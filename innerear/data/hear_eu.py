@@ -45,10 +45,9 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from innerear.io import VolumeError, read_volume, write_json, write_volume
-from innerear.io import nrrd_affine, read_nrrd_file
-from innerear.settings.profiles import project_root
 from innerear.data.scan import map_to_scan
+from innerear.io import VolumeError, nrrd_affine, read_nrrd_file, read_volume, write_json, write_volume
+from innerear.settings.profiles import project_root
 
 VOLUME_EXTS = (".seg.nrrd", ".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 LABEL_WORDS = ("label", "labels", "labelmap", "seg", "segmentation", "mask", "gt")

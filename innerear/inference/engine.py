@@ -30,11 +30,18 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from innerear.inference.kernels import (DEFAULT_MARGIN, auto_bucket, output_classes, pooling_factor, predict_slices,
-                                        predict_volume, roi_crops)
-from innerear.metrics import largest_component
 from innerear.data.normalize import Normalizer, normalizer_from_dict
+from innerear.inference.kernels import (
+    DEFAULT_MARGIN,
+    auto_bucket,
+    output_classes,
+    pooling_factor,
+    predict_slices,
+    predict_volume,
+    roi_crops,
+)
 from innerear.inference.modelfolder import read_model_folder
+from innerear.metrics import largest_component
 from innerear.nets.checkpoints import load_model
 from innerear.settings.views import from_slices, orientation_axis, to_slices
 

@@ -49,10 +49,19 @@ from innerear.data.resample import value_range
 from innerear.data.scan import PhysicalScan, crop_to_mask, map_to_scan, prepare_scan, prepare_scan_physical
 from innerear.inference.checks import intensity_check, plausible_volume, touches_border, volume_check
 from innerear.inference.modelfolder import DEFAULT_MODEL, SegmentError, read_model_card, read_model_folder
-from innerear.inference.report import (SegmentReport, cochlea_measures, mask_measures, report_json,
-                                       structure_measures)
-from innerear.io import (VOXEL_MM_RANGE, VolumeError, atomic_path, check_voxel_size, check_writable, read_volume,
-                         spacing_source, temp_suffix, volume_format, write_volume_to)
+from innerear.inference.report import SegmentReport, cochlea_measures, mask_measures, report_json, structure_measures
+from innerear.io import (
+    VOXEL_MM_RANGE,
+    VolumeError,
+    atomic_path,
+    check_voxel_size,
+    check_writable,
+    read_volume,
+    spacing_source,
+    temp_suffix,
+    volume_format,
+    write_volume_to,
+)
 from innerear.io.mesh import surface_mesh, write_stl
 from innerear.metrics import largest_component, structure_labels
 from innerear.settings.profiles import import_backend

@@ -5,16 +5,26 @@ DICOM series and TIFF stacks (:func:`read_volume` returns ``(array, spacing_mm, 
 and names the file in every :class:`VolumeError`), surface meshes as STL
 (:mod:`~innerear.io.mesh`), and the one atomic writer (:func:`atomic_path`, used by every
 JSON, NPZ, model and volume file the package writes). The names below are its public API."""
-from innerear.io.common import (DICOM_SUFFIXES, METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, SPACING_FIELDS,
-                                TIFF_SUFFIXES, VOXEL_MM_RANGE, WRITABLE, VolumeError, check_voxel_size,
-                                spacing_from_affine, volume_format)
+from innerear.io.common import (
+                                DICOM_SUFFIXES,
+                                METAIMAGE_SUFFIXES,
+                                NIFTI_SUFFIXES,
+                                NRRD_SUFFIXES,
+                                SPACING_FIELDS,
+                                TIFF_SUFFIXES,
+                                VOXEL_MM_RANGE,
+                                WRITABLE,
+                                VolumeError,
+                                check_voxel_size,
+                                spacing_from_affine,
+                                volume_format,
+)
 from innerear.io.files import atomic_path, current_umask, json_default, jsonable, save_npz, write_json
 from innerear.io.itk import check_slice_positions, keep_locale
 from innerear.io.nifti import write_nifti_gz
 from innerear.io.nrrd import nrrd_affine, read_nrrd_file
 from innerear.io.tiff import write_tiff_stack
-from innerear.io.volumes import (check_writable, read_volume, spacing_source, temp_suffix, write_volume,
-                                 write_volume_to)
+from innerear.io.volumes import check_writable, read_volume, spacing_source, temp_suffix, write_volume, write_volume_to
 
 __all__ = ["DICOM_SUFFIXES", "METAIMAGE_SUFFIXES", "NIFTI_SUFFIXES", "NRRD_SUFFIXES", "SPACING_FIELDS", "TIFF_SUFFIXES",
            "VOXEL_MM_RANGE", "WRITABLE", "VolumeError", "atomic_path", "check_slice_positions", "check_voxel_size",

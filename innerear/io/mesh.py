@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+
 from innerear.io import atomic_path
 
 

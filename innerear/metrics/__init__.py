@@ -8,10 +8,24 @@ topology). NumPy, SciPy and scikit-image only: no deep learning, so results code
 data floor (phantoms that measure themselves, the label-resampling check) can use it.
 It sits below :mod:`innerear.data` for that reason."""
 from innerear.metrics.components import CONNECTIVITY, largest_component, topology
-from innerear.metrics.scores import (METRIC_KEYS, DistanceMethod, as_mask, check_spacing,
-                                     components_per_slice, confusion_counts, dice, evaluate, fragmentation,
-                                     overlap_metrics, per_structure, roc_auc, structure_labels, structure_regions,
-                                     surface, surface_distances)
+from innerear.metrics.scores import (
+                                     METRIC_KEYS,
+                                     DistanceMethod,
+                                     as_mask,
+                                     check_spacing,
+                                     components_per_slice,
+                                     confusion_counts,
+                                     dice,
+                                     evaluate,
+                                     fragmentation,
+                                     overlap_metrics,
+                                     per_structure,
+                                     roc_auc,
+                                     structure_labels,
+                                     structure_regions,
+                                     surface,
+                                     surface_distances,
+)
 
 __all__ = ["CONNECTIVITY", "METRIC_KEYS", "DistanceMethod", "as_mask", "check_spacing", "components_per_slice",
            "confusion_counts", "dice", "evaluate", "fragmentation", "largest_component", "overlap_metrics",

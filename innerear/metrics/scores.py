@@ -66,6 +66,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
 from innerear.settings.structures import STRUCTURE_NAMES
 
 METRIC_KEYS: tuple[str, ...] = (

@@ -7,6 +7,7 @@ the earlier stages' held-out masks (with optional context dropout,
 (:class:`innerear.inference.modelfolder.ModelSpec`) for :func:`innerear.inference.engine.load_cascade`. A stage folder is locked while it trains
 (:func:`stage_lock`) and resumes from its checkpoints."""
 from __future__ import annotations
+
 import contextlib
 import json
 import os
@@ -14,19 +15,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+
 import keras
 import numpy as np
-from innerear.settings.profiles import Profile
-from innerear.io import jsonable, save_npz, write_json
-from innerear.settings.layout import (fold_dir, read_stage_masks, stage_dir)
-from innerear.metrics import dice
-from innerear.data.preprocess import PreparedCase, split_fold
+
 from innerear.data.normalize import fit_normalizer
-from innerear.training.fit import ModelPool, SliceDataset, fit, set_output_prior
-from innerear.settings.views import check_order
+from innerear.data.preprocess import PreparedCase, split_fold
 from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
 from innerear.inference.modelfolder import ModelSpec
+from innerear.io import jsonable, save_npz, write_json
+from innerear.metrics import dice
 from innerear.nets.backbones import build_for_profile
+from innerear.settings.layout import fold_dir, read_stage_masks, stage_dir
+from innerear.settings.profiles import Profile
+from innerear.settings.views import check_order
+from innerear.training.fit import ModelPool, SliceDataset, fit, set_output_prior
 
 
 @contextlib.contextmanager

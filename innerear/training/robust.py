@@ -49,17 +49,17 @@ from scipy import ndimage
 
 from innerear.data import phantom as ph
 from innerear.data.normalize import PercentileNormalizer, histogram_distance, normalised_histogram
+from innerear.data.scan import map_to_scan, prepare_scan_physical
 from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
+from innerear.inference.modelfolder import ModelSpec
 from innerear.io import save_npz, write_json
+from innerear.metrics import structure_labels
 from innerear.nets.backbones import build
 from innerear.settings.profiles import get_profile
 from innerear.settings.structures import CLASS_NAMES
 from innerear.settings.views import PAPER_ORDER, check_order, to_slices
 from innerear.training.cascade import drop_context, stage_lock
 from innerear.training.fit import fit, set_output_prior
-from innerear.data.scan import map_to_scan, prepare_scan_physical
-from innerear.inference.modelfolder import ModelSpec
-from innerear.metrics import structure_labels
 
 
 # --------------------------------------------------------------------------- the recipe

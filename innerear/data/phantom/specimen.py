@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-
 PHANTOM_VERSION = 1
 GENERATOR = "innerear.phantom"
 
