@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import ndimage
 
+from innerear.metrics.literature import UNIT_TEXT, quantity_title
 from innerear.settings.views import ORIENTATIONS, orientation_axis, to_slices
 
 COLORS = {"truth": "#2ca02c", "pred": "#d62728", "lookalike": "#ff7f0e", "stage": "#1f77b4"}
@@ -283,3 +284,56 @@ def live_view(image: np.ndarray, label: np.ndarray | None = None):
               "`pip install -e '.[itk]'` and run this cell in JupyterLab with network access.")
         return None
     return view(image=image, label_image=label)
+
+
+def morphometry_table(comparisons):
+    """Phantoms beside the literature, one row per quantity, with column names for people
+    (``comparisons``: :func:`innerear.metrics.literature.compare`)."""
+    import pandas as pd  # lazy: only the notebooks' tables need pandas
+
+    def num(x: float) -> str:
+        return f"{x:.3g}" if np.isfinite(x) else "not measured"
+
+    rows = []
+    for c in comparisons:
+        band = f"{num(c.band[0])}–{num(c.band[1])} ({c.band_kind.replace('+-', '±')})" if c.band else "no spread published"
+        inside = {True: "yes", False: "NO", None: "–"}[c.median_in_band]
+        rows.append({"quantity": quantity_title(c.quantity), "unit": UNIT_TEXT.get(c.unit, c.unit),
+                     "phantoms: median": num(c.median), "phantoms: range": f"{num(c.low)}–{num(c.high)}",
+                     "literature: mean": num(c.reference_mean), "literature: band": band,
+                     "median in band": inside, "source": c.source})
+    return pd.DataFrame(rows)
+
+
+def morphometry_figure(comparisons, measured, ncols: int = 5) -> plt.Figure:
+    """One panel per quantity: the literature's band (dark) and limits (light) as spans, the
+    phantoms as dots (``measured``: objects with ``values()``, e.g. ``Morphometry``)."""
+    values = [m.values() for m in measured]
+    nrows = max(1, int(np.ceil(len(comparisons) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 1.6 * nrows), squeeze=False)
+    for ax, c in zip(axes.ravel(), comparisons):
+        v = np.array([float(r.get(c.quantity, np.nan)) for r in values])
+        v = v[np.isfinite(v)]
+        if c.limits:
+            ax.axvspan(*c.limits, color="#c6dbef", label="published range ± 10 %")
+        if c.band:
+            ax.axvspan(*c.band, color="#6baed6", label="published band")
+        ax.axvline(c.reference_mean, color="#08519c", lw=1)
+        jitter = np.random.default_rng(0).uniform(-0.25, 0.25, len(v))
+        ax.plot(v, jitter, "o", ms=3, color="#d62728", label="phantoms")
+        ax.set_ylim(-1, 1)
+        ax.set_yticks([])
+        ax.set_title(f"{quantity_title(c.quantity)} ({UNIT_TEXT.get(c.unit, c.unit)})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(comparisons):]:
+        ax.axis("off")
+    from matplotlib.lines import Line2D  # lazy: legend artists, only for this figure
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="#6baed6", label="published band (mean ± SD, IQR or range)"),
+               Patch(color="#c6dbef", label="published range ± 10 %"),
+               Line2D([], [], color="#08519c", label="published mean"),
+               Line2D([], [], marker="o", ls="", ms=3, color="#d62728", label="phantoms (synthetic)")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
