@@ -138,10 +138,9 @@ def cmd_card() -> None:
         "source": "benchmarks/results/domain_shift.json",
     }
     card["limits"] = limits(record)
-    from innerear.io import atomic_path
+    from innerear.io import write_json
 
-    with atomic_path(card_path) as tmp:
-        tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    write_json(card_path, card)
     print(f"updated {card_path}")
 
 

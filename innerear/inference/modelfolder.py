@@ -29,7 +29,7 @@ import numpy as np
 
 from innerear.data.normalize import normalizer_from_dict
 from innerear.inference.checks import PLAUSIBLE_VOLUME
-from innerear.io import VOXEL_MM_RANGE, atomic_path, jsonable, write_json
+from innerear.io import VOXEL_MM_RANGE, atomic_path, json_round_trip, write_json
 from innerear.settings.views import ORIENTATIONS
 
 #: the model-folder format this innerear reads and writes (a folder without one is format 1)
@@ -80,7 +80,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``cascade.json`` (fields that are None are left out)."""
-        return {k: jsonable(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: json_round_trip(v) for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def write(self, folder: str | os.PathLike) -> Path:
         """Write ``folder/cascade.json`` atomically; returns its path."""
@@ -189,7 +189,7 @@ def _check_version(folder: Path, data: dict[str, Any]) -> None:
 
 
 def _differ(path: Path, key: str, theirs: Any, ours: Any, spec_path: Path) -> None:
-    if theirs is not None and ours is not None and jsonable(theirs) != jsonable(ours):
+    if theirs is not None and ours is not None and json_round_trip(theirs) != json_round_trip(ours):
         raise SegmentError(path, f"model folder inconsistent: {key} is {theirs!r} here but {ours!r} in {spec_path}")
 
 
@@ -342,7 +342,7 @@ def upgrade_model(model_dir: str | os.PathLike) -> Path:
     card = _read_json(card_path, "model_card.json") if card_path.is_file() else None
     spec, card = _upgraded(folder, old, card)
     stages = {}
-    kind = {"grid": spec.grid} if spec.grid is not None else {"voxel_mm": jsonable(spec.voxel_mm)}
+    kind = {"grid": spec.grid} if spec.grid is not None else {"voxel_mm": json_round_trip(spec.voxel_mm)}
     for k, rel in enumerate(spec.stages):
         path = (folder / rel).resolve() / "stage.json"
         info = _read_json(path, "stage.json")

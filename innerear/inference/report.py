@@ -8,7 +8,6 @@ the checks (:mod:`innerear.inference.checks`) and the timings.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 from innerear import __version__
 from innerear.data.scan import crop_to_mask
 from innerear.inference.checks import touches_border
-from innerear.io import json_default
+from innerear.io.files import json_text
 from innerear.metrics.cochlea import measure_cochlea
 from innerear.settings.structures import STRUCTURE_NAMES
 
@@ -118,9 +117,5 @@ class SegmentReport:
 
     def to_json(self) -> str:
         """The report as the text of a JSON file."""
-        return report_json(self.to_dict())
+        return json_text(self.to_dict())
 
-
-def report_json(report: dict[str, Any]) -> str:
-    """A report dict as the text of its JSON file (indented, sorted keys)."""
-    return json.dumps(report, indent=2, sort_keys=True, default=json_default) + "\n"

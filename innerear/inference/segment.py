@@ -49,7 +49,7 @@ from innerear.data.resample import value_range
 from innerear.data.scan import PhysicalScan, crop_to_mask, map_to_scan, prepare_scan, prepare_scan_physical
 from innerear.inference.checks import intensity_check, plausible_volume, touches_border, volume_check
 from innerear.inference.modelfolder import DEFAULT_MODEL, SegmentError, read_model_card, read_model_folder
-from innerear.inference.report import SegmentReport, cochlea_measures, mask_measures, report_json, structure_measures
+from innerear.inference.report import SegmentReport, cochlea_measures, mask_measures, structure_measures
 from innerear.io import (
     VOXEL_MM_RANGE,
     VolumeError,
@@ -62,6 +62,7 @@ from innerear.io import (
     volume_format,
     write_volume_to,
 )
+from innerear.io.files import json_text
 from innerear.io.mesh import surface_mesh, write_stl
 from innerear.metrics import largest_component, structure_labels
 from innerear.settings.profiles import import_backend
@@ -461,7 +462,7 @@ def segment_to_files(
         rep["timings_s"]["write"] = round(time.perf_counter() - t0, 3)
         if report_path is not None:
             tmp_rep = stack.enter_context(atomic_path(report_path, overwrite=force))
-            tmp_rep.write_text(report_json(rep))
+            tmp_rep.write_text(json_text(rep))
     return rep
 
 

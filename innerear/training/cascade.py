@@ -23,7 +23,7 @@ from innerear.data.normalize import fit_normalizer
 from innerear.data.preprocess import PreparedCase, split_fold
 from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
 from innerear.inference.modelfolder import ModelSpec
-from innerear.io import jsonable, save_npz, write_json
+from innerear.io import json_round_trip, save_npz, write_json
 from innerear.metrics import dice
 from innerear.nets.backbones import build_for_profile
 from innerear.settings.layout import fold_dir, read_stage_masks, stage_dir
@@ -159,7 +159,7 @@ def _record_fold(root: Path, train_ids: list[str], test_ids: list[str], normaliz
             | ({"plain_bottleneck"} if backbone == "unet" else set())
         recorded = _LEGACY_PROFILE_VALUES | old.get("profile", {})
         changed = sorted(k for k, v in profile.to_dict().items() if k not in irrelevant
-                         and k in recorded and jsonable(recorded[k]) != jsonable(v))
+                         and k in recorded and json_round_trip(recorded[k]) != json_round_trip(v))
         if changed:
             raise RuntimeError(f"{root}: trained with other settings ({', '.join(changed)} differ from profile "
                                f"{profile.name!r}); remove the folder or use another runs folder")
