@@ -12,6 +12,9 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from scipy import ndimage
 
 from innerear.metrics.literature import UNIT_TEXT, quantity_title
@@ -286,11 +289,9 @@ def live_view(image: np.ndarray, label: np.ndarray | None = None):
     return view(image=image, label_image=label)
 
 
-def morphometry_table(comparisons):
+def morphometry_table(comparisons) -> pd.DataFrame:
     """Phantoms beside the literature, one row per quantity, with column names for people
     (``comparisons``: :func:`innerear.metrics.literature.compare`)."""
-    import pandas as pd  # lazy: only the notebooks' tables need pandas
-
     def num(x: float) -> str:
         return f"{x:.3g}" if np.isfinite(x) else "not measured"
 
@@ -327,9 +328,6 @@ def morphometry_figure(comparisons, measured, ncols: int = 5) -> plt.Figure:
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(comparisons):]:
         ax.axis("off")
-    from matplotlib.lines import Line2D  # lazy: legend artists, only for this figure
-    from matplotlib.patches import Patch
-
     handles = [Patch(color="#6baed6", label="published band (mean ± SD, IQR or range)"),
                Patch(color="#c6dbef", label="published range ± 10 %"),
                Line2D([], [], color="#08519c", label="published mean"),
