@@ -295,23 +295,26 @@ def morphometry_table(comparisons) -> pd.DataFrame:
     def num(x: float) -> str:
         return f"{x:.3g}" if np.isfinite(x) else "not measured"
 
+    def short(source: str, width: int = 32) -> str:
+        return source if len(source) <= width else source[: width - 1].rstrip(" ,(") + "…"
+
     rows = []
     for c in comparisons:
-        band = f"{num(c.band[0])}–{num(c.band[1])} ({c.band_kind.replace('+-', '±')})" if c.band else "no spread published"
-        inside = {True: "yes", False: "NO", None: "–"}[c.median_in_band]
+        band = f"{num(c.band[0])}–{num(c.band[1])}, {c.band_kind.replace('+-', '±')}" if c.band else "no spread"
         rows.append({"quantity": quantity_title(c.quantity), "unit": UNIT_TEXT.get(c.unit, c.unit),
-                     "phantoms: median": num(c.median), "phantoms: range": f"{num(c.low)}–{num(c.high)}",
-                     "literature: mean": num(c.reference_mean), "literature: band": band,
-                     "median in band": inside, "source": c.source})
-    return pd.DataFrame(rows)
+                     "phantoms: median (range)": f"{num(c.median)} ({num(c.low)}–{num(c.high)})",
+                     "literature: mean (band)": f"{num(c.reference_mean)} ({band})",
+                     "median in band": {True: "yes", False: "NO", None: "no band"}[c.median_in_band],
+                     "source": short(c.source)})
+    return pd.DataFrame(rows).set_index("quantity")
 
 
-def morphometry_figure(comparisons, measured, ncols: int = 5) -> plt.Figure:
+def morphometry_figure(comparisons, measured, ncols: int = 3) -> plt.Figure:
     """One panel per quantity: the literature's band (dark) and limits (light) as spans, the
     phantoms as dots (``measured``: objects with ``values()``, e.g. ``Morphometry``)."""
     values = [m.values() for m in measured]
     nrows = max(1, int(np.ceil(len(comparisons) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 1.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 1.5 * nrows), squeeze=False)
     for ax, c in zip(axes.ravel(), comparisons):
         v = np.array([float(r.get(c.quantity, np.nan)) for r in values])
         v = v[np.isfinite(v)]
@@ -324,7 +327,8 @@ def morphometry_figure(comparisons, measured, ncols: int = 5) -> plt.Figure:
         ax.plot(v, jitter, "o", ms=3, color="#d62728", label="phantoms")
         ax.set_ylim(-1, 1)
         ax.set_yticks([])
-        ax.set_title(f"{quantity_title(c.quantity)} ({UNIT_TEXT.get(c.unit, c.unit)})", fontsize=8)
+        unit = "" if c.unit == "turns" else f" ({UNIT_TEXT.get(c.unit, c.unit)})"
+        ax.set_title(f"{quantity_title(c.quantity)}{unit}", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(comparisons):]:
         ax.axis("off")
@@ -332,6 +336,6 @@ def morphometry_figure(comparisons, measured, ncols: int = 5) -> plt.Figure:
                Patch(color="#c6dbef", label="published range ± 10 %"),
                Line2D([], [], color="#08519c", label="published mean"),
                Line2D([], [], marker="o", ls="", ms=3, color="#d62728", label="phantoms (synthetic)")]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
