@@ -32,6 +32,7 @@ from innerear.metrics import dice
 from innerear.data.phantom import write_phantom_set
 from innerear.inference.modelfolder import export_model
 from innerear.settings.views import PAPER_ORDER
+from weights_license import WEIGHTS_LICENSE  # tools/weights_license.py (this script's folder)
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "innerear" / "models" / "phantom_cascade"
 
@@ -109,6 +110,7 @@ def main() -> None:
         "name": "phantom_cascade",
         "WARNING": "Trained on SYNTHETIC phantoms only (innerear.data.phantom), not on real micro-CT. Its output on "
                    "real scans is untested and must not be trusted without checking.",
+        "license": WEIGHTS_LICENSE,
         "description": "AutoCas-U-Net cascade (coronal -> sagittal -> axial, 2D U-Net backbone) for binary "
                        "inner-ear segmentation, trained with innerear's own pipeline.",
         "date": datetime.date.today().isoformat(),

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from weights_license import WEIGHTS_LICENSE  # tools/weights_license.py (this script's folder)
+
 MODEL_DIR = ROOT / "innerear" / "models" / "robust_cascade"
 MATRIX = ROOT / "benchmarks" / "results" / "domain_shift.json"
 
@@ -81,6 +83,7 @@ def cmd_export(work: Path) -> None:
     card = {
         "name": "robust_cascade",
         "WARNING": "Trained on SYNTHETIC phantoms only (innerear.data.phantom), never on real scans. Check every mask.",
+        "license": WEIGHTS_LICENSE,
         "description": "AutoCas-U-Net cascade (coronal -> sagittal -> axial, 2D U-Nets) in physical units: "
                        f"scans are resampled to {recipe.voxel_mm} mm voxels and normalised per scan by their "
                        f"{recipe.normalizer[0]}th/{recipe.normalizer[1]}th percentiles; the networks output "
