@@ -258,7 +258,7 @@ def write_timings(root: Path, profile: Profile, seed: int, times: dict[str, floa
                          "total_s": times.get("total")})
 
 
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "book")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "CITATION.cff", "book")  # book/citing.md includes CITATION.cff
 
 
 def prepare_site(root: Path, site: Path) -> Path:
