@@ -1,6 +1,7 @@
 # innerear: the two commands of the README.
 #   make reproduce   set-up, then the whole pipeline on the embedded default (demo profile)
 #   make test        set-up, then every test (ruff, pytest, smoke book build, nbval, book tests)
+#   make lab         set-up, then JupyterLab on .venv, opened at notebooks/ (README: Explore in JupyterLab)
 # Both create or update .venv themselves; only Python 3.11, pip and the registries are needed.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -12,7 +13,7 @@ SEED   ?= 0
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONHASHSEED := 0
 
-.PHONY: setup reproduce test test-fast book bench publish chromium clean-runs clean
+.PHONY: setup reproduce test test-fast lab kernel book bench publish chromium clean-runs clean
 
 setup: $(STAMP)
 
@@ -41,6 +42,21 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests
+
+# JupyterLab from .venv, the project as its root and the file browser at notebooks/. Its kernel
+# "python3" is .venv's own Python (the kernelspec ipykernel installs in .venv, which Jupyter in a
+# virtual environment prefers to a user-wide one), so nothing needs registering. The notebooks'
+# parameters cells default to $$INNEREAR_PROFILE: `make lab PROFILE=smoke` opens them at smoke scale.
+LAB_ARGS ?=
+
+lab: setup
+	INNEREAR_HOME=$(CURDIR) INNEREAR_PROFILE=$(PROFILE) $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) \
+		--FileContentsManager.preferred_dir=notebooks $(LAB_ARGS)
+
+# For a Jupyter installed elsewhere (system, conda, VS Code): register .venv as the kernel
+# "innerear" in your user's kernels, then choose "Python (innerear)" in that Jupyter.
+kernel: setup
+	$(BIN)/python -m ipykernel install --user --name innerear --display-name "Python (innerear)"
 
 # Debian's Chromium for the offline rendering test of the built book (root, as in CI)
 chromium:
