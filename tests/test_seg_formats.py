@@ -241,3 +241,56 @@ def test_dicom_seg_passes_dciodvfy(tmp_path, ct_series):
     text = run.stdout + run.stderr
     errors = [line for line in text.splitlines() if line.startswith("Error")]
     assert "Segmentation" in text and not errors, text
+
+
+# --------------------------------------------------------------------------- innerear segment
+def test_segment_writes_seg_nrrd_and_dicom_seg_of_a_dicom_series(tmp_path, capsys):
+    """End to end with the shipped model: the Slicer file and the DICOM SEG hold the label map it wrote."""
+    import highdicom as hd
+
+    from innerear import cli
+
+    volume, _ = phantom_volume((40, 40, 32))
+    uids = write_ct_series(tmp_path / "series", volume, spacing=(0.15, 0.15, 0.15))
+    out = {name: tmp_path / name for name in ("ear.nii.gz", "ear.seg.nrrd", "ear.dcm", "ear.json")}
+    code = cli.main(["segment", str(tmp_path / "series"), "-o", str(out["ear.nii.gz"]), "--labels",
+                     str(out["ear.seg.nrrd"]), "--dicom-seg", str(out["ear.dcm"]), "--report", str(out["ear.json"]),
+                     "--allow-empty", "--quiet"])  # a box phantom is no plausible inner ear: --allow-empty
+    assert code == 0, capsys.readouterr().err
+    assert "DICOM SEG " in capsys.readouterr().out
+    mask, _, affine = read_volume(out["ear.nii.gz"])
+    labels, header = nrrd.read(str(out["ear.seg.nrrd"]))
+    assert labels.shape == mask.shape and np.array_equal(labels > 0, mask > 0)
+    assert header["Segment0_ID"] == "cochlea" and header["Segmentation_MasterRepresentation"] == "Binary labelmap"
+    _, _, seg_nrrd_affine = read_volume(out["ear.seg.nrrd"])
+    np.testing.assert_allclose(seg_nrrd_affine, affine, atol=1e-6)
+    seg = hd.seg.segread(str(out["ear.dcm"]))
+    assert seg.number_of_segments == len(TABLE)
+    assert seg.get_segment_description(1).algorithm_identification[0].AlgorithmName == "robust_cascade"
+    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2, 3],
+                                              assert_missing_frames_are_empty=True)
+    for number, s in enumerate(TABLE, start=1):
+        expected = np.stack([(labels[:, :, k] == s.value).T for k in range(labels.shape[2])])
+        assert np.array_equal(masks[..., number - 1] > 0, expected), s.name
+    assert '"dicom_seg"' in out["ear.json"].read_text()
+
+
+def test_dicom_seg_is_refused_for_other_inputs_before_any_work(tmp_path, capsys):
+    from innerear import cli
+
+    volume, _ = phantom_volume()
+    write_volume(tmp_path / "scan.nii.gz", volume, np.diag([0.15, 0.15, 0.15, 1.0]))
+    capsys.readouterr()
+    code = cli.main(["segment", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "ear.nii.gz"), "--dicom-seg",
+                     str(tmp_path / "ear.dcm"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "scan.nii.gz" in err[0] and "--dicom-seg needs a DICOM series" in err[0]
+    write_ct_series(tmp_path / "series", volume)
+    code = cli.main(["segment", str(tmp_path / "series"), "-o", str(tmp_path / "ear.nii.gz"), "--dicom-seg",
+                     str(tmp_path / "ear.dcm"), "--spacing", "1", "1", "1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "omit --spacing" in err[0]
+    code = cli.main(["segment", str(tmp_path / "series"), "-o", str(tmp_path / "ear.nii.gz"), "--dicom-seg",
+                     str(tmp_path / "ear.seg"), "--quiet"])
+    assert code != 0 and "must end with .dcm" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz", "series"]  # nothing written
