@@ -176,11 +176,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     rep = segment_to_files(args.scan, args.out, args.model, mesh=args.mesh, report=args.report,
                            labels=args.labels, spacing=args.spacing, force=args.force, progress=not args.quiet,
-                           allow_empty=args.allow_empty, before_model=_threads_from_env)
+                           allow_empty=args.allow_empty, before_model=_threads_from_env, dicom_seg=args.dicom_seg)
     ear = rep["inner_ear"]
     for warning in rep["warnings"]:
         print(f"innerear: warning: {args.scan}: {warning}", file=sys.stderr)
-    extra = "".join(f", {k} {v}" for k, v in (("labels", args.labels), ("mesh", args.mesh), ("report", args.report))
+    extra = "".join(f", {k} {v}" for k, v in (("labels", args.labels), ("mesh", args.mesh), ("report", args.report),
+                                                    ("DICOM SEG", args.dicom_seg))
                     if v)
     parts = "".join(f", {name} {s['volume_mm3']:.2f}" for name, s in (rep.get("structures") or {}).items())
     print(f"{args.out}: inner ear {ear['volume_mm3']:.2f} mm^3{parts} ({ear['voxels']} voxels of "
@@ -351,8 +352,11 @@ def _add_segment(sub) -> None:
                                                   "intensity check, timings)")
     p.add_argument("--labels", default=None, metavar="OUT",
                    help="also write the structure label map on the scan's grid (0 background, 1 cochlea, "
-                        "2 vestibule, 3 semicircular canals): .nii.gz, .nii, .nrrd or .mha; needs a model with "
-                        "structures")
+                        "2 vestibule, 3 semicircular canals): .nii.gz, .nii, .nrrd or .mha, or .seg.nrrd for a 3D "
+                        "Slicer segmentation (named, coloured segments); needs a model with structures")
+    p.add_argument("--dicom-seg", default=None, metavar="OUT.dcm",
+                   help="also write a DICOM SEG object referencing the input DICOM series (one segment per "
+                        "structure, with standard codes); only for a DICOM series as input")
     p.add_argument("--spacing", type=positive_float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="voxel size in mm along the array axes (TIFF: column, row, slice); required for TIFF "
                         "stacks that do not record it, overrides the header otherwise")

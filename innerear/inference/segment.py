@@ -62,9 +62,12 @@ from innerear.io import (
     volume_format,
     write_volume_to,
 )
+from innerear.io.dicomseg import INNER_EAR_STRUCTURE, Algorithm, write_dicom_seg
 from innerear.io.files import json_text
 from innerear.io.mesh import surface_mesh, write_stl
+from innerear.io.slicer import is_seg_nrrd, write_seg_nrrd
 from innerear.metrics import largest_component, structure_labels
+from innerear import __version__
 from innerear.settings.profiles import import_backend
 
 #: the steps of :func:`segment_scan` after reading the scan (the progress bar's)
@@ -384,7 +387,7 @@ def _check_output(path: Path, suffixes: tuple[str, ...], what: str, force: bool,
 
 
 def check_outputs(scan: Path, out: Path, mesh: Path | None, report: Path | None, force: bool,
-                  labels: Path | None = None) -> None:
+                  labels: Path | None = None, dicom_seg: Path | None = None) -> None:
     """Refuse, before any work, outputs that could not be written (or would be overwritten)."""
     try:
         check_writable(out)
@@ -398,6 +401,11 @@ def check_outputs(scan: Path, out: Path, mesh: Path | None, report: Path | None,
         _check_output(mesh, (".stl",), "the mesh", force, taken)
     if report is not None:
         _check_output(report, (".json",), "the report", force, taken)
+    if dicom_seg is not None:
+        _check_output(dicom_seg, (".dcm",), "the DICOM SEG", force, taken)
+        if volume_format(scan) != "dicom":
+            raise SegmentError(scan, f"--dicom-seg needs a DICOM series as input (a folder of DICOM files), "
+                                     f"this is a {volume_format(scan)} file; write --labels or -o instead")
 
 
 def segment_to_files(
@@ -413,11 +421,15 @@ def segment_to_files(
     progress: bool = False,
     allow_empty: bool = False,
     before_model: Callable[[], None] | None = None,
+    dicom_seg: str | os.PathLike | None = None,
 ) -> dict:
     """Segment ``scan`` and write the mask (and mesh, report, structure label map): all of them, or none.
 
     ``labels`` writes the structure map (uint8: 0 background, 1 cochlea, 2 vestibule,
-    3 semicircular canals) on the scan's grid; a binary model (no structures) is refused.
+    3 semicircular canals) on the scan's grid; a binary model (no structures) is refused. A ``labels``
+    name ending ``.seg.nrrd`` is written as a 3D Slicer segmentation (:mod:`innerear.io.slicer`).
+    ``dicom_seg`` (``.dcm``, for a DICOM series only) writes a DICOM SEG (:mod:`innerear.io.dicomseg`)
+    referencing the series: one segment per structure, or the inner ear as one segment for a binary model.
 
     Everything that can be checked is checked before the work starts (output names, that
     their folders exist and are writable, overwriting without ``force``, the model folder).
@@ -429,9 +441,12 @@ def segment_to_files(
     mesh = Path(mesh) if mesh is not None else None
     report_path = Path(report) if report is not None else None
     labels_path = Path(labels) if labels is not None else None
+    dicom_seg_path = Path(dicom_seg) if dicom_seg is not None else None
     if not scan.exists():
         raise VolumeError(scan, "file not found")
-    check_outputs(scan, out, mesh, report_path, force, labels_path)
+    check_outputs(scan, out, mesh, report_path, force, labels_path, dicom_seg_path)
+    if dicom_seg_path is not None and spacing is not None:
+        raise SegmentError(scan, "--dicom-seg takes its geometry from the DICOM series; omit --spacing")
     read_model_folder(model_dir)
     found: dict = {}
     mask, affine, rep = segment_scan(scan, model_dir, spacing, progress=progress, before_model=before_model,
@@ -447,13 +462,20 @@ def segment_to_files(
     t0 = time.perf_counter()
     rep["output"] = {"mask": str(out), "mesh": str(mesh) if mesh else None,
                      "report": str(report_path) if report_path else None,
-                     "labels": str(labels_path) if labels_path else None}
+                     "labels": str(labels_path) if labels_path else None,
+                     "dicom_seg": str(dicom_seg_path) if dicom_seg_path else None}
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(out, overwrite=force, suffix=temp_suffix(out)))
         write_volume_to(tmp, mask, affine, like=out)
         if labels_path is not None:
             tmp_labels = stack.enter_context(atomic_path(labels_path, overwrite=force, suffix=temp_suffix(labels_path)))
-            write_volume_to(tmp_labels, found["labels"], affine, like=labels_path)
+            if is_seg_nrrd(labels_path):
+                write_seg_nrrd(tmp_labels, found["labels"], affine, name=labels_path)
+            else:
+                write_volume_to(tmp_labels, found["labels"], affine, like=labels_path)
+        if dicom_seg_path is not None:
+            tmp_seg = stack.enter_context(atomic_path(dicom_seg_path, overwrite=force))
+            write_seg_for(tmp_seg, dicom_seg_path, scan, mask, found.get("labels"), affine, rep["model"])
         if mesh is not None:
             tmp_mesh = stack.enter_context(atomic_path(mesh, overwrite=force))
             verts, faces = surface_mesh(*crop_to_mask(mask, affine))
@@ -464,6 +486,20 @@ def segment_to_files(
             tmp_rep = stack.enter_context(atomic_path(report_path, overwrite=force))
             tmp_rep.write_text(json_text(rep))
     return rep
+
+
+def write_seg_for(tmp: Path, path: Path, scan: Path, mask: np.ndarray, labels: np.ndarray | None, affine: np.ndarray,
+                  model: dict) -> None:
+    """Write the DICOM SEG of a segmentation of the DICOM series ``scan`` to ``tmp`` (``path``'s temporary
+    file): the structures when the model gives them, else the mask as one inner-ear segment; the algorithm
+    is the model card's name (or the model folder's) with the card's date as its version."""
+    card = model.get("training") or {}
+    algorithm = Algorithm(name=str(card.get("name") or Path(model["folder"]).name),
+                          version=str(card.get("date") or "undated"), software_version=f"innerear {__version__}")
+    if labels is None:
+        write_dicom_seg(tmp, scan, mask, affine, algorithm, (INNER_EAR_STRUCTURE,), name=path)
+    else:
+        write_dicom_seg(tmp, scan, labels, affine, algorithm, name=path)
 
 
 def _no_labels(path: str | os.PathLike, folder) -> SegmentError:
