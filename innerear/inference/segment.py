@@ -399,7 +399,7 @@ class SegmentResult:
     ``mask`` (``uint8``, 0/1) is the inner ear; ``labels`` the structure map (``uint8``: 0 background,
     1 cochlea, 2 vestibule, 3 semicircular canals; None for a binary model); ``probabilities`` the
     ``float32`` probabilities (None unless asked for): shape ``scan + (k,)`` with one volume per
-    structure (:attr:`probability_names`) for a model with structures, else the scan's shape (the
+    structure (named in ``probability_names``) for a model with structures, else the scan's shape (the
     inner ear's). ``affine`` is the scan's voxel-to-world matrix (RAS+, mm); ``report`` the
     :class:`~innerear.inference.report.SegmentReport`; ``source`` the scan's file (None for an array).
 
@@ -474,10 +474,10 @@ class Segmenter:
 
     ``Segmenter()`` uses the shipped model (``innerear/models/robust_cascade``, trained on
     SYNTHETIC phantoms only); ``Segmenter(model_dir)`` a model folder
-    (:mod:`innerear.inference.modelfolder`), which is read and checked at once. The networks are
+    (format: ``innerear.inference.modelfolder``), which is read and checked at once. The networks are
     loaded at once too, or with ``load=False`` at the first segmentation (after ``before_load()``,
     where the command line sets the backend's threads). ``cascade`` wraps an engine already in
-    memory (:class:`~innerear.inference.engine.Cascade`) instead. ``progress`` shows a progress
+    memory (an ``innerear.inference.engine.Cascade``) instead. ``progress`` shows a progress
     bar per scan on stderr.
 
     >>> seg = Segmenter()                                              # doctest: +SKIP
@@ -502,7 +502,7 @@ class Segmenter:
             self.load()
 
     def load(self) -> Any:
-        """The engine (:class:`~innerear.inference.engine.Cascade`), loaded on the first call."""
+        """The engine (``innerear.inference.engine.Cascade``), loaded on the first call."""
         if self._cascade is None:
             if self._before_load is not None:
                 self._before_load()
@@ -515,7 +515,7 @@ class Segmenter:
 
     def segment(self, scan: str | os.PathLike | np.ndarray, spacing: Sequence[float] | None = None,
                 affine: np.ndarray | None = None, *, probabilities: bool = True) -> SegmentResult:
-        """Segment one scan: a path (any format :func:`innerear.io.read_volume` reads) or a 3D array.
+        """Segment one scan: a path (any format ``innerear.io.read_volume`` reads) or a 3D array.
 
         For a path, ``spacing`` (mm along the array axes) replaces the file's voxel size (needed for
         TIFF stacks that do not record it); ``affine`` is not allowed. For an array give ``spacing``
