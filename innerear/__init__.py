@@ -16,5 +16,27 @@ from the floors below it (``tests/test_layering.py`` enforces it):
 9. ``cli``         the command line, a thin layer over the floors
 
 ``models/`` holds the shipped segmenters (package data, read by ``inference``).
+
+The Python API: ``innerear.Segmenter`` (:class:`innerear.inference.segment.Segmenter`) and its
+result ``innerear.SegmentResult``, imported on first use.
 """
 __version__ = "0.1.0"
+
+__all__ = ["Segmenter", "SegmentResult", "__version__"]
+
+
+def __getattr__(name: str):
+    """``innerear.Segmenter`` and ``innerear.SegmentResult`` (PEP 562): importing them eagerly would make
+    every ``import innerear`` (and ``innerear --help``) load the inference floor with SciPy and the
+    data floor, and would import upward from the floors below."""
+    if name == "Segmenter":
+        # lazy: the inference floor loads SciPy and the data floor; `import innerear` stays light
+        from innerear.inference.segment import Segmenter
+
+        return Segmenter
+    if name == "SegmentResult":
+        # lazy: as above
+        from innerear.inference.segment import SegmentResult
+
+        return SegmentResult
+    raise AttributeError(f"module 'innerear' has no attribute {name!r}")

@@ -170,23 +170,112 @@ def _threads_from_env() -> None:
         set_threads(int(os.environ["INNEREAR_THREADS"]))
 
 
+#: an output option given without a file name (``--labels``): in a batch, write each scan's
+BARE = ""
+_NAMED_OUTPUTS = ("labels", "probabilities", "mesh", "report")
+
+
+def _usage_error(message: str) -> int:
+    print(f"innerear: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
+    # lazy: the inference floor loads the data floor and SciPy, which `innerear --help` does without
+    from innerear.inference.batch import is_batch
+
+    scans = [Path(s) for s in args.scan]
+    if is_batch(scans, Path(args.out)):
+        return _cmd_segment_batch(args, scans)
+    bare = [f"--{name}" for name in _NAMED_OUTPUTS if getattr(args, name) == BARE]
+    if bare:
+        return _usage_error(f"{bare[0]} needs a file name for one scan (without one it is for batches: several scans "
+                            f"or a folder of scans, -o OUTDIR)")
+    return _segment_one(args)
+
+
+def _segment_one(args: argparse.Namespace) -> int:
+    """``innerear segment SCAN -o MASK``."""
     # lazy: the inference floor imports Keras/TensorFlow, which `innerear --help` does without
     from innerear.inference.segment import segment_to_files
 
-    rep = segment_to_files(args.scan, args.out, args.model, mesh=args.mesh, report=args.report,
-                           labels=args.labels, spacing=args.spacing, force=args.force, progress=not args.quiet,
-                           allow_empty=args.allow_empty, before_model=_threads_from_env, dicom_seg=args.dicom_seg)
+    scan = args.scan[0]
+    rep = segment_to_files(scan, args.out, args.model, mesh=args.mesh, report=args.report,
+                           labels=args.labels, probabilities=args.probabilities, spacing=args.spacing,
+                           force=args.force, progress=not args.quiet, allow_empty=args.allow_empty,
+                           before_model=_threads_from_env, dicom_seg=args.dicom_seg)
     ear = rep["inner_ear"]
     for warning in rep["warnings"]:
-        print(f"innerear: warning: {args.scan}: {warning}", file=sys.stderr)
-    extra = "".join(f", {k} {v}" for k, v in (("labels", args.labels), ("mesh", args.mesh), ("report", args.report),
-                                                    ("DICOM SEG", args.dicom_seg))
-                    if v)
+        print(f"innerear: warning: {scan}: {warning}", file=sys.stderr)
+    extra = "".join(f", {name} {getattr(args, name)}" for name in _NAMED_OUTPUTS if getattr(args, name))
+    if args.dicom_seg:
+        extra += f", DICOM SEG {args.dicom_seg}"
     parts = "".join(f", {name} {s['volume_mm3']:.2f}" for name, s in (rep.get("structures") or {}).items())
     print(f"{args.out}: inner ear {ear['volume_mm3']:.2f} mm^3{parts} ({ear['voxels']} voxels of "
           f"{'x'.join(map(str, rep['input']['shape']))}, {ear['components']} component(s) before cleanup)"
           f"{extra} in {rep['total_s']:.1f} s")
+    return 0
+
+
+def _batch_scans(inputs: list[Path]) -> list[Path]:
+    """The scans of a batch: each path given, a folder of scans replaced by its scans."""
+    # lazy: see _cmd_segment
+    from innerear.inference.batch import find_scans, is_scan_folder
+
+    scans: list[Path] = []
+    for path in inputs:
+        if path.is_dir() and not is_scan_folder(path):
+            found = find_scans(path)
+            if not found:
+                raise FileNotFoundError(f"{path}: no scans in this folder (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, "
+                                        f".tif/.tiff files, or folders holding a DICOM series or TIFF slices)")
+            scans += found
+        else:
+            scans.append(path)  # a missing or unreadable one becomes a failed row
+    return scans
+
+
+def _print_row(row) -> None:
+    if row.status == "failed":
+        print(f"innerear: error: {row.error}", file=sys.stderr)
+    elif row.status == "skipped":
+        print(f"{row.file}: skipped (its outputs exist; --force redoes it)")
+    else:
+        print(f"{row.file}: inner ear {row.inner_ear_mm3:.2f} mm^3 in {row.seconds:.1f} s")
+
+
+def _cmd_segment_batch(args: argparse.Namespace, inputs: list[Path]) -> int:
+    """``innerear segment DIR|SCAN... -o OUTDIR``: every scan with the model loaded once."""
+    # lazy: the inference floor imports Keras/TensorFlow, which `innerear --help` does without
+    from innerear.inference.batch import SUMMARY, BatchOptions, segment_batch
+    # lazy: as above
+    from innerear.inference.segment import Segmenter
+
+    if args.dicom_seg is not None:
+        return _usage_error("--dicom-seg is for one DICOM series at a time, not for a batch")
+    named = [f"--{name}" for name in _NAMED_OUTPUTS if getattr(args, name) not in (None, BARE)]
+    if named:
+        return _usage_error(f"{named[0]} takes no file name in a batch: each scan's goes to OUTDIR/<name>_"
+                            f"{named[0][2:]}... (the report is always written)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; a batch writes into a folder (-o OUTDIR)")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out}: its parent folder {out.parent} does not exist")
+    scans = _batch_scans(inputs)
+    options = BatchOptions(labels=args.labels is not None, probabilities=args.probabilities is not None,
+                           mesh=args.mesh is not None, force=args.force, allow_empty=args.allow_empty,
+                           spacing=tuple(args.spacing) if args.spacing else None)
+    segmenter = Segmenter(args.model, load=False, progress=not args.quiet, before_load=_threads_from_env)
+    segmenter.load()  # once, and before any output: a model that cannot be loaded stops the batch here
+    out.mkdir(exist_ok=True)
+    rows = segment_batch(segmenter, scans, out, options, on_row=_print_row)
+    counts = {status: sum(r.status == status for r in rows) for status in ("ok", "skipped", "failed")}
+    print(f"{out / SUMMARY}: {len(rows)} scans, {counts['ok']} segmented, {counts['skipped']} skipped, "
+          f"{counts['failed']} failed")
+    if counts["failed"]:
+        print(f"innerear: error: {out / SUMMARY}: {counts['failed']} of {len(rows)} scans failed", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 
@@ -340,27 +429,39 @@ def _add_run(sub) -> None:
 
 def _add_segment(sub) -> None:
     """The ``segment`` command's options."""
-    p = sub.add_parser("segment", help="segment the inner ear in your own scan (NIfTI, NRRD, MetaImage, DICOM, TIFF)",
-                       description="Segment the inner ear in one scan and write the mask on the scan's own grid. "
-                                   "Without --model the shipped model is used, which was trained on SYNTHETIC phantoms.")
-    p.add_argument("scan", help="a .nii/.nii.gz, .nrrd, .mha/.mhd or multipage .tif file, or a folder holding a "
-                                "DICOM series or 2D TIFF slices")
-    p.add_argument("-o", "--out", required=True, help="mask to write: .nii.gz, .nii, .nrrd or .mha")
+    p = sub.add_parser("segment", help="segment the inner ear in your own scan (NIfTI, NRRD, MetaImage, DICOM, TIFF), "
+                                        "or in every scan of a folder",
+                       description="Segment the inner ear in one scan and write the mask on the scan's own grid; or, "
+                                   "given several scans or a folder of scans and -o OUTDIR, segment each with the "
+                                   "model loaded once (OUTDIR/<name>_mask.nii.gz, <name>_report.json, summary.csv). "
+                                   "Without --model the shipped model is used, which was trained on SYNTHETIC "
+                                   "phantoms.")
+    p.add_argument("scan", nargs="+", help="a .nii/.nii.gz, .nrrd, .mha/.mhd or multipage .tif file, or a folder "
+                                           "holding a DICOM series or 2D TIFF slices; several of them, or a folder "
+                                           "of scans, for a batch")
+    p.add_argument("-o", "--out", required=True, help="mask to write: .nii.gz, .nii, .nrrd or .mha; for a batch "
+                                                      "the output folder")
     p.add_argument("--model", default=None, help="model folder with cascade.json (default: the shipped phantom model)")
-    p.add_argument("--mesh", default=None, help="also write the mask's surface as STL (world mm)")
-    p.add_argument("--report", default=None, help="also write a JSON report (volume, bounding box, structures, "
-                                                  "intensity check, timings)")
-    p.add_argument("--labels", default=None, metavar="OUT",
+    p.add_argument("--mesh", nargs="?", const=BARE, default=None, metavar="OUT",
+                   help="also write the mask's surface as STL (world mm)")
+    p.add_argument("--report", nargs="?", const=BARE, default=None, metavar="OUT",
+                   help="also write a JSON report (volume, bounding box, structures, intensity check, timings); "
+                        "a batch always writes one per scan")
+    p.add_argument("--labels", nargs="?", const=BARE, default=None, metavar="OUT",
                    help="also write the structure label map on the scan's grid (0 background, 1 cochlea, "
                         "2 vestibule, 3 semicircular canals): .nii.gz, .nii, .nrrd or .mha, or .seg.nrrd for a 3D "
                         "Slicer segmentation (named, coloured segments); needs a model with structures")
+    p.add_argument("--probabilities", nargs="?", const=BARE, default=None, metavar="OUT",
+                   help="also write the probabilities on the scan's grid as float32 compressed NIfTI (.nii.gz): "
+                        "one volume per structure (4D) for a model with structures, else the inner ear's")
     p.add_argument("--dicom-seg", default=None, metavar="OUT.dcm",
                    help="also write a DICOM SEG object referencing the input DICOM series (one segment per "
-                        "structure, with standard codes); only for a DICOM series as input")
+                        "structure, with standard codes); only for a DICOM series as input, one scan at a time")
     p.add_argument("--spacing", type=positive_float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                    help="voxel size in mm along the array axes (TIFF: column, row, slice); required for TIFF "
                         "stacks that do not record it, overrides the header otherwise")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files (a batch: redo the scans "
+                                                         "whose outputs exist instead of skipping them)")
     p.add_argument("--allow-empty", action="store_true",
                    help="write the mask even when it is empty or its volume is implausible for a human inner ear "
                         "(by default that ends with exit status 1 and nothing written)")

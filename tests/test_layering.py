@@ -90,7 +90,10 @@ def cycles(imports: list[Import]) -> list[list[str]]:
     """Strongly connected groups of two or more modules (an import cycle), by Tarjan's algorithm."""
     graph: dict[str, set[str]] = {}
     for imp in imports:
-        if not imp.typing_only:
+        # the package root's lazy exports (``innerear.Segmenter``, PEP 562 ``__getattr__``) run on
+        # attribute access, after the root has finished initialising: they close no import cycle
+        root_lazy = imp.importer == "innerear" and not imp.top
+        if not imp.typing_only and not root_lazy:
             graph.setdefault(imp.importer, set()).add(imp.target)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -149,6 +152,12 @@ def test_the_floor_checks_fail_on_planted_imports():
     loop = (imports_of("from innerear.metrics.cochlea import x\n", "innerear.metrics.anatomy")
             + imports_of("from innerear.metrics.anatomy import y\n", "innerear.metrics.cochlea"))
     assert cycles(loop) == [["innerear.metrics.anatomy", "innerear.metrics.cochlea"]]
+    root = (imports_of("from innerear import __version__\n", "innerear.inference.report")
+            + imports_of("from innerear.inference.report import x\n", "innerear"))
+    assert cycles(root) == [["innerear", "innerear.inference.report"]]  # only the root's lazy exports are exempt
+    root_lazy = root[:1] + imports_of("def __getattr__(n):\n    # lazy: x\n    from innerear.inference.report import x\n",
+                                      "innerear")
+    assert cycles(root_lazy) == []
     lazy = imports_of("def f():\n    from innerear.io import read_volume\n", "innerear.data.preprocess")
     assert len(unmarked_lazy(lazy)) == 1
     marked = imports_of("def f():\n    # lazy: start-up time\n    from innerear.io import read_volume\n", "innerear.data.x")
@@ -170,6 +179,16 @@ def _imported(modules: list[str], banned: tuple[str, ...]) -> list[str]:
                                     "innerear.settings.layout", "innerear.settings.views"])
 def test_results_code_does_not_import_keras(module):
     assert _imported([module], HEAVY) == []
+
+
+def test_import_innerear_stays_light():
+    """``innerear.Segmenter`` is exported lazily: ``import innerear`` loads neither the inference floor
+    nor SciPy, and the name resolves on first use."""
+    code = ("import sys, innerear\nprint('innerear.inference' in sys.modules, 'scipy' in sys.modules)\n"
+            "print(innerear.Segmenter.__module__, 'keras' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "False", "innerear.inference.segment", "False"]
 
 
 def test_segment_command_with_mesh_does_not_import_matplotlib():

@@ -1,4 +1,6 @@
 """Pipeline plan, CLI exit codes and messages, viz helpers."""
+from pathlib import Path
+
 import numpy as np
 
 from innerear import cli
@@ -96,3 +98,16 @@ def test_training_overrides_on_the_command_line(capsys):
     assert "argument --epochs: expected a positive integer" in capsys.readouterr().err
     assert cli.main(["run", "--job", "axial"]) == 1
     assert "--job must look like FOLD:VIEW" in capsys.readouterr().err
+
+
+def test_every_notebook_is_executed_and_in_the_table_of_contents():
+    """A notebook in notebooks/ is a page only when ``innerear reproduce`` executes it and _toc.yml lists it."""
+    root = Path(__file__).resolve().parents[1]
+    notebooks = sorted(p.stem for p in (root / "notebooks").glob("*.ipynb"))
+    assert sorted(pipeline.NOTEBOOKS.values()) == notebooks
+    executed = {r.notebook for r in pipeline.notebook_runs(get_profile("smoke"))}
+    assert executed == set(notebooks)
+    toc = (root / "_toc.yml").read_text()
+    for name in notebooks:
+        assert f"book/executed/{name}" in toc or f"book/executed/{name.split('_')[0]}" in toc, name
+    assert "file: book/api" in toc and (root / "book" / "api.md").exists()

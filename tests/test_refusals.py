@@ -265,7 +265,7 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, capsys, monkeypa
     def no_work(*args, **kwargs):
         raise AssertionError("the segmentation started")
 
-    monkeypatch.setattr(innerear.inference.segment, "segment_scan", no_work)
+    monkeypatch.setattr(innerear.inference.segment, "run_segmentation", no_work)
     write_volume(tmp_path / "scan.nii.gz", np.random.default_rng(0).random((8, 8, 8)).astype(np.float32),
                  np.diag([0.1, 0.1, 0.1, 1]))
     bad = _unwritable(tmp_path) / {"-o": "ear.nii.gz", "--mesh": "ear.stl", "--report": "ear.json"}[option]
@@ -287,18 +287,20 @@ def test_sigterm_during_the_final_write_leaves_nothing(tmp_path):
         import innerear.inference.segment as seg
         from innerear import cli
 
-        def fake_scan(path, *args, **kwargs):  # the segmentation itself is not under test
+        def fake_run(scan, load, **kwargs):  # the segmentation itself is not under test
+            from innerear.inference.report import SegmentReport
+
             mask = np.zeros((8, 8, 8), np.uint8)
             mask[2:5, 2:5, 2:5] = 1
-            check = {{"passed": True}}
-            return mask, np.diag([0.1, 0.1, 0.1, 1.0]), {{"checks": {{"inner_ear_volume": check}},
-                                                          "timings_s": {{}}}}
+            checks = {{"inner_ear_volume": {{"passed": True}}, "intensity": {{"passed": True, "distance": 0.0}}}}
+            report = SegmentReport({{}}, {{}}, {{}}, 0.5, {{}}, None, None, checks, {{}}, 0.0)
+            return seg.SegmentResult(mask, None, None, np.diag([0.1, 0.1, 0.1, 1.0]), report)
 
         def slow_write(tmp, *args, **kwargs):
             print("writing", flush=True)
             time.sleep(60)
 
-        seg.segment_scan = fake_scan
+        seg.run_segmentation = fake_run
         seg.write_volume_to = slow_write
         sys.exit(cli.main(["segment", "{tmp_path / 'scan.nii.gz'}", "-o", "{tmp_path / 'ear.nii.gz'}",
                            "--report", "{tmp_path / 'ear.json'}", "--quiet"]))

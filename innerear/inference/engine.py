@@ -204,12 +204,14 @@ class Cascade:
         return output_classes(self.stages[-1][1])
 
     def predict(self, volume: np.ndarray, mode: str | None = None, *, return_stages: bool = False,
-                return_labels: bool = False, stats: dict | None = None, **settings):
+                return_labels: bool = False, return_classes: bool = False, stats: dict | None = None, **settings):
         """Segment a prepared volume (resampled to the cascade's grid or voxel size, raw intensities).
 
         Returns ``(mask, probabilities)`` of the last stage; with ``return_labels`` also the
         structure label map (:func:`labels_from_classes`; ``None`` for a binary cascade), then,
-        with ``return_stages``, the list of every stage's ``(probabilities, mask)``. ``mode`` (default: the cascade's
+        with ``return_stages``, the list of every stage's ``(probabilities, mask)``, then, with
+        ``return_classes``, the last stage's ``(x, y, z, k)`` class probabilities (background
+        first; ``None`` for a binary cascade), of which ``probabilities`` is ``1 - [..., 0]``. ``mode`` (default: the cascade's
         settings, ``"fast"``) and keyword settings (``margin``, ``batch_size``, ``bucket``,
         ``full_fraction``, ``fixed_batch``) override :attr:`settings` for this call.
         """
@@ -244,6 +246,8 @@ class Cascade:
             out += (labels_from_classes(mask, class_prob),)
         if return_stages:
             out += (stages,)
+        if return_classes:
+            out += (class_prob,)
         return out
 
 

@@ -84,7 +84,8 @@ class SegmentReport:
     """The report of one segmentation (``innerear segment --report``): ``to_dict`` gives its JSON
     object, whose keys are the field names plus ``warnings`` (every failed check's reason) and
     ``intensity_histogram_distance``. ``input``, ``model`` and ``prepared`` describe the scan, the
-    model and the grid the networks saw; ``inner_ear`` holds :func:`mask_measures` and the
+    model and the grid the networks saw; ``inner_ear`` holds ``mask_measures`` (volume, voxels,
+    bounding box, centroid) and the
     component counts; ``structures`` and ``cochlea`` are None for a binary model."""
 
     input: dict[str, Any]

@@ -1,20 +1,25 @@
-"""Segment your own scan with a trained cascade (``innerear segment``).
+"""Segment your own scan with a trained cascade: :class:`Segmenter` (``innerear.Segmenter``) and
+``innerear segment``.
 
-:func:`segment_scan` reads a scan in any format :func:`innerear.io.read_volume` knows, prepares
-it as the training volumes were prepared (:mod:`innerear.data.scan`), runs the engine
+:class:`Segmenter` loads a model once and segments scans given as files (any format
+:func:`innerear.io.read_volume` knows) or as 3D arrays with their voxel size. Every route (the
+class, :func:`segment_scan`, :func:`segment_to_files`, the command line and its batches in
+:mod:`innerear.inference.batch`) runs the one :func:`run_segmentation`: prepare the scan as the
+training volumes were prepared (:mod:`innerear.data.scan`), run the engine
 (:meth:`innerear.inference.engine.Cascade.predict`, default ``"fast"`` mode, as everywhere) and
-maps the last stage's probabilities back onto the scan's own grid: every scan voxel's centre is
+map the last stage's probabilities back onto the scan's own grid: every scan voxel's centre is
 carried through the world frame into the prepared grid (:func:`innerear.data.scan.map_to_scan`),
 the probability map is sampled there by linear interpolation (in slabs, to bound memory),
 thresholded at 0.5, and the largest connected component
 (:func:`innerear.metrics.largest_component`, the cascade's connectivity) is kept. The mask
 therefore has the scan's shape and affine. Each step is a function of its own: read, load,
 prepare, predict, map back, measure (:mod:`innerear.inference.report`), check
-(:mod:`innerear.inference.checks`) and report.
+(:mod:`innerear.inference.checks`) and report. The result is a :class:`SegmentResult` (mask,
+labels, probabilities, affine, report).
 
-:func:`segment_to_files` adds the command line's checks and writes the mask (NIfTI, NRRD or
-MetaImage by extension), optionally an STL surface, a structure label map and a JSON report,
-all or nothing.
+:meth:`SegmentResult.save` (and :func:`segment_to_files`, which checks the outputs before the
+work) writes the mask (NIfTI, NRRD or MetaImage by extension), optionally a structure label map,
+the probabilities (float32 compressed NIfTI), an STL surface and a JSON report, all or nothing.
 
 Model folders (their format: :mod:`innerear.inference.modelfolder`) are of two kinds. A *grid*
 model (``cascade.json`` has ``"grid"``: the paper's recipe, e.g. the shipped ``phantom_cascade``)
@@ -34,6 +39,7 @@ recipe's ``innerear/models/phantom_cascade`` (64³ grid); see their ``model_card
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 import tempfile
@@ -55,6 +61,7 @@ from innerear.io import (
     VolumeError,
     atomic_path,
     check_voxel_size,
+    spacing_from_affine,
     check_writable,
     read_volume,
     spacing_source,
@@ -62,13 +69,16 @@ from innerear.io import (
     volume_format,
     write_volume_to,
 )
+from innerear.io.common import check_array
 from innerear.io.dicomseg import INNER_EAR_STRUCTURE, Algorithm, write_dicom_seg
 from innerear.io.files import json_text
 from innerear.io.mesh import surface_mesh, write_stl
+from innerear.io.nifti import write_nifti
 from innerear.io.slicer import is_seg_nrrd, write_seg_nrrd
 from innerear.metrics import largest_component, structure_labels
 from innerear import __version__
 from innerear.settings.profiles import import_backend
+from innerear.settings.structures import CLASS_NAMES
 
 #: the steps of :func:`segment_scan` after reading the scan (the progress bar's)
 STEPS = ("load model", "prepare", "cascade", "map back", "largest component", "measure")
@@ -120,9 +130,15 @@ def load_model_dir(model_dir: str | os.PathLike | None = None, *, reuse: bool = 
 
 
 # --------------------------------------------------------------------------- steps
+#: the name of a NumPy array in messages (a scan given to :meth:`Segmenter.segment` as an array)
+ARRAY = Path("<array>")
+
+
 @dataclass(frozen=True)
 class Scan:
-    """A scan as read and checked: the (possibly memory-mapped) array, voxel size, RAS affine."""
+    """A scan as read and checked: the (possibly memory-mapped) array, voxel size, RAS affine.
+
+    ``path`` is the file, or :data:`ARRAY` for an array given in memory (``from_file`` False)."""
 
     path: Path
     image: np.ndarray
@@ -130,6 +146,7 @@ class Scan:
     affine: np.ndarray
     value_range: tuple[float, float]
     spacing_given: bool
+    from_file: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,11 +163,14 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The engine's output on the prepared grid: the mask, probabilities and structure labels (or None)."""
+    """The engine's output on the prepared grid: the mask, foreground probabilities, structure labels
+    (or None) and, when asked for, the class probabilities ``(x, y, z, k)``, background first (None
+    for a binary model or when not asked for)."""
 
     mask: np.ndarray
     prob: np.ndarray
     labels: np.ndarray | None
+    classes: np.ndarray | None = None
 
 
 class _Steps:
@@ -170,27 +190,53 @@ class _Steps:
         self.bar.update(1)
 
 
+def _not_constant(path: Path, image: np.ndarray) -> tuple[float, float]:
+    lo, hi = value_range(image)
+    if lo == hi:
+        raise VolumeError(path, f"image is constant (every voxel is {lo:g}); nothing to segment")
+    return lo, hi
+
+
 def read_scan(path: Path, spacing: Sequence[float] | None) -> Scan:
     """Read a scan memory-mapped and check its voxel size and that it is not constant."""
     image, spacing_mm, affine = read_volume(path, spacing=spacing, mmap=True)
     check_voxel_size(path, spacing_mm, spacing_source(path, spacing is not None))
-    lo, hi = value_range(image)
-    if lo == hi:
-        raise VolumeError(path, f"image is constant (every voxel is {lo:g}); nothing to segment")
-    return Scan(path, image, tuple(spacing_mm), affine, (lo, hi), spacing is not None)
+    return Scan(path, image, tuple(spacing_mm), affine, _not_constant(path, image), spacing is not None)
 
 
-def _load(cascade, model_dir, before_model: Callable[[], None] | None, require_labels) -> tuple[Any, Path]:
-    """The loaded cascade (``cascade`` if given) and its folder; a binary model is refused when
-    labels are required."""
-    if cascade is None:
-        if before_model is not None:
-            before_model()
-        cascade = load_model_dir(model_dir)
-    folder = Path(cascade.info.get("folder", model_dir or DEFAULT_MODEL))
-    if require_labels is not None and getattr(cascade, "n_classes", None) == 1:
-        raise _no_labels(require_labels, folder)
-    return cascade, folder
+def _array_affine(spacing: Sequence[float] | None, affine: np.ndarray | None) -> np.ndarray:
+    """The voxel-to-world affine of an array from ``spacing`` (mm) or ``affine`` (4x4), which must agree."""
+    if spacing is None and affine is None:
+        raise VolumeError(ARRAY, "an array has no voxel size: give spacing=(sx, sy, sz) in mm or a 4x4 "
+                                 "voxel-to-world affine (RAS+, mm)")
+    if spacing is not None:
+        try:
+            sizes = np.asarray([float(v) for v in spacing], float)
+        except (TypeError, ValueError):
+            raise VolumeError(ARRAY, f"invalid spacing {spacing!r}: expected three numbers (mm)") from None
+        if sizes.shape != (3,) or not np.all(np.isfinite(sizes)) or np.any(sizes <= 0):
+            raise VolumeError(ARRAY, f"invalid spacing {tuple(sizes.tolist())}: expected three positive numbers (mm)")
+    if affine is None:
+        return np.diag([*sizes, 1.0])
+    matrix = np.asarray(affine, float)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:3, :3])) < 1e-30:
+        raise VolumeError(ARRAY, f"affine must be a finite 4x4 matrix with an invertible 3x3 part, got shape "
+                                 f"{matrix.shape}")
+    if spacing is not None and not np.allclose(spacing_from_affine(matrix), sizes, rtol=1e-6, atol=0):
+        raise VolumeError(ARRAY, f"spacing {tuple(sizes.tolist())} disagrees with the affine's voxel size "
+                                 f"{spacing_from_affine(matrix)}; give one of them")
+    return matrix
+
+
+def array_scan(array: np.ndarray, spacing: Sequence[float] | None = None, affine: np.ndarray | None = None) -> Scan:
+    """A scan given as a 3D array, with its voxel size (``spacing``, mm along the array axes) or its
+    voxel-to-world ``affine`` (RAS+, mm, as NIfTI and :func:`innerear.io.read_volume` give it);
+    checked as :func:`read_scan` checks a file (3D, finite, voxel size in range, not constant)."""
+    image = check_array(ARRAY, np.asarray(array), allow_nan=False)
+    matrix = _array_affine(spacing, affine)
+    spacing_mm = spacing_from_affine(matrix)
+    check_voxel_size(ARRAY, spacing_mm, "argument spacing" if affine is None else "argument affine")
+    return Scan(ARRAY, image, tuple(spacing_mm), matrix, _not_constant(ARRAY, image), True, from_file=False)
 
 
 def prepare(scan: Scan, cascade) -> Prepared:
@@ -208,12 +254,41 @@ def prepare(scan: Scan, cascade) -> Prepared:
     return Prepared(physical.volume, physical.affine, physical.core, physical, voxel_mm)
 
 
-def predict(cascade, prepared: Prepared) -> Prediction:
-    """The cascade on the prepared scan; a physical model's padding never yields foreground."""
-    mask, prob, labels = cascade.predict(prepared.volume, return_labels=True)
+def predict(cascade, prepared: Prepared, classes: bool = False) -> Prediction:
+    """The cascade on the prepared scan (with ``classes``, also its class probabilities); a physical
+    model's padding never yields foreground."""
+    if classes:
+        mask, prob, labels, class_prob = cascade.predict(prepared.volume, return_labels=True, return_classes=True)
+    else:
+        (mask, prob, labels), class_prob = cascade.predict(prepared.volume, return_labels=True), None
     if prepared.physical is not None:
-        mask, prob, labels = (prepared.physical.outside_zeroed(v) for v in (mask, prob, labels))
-    return Prediction(mask, prob, labels)
+        mask, prob, labels, class_prob = (prepared.physical.outside_zeroed(v) for v in (mask, prob, labels, class_prob))
+    return Prediction(mask, prob, labels, class_prob)
+
+
+def map_back(scan: Scan, prepared: Prepared, prediction: Prediction, threshold: float, chunk_voxels: int,
+             progress: bool, probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The thresholded foreground on the scan's grid (before the largest component) and, with
+    ``probabilities``, the probabilities there: ``(raw mask, probabilities or None)``.
+
+    The foreground probability is sampled at every scan voxel by linear interpolation and the raw
+    mask is ``probability >= threshold``, so with ``probabilities`` the raw mask is computed from
+    the very values returned. Those are the foreground's (one volume) for a binary model, else
+    each structure's ``(x, y, z, k)``, interpolated the same way; they sum to the foreground's
+    (to float32 rounding: softmax outputs sum to 1)."""
+    grid = (prepared.affine, scan.image.shape, scan.affine)
+    if not probabilities:
+        return map_to_scan(prediction.prob, *grid, threshold, chunk_voxels, progress), None
+    foreground = map_to_scan(prediction.prob, *grid, None, chunk_voxels, progress)
+    raw = (foreground >= threshold).astype(np.uint8)
+    if prediction.classes is None:
+        return raw, foreground
+    del foreground
+    classes = prediction.classes.shape[-1]
+    out = np.empty(tuple(scan.image.shape) + (classes - 1,), np.float32)
+    for k in range(1, classes):
+        out[..., k - 1] = map_to_scan(prediction.classes[..., k], *grid, None, chunk_voxels)
+    return raw, out
 
 
 @dataclass(frozen=True)
@@ -295,7 +370,8 @@ def build_report(scan: Scan, cascade, folder: Path, prepared: Prepared, predicti
     """The report of one segmentation (:class:`~innerear.inference.report.SegmentReport`)."""
     lo, hi = scan.value_range
     return SegmentReport(
-        input={"path": str(scan.path), "format": volume_format(scan.path), "shape": list(scan.image.shape),
+        input={"path": str(scan.path) if scan.from_file else None,
+               "format": volume_format(scan.path) if scan.from_file else "array", "shape": list(scan.image.shape),
                "dtype": str(scan.image.dtype), "spacing_mm": list(scan.spacing_mm),
                "spacing_source": "given" if scan.spacing_given else "file",
                "affine": np.asarray(scan.affine).tolist(), "intensity_range": [lo, hi]},
@@ -310,6 +386,184 @@ def build_report(scan: Scan, cascade, folder: Path, prepared: Prepared, predicti
 
 
 # --------------------------------------------------------------------------- segmentation
+def probability_names(cascade) -> tuple[str, ...]:
+    """The names of the probability volumes: each structure's for a model with structures, else
+    ``("inner_ear",)``."""
+    if getattr(cascade, "n_classes", 1) == 1:
+        return ("inner_ear",)
+    classes = tuple(getattr(cascade, "info", {}).get("classes") or CLASS_NAMES)
+    return classes[1:]
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentResult:
+    """One segmentation, on the scan's own grid (:meth:`Segmenter.segment`).
+
+    ``mask`` (``uint8``, 0/1) is the inner ear; ``labels`` the structure map (``uint8``: 0 background,
+    1 cochlea, 2 vestibule, 3 semicircular canals; None for a binary model); ``probabilities`` the
+    ``float32`` probabilities (None unless asked for): shape ``scan + (k,)`` with one volume per
+    structure (named in ``probability_names``) for a model with structures, else the scan's shape (the
+    inner ear's). ``affine`` is the scan's voxel-to-world matrix (RAS+, mm); ``report`` the
+    :class:`~innerear.inference.report.SegmentReport`; ``source`` the scan's file (None for an array).
+
+    How they relate: the foreground probability is the structures' sum (to float32 rounding) or
+    the one volume; ``probability >= report.threshold`` (0.5) is the mask *before* the largest
+    connected component is kept, so ``mask`` is that set's largest component (equal to it when the
+    report's ``inner_ear["components"]`` is 1). ``labels`` are mapped back by nearest neighbour
+    from the networks' grid, the probabilities by linear interpolation: the most probable structure
+    of a voxel can differ from its label near a boundary between structures.
+    """
+
+    mask: np.ndarray
+    labels: np.ndarray | None
+    probabilities: np.ndarray | None
+    affine: np.ndarray
+    report: SegmentReport
+    probability_names: tuple[str, ...] = ("inner_ear",)
+    source: Path | None = None
+
+    def save(self, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
+             probabilities: str | os.PathLike | None = None, mesh: str | os.PathLike | None = None,
+             report: str | os.PathLike | None = None, force: bool = False, allow_empty: bool = False) -> dict:
+        """Write the mask to ``out`` (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``) and, where named, the
+        label map, the probabilities (compressed NIfTI, ``.nii.gz``), an STL surface (world mm) and the
+        JSON report: all of them, or none (temporary names, renamed when every file is complete).
+
+        Refuses (:class:`~innerear.inference.modelfolder.SegmentError`, naming the path) an existing
+        file without ``force``, a folder that does not exist, a wrong suffix, labels of a binary
+        model, probabilities not kept, and an empty or implausible mask unless ``allow_empty``.
+        Returns the report as written (with an ``output`` section)."""
+        paths = Outputs.of(out, labels=labels, probabilities=probabilities, mesh=mesh, report=report)
+        paths.check(self.source, force)
+        return write_outputs(self, paths, force, allow_empty)
+
+
+def run_segmentation(scan: Scan, load: Callable[[], tuple[Any, Path]], *, probabilities: bool = False,
+                     progress: bool = False, chunk_voxels: int = 1 << 20, require_labels: str | os.PathLike | None = None,
+                     t_start: float | None = None, timings: dict[str, float] | None = None) -> SegmentResult:
+    """THE segmentation of a read scan (every route calls it): load (``load()`` gives the cascade and
+    its folder), prepare, predict, map back, keep the largest component, measure, check, report.
+
+    ``require_labels`` (the label map's output path) refuses a binary model as soon as it is loaded."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    timings = {} if timings is None else timings
+    steps = _Steps(timings, progress)
+    try:
+        with steps.step("load model"):
+            cascade, folder = load()
+            if require_labels is not None and getattr(cascade, "n_classes", None) == 1:
+                raise _no_labels(require_labels, folder)
+        with steps.step("prepare"):
+            prepared = prepare(scan, cascade)
+        with steps.step("cascade"):
+            prediction = predict(cascade, prepared, classes=probabilities)
+        with steps.step("map back"):
+            raw, prob = map_back(scan, prepared, prediction, cascade.threshold, chunk_voxels, progress, probabilities)
+        with steps.step("largest component"):
+            mask, components, removed = keep_largest(raw, cascade)
+            del raw
+        with steps.step("measure"):
+            measured = measure(scan, prepared, prediction, mask, components, removed, chunk_voxels)
+            checks = run_checks(scan, cascade, prepared, measured)
+    finally:
+        steps.bar.close()
+    report = build_report(scan, cascade, folder, prepared, prediction, measured, checks, timings, t_start)
+    return SegmentResult(mask, measured.labels, prob, scan.affine, report, probability_names(cascade),
+                         scan.path if scan.from_file else None)
+
+
+class Segmenter:
+    """Segment the inner ear in scans with one model, loaded once.
+
+    ``Segmenter()`` uses the shipped model (``innerear/models/robust_cascade``, trained on
+    SYNTHETIC phantoms only); ``Segmenter(model_dir)`` a model folder
+    (format: ``innerear.inference.modelfolder``), which is read and checked at once. The networks are
+    loaded at once too, or with ``load=False`` at the first segmentation (after ``before_load()``,
+    where the command line sets the backend's threads). ``cascade`` wraps an engine already in
+    memory (an ``innerear.inference.engine.Cascade``) instead. ``progress`` shows a progress
+    bar per scan on stderr.
+
+    >>> seg = Segmenter()                                              # doctest: +SKIP
+    >>> result = seg.segment("scan.nii.gz")                            # doctest: +SKIP
+    >>> result = seg.segment(volume, spacing=(0.1, 0.1, 0.1))          # doctest: +SKIP
+    >>> result.save("ear.nii.gz", labels="labels.nii.gz", report="ear.json")  # doctest: +SKIP
+    """
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, *, load: bool = True, progress: bool = False,
+                 before_load: Callable[[], None] | None = None, cascade: Any = None,
+                 chunk_voxels: int = 1 << 20) -> None:
+        self.model_dir = model_dir
+        self.progress = progress
+        self.chunk_voxels = chunk_voxels
+        self._before_load = before_load
+        self._cascade = cascade
+        if cascade is None:
+            self.folder = read_model_folder(model_dir).folder
+        else:
+            self.folder = Path(getattr(cascade, "info", {}).get("folder", model_dir or DEFAULT_MODEL))
+        if load:
+            self.load()
+
+    def load(self) -> Any:
+        """The engine (``innerear.inference.engine.Cascade``), loaded on the first call."""
+        if self._cascade is None:
+            if self._before_load is not None:
+                self._before_load()
+            self._cascade = load_model_dir(self.model_dir)
+            self.folder = Path(self._cascade.info.get("folder", self.folder))
+        return self._cascade
+
+    def _loaded(self) -> tuple[Any, Path]:
+        return self.load(), self.folder
+
+    def segment(self, scan: str | os.PathLike | np.ndarray, spacing: Sequence[float] | None = None,
+                affine: np.ndarray | None = None, *, probabilities: bool = True) -> SegmentResult:
+        """Segment one scan: a path (any format ``innerear.io.read_volume`` reads) or a 3D array.
+
+        For a path, ``spacing`` (mm along the array axes) replaces the file's voxel size (needed for
+        TIFF stacks that do not record it); ``affine`` is not allowed. For an array give ``spacing``
+        or its voxel-to-world ``affine`` (4x4, RAS+, mm). ``probabilities=False`` skips mapping the
+        probabilities back (``result.probabilities`` is None), which saves memory on large scans.
+        Bad input raises :class:`~innerear.io.VolumeError` naming the file (or ``<array>``).
+        """
+        return self._segment(scan, spacing, affine, probabilities=probabilities)
+
+    def _segment(self, scan: str | os.PathLike | np.ndarray, spacing: Sequence[float] | None = None,
+                 affine: np.ndarray | None = None, *, probabilities: bool = True,
+                 require_labels: str | os.PathLike | None = None) -> SegmentResult:
+        t_start = time.perf_counter()
+        if isinstance(scan, np.ndarray):
+            checked = array_scan(scan, spacing, affine)
+        else:
+            if affine is not None:
+                raise VolumeError(Path(scan), "affine is for arrays; a file's affine comes from its header")
+            checked = read_scan(Path(scan), spacing)
+        timings = {"read": round(time.perf_counter() - t_start, 3)}
+        return run_segmentation(checked, self._loaded, probabilities=probabilities, progress=self.progress,
+                                chunk_voxels=self.chunk_voxels, require_labels=require_labels, t_start=t_start,
+                                timings=timings)
+
+    def segment_to_files(self, scan: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
+                         probabilities: str | os.PathLike | None = None, mesh: str | os.PathLike | None = None,
+                         report: str | os.PathLike | None = None, spacing: Sequence[float] | None = None,
+                         force: bool = False, allow_empty: bool = False,
+                         dicom_seg: str | os.PathLike | None = None) -> dict:
+        """Segment the scan file ``scan`` and write its outputs (:meth:`SegmentResult.save`; and
+        ``dicom_seg``, a DICOM SEG, for a DICOM series), checking every output before the work
+        starts; ``innerear segment SCAN -o OUT``. Returns the report."""
+        scan = Path(scan)
+        if not scan.exists():
+            raise VolumeError(scan, "file not found")
+        paths = Outputs.of(out, labels=labels, probabilities=probabilities, mesh=mesh, report=report,
+                           dicom_seg=dicom_seg)
+        paths.check(scan, force)
+        if paths.dicom_seg is not None and spacing is not None:
+            raise SegmentError(scan, "--dicom-seg takes its geometry from the DICOM series; omit --spacing")
+        result = self._segment(scan, spacing, probabilities=paths.probabilities is not None,
+                               require_labels=paths.labels)
+        return write_outputs(result, paths, force, allow_empty)
+
+
 def segment_scan(
     path: str | os.PathLike,
     model_dir: str | os.PathLike | None = None,
@@ -322,50 +576,30 @@ def segment_scan(
     labels_out: dict | None = None,
     require_labels: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Segment the inner ear in one scan: ``(mask, affine, report)``.
+    """Segment the inner ear in one scan file: ``(mask, affine, report)`` (:class:`Segmenter` with
+    arrays and dicts, for scripts that want no result object).
 
     ``mask`` is ``uint8`` on the scan's own grid (its shape), ``affine`` the scan's RAS
-    affine, ``report`` a JSON-able dict (:meth:`~innerear.inference.report.SegmentReport.to_dict`:
-    input, model, volume in mm³, bounding box, component count, per-structure volumes and cochlea
-    measures for a model with structures, the checks, timings). ``spacing`` (mm) is needed for
-    TIFF stacks that do not record it and overrides any other file's voxel size. ``cascade``
-    reuses a loaded model (:func:`load_model_dir`); otherwise ``model_dir`` (default: the shipped
-    model) is loaded, after the scan was read and checked and after calling ``before_model`` (the
-    command line sets the backend's threads there). A dict passed as ``labels_out`` receives the
-    structure map on the scan's grid as ``labels_out["labels"]`` (None for a binary model).
-    ``require_labels`` (the label map's output path) refuses a binary model as soon as it is
-    loaded, naming that path.
+    affine, ``report`` a JSON-able dict (:meth:`~innerear.inference.report.SegmentReport.to_dict`).
+    ``spacing`` (mm) is needed for TIFF stacks that do not record it and overrides any other
+    file's voxel size. ``cascade`` reuses a loaded model (:func:`load_model_dir`); otherwise
+    ``model_dir`` (default: the shipped model) is loaded after the scan was read and checked and
+    after calling ``before_model``. A dict passed as ``labels_out`` receives the structure map as
+    ``labels_out["labels"]`` (None for a binary model). ``require_labels`` (the label map's output
+    path) refuses a binary model as soon as it is loaded, naming that path.
     """
-    t_start = time.perf_counter()
-    # reading and checking the scan come first, before any progress bar: a bad file fails in one line
-    scan = read_scan(Path(path), spacing)
-    timings = {"read": round(time.perf_counter() - t_start, 3)}
-    steps = _Steps(timings, progress)
-    try:
-        with steps.step("load model"):
-            cascade, folder = _load(cascade, model_dir, before_model, require_labels)
-        with steps.step("prepare"):
-            prepared = prepare(scan, cascade)
-        with steps.step("cascade"):
-            prediction = predict(cascade, prepared)
-        with steps.step("map back"):
-            raw = map_to_scan(prediction.prob, prepared.affine, scan.image.shape, scan.affine, cascade.threshold,
-                              chunk_voxels, progress)
-        with steps.step("largest component"):
-            mask, components, removed = keep_largest(raw, cascade)
-            del raw
-        with steps.step("measure"):
-            measured = measure(scan, prepared, prediction, mask, components, removed, chunk_voxels)
-            checks = run_checks(scan, cascade, prepared, measured)
-    finally:
-        steps.bar.close()
+    segmenter = Segmenter(model_dir, load=False, progress=progress, before_load=before_model, cascade=cascade,
+                          chunk_voxels=chunk_voxels)
+    result = segmenter._segment(path, spacing, probabilities=False, require_labels=require_labels)
     if labels_out is not None:
-        labels_out["labels"] = measured.labels
-    report = build_report(scan, cascade, folder, prepared, prediction, measured, checks, timings, t_start)
-    return mask, scan.affine, report.to_dict()
+        labels_out["labels"] = result.labels
+    return result.mask, result.affine, result.report.to_dict()
 
 
 # --------------------------------------------------------------------------- files
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
 def _check_output(path: Path, suffixes: tuple[str, ...], what: str, force: bool, taken: set) -> None:
     if not path.name.lower().endswith(suffixes):
         raise SegmentError(path, f"{what} must end with {' or '.join(suffixes)}")
@@ -386,26 +620,104 @@ def _check_output(path: Path, suffixes: tuple[str, ...], what: str, force: bool,
     taken.add(key)
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """The files one segmentation writes: the mask and, where not None, the others."""
+
+    mask: Path
+    labels: Path | None = None
+    probabilities: Path | None = None
+    mesh: Path | None = None
+    report: Path | None = None
+    dicom_seg: Path | None = None
+
+    @classmethod
+    def of(cls, mask: str | os.PathLike, **others: str | os.PathLike | None) -> "Outputs":
+        return cls(Path(mask), **{k: Path(v) if v is not None else None for k, v in others.items()})
+
+    def present(self) -> list[Path]:
+        """The paths named."""
+        return [p for p in (self.mask, self.labels, self.probabilities, self.mesh, self.report, self.dicom_seg)
+                if p is not None]
+
+    def check(self, scan: Path | None, force: bool) -> None:
+        """Refuse, before any work, outputs that could not be written (or would be overwritten)."""
+        try:
+            check_writable(self.mask)
+        except VolumeError as exc:
+            raise SegmentError(self.mask, exc.problem) from None
+        taken = {scan.resolve()} if scan is not None else set()
+        _check_output(self.mask, VOLUME_SUFFIXES, "the mask", force, taken)
+        for path, suffixes, what in ((self.labels, VOLUME_SUFFIXES, "the label map"),
+                                     (self.probabilities, (".nii.gz",), "the probability map (compressed NIfTI)"),
+                                     (self.mesh, (".stl",), "the mesh"), (self.report, (".json",), "the report"),
+                                     (self.dicom_seg, (".dcm",), "the DICOM SEG")):
+            if path is not None:
+                _check_output(path, suffixes, what, force, taken)
+        if self.dicom_seg is not None and (scan is None or volume_format(scan) != "dicom"):
+            what = "an array" if scan is None else f"a {volume_format(scan)} file"
+            raise SegmentError(scan if scan is not None else self.dicom_seg,
+                               f"--dicom-seg needs a DICOM series as input (a folder of DICOM files), this is {what}; "
+                               f"write --labels or -o instead")
+
+
 def check_outputs(scan: Path, out: Path, mesh: Path | None, report: Path | None, force: bool,
-                  labels: Path | None = None, dicom_seg: Path | None = None) -> None:
+                  labels: Path | None = None, probabilities: Path | None = None,
+                  dicom_seg: Path | None = None) -> None:
     """Refuse, before any work, outputs that could not be written (or would be overwritten)."""
-    try:
-        check_writable(out)
-    except VolumeError as exc:
-        raise SegmentError(out, exc.problem) from None
-    taken = {scan.resolve()}
-    _check_output(out, (".nii", ".nii.gz", ".nrrd", ".mha"), "the mask", force, taken)
-    if labels is not None:
-        _check_output(labels, (".nii", ".nii.gz", ".nrrd", ".mha"), "the label map", force, taken)
-    if mesh is not None:
-        _check_output(mesh, (".stl",), "the mesh", force, taken)
-    if report is not None:
-        _check_output(report, (".json",), "the report", force, taken)
-    if dicom_seg is not None:
-        _check_output(dicom_seg, (".dcm",), "the DICOM SEG", force, taken)
-        if volume_format(scan) != "dicom":
-            raise SegmentError(scan, f"--dicom-seg needs a DICOM series as input (a folder of DICOM files), "
-                                     f"this is a {volume_format(scan)} file; write --labels or -o instead")
+    Outputs(out, labels, probabilities, mesh, report, dicom_seg).check(scan, force)
+
+
+def write_outputs(result: SegmentResult, paths: Outputs, force: bool, allow_empty: bool) -> dict:
+    """Write ``result``'s files named in ``paths``, all or none; return the report as written."""
+    rep = copy.deepcopy(result.report.to_dict())
+    name = result.source if result.source is not None else ARRAY
+    if paths.labels is not None and result.labels is None:
+        raise _no_labels(paths.labels, rep["model"]["folder"])
+    if paths.probabilities is not None and result.probabilities is None:
+        raise SegmentError(paths.probabilities, "the probabilities were not kept (segment(..., probabilities=True))")
+    check = rep["checks"]["inner_ear_volume"]
+    if not check["passed"]:
+        if not allow_empty:
+            raise SegmentError(name, f"{check['reason']}; is the scan a human inner-ear CT with the intensities the "
+                                     f"model expects? (--allow-empty writes it anyway)")
+        check["allowed_by"] = "--allow-empty"
+    t0 = time.perf_counter()
+    rep["output"] = {"mask": str(paths.mask), "mesh": str(paths.mesh) if paths.mesh else None,
+                     "report": str(paths.report) if paths.report else None,
+                     "labels": str(paths.labels) if paths.labels else None,
+                     "probabilities": str(paths.probabilities) if paths.probabilities else None,
+                     "dicom_seg": str(paths.dicom_seg) if paths.dicom_seg else None}
+    if paths.probabilities is not None:
+        rep["output"]["probability_volumes"] = list(result.probability_names)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(paths.mask, overwrite=force, suffix=temp_suffix(paths.mask)))
+        write_volume_to(tmp, result.mask, result.affine, like=paths.mask)
+        if paths.labels is not None:
+            tmp_labels = stack.enter_context(atomic_path(paths.labels, overwrite=force,
+                                                         suffix=temp_suffix(paths.labels)))
+            if is_seg_nrrd(paths.labels):
+                write_seg_nrrd(tmp_labels, result.labels, result.affine, name=paths.labels)
+            else:
+                write_volume_to(tmp_labels, result.labels, result.affine, like=paths.labels)
+        if paths.dicom_seg is not None:
+            tmp_seg = stack.enter_context(atomic_path(paths.dicom_seg, overwrite=force))
+            write_seg_for(tmp_seg, paths.dicom_seg, result.source, result.mask, result.labels, result.affine,
+                          rep["model"])
+        if paths.probabilities is not None:
+            tmp_prob = stack.enter_context(atomic_path(paths.probabilities, overwrite=force))
+            write_nifti(tmp_prob, np.asarray(result.probabilities, np.float32), result.affine, compress=True,
+                        description="innerear probabilities: " + ", ".join(result.probability_names))
+        if paths.mesh is not None:
+            tmp_mesh = stack.enter_context(atomic_path(paths.mesh, overwrite=force))
+            verts, faces = surface_mesh(*crop_to_mask(result.mask, result.affine))
+            write_stl(tmp_mesh, verts, faces, name=f"innerear mask of {name.name} (RAS mm)")
+            rep["mesh"] = {"vertices": int(len(verts)), "triangles": int(len(faces)), "frame": "RAS world (mm)"}
+        rep["timings_s"]["write"] = round(time.perf_counter() - t0, 3)
+        if paths.report is not None:
+            tmp_rep = stack.enter_context(atomic_path(paths.report, overwrite=force))
+            tmp_rep.write_text(json_text(rep))
+    return rep
 
 
 def segment_to_files(
@@ -416,6 +728,7 @@ def segment_to_files(
     mesh: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
     labels: str | os.PathLike | None = None,
+    probabilities: str | os.PathLike | None = None,
     spacing: Sequence[float] | None = None,
     force: bool = False,
     progress: bool = False,
@@ -423,11 +736,13 @@ def segment_to_files(
     before_model: Callable[[], None] | None = None,
     dicom_seg: str | os.PathLike | None = None,
 ) -> dict:
-    """Segment ``scan`` and write the mask (and mesh, report, structure label map): all of them, or none.
+    """Segment ``scan`` and write the mask (and mesh, report, structure label map, probabilities): all
+    of them, or none (:meth:`Segmenter.segment_to_files` with a model loaded for this one scan).
 
     ``labels`` writes the structure map (uint8: 0 background, 1 cochlea, 2 vestibule,
-    3 semicircular canals) on the scan's grid; a binary model (no structures) is refused. A ``labels``
-    name ending ``.seg.nrrd`` is written as a 3D Slicer segmentation (:mod:`innerear.io.slicer`).
+    3 semicircular canals) on the scan's grid; a binary model is refused. A ``labels`` name
+    ending ``.seg.nrrd`` is written as a 3D Slicer segmentation (:mod:`innerear.io.slicer`).
+    ``probabilities`` writes the probabilities (float32, compressed NIfTI; see :class:`SegmentResult`).
     ``dicom_seg`` (``.dcm``, for a DICOM series only) writes a DICOM SEG (:mod:`innerear.io.dicomseg`)
     referencing the series: one segment per structure, or the inner ear as one segment for a binary model.
 
@@ -437,55 +752,16 @@ def segment_to_files(
     with :class:`SegmentError` and nothing is written, unless ``allow_empty``. The files are
     written to temporary names and renamed only when all of them are complete. Returns the report.
     """
-    scan, out = Path(scan), Path(out)
-    mesh = Path(mesh) if mesh is not None else None
-    report_path = Path(report) if report is not None else None
-    labels_path = Path(labels) if labels is not None else None
-    dicom_seg_path = Path(dicom_seg) if dicom_seg is not None else None
+    scan = Path(scan)
     if not scan.exists():
         raise VolumeError(scan, "file not found")
-    check_outputs(scan, out, mesh, report_path, force, labels_path, dicom_seg_path)
-    if dicom_seg_path is not None and spacing is not None:
+    Outputs.of(out, labels=labels, probabilities=probabilities, mesh=mesh, report=report,
+               dicom_seg=dicom_seg).check(scan, force)
+    if dicom_seg is not None and spacing is not None:
         raise SegmentError(scan, "--dicom-seg takes its geometry from the DICOM series; omit --spacing")
-    read_model_folder(model_dir)
-    found: dict = {}
-    mask, affine, rep = segment_scan(scan, model_dir, spacing, progress=progress, before_model=before_model,
-                                     labels_out=found, require_labels=labels_path)
-    if labels_path is not None and found.get("labels") is None:
-        raise _no_labels(labels_path, rep["model"]["folder"])
-    check = rep["checks"]["inner_ear_volume"]
-    if not check["passed"]:
-        if not allow_empty:
-            raise SegmentError(scan, f"{check['reason']}; is the scan a human inner-ear CT with the intensities the "
-                                     f"model expects? (--allow-empty writes it anyway)")
-        check["allowed_by"] = "--allow-empty"
-    t0 = time.perf_counter()
-    rep["output"] = {"mask": str(out), "mesh": str(mesh) if mesh else None,
-                     "report": str(report_path) if report_path else None,
-                     "labels": str(labels_path) if labels_path else None,
-                     "dicom_seg": str(dicom_seg_path) if dicom_seg_path else None}
-    with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(atomic_path(out, overwrite=force, suffix=temp_suffix(out)))
-        write_volume_to(tmp, mask, affine, like=out)
-        if labels_path is not None:
-            tmp_labels = stack.enter_context(atomic_path(labels_path, overwrite=force, suffix=temp_suffix(labels_path)))
-            if is_seg_nrrd(labels_path):
-                write_seg_nrrd(tmp_labels, found["labels"], affine, name=labels_path)
-            else:
-                write_volume_to(tmp_labels, found["labels"], affine, like=labels_path)
-        if dicom_seg_path is not None:
-            tmp_seg = stack.enter_context(atomic_path(dicom_seg_path, overwrite=force))
-            write_seg_for(tmp_seg, dicom_seg_path, scan, mask, found.get("labels"), affine, rep["model"])
-        if mesh is not None:
-            tmp_mesh = stack.enter_context(atomic_path(mesh, overwrite=force))
-            verts, faces = surface_mesh(*crop_to_mask(mask, affine))
-            write_stl(tmp_mesh, verts, faces, name=f"innerear mask of {scan.name} (RAS mm)")
-            rep["mesh"] = {"vertices": int(len(verts)), "triangles": int(len(faces)), "frame": "RAS world (mm)"}
-        rep["timings_s"]["write"] = round(time.perf_counter() - t0, 3)
-        if report_path is not None:
-            tmp_rep = stack.enter_context(atomic_path(report_path, overwrite=force))
-            tmp_rep.write_text(json_text(rep))
-    return rep
+    segmenter = Segmenter(model_dir, load=False, progress=progress, before_load=before_model)
+    return segmenter.segment_to_files(scan, out, labels=labels, probabilities=probabilities, mesh=mesh, report=report,
+                                      spacing=spacing, force=force, allow_empty=allow_empty, dicom_seg=dicom_seg)
 
 
 def write_seg_for(tmp: Path, path: Path, scan: Path, mask: np.ndarray, labels: np.ndarray | None, affine: np.ndarray,

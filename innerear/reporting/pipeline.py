@@ -32,6 +32,7 @@ NOTEBOOKS = {
     "04": "04_evaluation",
     "05": "05_3d_visualization",
     "06": "06_performance",  # runs last: it renders this run's timings.json (see reproduce)
+    "08": "08_use_from_python",  # the Python API on one smoke-sized phantom (shipped model)
 }
 @dataclass(frozen=True)
 class NotebookRun:
@@ -76,6 +77,7 @@ def notebook_runs(profile: Profile, seed: int = 0) -> list[NotebookRun]:
                                     dict(p, fold=fold, backbone=backbone, order=",".join(PAPER_ORDER))))
     runs.append(NotebookRun(NOTEBOOKS["04"], f"{NOTEBOOKS['04']}.ipynb", dict(p)))
     runs.append(NotebookRun(NOTEBOOKS["05"], f"{NOTEBOOKS['05']}.ipynb", dict(p)))
+    runs.append(NotebookRun(NOTEBOOKS["08"], f"{NOTEBOOKS['08']}.ipynb", dict(p)))
     runs.append(NotebookRun(NOTEBOOKS["06"], f"{NOTEBOOKS['06']}.ipynb", dict(p)))
     return runs
 
