@@ -2,11 +2,14 @@
 array plane by plane and gzips reproducibly (no timestamp or name in the gzip header)."""
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
 from pathlib import Path
 
 import nibabel as nib
+from nibabel.openers import ImageOpener
 import numpy as np
 
 from innerear.io.common import VolumeError
@@ -16,14 +19,54 @@ _HEADER_BYTES = 352  # 348-byte header and 4 bytes saying "no extensions"
 _STREAM_BYTES = 8_000_000  # bytes of voxels written at a time
 
 
-def read_nifti(path: Path, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(array, affine)`` of a NIfTI file, or :class:`VolumeError` naming it."""
+def read_nifti(path: Path, mmap: bool = False, spacing_given: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, affine)`` of a NIfTI file, or :class:`VolumeError` naming it.
+
+    A voxel size of zero (or not a number) in ``pixdim`` where no sform gives the geometry is
+    refused (nibabel would read it as 1 mm), unless ``spacing_given``: the caller replaces the
+    voxel size (``--spacing``)."""
     try:
-        img = nib.load(str(path), mmap="r" if mmap else True)
+        with _quiet_nibabel():
+            img = nib.load(str(path), mmap="r" if mmap else True)
+        if not spacing_given:
+            _check_pixdim(path, img.header)
         array = np.asanyarray(img.dataobj)
+    except VolumeError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise VolumeError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
     return array, np.asarray(img.affine, dtype=float)
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """nibabel logs the header fields it repairs (a zero pixdim) to stderr: the reader decides instead."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_pixdim(path: Path, header) -> None:
+    """Refuse a zero or non-finite ``pixdim[1..3]`` as stored in the file (before nibabel's repair)
+    when the sform does not give the voxel-to-world affine (the qform and the fallback use ``pixdim``)."""
+    with ImageOpener(str(path)) as fh:
+        raw = type(header).from_fileobj(fh, check=False)
+    if int(raw["sform_code"]) > 0:
+        return
+    ndim = max(1, min(3, int(raw["dim"][0])))
+    pixdim = [float(v) for v in raw["pixdim"][1:4]]
+    bad = [i + 1 for i in range(ndim) if not np.isfinite(pixdim[i]) or pixdim[i] == 0]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in pixdim[:ndim])
+        which = ", ".join(f"pixdim[{i}] = {pixdim[i - 1]:g}" for i in bad)
+        verb = "is" if len(bad) == 1 else "are"
+        raise VolumeError(path, f"invalid voxel size in the NIfTI header field pixdim ({shown}) mm: {which} {verb} "
+                                f"not a voxel size, and no sform gives the geometry; fix the header or give the "
+                                f"voxel size with --spacing SX SY SZ (mm)")
 
 
 def nifti_header(shape, dtype, affine: np.ndarray, description: str = "") -> bytes:

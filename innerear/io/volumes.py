@@ -78,7 +78,7 @@ def read_volume(
         raise VolumeError(path, "file not found")
     fmt = volume_format(path)
     if fmt == "nifti":
-        array, affine = read_nifti(path, mmap=mmap)
+        array, affine = read_nifti(path, mmap=mmap, spacing_given=spacing is not None)
     elif fmt == "nrrd":
         array, affine = read_nrrd(path)
     elif fmt == "metaimage":
