@@ -72,3 +72,41 @@ def test_zero_pixdim_is_replaced_by_the_given_spacing(tmp_path):
     assert spacing == pytest.approx((0.05, 0.06, 0.07))
     assert np.linalg.norm(affine[:3, :3], axis=0) == pytest.approx([0.05, 0.06, 0.07])
     assert read_scan(scan, (0.05, 0.06, 0.07)).spacing_mm == pytest.approx((0.05, 0.06, 0.07))
+
+
+# --------------------------------------------------------------------------- 4. mesh winding
+def _ball(shape=(14, 13, 12), radius=4.5):
+    grid = np.indices(shape).astype(float)
+    centre = (np.asarray(shape, float) - 1) / 2
+    return (((grid - centre[:, None, None, None]) ** 2).sum(0) <= radius ** 2).astype(np.uint8)
+
+
+def _rotation_z(deg):
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+
+
+@pytest.mark.parametrize("name,affine", [
+    ("RAS", np.diag([0.1, 0.1, 0.1, 1.0])),
+    ("LPS-stored (det > 0)", np.diag([-0.1, -0.1, 0.1, 1.0])),
+    ("mirrored (det < 0)", np.diag([-0.1, 0.1, 0.1, 1.0])),
+    ("rotated, mirrored, anisotropic", _rotation_z(30) @ np.diag([0.08, -0.1, 0.12, 1.0])),
+])
+def test_mesh_normals_point_outward_for_every_handedness(tmp_path, name, affine):
+    from innerear.data.scan import crop_to_mask
+    from innerear.io.mesh import read_stl, surface_mesh, write_stl
+
+    mask = _ball()
+    verts, faces = surface_mesh(*crop_to_mask(mask, affine))
+    tri = verts[faces]
+    signed = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0
+    volume = mask.sum() * abs(np.linalg.det(affine[:3, :3]))
+    assert np.sign(np.linalg.det(affine[:3, :3])) != 0
+    assert signed > 0, f"{name}: the mesh's normals point inward (signed volume {signed:.3f} mm^3)"
+    assert signed == pytest.approx(volume, rel=0.2)
+    write_stl(tmp_path / "ear.stl", verts, faces)
+    triangles, normals = read_stl(tmp_path / "ear.stl")
+    winding = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    assert (np.einsum("ij,ij->i", winding, normals) > 0).all(), "STL facet normals disagree with the winding"
+    outward = np.einsum("ij,ij->i", normals, triangles.mean(1) - verts.mean(0))
+    assert (outward > 0).mean() > 0.99, f"{name}: facet normals point into the ball"

@@ -18,7 +18,10 @@ def surface_mesh(mask: np.ndarray, spacing: Sequence[float], affine: np.ndarray 
     """Marching-cubes surface of a binary mask: ``(vertices, faces)``, vertices in mm.
 
     With ``affine`` the vertices are in world coordinates (mm), otherwise in the grid's own
-    frame scaled by ``spacing``. A light Gaussian smoothing removes voxel staircases.
+    frame scaled by ``spacing``. A light Gaussian smoothing removes voxel staircases. The faces
+    wind counter-clockwise seen from outside (right-hand normals point out of the mask, the
+    enclosed :func:`signed_volume` is positive) whatever the handedness of ``affine``: a mirroring
+    affine (negative determinant) would turn marching cubes' winding inside out, so it is checked.
     """
     from skimage import measure
 
@@ -33,7 +36,18 @@ def surface_mesh(mask: np.ndarray, spacing: Sequence[float], affine: np.ndarray 
         verts = (np.c_[verts, np.ones(len(verts))] @ np.asarray(affine).T)[:, :3]
     else:
         verts = verts * np.asarray(spacing, float)
+    if signed_volume(verts, faces) < 0:  # normals point inward: reverse every triangle
+        faces = np.ascontiguousarray(faces[:, ::-1])
     return verts, faces
+
+
+def signed_volume(verts: np.ndarray, faces: np.ndarray) -> float:
+    """The volume (mm³) a closed triangle mesh encloses, signed by its winding: positive when the
+    right-hand normals point outward (the sum of the tetrahedra from the origin to each face)."""
+    tri = np.asarray(verts, float)[np.asarray(faces)]
+    if len(tri) == 0:
+        return 0.0
+    return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
 
 
 def vertex_distances(verts: np.ndarray, reference_verts: np.ndarray) -> np.ndarray:
