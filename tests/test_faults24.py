@@ -2,6 +2,8 @@
 problem, with a non-zero exit and nothing left behind. One test (or more) per case of the issue
 (its numbers); each fails on the code before the fix. Every test runs in seconds: none loads a network.
 """
+import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -110,3 +112,34 @@ def test_mesh_normals_point_outward_for_every_handedness(tmp_path, name, affine)
     assert (np.einsum("ij,ij->i", winding, normals) > 0).all(), "STL facet normals disagree with the winding"
     outward = np.einsum("ij,ij->i", normals, triangles.mean(1) - verts.mean(0))
     assert (outward > 0).mean() > 0.99, f"{name}: facet normals point into the ball"
+
+
+# --------------------------------------------------------------------------- 5. model folder voxel size
+def test_stage_voxel_size_disagreeing_with_cascade_and_card_is_refused(tmp_path, capsys, monkeypatch):
+    import innerear.inference.segment
+    from innerear.inference.modelfolder import DEFAULT_MODEL
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the segmentation started")
+
+    monkeypatch.setattr(innerear.inference.segment, "run_segmentation", no_work)
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model, ignore=shutil.ignore_patterns("best.keras"))
+    for stage in model.glob("stage*"):
+        (stage / "best.keras").write_bytes(b"")  # never loaded: the folder is refused first
+    for path, edit in ((model / "cascade.json", lambda d: d.update(voxel_mm=0.2)),
+                       (model / "model_card.json", lambda d: d["recipe"].update(voxel_mm=0.2)),
+                       (model / "stage2_sagittal" / "stage.json", lambda d: d.update(voxel_mm=0.2)),
+                       (model / "stage3_axial" / "stage.json", lambda d: d.update(voxel_mm=0.2))):
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    assert json.loads((model / "stage1_coronal" / "stage.json").read_text())["voxel_mm"] == 0.15
+    scan = _scan(tmp_path / "scan.nii.gz")
+    before = _tree(tmp_path)
+    code, _, err = _run_cli(["segment", scan, "-o", tmp_path / "ear.nii.gz", "--model", model, "--quiet"], capsys)
+    assert code == 1 and len(err) == 1, err
+    line = err[0]
+    assert line.startswith(f"innerear: error: {model / 'stage1_coronal' / 'stage.json'}: "), line
+    assert "voxel_mm" in line and "0.15" in line and "0.2" in line and str(model / "cascade.json") in line, line
+    assert _tree(tmp_path) == before
