@@ -2,7 +2,10 @@
 problem, with a non-zero exit and nothing left behind. One test (or more) per case of the issue
 (its numbers); each fails on the code before the fix. Every test runs in seconds: none loads a network.
 """
+import errno
+import io
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -143,3 +146,66 @@ def test_stage_voxel_size_disagreeing_with_cascade_and_card_is_refused(tmp_path,
     assert line.startswith(f"innerear: error: {model / 'stage1_coronal' / 'stage.json'}: "), line
     assert "voxel_mm" in line and "0.15" in line and "0.2" in line and str(model / "cascade.json") in line, line
     assert _tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- 6, 7. disk full
+class _FullDisk(io.FileIO):
+    """A file on a disk that fills up after 40 bytes."""
+
+    room = 40
+
+    def write(self, data):
+        data = bytes(data)
+        left = max(0, self.room - self.tell())
+        if len(data) > left:
+            super().write(data[:left])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def _full_disk_open(path, mode="r", *args, **kwargs):
+    return _FullDisk(path, "w" if "w" in mode else "r")
+
+
+def _fake_segmentation(scan, load, **kwargs):  # the segmentation itself is not under test
+    import innerear.inference.segment as seg
+    from innerear.inference.report import SegmentReport
+
+    checks = {"inner_ear_volume": {"passed": True}, "intensity": {"passed": True, "distance": 0.0}}
+    report = SegmentReport({}, {}, {}, 0.5, {}, None, None, checks, {}, 0.0)
+    return seg.SegmentResult(_ball((16, 16, 16), 5), None, None, AFFINE, report)
+
+
+@pytest.mark.parametrize("output,writer", [("ear.nii.gz", "innerear.io.nifti"), ("ear.stl", "innerear.io.mesh")])
+def test_disk_full_names_the_output_and_leaves_nothing(tmp_path, capsys, monkeypatch, output, writer):
+    import importlib
+
+    import innerear.inference.segment
+
+    scan = _scan(tmp_path / "scan.nii.gz")
+    monkeypatch.setattr(innerear.inference.segment, "run_segmentation", _fake_segmentation)
+    monkeypatch.setattr(importlib.import_module(writer), "open", _full_disk_open, raising=False)
+    before = _tree(tmp_path)
+    target = tmp_path / output
+    code, _, err = _run_cli(["segment", scan, "-o", tmp_path / "ear.nii.gz", "--mesh", tmp_path / "ear.stl",
+                             "--report", tmp_path / "ear.json", "--quiet"], capsys)
+    assert code == 1 and len(err) == 1, err
+    assert err[0] == f"innerear: error: {target}: cannot be written (No space left on device)", err[0]
+    assert _tree(tmp_path) == before, "a failed write left files behind"
+
+
+def test_write_error_names_the_file_in_every_atomic_writer(tmp_path, monkeypatch):
+    from innerear.io import WriteError, save_npz, write_json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(WriteError) as info:
+        write_json(tmp_path / "a.json", {"x": 1})
+    assert str(info.value) == f"{tmp_path / 'a.json'}: cannot be written (No space left on device)"
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(np, "savez_compressed", full)
+    with pytest.raises(WriteError, match="b.npz: cannot be written"):
+        save_npz(tmp_path / "b.npz", x=np.zeros(3))
+    assert list(tmp_path.iterdir()) == []

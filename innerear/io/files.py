@@ -34,6 +34,27 @@ def _publish_mode(path: Path, is_dir: bool) -> int:
     return (0o777 if is_dir else 0o666) & ~current_umask()
 
 
+class WriteError(OSError):
+    """Writing a file failed (disk full, quota, I/O error): the message names the file meant to be
+    written, not its temporary name, and the system's reason; ``errno`` is the original one."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError) -> None:
+        super().__init__(exc.errno, exc.strerror or str(exc), str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: cannot be written ({' '.join(str(self.strerror).split())})"
+
+
+def _names_temporary(exc: OSError, tmp_path: Path) -> bool:
+    """Whether ``exc`` came from writing ``tmp_path`` (or names no file at all), not from another file."""
+    name = exc.path if isinstance(exc, WriteError) else exc.filename
+    if name is None:
+        return not isinstance(exc, WriteError)
+    name = Path(os.fsdecode(name)) if isinstance(name, (str, bytes, os.PathLike)) else None
+    return name is not None and (name == tmp_path or tmp_path in name.parents)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = ".tmp",
                 folder: bool = False) -> Iterator[Path]:
@@ -43,7 +64,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
     folder) innerear writes goes through it. With ``overwrite=False`` an existing ``path``
     raises :class:`FileExistsError` first. On any exception (including an interrupt, and
     SIGTERM under the command line) the temporary file is removed and ``path`` is left
-    untouched. The result has the permissions a plain ``open()`` would give it under the
+    untouched; an :class:`OSError` from writing the temporary file (disk full) is raised as
+    :class:`WriteError`, whose message names ``path``. The result has the permissions a plain ``open()`` would give it under the
     umask (temporary files are created private), or the replaced file's own.
     ``suffix`` ends the temporary name (writers that pick a format by extension need it).
     """
@@ -59,13 +81,18 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
         os.close(fd)
         tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        tmp_path.chmod(_publish_mode(path, folder))
-        if folder and path.is_dir():
-            shutil.rmtree(path)
-        elif folder and path.exists():
-            path.unlink()
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            tmp_path.chmod(_publish_mode(path, folder))
+            if folder and path.is_dir():
+                shutil.rmtree(path)
+            elif folder and path.exists():
+                path.unlink()
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            if _names_temporary(exc, tmp_path):
+                raise WriteError(path, exc) from exc
+            raise
     finally:
         if tmp_path.is_dir() and not tmp_path.is_symlink():
             shutil.rmtree(tmp_path, ignore_errors=True)
