@@ -330,12 +330,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{data_dir}: data folder not found")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out}: its parent folder {out.parent} does not exist")
+    if not args.all and not 0 <= args.fold < profile.n_folds:  # before anything is prepared or cached
+        raise ValueError(f"--fold must be in 0..{profile.n_folds - 1}, got {args.fold}")
     cohort = load_cohort(profile, args.seed, data_dir=data_dir, cache=cache_dir(out, profile, under="cache"),
                          progress=not args.quiet, label_values=args.label_values)
     folds = cohort.folds
     todo = range(len(folds)) if args.all else [args.fold]
-    if not args.all and not 0 <= args.fold < len(folds):
-        raise ValueError(f"--fold must be in 0..{len(folds) - 1}, got {args.fold}")
     import_backend()  # the inputs are fine: now the deep-learning stack
     _threads_from_env()
     # lazy: the training floor imports Keras/TensorFlow, loaded only once the inputs are checked

@@ -209,3 +209,83 @@ def test_write_error_names_the_file_in_every_atomic_writer(tmp_path, monkeypatch
     with pytest.raises(WriteError, match="b.npz: cannot be written"):
         save_npz(tmp_path / "b.npz", x=np.zeros(3))
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- 8-11. train refusals
+def _pair(folder, cid, label=None, image_shape=(12, 12, 12), label_affine=AFFINE):
+    folder.mkdir(exist_ok=True)
+    if label is None:
+        label = np.zeros((12, 12, 12), np.uint8)
+        label[3:9, 4:8, 2:10] = 1
+    image = np.random.default_rng(0).normal(1000, 100, image_shape).astype(np.float32)
+    write_volume(folder / f"{cid}_image.nii.gz", image, AFFINE)
+    write_volume(folder / f"{cid}_label.nii.gz", label, label_affine)
+
+
+def _train(capsys, data, out, *extra):
+    return _run_cli(["train", data, "--out", out, "--profile", "smoke", "--order", "axial", "--quiet", *extra],
+                    capsys)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_too_few_specimens_for_the_folds_are_refused_before_writing(tmp_path, capsys, n):
+    data = tmp_path / "data"
+    for i in range(n):
+        _pair(data, f"s{i}")
+    before = _tree(tmp_path)
+    code, _, err = _train(capsys, data, tmp_path / "runs")
+    assert code == 1 and len(err) == 1, err
+    line = err[0]
+    assert line.startswith(f"innerear: error: {data}: {n} specimen(s)") and "cannot make 4 folds" in line, line
+    assert "n_folds" in line and "--profile" in line and "'smoke'" in line, line
+    assert _tree(tmp_path) == before, "a refused training wrote files or folders"
+
+
+def test_fold_out_of_range_is_refused_before_writing(tmp_path, capsys):
+    data = tmp_path / "data"
+    for i in range(4):
+        _pair(data, f"s{i}")
+    before = _tree(tmp_path)
+    code, _, err = _train(capsys, data, tmp_path / "runs", "--fold", "4")
+    assert code == 1 and len(err) == 1 and "--fold must be in 0..3, got 4" in err[0], err
+    assert _tree(tmp_path) == before
+
+
+def _bad_label_values():
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[3:9, 4:8, 2:10] = 2
+    label[3:5, 4:6, 2:4] = 5
+    return label
+
+
+@pytest.mark.parametrize("bad,problem", [
+    ("s0", "shape (12, 12, 12) differs"),  # the first case refused: nothing prepared yet
+    ("s3", "shape (12, 12, 12) differs"),  # the last one: three cases prepared before it
+    ("s2", "affine differs"),
+    ("s1", "label holds values {0, 2, 5}"),
+])
+def test_refused_training_data_leaves_no_cache_behind(tmp_path, capsys, bad, problem):
+    data = tmp_path / "data"
+    for i in range(4):
+        cid = f"s{i}"
+        if cid != bad:
+            _pair(data, cid)
+        elif "shape" in problem:
+            _pair(data, cid, image_shape=(10, 12, 12))
+        elif "affine" in problem:
+            _pair(data, cid, label_affine=np.diag([0.1, 0.1, 0.2, 1.0]))
+        else:
+            _pair(data, cid, label=_bad_label_values())
+    before = _tree(tmp_path)
+    code, _, err = _train(capsys, data, tmp_path / "runs")
+    assert code == 1 and len(err) == 1, err
+    assert f"{bad}_" in err[0] and problem in err[0], err[0]
+    assert _tree(tmp_path) == before, "a refused training left files or folders"
+    # what existed before is never deleted
+    keep = tmp_path / "runs" / "cache" / "smoke-32"
+    keep.mkdir(parents=True)
+    (keep / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    code, _, err = _train(capsys, data, tmp_path / "runs")
+    assert code == 1 and len(err) == 1, err
+    assert _tree(tmp_path) == before and (keep / "notes.txt").read_text() == "mine"

@@ -190,7 +190,9 @@ BAD = {
                                     "--model", str(_incomplete_model(p))], "best.keras"),
     "label/image mismatch": (lambda p: [(p / "d").mkdir(), _nifti(p / "d" / "s1_image.nii.gz", np.arange(512.0).reshape(8, 8, 8)),
                                         _nifti(p / "d" / "s1_label.nii.gz", np.ones((8, 8, 7))),
-                                        "train", str(p / "d"), "--out", str(p / "out"), "--quiet"][3:],
+                                        *[_nifti(p / "d" / f"s{i}_{kind}.nii.gz", np.arange(512.0).reshape(8, 8, 8) % 2)
+                                          for i in (2, 3, 4) for kind in ("image", "label")],  # enough for 4 folds
+                                        "train", str(p / "d"), "--out", str(p / "out"), "--quiet"][9:],
                              "s1_label.nii.gz"),
 }
 

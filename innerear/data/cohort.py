@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from innerear.data.preprocess import PreparedCase, make_folds, prepare_dataset, split_fold
+from innerear.data.preprocess import PreparedCase, discover_pairs, make_folds, prepare_dataset, split_fold
 from innerear.settings.layout import cache_dir
 from innerear.settings.profiles import Profile, default_data_dir, get_profile, is_synthetic, project_root
 
@@ -55,13 +55,25 @@ def load_cohort(profile: Profile | str, seed: int = 0, root: str | os.PathLike |
     ``data_dir`` defaults to the project's data (:func:`~innerear.settings.profiles.default_data_dir`
     under ``root``, default :func:`~innerear.settings.profiles.project_root`), ``cache`` to
     ``<root>/data/cache/<profile>-<grid>``. ``label_values`` picks the foreground of multi-label
-    maps (:func:`innerear.data.preprocess.binary_label`).
+    maps (:func:`innerear.data.preprocess.binary_label`). Too few specimens for the profile's folds
+    are refused before anything is prepared or written (:func:`check_fold_count`).
     """
     profile = get_profile(profile) if isinstance(profile, str) else profile
     if data_dir is None or cache is None:
         root = Path(root) if root is not None else project_root()
     data = Path(data_dir) if data_dir is not None else default_data_dir(profile.name, root)
     cache = Path(cache) if cache is not None else cache_dir(root, profile)
+    check_fold_count(data, len(discover_pairs(data)), profile)  # before anything is prepared or cached
     cases = prepare_dataset(data, profile.grid, cache, progress=progress, label_values=label_values)
     folds = make_folds([c.case_id for c in cases], profile.n_folds, seed)
     return Cohort(profile, seed, data, tuple(cases), folds)
+
+
+def check_fold_count(data_dir: str | os.PathLike, n_specimens: int, profile: Profile) -> None:
+    """Refuse a data folder with fewer specimens than ``profile``'s cross-validation folds
+    (``n_folds``, set by the profile: ``--profile``), naming the folder and the setting."""
+    if n_specimens < profile.n_folds:
+        raise ValueError(f"{data_dir}: {n_specimens} specimen(s) (<id>_image/<id>_label pairs) cannot make "
+                         f"{profile.n_folds} folds: the profile {profile.name!r} (--profile) sets n_folds = "
+                         f"{profile.n_folds}, one held-out fold per run; put at least {profile.n_folds} pairs in "
+                         f"the data folder")

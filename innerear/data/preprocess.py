@@ -348,12 +348,14 @@ def prepare_dataset(
     """Prepare every case of ``data_dir``; reuse cached arrays when the sources are unchanged.
 
     ``label_values`` picks the foreground values of multi-label maps (see :func:`binary_label`).
+    The cache is written all or nothing: new entries (and the cache folder) only once every case
+    is prepared, so a refused case (shape or affine mismatch, bad label values) leaves no file
+    and no folder behind.
     """
     cases = discover_pairs(data_dir)
     cache = Path(cache_dir) if cache_dir is not None else None
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
     out = []
+    new: list[tuple[Path, str, PreparedCase]] = []
     iterator: Iterable[Case] = cases
     if progress:
         from tqdm.auto import tqdm
@@ -368,8 +370,12 @@ def prepare_dataset(
         prepared = _load_cached(path, key)
         if prepared is None:
             prepared = prepare_case(case, grid, label_values)
-            _save_cached(path, key, prepared)
+            new.append((path, key, prepared))
         out.append(prepared)
+    if new:
+        cache.mkdir(parents=True, exist_ok=True)
+    for path, key, prepared in new:
+        _save_cached(path, key, prepared)
     return out
 
 
