@@ -353,6 +353,22 @@ def _spiral(path: np.ndarray, row: np.ndarray) -> tuple[_Spiral, np.ndarray]:
     return _Spiral(centre, w, e1, e2, float(theta[0]), sign, rel, _smooth(r, 2.0), resid), row
 
 
+@dataclass(frozen=True)
+class UnwrappedCochlea:
+    """A cochlea mask's voxels about its modiolar axis (what :func:`unwrap_cochlea` returns):
+    the measures, and every voxel of the measured component on the working grid."""
+
+    measures: CochleaMeasures
+    world: np.ndarray  # (n, 3) voxel centres (mm)
+    theta: np.ndarray  # unwrapped angle about the axis (rad; 0 = the centreline's basal end, grows to the apex)
+    radius: np.ndarray  # distance from the modiolar axis (mm)
+    height: np.ndarray  # height along the axis above ``measures.modiolus_point`` (mm)
+    basal_angle: float  # unwrapped angle of the basal end (rad)
+    apical_angle: float  # unwrapped angle of the apical end (rad)
+    voxel_volume_mm3: float  # volume of one working-grid voxel
+    affine: np.ndarray  # the working grid's voxel -> world affine
+
+
 def measure_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> CochleaMeasures:
     """Cochlear duct length along the lateral wall, number of turns and volume of a binary
     cochlea mask (any voxel size, pose and side); see the module's docstring for the method.
@@ -361,6 +377,12 @@ def measure_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> CochleaMeas
     much of the mask it holds). Raises ``ValueError`` for an empty mask, a mask too small to
     measure, or one that does not wind about an axis (less than 0.75 turns).
     """
+    return unwrap_cochlea(cochlea_mask, affine).measures
+
+
+def unwrap_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> UnwrappedCochlea:
+    """:func:`measure_cochlea`, with every measured voxel's unwrapped angle, distance from the
+    modiolar axis and height along it (for sections and diameters about the axis)."""
     affine = np.asarray(affine, float)
     work, waff, volume, kept = _prepare(cochlea_mask, affine)
     voxel = float(np.mean(np.linalg.norm(waff[:3, :3], axis=0)))
@@ -376,12 +398,15 @@ def measure_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> CochleaMeas
     t0, t1 = _basal_end(wall), _apical_end(vtheta, vr, sp.rc)
     lateral = _spiral_curve(sp, wall.theta, wall.offset + sp.rc(wall.theta), wall.height, t0, t1)
     middle = _spiral_curve(sp, wall.theta, wall.middle + sp.rc(wall.theta), wall.height, t0, t1)
-    return CochleaMeasures(
+    measures = CochleaMeasures(
         volume_mm3=volume, duct_length_mm=_curve_length(lateral), turns=(t1 - t0) / (2 * math.pi),
         centreline_length_mm=_curve_length(middle), method=METHOD, modiolar_axis=_tup(sp.w),
         modiolus_point=_tup(sp.centre + ((middle[0] - sp.centre) @ sp.w) * sp.w), basal_end=_tup(middle[0]),
         apex=_tup(middle[-1]), handedness=sp.sign, axis_residual_mm=sp.residual, kept_fraction=kept,
         tunnels=tunnels, voxel_mm=voxel)
+    base = measures.modiolus_point
+    return UnwrappedCochlea(measures, world, vtheta, vr, (world - np.asarray(base)) @ sp.w, t0, t1,
+                            abs(float(np.linalg.det(waff[:3, :3]))), waff)
 
 
 @dataclass(frozen=True)
