@@ -192,7 +192,13 @@ def _trace(g: _Grid, piece: np.ndarray, start: np.ndarray, ends: list[np.ndarray
         cost[tuple(int(x) for x in v)] = 1.0
     mcp = MCP_Geometric(cost, sampling=tuple(float(s) for s in g.spacing))
     mcp.find_costs([tuple(int(v) for v in start)])
-    return [np.array(mcp.traceback(tuple(int(v) for v in e))) for e in ends]
+    out = []
+    for e in ends:  # an end the piece does not join to the start (off the mouths): no path
+        try:
+            out.append(np.array(mcp.traceback(tuple(int(v) for v in e))))
+        except ValueError:
+            out.append(np.zeros((0, 3), int))
+    return out
 
 
 def _smoothed(g: _Grid, path: np.ndarray) -> np.ndarray:
@@ -254,6 +260,8 @@ def _piece_arcs(g: _Grid, piece: np.ndarray) -> tuple[list[tuple[CanalArc, np.nd
         return [], f"a canal piece of {int(piece.sum())} voxels opens into the vestibule {len(mouths)} times"
     paths = {(i, j): p for i in range(3) for j, p in zip([k for k in range(3) if k > i],
                                                          _trace(g, piece, mouths[i], mouths[i + 1:], touch))}
+    if any(len(p) < 3 for p in paths.values()):
+        return [], "a canal piece's three vestibule contacts are not all joined through it"
     length = {k: polyline_length(g.world(p)) for k, p in paths.items()}
 
     def d(i: int, j: int) -> float:

@@ -10,7 +10,7 @@ output: reordering the draws changes every phantom).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable
 
@@ -24,6 +24,15 @@ from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 
 LAYOUT_DS = 0.05  # the layout is drawn and checked at this sampling, whatever the voxel size
 _MIN_GAP_MM = 0.25  # smallest bone between two tubes outside the vestibule
+_MIN_SEPTUM_MM = 0.15  # smallest bone between two cochlear turns
+# the cochlea is raised until its turns keep this much bone (scale 1): at 0.9 scale still two
+# demo voxels (<= 0.156 mm), so the turns stay apart in the label and the spiral unwraps
+_STACK_SEPTUM_MM = 0.35
+_COCHLEA_FLARE = 0.1  # the basal end's widening into the vestibule (a ~2 mm lumen needs little)
+# the cochlea rises along its axis as (phi / phi_end) ** _RISE_POWER: the basal turn, which
+# clears the middle turn sideways, climbs least; the upper turns, stacked over each other,
+# get the room their lumen needs
+_RISE_POWER = 1.3
 
 
 @dataclass
@@ -147,7 +156,7 @@ def _build_cochlea(p: AnatomyParams, v_entry: np.ndarray, d0: np.ndarray, t0: np
         phi = np.asarray(phi, float)
         r = r_inf + (r0 - r_inf) * np.exp(-k * phi)
         return ((r * np.cos(phi))[..., None] * d0 + (r * np.sin(phi))[..., None] * d1
-                + (rise * phi / phi_end)[..., None] * w)
+                + (rise * (phi / phi_end) ** _RISE_POWER)[..., None] * w)
 
     # arc length as a function of phi, for resampling at ~ds
     phis = np.linspace(0.0, phi_end, 40001)
@@ -164,7 +173,7 @@ def _build_cochlea(p: AnatomyParams, v_entry: np.ndarray, d0: np.ndarray, t0: np
     pts = np.concatenate([hook, spiral])
     phi_all = np.concatenate([np.zeros(len(hook)), phi])
     t = tangents(pts)
-    axis_pt = modiolus + (rise * phi_all / phi_end)[:, None] * w
+    axis_pt = modiolus + (rise * (phi_all / phi_end) ** _RISE_POWER)[:, None] * w
     radial = pts - axis_pt
     radial[: len(hook)] = d0  # the hook keeps the basal orientation
     e1 = unit(radial - np.sum(radial * t, axis=1, keepdims=True) * t)
@@ -185,11 +194,14 @@ def _build_cochlea(p: AnatomyParams, v_entry: np.ndarray, d0: np.ndarray, t0: np
         "spiral_length_mm": spiral_len,
         "scala_height_mm": [float(h0), float(height(math.pi)), float(height(phi_end))],
     }
-    # osseous spiral lamina: a thin shelf from the modiolar wall, half the scala width
+    # osseous spiral lamina: a thin shelf from the modiolar wall, half the scala width; it
+    # stops short of the apex by the helicotrema (``helicotrema_deg``)
     lam_ext = 0.5 - 0.15 * phi_all / phi_end
-    lam_centre = pts - e1 * (wid / 2 * (1.0 - lam_ext))[:, None]
-    lam_semi = np.stack([wid / 2 * lam_ext, np.full(len(pts), 0.04), wid / 2 * lam_ext], axis=1)
-    lamina = Tube("lamina", COCHLEA, lam_centre, lam_semi, np.stack([e1, e2, t], axis=1))
+    on = phi_all <= phi_end - math.radians(p.helicotrema_deg)
+    lam_centre = (pts - e1 * (wid / 2 * (1.0 - lam_ext))[:, None])[on]
+    lam_semi = np.stack([wid / 2 * lam_ext, np.full(len(pts), 0.04), wid / 2 * lam_ext], axis=1)[on]
+    lamina = Tube("lamina", COCHLEA, lam_centre, lam_semi, np.stack([e1, e2, t], axis=1)[on])
+    info["lamina_end_mm"] = float(arc_length(pts)[on][-1])  # arc length from the basal end
     return tube, lamina, info
 
 
@@ -202,9 +214,23 @@ def _place_cochlea(p: AnatomyParams, vest: Ellipsoid, rng: np.random.Generator, 
     d0 = rj @ np.array([0.45, -0.85, -0.2])
     d0 = unit(d0 - np.dot(d0, w) * w)
     t0 = np.cross(w, d0)
+    p = _stacked(p, vest, v_entry, d0, t0)
     cochlea, lamina, cinfo = _build_cochlea(p, v_entry, d0, t0, ds)
-    _flare(cochlea, vest, 0.6, 0.8)
+    _flare(cochlea, vest, _COCHLEA_FLARE, 0.8)
     return cochlea, lamina, cinfo, v_entry
+
+
+def _stacked(p: AnatomyParams, vest: Ellipsoid, v_entry, d0, t0) -> AnatomyParams:
+    """``p`` with the cochlea raised (0.1 mm steps, at most 1.5 mm) until its turns keep
+    :data:`_STACK_SEPTUM_MM` of bone between them (checked at :data:`LAYOUT_DS`): a wide lumen
+    in a tight spiral needs a taller cochlea, as in real ears."""
+    for extra in np.arange(0.0, 1.51, 0.1):
+        q = replace(p, cochlea_height=p.cochlea_height + float(extra))
+        tube = _build_cochlea(q, v_entry, d0, t0, LAYOUT_DS)[0]
+        _flare(tube, vest, _COCHLEA_FLARE, 0.8)
+        if _self_clearance(tube, vest, 3.0) >= _STACK_SEPTUM_MM:
+            return q
+    return q
 
 
 # =========================================================================== canals
@@ -322,7 +348,7 @@ def _lateral_canal(p, vest, planes: _CanalPlanes, rng, jit, ds) -> tuple[np.ndar
     e2 = np.cross(n_l, e1)
     if np.dot(e2, [0.0, 1.0, 0.0]) > 0:  # start on the posterior side
         e2 = -e2
-    off = rng.uniform(0.3, 0.7) if jit else 0.5
+    off = rng.uniform(0.6, 1.0) if jit else 0.8  # bone between the vestibule (width ~2.5 mm) and the arc
     build = partial(_lateral_canal_path, anchor, bulge, off, gamma, e1, e2, e_l2, e_l1, vest, ds)
     rl = _solve_radius(build, p.len_lateral, vest, 0.8, 6.0)
     return build(rl), rl
@@ -404,12 +430,16 @@ def _gaps(pa, ra, pb, rb, vest: Ellipsoid, exclude=None) -> float:
 
 def _self_clearance(t: Tube, vest: Ellipsoid, min_sep_mm: float) -> float:
     """Smallest gap between parts of one tube more than ``min_sep_mm`` apart along it (for
-    the elliptical cochlea: the semi-axis along the joining direction)."""
+    the elliptical cochlea: the semi-axis along the joining direction, and parts at least 1.5
+    times their two largest semi-axes apart along it, so a wide curving lumen does not touch
+    itself across its own width)."""
     s = arc_length(t.pts)
     if t.code == COCHLEA:
         tree = cKDTree(t.pts)
         pr = tree.query_pairs(2 * t.semi.max() + 0.6, output_type="ndarray")
-        pr = pr[np.abs(s[pr[:, 0]] - s[pr[:, 1]]) > min_sep_mm]
+        big = t.semi.max(1)
+        sep = np.maximum(min_sep_mm, 1.5 * (big[pr[:, 0]] + big[pr[:, 1]]))
+        pr = pr[np.abs(s[pr[:, 0]] - s[pr[:, 1]]) > sep]
         if len(pr) == 0:
             return np.inf
         u = unit(t.pts[pr[:, 1]] - t.pts[pr[:, 0]])
@@ -446,7 +476,7 @@ def _check_layout(p: AnatomyParams, clearances: dict[tuple[str, str], float], co
                   canals: dict[str, Tube], vest: Ellipsoid) -> None:
     """Raise :class:`_LayoutError` naming every problem of the layout."""
     problems = [f"tubes too close: {k} {v:.3f}" for k, v in clearances.items() if v < _MIN_GAP_MM]
-    if _self_clearance(cochlea, vest, 3.0) < 0.15:
+    if _self_clearance(cochlea, vest, 3.0) < _MIN_SEPTUM_MM:
         problems.append("cochlear turns touch")
     for t in (canals["anterior"], canals["posterior"], canals["lateral"]):
         if _self_clearance(t, vest, 3.0) < 0.3:

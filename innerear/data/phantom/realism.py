@@ -308,10 +308,10 @@ def _middle_ear(p: SpecimenParams, lab: Labyrinth, coch: Tube, fr: _Frame, grid:
 def _septum(p: SpecimenParams, anat: Anatomy, fr: _Frame, grid: Grid, rng: np.random.Generator):
     """The osseous spiral lamina and basilar membrane: a sheet across the scala at about half
     its height (0.05-0.12 mm thick, drawn at least half a voxel thick at its partial-volume
-    contrast), from the end of the hook to the apex."""
+    contrast), from the end of the hook to the helicotrema."""
     tube = next(t for t in anat.tubes if t.code == COCHLEA and t.lumen)
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(tube.pts, axis=0), axis=1))])
-    keep = s > 0.5 * p.anatomy.hook_mm
+    keep = (s > 0.5 * p.anatomy.hook_mm) & (s <= anat.info.get("lamina_end_mm", np.inf))  # helicotrema
     hgt, wid = 2 * tube.semi[keep, 1], 2 * tube.semi[keep, 0]
     shift = rng.uniform(-0.15, 0.15)
     thick = rng.uniform(0.05, 0.12)
