@@ -28,6 +28,7 @@ _MIN_SEPTUM_MM = 0.15  # smallest bone between two cochlear turns
 # the cochlea is raised until its turns keep this much bone (scale 1): at 0.9 scale still two
 # demo voxels (<= 0.156 mm), so the turns stay apart in the label and the spiral unwraps
 _STACK_SEPTUM_MM = 0.35
+_COLUMELLA_MM = 0.3  # smallest distance from the cochlear lumen to its modiolar axis
 _COCHLEA_FLARE = 0.1  # the basal end's widening into the vestibule (a ~2 mm lumen needs little)
 # the cochlea rises along its axis as (phi / phi_end) ** _RISE_POWER: the basal turn, which
 # clears the middle turn sideways, climbs least; the upper turns, stacked over each other,
@@ -179,7 +180,15 @@ def _build_cochlea(p: AnatomyParams, v_entry: np.ndarray, d0: np.ndarray, t0: np
     e1 = unit(radial - np.sum(radial * t, axis=1, keepdims=True) * t)
     e2 = np.cross(t, e1)
     hgt = height(phi_all)
-    wid = ratio * hgt
+    # the lumen stays off the modiolar axis (a bony columella up to the apex), so the apical
+    # turn stays a spiral and not a blob around the axis
+    r_all = r_inf + (r0 - r_inf) * np.exp(-k * phi_all)
+    wid = np.minimum(ratio * hgt, 2.0 * (r_all - _COLUMELLA_MM))
+    # the hook narrows towards its mouth (0.6 x at the vestibule): a ~2.5 mm lumen would
+    # otherwise wrap around the ~2.5 mm wide vestibule
+    taper = np.ones(len(pts))
+    taper[: len(hook)] = np.linspace(0.6, 1.0, len(hook))
+    hgt, wid = hgt * taper, wid * taper
     semi = np.stack([wid / 2, hgt / 2, np.maximum(wid, hgt) / 2], axis=1)
     tube = Tube("cochlea", COCHLEA, pts, semi, np.stack([e1, e2, t], axis=1))
     b_width = 2 * r_inf + (r0 - r_inf) * (math.exp(-k * math.pi / 2) + math.exp(-k * 3 * math.pi / 2)) + ratio * 0.5 * (
@@ -325,7 +334,7 @@ def _posterior_canal(p, vest, planes: _CanalPlanes, crus: _Crus, rng, jit, ds) -
     Returns (path, radius of curvature)."""
     en_p = _in_plane_dir(planes.n_p, crus.ell, planes.post_dir)
     psi_p = math.radians(rng.uniform(225.0, 250.0) if jit else 238.0)
-    e_p = _point_in(vest, [0.35, -0.55, -0.75], 0.6, rng, jit)
+    e_p = _point_in(vest, [0.15, -0.55, -0.8], 0.6, rng, jit)  # clear of the lateral canal's end
     beta = math.radians(rng.uniform(25.0, 45.0) if jit else 35.0)  # the posterior canal leaves the crus tilted
     ep_n = math.cos(beta) * en_p - math.sin(beta) * crus.ell
     ep_l = math.sin(beta) * en_p + math.cos(beta) * crus.ell
@@ -338,7 +347,7 @@ def _lateral_canal(p, vest, planes: _CanalPlanes, rng, jit, ds) -> tuple[np.ndar
     """A circle lateral to the vestibule, open towards it, from its posterolateral to its
     ampullated anterolateral end. Returns (path, radius of curvature)."""
     e_l1 = _point_in(vest, [0.95, 0.3, -0.15], 0.6, rng, jit)  # ampullated, anterolateral
-    e_l2 = _point_in(vest, [0.8, -0.5, 0.05], 0.6, rng, jit)  # posterolateral
+    e_l2 = _point_in(vest, [0.8, -0.45, 0.25], 0.6, rng, jit)  # posterolateral
     n_l = planes.n_l
     bulge = np.array([1.0, 0.0, 0.0])
     bulge = unit(bulge - np.dot(bulge, n_l) * n_l)
@@ -386,9 +395,9 @@ def _canal_tubes(p: AnatomyParams, vest: Ellipsoid, crus: _Crus, path_a, path_p,
                      perp_frames(tangents(crus_pts)))
     _flare(crus_tube, vest, 0.4, 0.6)
     web = _crus_web(path_a, path_p, r0, ds)
-    _flare(lateral, vest, 0.4, 0.6, at_start=True)
+    _flare(lateral, vest, 0.15, 0.6, at_start=True)
     for t in (anterior, posterior, lateral):  # the ampullated ends open widely too
-        _flare(t, vest, 0.25, 0.6, at_start=False)
+        _flare(t, vest, 0.1, 0.6, at_start=False)
     return {"anterior": anterior, "posterior": posterior, "lateral": lateral, "crus": crus_tube, "web": web}
 
 
@@ -424,7 +433,7 @@ def _gaps(pa, ra, pb, rb, vest: Ellipsoid, exclude=None) -> float:
         return np.inf
     direction = (pb[j] - pa[i]) / np.maximum(d, 1e-9)[:, None]
     contact = pa[i] + direction * (ra[i] + 0.5 * gap)[:, None]
-    outside = vest.surface_distance(contact) > -0.15
+    outside = vest.surface_distance(contact) > -0.35
     return float(gap[outside].min()) if outside.any() else np.inf
 
 
