@@ -13,11 +13,13 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from innerear.settings.profiles import BACKBONES, PROFILES, get_profile, import_backend
-from innerear.settings.views import PAPER_ORDER
+from innerear.settings.layout import cache_dir
+from innerear.settings.profiles import BACKBONES, PROFILES, default_data_dir, get_profile, import_backend, project_root
+from innerear.settings.views import PAPER_ORDER, check_order
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -64,8 +66,6 @@ def label_values(text: str) -> tuple[int, ...]:
 
 def view_order(text: str) -> tuple[str, ...]:
     """``"coronal,sagittal,axial"`` -> a checked view order."""
-    from innerear.settings.views import check_order
-
     try:
         return check_order(text.split(","))
     except ValueError as exc:
@@ -83,8 +83,7 @@ def _profile(args: argparse.Namespace):
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+    # lazy: the data floor loads SciPy (about 0.8 s), which `innerear --help` does without
     from innerear.data.phantom import generate_specimen, write_phantom_set, write_specimen
 
     profile = get_profile(args.profile)
@@ -105,8 +104,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from innerear.settings.profiles import default_data_dir, project_root
-    from innerear.settings.layout import cache_dir
+    # lazy: the data floor loads SciPy (about 0.8 s), which `innerear --help` does without
     from innerear.data.preprocess import prepare_dataset
 
     profile = get_profile(args.profile)
@@ -119,29 +117,26 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from innerear.settings.profiles import default_data_dir, project_root
-    from innerear.settings.layout import cache_dir, runs_root
-    from innerear.data.preprocess import make_folds, prepare_dataset
+    # lazy: the data floor loads SciPy (about 0.8 s), which `innerear --help` does without
+    from innerear.data.cohort import load_cohort
 
     profile = _profile(args)
     jobs = [_parse_job(j) for j in args.job] if args.job else [(args.fold, list(args.order))]
     root = project_root()
-    data_dir = Path(args.data) if args.data else default_data_dir(profile.name, root)
-    cases = prepare_dataset(data_dir, profile.grid, cache_dir(root, profile))
-    folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
+    cohort = load_cohort(profile, args.seed, root, data_dir=args.data or None)
     import_backend()  # the inputs are fine: now the deep-learning stack
     _threads_from_env()
-    from innerear.training.cascade import train_cascade
+    # lazy: the training floor imports Keras/TensorFlow, loaded only once the inputs are checked
     from innerear.training.fit import ModelPool
+    from innerear.training.paper import train_run  # lazy: Keras/TensorFlow, as above
 
     pool = ModelPool()  # runs in one process share compiled networks (identical results)
     for fold, views in jobs:
         if len(jobs) > 1:
             print(f"run: fold {fold}, {' -> '.join(views)}", flush=True)
-        summary = train_cascade(cases, folds, fold, args.backbone, views, profile,
-                                Path(args.runs) if args.runs else runs_root(root), seed=args.seed, verbose=True,
-                                pool=pool)
-        for st in summary["stages"]:
+        result = train_run(profile, fold, args.backbone, views, args.seed, root=root, runs=args.runs or None,
+                           cohort=cohort, verbose=True, pool=pool)
+        for st in result.stages:
             print(f"stage {st['stage']} ({st['view']}): held-out Dice {st['mean_test_dice']:.3f}")
     return 0
 
@@ -155,6 +150,7 @@ def _parse_job(text: str) -> tuple[int, list[str]]:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    # lazy: the pipeline loads the data floor and SciPy (about 0.8 s), which `innerear --help` does without
     from innerear.reporting.pipeline import reproduce
 
     times = reproduce(args.profile, seed=args.seed, book=not args.no_book, only=args.only, site=args.site,
@@ -168,12 +164,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _threads_from_env() -> None:
     """Apply ``INNEREAR_THREADS`` (imports the deep-learning stack: call after checking inputs)."""
     if os.environ.get("INNEREAR_THREADS"):
+        # lazy: the nets floor imports Keras/TensorFlow, loaded only once the inputs are checked
         from innerear.nets.backend import set_threads
 
         set_threads(int(os.environ["INNEREAR_THREADS"]))
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    # lazy: the inference floor imports Keras/TensorFlow, which `innerear --help` does without
     from innerear.inference.segment import segment_to_files
 
     rep = segment_to_files(args.scan, args.out, args.model, mesh=args.mesh, report=args.report,
@@ -191,29 +189,45 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upgrade_model(args: argparse.Namespace) -> int:
+    # lazy: the inference floor loads the data floor and SciPy, which `innerear --help` does without
+    from innerear.inference.modelfolder import FORMAT_VERSION, upgrade_model
+
+    folder = upgrade_model(args.model_dir)
+    print(f"{folder}: converted to model folder format version {FORMAT_VERSION}")
+    return 0
+
+
+def _add_upgrade_model(sub) -> None:
+    p = sub.add_parser("upgrade-model", help="convert a model folder of an older format to the current one",
+                       description="Convert a model folder (cascade.json, stage folders, model_card.json) written "
+                                   "by an older innerear to the current format, in place; the networks are not "
+                                   "touched. A folder already in the current format is refused.")
+    p.add_argument("model_dir", help="the model folder (with cascade.json)")
+    p.set_defaults(func=_cmd_upgrade_model)
+
+
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     """``innerear train --recipe robust --out WORK``: the shipped segmenter's recipe on generated phantoms."""
-    from innerear.training.robust import get_recipe
-
     if args.data_dir is not None:
         raise ValueError(f"{args.data_dir}: --recipe {args.recipe} trains on phantoms it generates; "
                          "give no data folder")
     out = Path(args.out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out}: its parent folder {out.parent} does not exist")
-    recipe = get_recipe(args.recipe, seed=args.seed)
-    import_backend()
+    import_backend()  # the inputs are fine: now the deep-learning stack
     _threads_from_env()
-    from innerear.training.robust import train_robust
+    # lazy: the training floor imports Keras/TensorFlow, loaded only once the inputs are checked
+    from innerear.training.robust import get_recipe, train_robust
 
-    last = train_robust(recipe, out, verbose=not args.quiet)
+    last = train_robust(get_recipe(args.recipe, seed=args.seed), out, verbose=not args.quiet)
     print(f"cascade: {last / 'cascade.json'}  (innerear segment SCAN -o MASK --model {last})")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from innerear.settings.layout import cache_dir
-    from innerear.data.preprocess import make_folds, prepare_dataset
+    # lazy: the data floor loads SciPy (about 0.8 s), which `innerear --help` does without
+    from innerear.data.cohort import load_cohort
 
     if args.recipe is not None:
         return _cmd_train_recipe(args)
@@ -226,27 +240,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{data_dir}: data folder not found")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out}: its parent folder {out.parent} does not exist")
-    cases = prepare_dataset(data_dir, profile.grid, cache_dir(out, profile, under="cache"),
-                            progress=not args.quiet, label_values=args.label_values)
-    folds = make_folds([c.case_id for c in cases], profile.n_folds, args.seed)
+    cohort = load_cohort(profile, args.seed, data_dir=data_dir, cache=cache_dir(out, profile, under="cache"),
+                         progress=not args.quiet, label_values=args.label_values)
+    folds = cohort.folds
     todo = range(len(folds)) if args.all else [args.fold]
     if not args.all and not 0 <= args.fold < len(folds):
         raise ValueError(f"--fold must be in 0..{len(folds) - 1}, got {args.fold}")
     import_backend()  # the inputs are fine: now the deep-learning stack
     _threads_from_env()
-    from innerear.training.cascade import train_cascade
-    from innerear.settings.layout import stage_dir
+    # lazy: the training floor imports Keras/TensorFlow, loaded only once the inputs are checked
     from innerear.training.fit import ModelPool
+    from innerear.training.paper import train_run  # lazy: Keras/TensorFlow, as above
 
     pool = ModelPool()
     for fold in todo:
-        summary = train_cascade(cases, folds, fold, args.backbone, order, profile, out, seed=args.seed,
-                                verbose=not args.quiet, pool=pool)
+        result = train_run(profile, fold, args.backbone, order, args.seed, runs=out, cohort=cohort,
+                           verbose=not args.quiet, pool=pool)
         print(f"fold {fold}: held out {', '.join(folds[fold])}")
-        for st in summary["stages"]:
+        for st in result.stages:
             print(f"  stage {st['stage']} ({st['view']}): held-out Dice {st['mean_test_dice']:.3f}")
-        last = stage_dir(out, profile, args.backbone, fold, order)
-        print(f"  cascade: {last / 'cascade.json'}  (innerear segment SCAN -o MASK --model {last})")
+        print(f"  cascade: {result.cascade}  (innerear segment SCAN -o MASK --model {result.folder})")
     return 0
 
 
@@ -271,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``innerear`` command."""
     parser = _Parser(prog="innerear", description="AutoCasNet inner-ear segmentation, reproduced.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_phantoms(sub)
+    _add_prepare(sub)
+    _add_run(sub)
+    _add_segment(sub)
+    _add_upgrade_model(sub)
+    _add_train(sub)
+    _add_reproduce(sub)
+    return parser
+
+
+def _add_phantoms(sub) -> None:
+    """The ``phantoms`` command's options."""
 
     p = sub.add_parser("phantoms", help="write synthetic inner-ear micro-CT phantoms (NIfTI + manifest)")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
@@ -284,12 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_phantoms)
 
+
+def _add_prepare(sub) -> None:
+    """The ``prepare`` command's options."""
     p = sub.add_parser("prepare", help="resample a data folder to the profile's grid (cached)")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     p.add_argument("--data", default=None, help="data folder (default: data/hear-eu if present, else the phantoms)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_run(sub) -> None:
+    """The ``run`` command's options."""
     p = sub.add_parser("run", help="train one cascade (or single-view baseline) on one fold")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     p.add_argument("--fold", type=non_negative_int, default=0)
@@ -305,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_overrides(p)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_segment(sub) -> None:
+    """The ``segment`` command's options."""
     p = sub.add_parser("segment", help="segment the inner ear in your own scan (NIfTI, NRRD, MetaImage, DICOM, TIFF)",
                        description="Segment the inner ear in one scan and write the mask on the scan's own grid. "
                                    "Without --model the shipped model is used, which was trained on SYNTHETIC phantoms.")
@@ -329,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
 
+
+def _add_train(sub) -> None:
+    """The ``train`` command's options."""
     p = sub.add_parser("train", help="train a cascade on a folder of labelled scans (<id>_image / <id>_label), "
                                       "or the shipped segmenter's robust recipe on generated phantoms (--recipe)")
     p.add_argument("data_dir", nargs="?", default=None, help="folder of <id>_image.<ext> and <id>_label.<ext> pairs")
@@ -350,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_reproduce(sub) -> None:
+    """The ``reproduce`` command's options."""
     p = sub.add_parser("reproduce", help="the whole pipeline for a profile, ending with the built book")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
     p.add_argument("--seed", type=non_negative_int, default=0)
@@ -359,7 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, help="local Dask workers for training (default: one per core)")
     p.add_argument("--scheduler", default=None, help="address of a Dask scheduler (tcp://host:8786) to train on")
     p.set_defaults(func=_cmd_reproduce)
-    return parser
 
 
 def _terminate(signum, frame):  # noqa: ARG001

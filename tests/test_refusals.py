@@ -49,11 +49,12 @@ def held_out():
 # --------------------------------------------------------------------------- 1. intensity units
 def test_plausible_range_is_stated_with_its_source_and_covers_the_phantoms():
     from innerear.data.phantom import generate_specimen
-    from innerear.inference.segment import DEFAULT_MODEL, PLAUSIBLE_VOLUME
+    from innerear.inference.checks import PLAUSIBLE_VOLUME
+    from innerear.inference.modelfolder import DEFAULT_MODEL, PAPER_RECIPE_MODEL, read_model_folder
 
-    card = json.loads((DEFAULT_MODEL / "model_card.json").read_text())
-    stated = card["plausible_inner_ear_volume_mm3"]
-    assert stated == PLAUSIBLE_VOLUME and "https://" in stated["source"]
+    for model in (DEFAULT_MODEL, PAPER_RECIPE_MODEL):
+        stated = read_model_folder(model).spec.plausible_inner_ear_volume_mm3
+        assert stated == PLAUSIBLE_VOLUME and "https://" in stated["source"]
     for profile, index in (("demo", 0), ("demo", 1), ("smoke", 2)):
         spec = generate_specimen(index, 0, get_profile(profile).phantoms)
         volume = spec.label.sum() * abs(np.linalg.det(spec.affine[:3, :3]))
@@ -63,7 +64,7 @@ def test_plausible_range_is_stated_with_its_source_and_covers_the_phantoms():
 def test_empty_mask_from_other_intensity_units_is_refused(tmp_path, held_out, capsys):
     """The paper recipe's model (fixed z-score) finds nothing in Hounsfield units: refused; the
     default robust model (per-scan percentiles) segments the same scan."""
-    from innerear.inference.segment import PAPER_RECIPE_MODEL
+    from innerear.inference.modelfolder import PAPER_RECIPE_MODEL
 
     img = held_out.image.astype(np.float32)
     hounsfield = (img - img.min()) / (img.max() - img.min()) * 4000 - 1000  # int16, -1000..3000
@@ -122,28 +123,32 @@ def test_dicom_series_with_missing_slices_is_refused_naming_the_gap(tmp_path):
 
 # --------------------------------------------------------------------------- 4. model folders
 @pytest.mark.parametrize("which,edit,named", [
-    ("paper", lambda m: _edit_json(m / "cascade.json", grid=96), ["model_card.json", "grid", "96", "64"]),
-    ("paper", lambda m: _edit_json(m / "model_card.json", order=["axial", "sagittal", "coronal"]),
-     ["model_card.json", "order"]),
+    ("paper", lambda m: _edit_json(m / "cascade.json", grid=96),
+     ["stage1_coronal/stage.json", "grid", "96", "64", "cascade.json"]),
+    ("paper", lambda m: _edit_json(m / "cascade.json", order=["axial", "sagittal", "coronal"]),
+     ["stage1_coronal/stage.json", "view", "coronal", "axial"]),
     ("paper", lambda m: _edit_json(m / "stage2_sagittal" / "stage.json", view="axial"),
      ["stage2_sagittal/stage.json", "view", "axial", "sagittal"]),
     ("paper", lambda m: _edit_json(m / "stage3_axial" / "stage.json", channels=1),
      ["stage3_axial/stage.json", "channels"]),
-    ("robust", lambda m: _edit_json(m / "cascade.json", voxel_mm=0.3), ["model_card.json", "voxel_mm", "0.3"]),
+    ("robust", lambda m: _edit_json(m / "cascade.json", voxel_mm=0.3),
+     ["stage1_coronal/stage.json", "voxel_mm", "0.15", "0.3", "cascade.json"]),
+    ("robust", lambda m: _edit_json(m / "stage2_sagittal" / "stage.json", voxel_mm=0.2),
+     ["stage2_sagittal/stage.json", "voxel_mm", "0.2", "0.15", "cascade.json"]),
     ("robust", lambda m: _edit_json(m / "stage2_sagittal" / "stage.json", channels=3),
      ["stage2_sagittal/stage.json", "channels"]),
 ])
 def test_inconsistent_model_folder_is_refused(tmp_path, capsys, which, edit, named):
-    from innerear.inference.segment import DEFAULT_MODEL, PAPER_RECIPE_MODEL, SegmentError, check_model_dir
+    from innerear.inference.modelfolder import DEFAULT_MODEL, PAPER_RECIPE_MODEL, SegmentError, read_model_folder
 
     model = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL if which == "robust" else PAPER_RECIPE_MODEL, model)
-    check_model_dir(model)  # the copy is consistent
+    read_model_folder(model)  # the copy is consistent
     edit(model)
     with pytest.raises(SegmentError) as info:
-        check_model_dir(model)
+        read_model_folder(model)
     assert all(n in str(info.value) for n in named), str(info.value)
-    assert "inconsistent" in str(info.value)
+    assert "inconsistent" in str(info.value) and "\n" not in str(info.value)
 
 
 def _edit_json(path, **changes):

@@ -89,7 +89,7 @@ def test_prepare_and_segment_use_the_bounded_resampler_on_a_mapped_scan(tmp_path
     from innerear.data import preprocess as pp
     from innerear.io import read_volume
     from innerear.data.resample import _base_mmap, value_range
-    from innerear.inference.segment import prepare_scan
+    from innerear.data.scan import prepare_scan
 
     v = _smooth_volume((30, 26, 22), seed=2)
     affine = np.array([[0, 0, -0.05, 1.0], [0.04, 0, 0, 2.0], [0, -0.06, 0, 3.0], [0, 0, 0, 1]])  # not RAS order

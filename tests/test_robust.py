@@ -121,7 +121,7 @@ def test_robust_smoke_recipe_trains_exports_and_segments_a_hounsfield_crop(tmp_p
     from innerear.settings.profiles import get_profile
     from innerear.io import read_volume
     from innerear.data.phantom.acquisition import Acquisition
-    from innerear.inference.segment import export_model
+    from innerear.inference.modelfolder import export_model, read_model_folder
 
     assert cli.main(["train", "--recipe", "robust-smoke", "--out", str(tmp_path / "work"), "--quiet"]) == 0
     last = tmp_path / "work" / "run" / "coronal" / "sagittal" / "axial"
@@ -129,7 +129,8 @@ def test_robust_smoke_recipe_trains_exports_and_segments_a_hounsfield_crop(tmp_p
     assert spec["voxel_mm"] == 0.3 and spec["n_classes"] == 4 and spec["normalizer"]["kind"] == "percentile"
     hist = spec["intensity_histogram"]
     assert len(hist["density"]) == len(hist["edges"]) - 1 and hist["warn_above"] >= 0.1
-    model = export_model(last, tmp_path / "model", {"intensity_histogram": hist})
+    model = export_model(last, tmp_path / "model")
+    assert read_model_folder(model).spec.intensity_histogram == hist
     trained, shipped = last.parents[1] / "best.keras", model / "stage1_coronal" / "best.keras"
     assert shipped.stat().st_size < 0.8 * trained.stat().st_size  # exported without the optimizer state
     acq = Acquisition(style="cbct", voxel_mm=0.25, fov_mm=9.0, centre="cochlea", units="hu", rings=0.5)

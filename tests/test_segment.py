@@ -11,8 +11,9 @@ from innerear.settings.profiles import get_profile
 from innerear.io import read_volume, write_tiff_stack, write_volume
 from innerear.data.phantom import generate_specimen, write_phantom_set
 from innerear.metrics import dice
-from innerear.inference.segment import (DEFAULT_MODEL, PAPER_RECIPE_MODEL, check_model_dir, load_model_dir,
-                                        map_to_scan, segment_scan)
+from innerear.data.scan import map_to_scan
+from innerear.inference.modelfolder import DEFAULT_MODEL, FORMAT_VERSION, PAPER_RECIPE_MODEL, read_model_folder
+from innerear.inference.segment import load_model_dir, segment_scan
 from innerear.io.mesh import read_stl
 
 pytest.importorskip("SimpleITK")
@@ -56,13 +57,15 @@ def model():
 
 
 def test_default_model_is_the_robust_one_and_documented():
-    folder, spec = check_model_dir(None)
-    assert folder == DEFAULT_MODEL and spec["stages"] == ["stage1_coronal", "stage2_sagittal", "stage3_axial"]
-    assert spec["voxel_mm"] > 0 and "grid" not in spec and spec["normalizer"]["kind"] == "percentile"
-    assert spec["classes"] == ["background", "cochlea", "vestibule", "canals"]
+    model = read_model_folder(None)
+    folder, spec = model.folder, model.spec
+    assert folder == DEFAULT_MODEL and spec.stages == ("stage1_coronal", "stage2_sagittal", "stage3_axial")
+    assert spec.format_version == FORMAT_VERSION == 2
+    assert spec.voxel_mm > 0 and spec.grid is None and spec.normalizer["kind"] == "percentile"
+    assert spec.classes == ("background", "cochlea", "vestibule", "canals")
+    assert spec.intensity_histogram["warn_above"] >= 0.1
     card = json.loads((folder / "model_card.json").read_text())
-    assert "SYNTHETIC" in card["WARNING"] and card["recipe"]["voxel_mm"] == spec["voxel_mm"]
-    assert card["intensity_histogram"]["warn_above"] >= 0.1 and len(card["limits"]) >= 3
+    assert "SYNTHETIC" in card["WARNING"] and card["recipe"]["voxel_mm"] == spec.voxel_mm and len(card["limits"]) >= 3
     cells = card["domain_shift"]["cells"]
     assert cells and all(isinstance(c["robust"]["dice"], float) for c in cells)
     assert card["speed"]["median_wall_s"] > 0
@@ -71,22 +74,24 @@ def test_default_model_is_the_robust_one_and_documented():
 
 
 def test_paper_recipe_model_is_complete_and_documented():
-    folder, spec = check_model_dir(PAPER_RECIPE_MODEL)
-    assert spec["stages"] == ["stage1_coronal", "stage2_sagittal", "stage3_axial"]
-    card = json.loads((folder / "model_card.json").read_text())
+    model = read_model_folder(PAPER_RECIPE_MODEL)
+    assert model.spec.stages == ("stage1_coronal", "stage2_sagittal", "stage3_axial")
+    assert model.spec.format_version == 2 and model.spec.grid == 64
+    card = json.loads((model.folder / "model_card.json").read_text())
     assert "SYNTHETIC" in card["data"]["kind"] and card["training"]["profile"]["name"] == "demo"
     assert set(card["held_out_dice_per_stage"]) == {"stage1_coronal", "stage2_sagittal", "stage3_axial"}
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in model.folder.rglob("*") if p.is_file())
     assert size < 10 * 2**20
 
 
 def test_paper_recipe_model_card_is_consistent():
     card = json.loads((PAPER_RECIPE_MODEL / "model_card.json").read_text())
+    spec = read_model_folder(PAPER_RECIPE_MODEL).spec
     trained = card["training"]["profile"]
     n_used = len(card["stages"][0]["train_ids"]) + len(card["stages"][0]["test_ids"])
     assert card["data"]["n_specimens"] == trained["phantoms"]["n_specimens"] == n_used
-    assert card["grid"] == trained["grid"] == card["training"]["overrides_of_demo"]["grid"]
-    assert f"grid {card['grid']}" in card["profile"]  # not a bare "demo" beside a non-demo grid
+    assert spec.grid == trained["grid"] == card["training"]["overrides_of_demo"]["grid"]
+    assert not {"grid", "order", "normalizer", "profile"} & set(card)  # what cascade.json states, the card doesn't
     assert not card["exported_from"].startswith(("/tmp", "/var")) and card["exported_from"].startswith("WORK/")
 
 
@@ -131,7 +136,7 @@ def test_tiff_folder_with_given_spacing(tmp_path, held_out, model):
 
 def test_map_to_scan_is_the_inverse_of_preparation():
     """A map on the prepared grid sampled back at the scan's voxel centres (pure geometry)."""
-    from innerear.inference.segment import prepare_scan
+    from innerear.data.scan import prepare_scan
 
     aff = np.array([[0, 0, -0.3, 5], [0.2, 0, 0, -1], [0, 0.5, 0, 2], [0, 0, 0, 1.0]])
     shape = (30, 20, 12)
@@ -205,12 +210,12 @@ def test_bad_input_fails_in_one_line_naming_the_file(tmp_path, capsys, case):
 
 
 def test_failure_while_writing_leaves_no_partial_output(tmp_path, held_out, model, monkeypatch, capsys):
-    import innerear.io.mesh
+    import innerear.inference.segment
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(innerear.io.mesh, "write_stl", broken)
+    monkeypatch.setattr(innerear.inference.segment, "write_stl", broken)
     _nifti(tmp_path / "scan.nii.gz", held_out.image, held_out.affine)
     code = cli.main(["segment", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "ear.nrrd"),
                      "--mesh", str(tmp_path / "ear.stl"), "--report", str(tmp_path / "r.json"), "--quiet"])

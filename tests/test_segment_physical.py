@@ -11,8 +11,6 @@ lumen in bright bone is then segmented whatever the scan's units, which is what 
 around the networks must preserve.
 """
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -21,10 +19,11 @@ from innerear import cli
 from innerear.io import read_volume, write_volume
 from innerear.metrics import dice
 from innerear.data.normalize import (Normalizer, PercentileNormalizer, histogram_distance, normalised_histogram,
-                                     normalizer_from_dict)
-from innerear.inference.segment import (HISTOGRAM_WARN_DISTANCE, SegmentError, check_model_dir, map_to_scan,
-                                        plausible_volume, prepare_scan_physical, segment_scan, touches_border,
-                                        volume_check)
+                                      normalizer_from_dict)
+from innerear.data.scan import map_to_scan, prepare_scan_physical
+from innerear.inference.checks import HISTOGRAM_WARN_DISTANCE, plausible_volume, touches_border, volume_check
+from innerear.inference.modelfolder import SegmentError, read_model_folder
+from innerear.inference.segment import segment_scan
 
 pytest.importorskip("SimpleITK")
 VOXEL_MM = 0.15
@@ -219,7 +218,7 @@ def test_plausible_volume_of_a_cut_labyrinth():
     assert not touches_border(mask)
     mask[3:6, 3:6, 0] = 1
     assert touches_border(mask)
-    bounds = plausible_volume({})
+    bounds = plausible_volume(None)
     assert bounds["min"] == 20.0 and bounds["min_cut"] < bounds["min"] and "source_cut" in bounds
     whole = volume_check(10.0, 100, bounds)
     cut = volume_check(10.0, 100, bounds, cut=True)
@@ -229,7 +228,7 @@ def test_plausible_volume_of_a_cut_labyrinth():
     assert not speck["passed"] and "field of view cuts" in speck["reason"]
     assert not volume_check(2000.0, 10, bounds, cut=True)["passed"]  # the upper bound still holds
     assert not volume_check(0.0, 0, bounds, cut=True)["passed"]
-    assert plausible_volume({"plausible_inner_ear_volume_mm3": {"min": 30, "max": 900, "min_cut": 8}})["min_cut"] == 8
+    assert plausible_volume({"min": 30, "max": 900, "min_cut": 8})["min_cut"] == 8
 
 
 # --------------------------------------------------------------------------- a physical model folder
@@ -259,26 +258,26 @@ def physical_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "physical"
     (folder / "stage1_axial").mkdir(parents=True)
     _threshold_network(1).save(folder / "stage1_axial" / "best.keras")
-    (folder / "stage1_axial" / "stage.json").write_text(json.dumps({"view": "axial", "stage": 1, "channels": 1}))
+    (folder / "stage1_axial" / "stage.json").write_text(json.dumps({"view": "axial", "stage": 1, "channels": 1,
+                                                                     "voxel_mm": VOXEL_MM}))
     norm = PercentileNormalizer()
-    spec = {"stages": ["stage1_axial"], "order": ["axial"], "normalizer": norm.to_dict(), "voxel_mm": VOXEL_MM,
-            "threshold": 0.5, "backbone": "unet", "profile": "hand-set threshold network (test)"}
-    (folder / "cascade.json").write_text(json.dumps(spec))
     affine = AFFINES["isotropic"]
     train = _scan(_planted((50, 50, 50), affine), seed=11)
     prepared = prepare_scan_physical(train, affine, VOXEL_MM, MULTIPLE)
     edges, density = normalised_histogram(norm(prepared.volume[prepared.core]))
-    card = {"voxel_mm": VOXEL_MM, "normalizer": norm.to_dict(), "order": ["axial"], "backbone": "unet",
+    spec = {"format_version": 2, "stages": ["stage1_axial"], "order": ["axial"], "normalizer": norm.to_dict(),
+            "voxel_mm": VOXEL_MM, "threshold": 0.5, "backbone": "unet", "profile": "hand-set threshold network (test)",
             "intensity_histogram": {"edges": edges.tolist(), "density": density.tolist()},
             "plausible_inner_ear_volume_mm3": {"min": 2.0, "max": 100.0, "source": "test model: a 5 mm^3 ellipsoid"}}
-    (folder / "model_card.json").write_text(json.dumps(card))
+    (folder / "cascade.json").write_text(json.dumps(spec))
+    (folder / "model_card.json").write_text(json.dumps({"data": "none: the weights are set by hand"}))
     return folder
 
 
 def test_physical_model_folder_is_checked(physical_model, tmp_path):
     import shutil
 
-    folder, spec = check_model_dir(physical_model)
+    spec = read_model_folder(physical_model).spec.to_dict()
     assert spec["voxel_mm"] == VOXEL_MM and "grid" not in spec
     for change, words in (({"voxel_mm": None}, "grid or voxel_mm"), ({"voxel_mm": 5.0}, "voxel_mm 5.0"),
                           ({"normalizer": {"kind": "other"}}, "unknown normalizer kind")):
@@ -287,7 +286,7 @@ def test_physical_model_folder_is_checked(physical_model, tmp_path):
         spec_bad = {k: v for k, v in dict(spec, **change).items() if v is not None}
         (bad / "cascade.json").write_text(json.dumps(spec_bad))
         with pytest.raises(SegmentError, match=words):
-            check_model_dir(bad)
+            read_model_folder(bad)
 
 
 def _write_scan(path, image, affine):
@@ -389,7 +388,7 @@ def test_labels_structures_and_cochlea_measures(tmp_path, physical_model, monkey
         def to_dict(self):
             return dict(vars(self))
 
-    monkeypatch.setitem(sys.modules, "innerear.metrics.cochlea", types.SimpleNamespace(measure_cochlea=Measures))
+    monkeypatch.setattr("innerear.inference.report.measure_cochlea", Measures)
     affine = AFFINES["oblique mirrored"]
     shape = (58, 51, 47)
     scan = _write_scan(tmp_path / "scan.nrrd", _scan(_planted(shape, affine)), affine)
@@ -435,25 +434,26 @@ def test_grid_models_keep_their_path(monkeypatch):
     assert seg.model_voxel_mm(PhysicalCascade()) == (0.2, 0.2, 0.2)
 
 
-def test_intensity_check_uses_the_cards_threshold(physical_model):
+def test_intensity_check_uses_the_models_threshold(physical_model):
+    from innerear.inference.checks import intensity_check
     import innerear.inference.segment as seg
 
     cascade = seg.load_model_dir(physical_model)
-    card = json.loads((physical_model / "model_card.json").read_text())
+    reference = read_model_folder(physical_model).spec.intensity_histogram
     image = _scan(_planted((50, 48, 44), AFFINES["isotropic"]), seed=3)
     inverted = (image.max() - image).astype(np.float32)
-    assert not seg.intensity_check(cascade, inverted, card)["passed"]
-    card["intensity_histogram"]["warn_above"] = 10.0
-    check = seg.intensity_check(cascade, inverted, card)
+    assert not intensity_check(cascade, inverted, reference)["passed"]
+    reference = dict(reference, warn_above=10.0)
+    check = intensity_check(cascade, inverted, reference)
     assert check["passed"] and check["warn_above"] == 10.0 and check["distance"] > HISTOGRAM_WARN_DISTANCE
-    no_histogram = seg.intensity_check(cascade, image, {})
+    no_histogram = intensity_check(cascade, image, None)
     assert no_histogram["distance"] is None and no_histogram["passed"] and "no intensity_histogram" in no_histogram["note"]
 
 
 def test_readme_states_the_segmenters_constants():
     from pathlib import Path
 
-    from innerear.inference.segment import PLAUSIBLE_CUT_MIN
+    from innerear.inference.checks import PLAUSIBLE_CUT_MIN
 
     text = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert f"with a warning above {HISTOGRAM_WARN_DISTANCE:g}" in text
@@ -537,7 +537,7 @@ def test_a_field_of_view_too_large_for_the_model_is_refused(tmp_path, physical_m
 
 def test_a_scan_at_the_models_voxel_size_is_only_padded():
     from innerear.data.resample import resample_image_bounded
-    from innerear.inference.segment import physical_geometry
+    from innerear.data.scan import physical_geometry
 
     rng = np.random.default_rng(4)
     image = rng.normal(1000, 200, (37, 30, 25)).astype(np.float32)
@@ -556,7 +556,7 @@ def test_cochlea_centred_crops_of_phantoms_pass_the_cut_bound():
     from innerear.settings.profiles import get_profile
     from innerear.data.phantom import generate_specimen
 
-    bounds = plausible_volume({})
+    bounds = plausible_volume(None)
     for index in range(2):
         spec = generate_specimen(index, 0, get_profile("demo").phantoms)
         voxel = abs(np.linalg.det(spec.affine[:3, :3]))

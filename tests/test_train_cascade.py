@@ -1,5 +1,6 @@
 """Trainer (overfit, resume, determinism) and cascade (wiring, orders, end-to-end) tests."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +308,61 @@ def test_drop_context_erases_about_the_share_and_never_adds():
     assert np.array_equal(tc.drop_context(mask, 0.0, np.random.default_rng(0)), mask)
     again = tc.drop_context(mask, 0.3, np.random.default_rng(0))
     assert np.array_equal(out, again)  # seeded
+
+
+def _write_tubes(folder, n=4):
+    from innerear.io import write_volume
+
+    folder.mkdir()
+    for i in range(n):
+        img, lab = make_tube_volume((16, 16, 16), seed=i)
+        write_volume(folder / f"c{i}_image.nii.gz", img, np.diag([0.1, 0.1, 0.1, 1.0]))
+        write_volume(folder / f"c{i}_label.nii.gz", lab, np.diag([0.1, 0.1, 0.1, 1.0]))
+
+
+def test_cohort_is_the_prepared_cases_and_the_seeded_folds(tmp_path):
+    from innerear.data.cohort import load_cohort
+
+    _write_tubes(tmp_path / "data")
+    profile = get_profile("smoke", grid=16)
+    cohort = load_cohort(profile, 3, data_dir=tmp_path / "data", cache=tmp_path / "cache")
+    ids = [c.case_id for c in pp.prepare_dataset(tmp_path / "data", 16)]
+    assert cohort.ids == sorted(ids) == sorted(cohort.by_id)
+    assert cohort.folds == pp.make_folds(ids, profile.n_folds, 3)
+    assert cohort.split(1) == pp.split_fold(ids, cohort.folds, 1)
+    assert not cohort.synthetic and (tmp_path / "cache" / "c0.npz").exists()
+
+
+def _cohort(profile, seed=0):
+    from innerear.data.cohort import Cohort
+
+    cases = make_prepared_cases(4)
+    return Cohort(profile, seed, Path("data"), tuple(cases),
+                  pp.make_folds([c.case_id for c in cases], profile.n_folds, seed))
+
+
+def test_train_run_refuses_a_cohort_of_another_seed_or_grid(tmp_path):
+    from innerear.training.paper import train_run
+
+    profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
+    with pytest.raises(ValueError, match="does not match"):
+        train_run(profile, 0, "unet", ("axial",), 1, runs=tmp_path / "runs", cohort=_cohort(profile, seed=0))
+    with pytest.raises(ValueError, match="does not match"):
+        train_run(get_profile("smoke", grid=64), 0, "unet", ("axial",), 0, runs=tmp_path / "runs",
+                  cohort=_cohort(profile))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # trains networks
+def test_train_run_returns_the_run_that_train_cascade_wrote(tmp_path):
+    from innerear.training.paper import train_run
+
+    profile = get_profile("smoke", max_epochs=1, base_filters=2, depth=2)
+    order = ("coronal", "axial")
+    result = train_run(profile, 0, "unet", order, 0, runs=tmp_path / "runs", cohort=_cohort(profile))
+    assert (result.profile, result.backbone, result.fold, result.order) == ("smoke", "unet", 0, order)
+    assert result.folder == layout.stage_dir(tmp_path / "runs", profile, "unet", 0, order)
+    assert json.loads(result.cascade.read_text())["order"] == list(order)
+    for k, st in enumerate(result.stages):
+        folder = layout.stage_dir(tmp_path / "runs", profile, "unet", 0, order[: k + 1])
+        assert st == json.loads((folder / "stage.json").read_text())

@@ -30,7 +30,7 @@ from innerear.settings.profiles import get_profile
 from innerear.settings.layout import stage_dir
 from innerear.metrics import dice
 from innerear.data.phantom import write_phantom_set
-from innerear.inference.segment import export_model
+from innerear.inference.modelfolder import export_model
 from innerear.settings.views import PAPER_ORDER
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "innerear" / "models" / "phantom_cascade"
@@ -114,9 +114,8 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "data": {"kind": "SYNTHETIC phantoms", "generator": "innerear.phantom", "seed": 0, "n_specimens": args.n,
                  "settings": "demo profile phantoms (binning 8: 0.130 / 0.156 mm voxels)"},
-        # the demo profile's settings with these overrides (not the demo book's own model)
-        "profile": "demo, overridden: " + ", ".join(f"{k} {v}" for k, v in overrides.items()),
         "exported_from": str(cascade).replace(str(work), "WORK"),  # no machine-specific path
+        # the demo profile's settings with these overrides (not the demo book's own model)
         "training": {"profile": profile, "overrides_of_demo": overrides,
                      "fold": 0, "command": "innerear " + " ".join(train).replace(str(work), "WORK"),
                      "wall_s": round(train_s, 1)},

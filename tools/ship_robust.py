@@ -44,8 +44,10 @@ def speed_check(model: Path, work: Path, runs: int = 3) -> dict:
     from innerear.data import phantom as ph
     from innerear.settings.profiles import get_profile
 
-    voxel = json.loads((model / "cascade.json").read_text())["voxel_mm"]
     from innerear.data.phantom.acquisition import Acquisition
+    from innerear.inference.modelfolder import read_model_folder
+
+    voxel = read_model_folder(model).spec.voxel_mm
 
     acq = Acquisition(style="microct", voxel_mm=voxel, fov_mm=30.0, centre="labyrinth", units="uint16",
                       correlated_noise=0.3, rings=0.3, cupping=0.3)
@@ -70,11 +72,10 @@ def speed_check(model: Path, work: Path, runs: int = 3) -> dict:
 
 def cmd_export(work: Path) -> None:
     from innerear.training.robust import get_recipe
-    from innerear.inference.segment import export_model
+    from innerear.inference.modelfolder import export_model
 
     recipe = get_recipe("robust")
     last = work / "robust" / "run" / Path(*recipe.order)
-    spec = json.loads((last / "cascade.json").read_text())
     train_wall = json.loads((work / "train_wall.json").read_text())["wall_s"] if (work / "train_wall.json").exists() \
         else None
     card = {
@@ -85,10 +86,6 @@ def cmd_export(work: Path) -> None:
                        f"{recipe.normalizer[0]}th/{recipe.normalizer[1]}th percentiles; the networks output "
                        "background, cochlea, vestibule and semicircular canals.",
         "date": datetime.date.today().isoformat(),
-        "recipe": spec["recipe"],
-        "voxel_mm": recipe.voxel_mm,
-        "classes": spec["classes"],
-        "intensity_histogram": spec["intensity_histogram"],
         "data": {"kind": "SYNTHETIC phantoms", "generator": "innerear.phantom", "seed": recipe.seed,
                  "n_specimens": recipe.n_phantoms, "anatomy_realism": "AnatomyRealism.full()",
                  "acquisitions": "drawn from the recipe's mixture (see recipe.mixture)"},
@@ -131,7 +128,7 @@ def cmd_card() -> None:
     record = read_record(MATRIX)
     if record is None:
         raise SystemExit(f"{MATRIX} missing: run benchmarks/bench_domain_shift.py first")
-    card_path = MODEL_DIR / "model_card.json"
+    card_path = MODEL_DIR / "model_card.json"  # provenance only: the loader never reads it
     card = json.loads(card_path.read_text())
     card["domain_shift"] = {
         "what": record["what"], "goal": record["goal"], "goal_met": record["goal_met"], "seed": record["seed"],
@@ -141,10 +138,9 @@ def cmd_card() -> None:
         "source": "benchmarks/results/domain_shift.json",
     }
     card["limits"] = limits(record)
-    from innerear.io import atomic_path
+    from innerear.io import write_json
 
-    with atomic_path(card_path) as tmp:
-        tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    write_json(card_path, card)
     print(f"updated {card_path}")
 
 

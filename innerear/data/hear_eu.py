@@ -21,7 +21,7 @@ Volumes may be uncompressed or gzipped NIfTI (``.nii``, ``.nii.gz``), MetaImage 
 
 Labels are brought onto their image's grid: a label with the image's shape is taken voxel for
 voxel; a Slicer segmentation, or a label with a different shape, is resampled through world
-coordinates (nearest neighbour; see :func:`resample_to_grid`). Per-specimen corrections (the
+coordinates (nearest neighbour; :func:`innerear.data.scan.map_to_scan`). Per-specimen corrections (the
 paper re-aligned five label maps by hand) come from a small YAML or JSON file::
 
     Specimen_07:
@@ -45,8 +45,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from innerear.io import VolumeError, read_volume, write_json, write_volume
-from innerear.io import nrrd_affine, read_nrrd_file
+from innerear.data.scan import map_to_scan
+from innerear.io import VolumeError, nrrd_affine, read_nrrd_file, read_volume, write_json, write_volume
 from innerear.settings.profiles import project_root
 
 VOLUME_EXTS = (".seg.nrrd", ".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -203,26 +203,6 @@ def read_slicer_segmentation(path: str | os.PathLike, segment: str | None = None
     return mask.astype(np.uint8), affine
 
 
-def resample_to_grid(array: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray,
-                     chunk_voxels: int = 1 << 21) -> np.ndarray:
-    """Nearest-neighbour resampling of ``array`` (on ``affine``) onto a grid ``(shape, target_affine)``
-    through world coordinates; voxels outside ``array`` become 0."""
-    shape = tuple(int(s) for s in shape)
-    m = np.linalg.inv(np.asarray(affine, float)) @ np.asarray(target_affine, float)
-    out = np.zeros(shape, array.dtype)
-    j, k = np.meshgrid(np.arange(shape[1], dtype=float), np.arange(shape[2], dtype=float), indexing="ij")
-    plane = m[:3, 1, None, None] * j + m[:3, 2, None, None] * k + m[:3, 3, None, None]
-    step = max(1, chunk_voxels // max(1, shape[1] * shape[2]))
-    for i0 in range(0, shape[0], step):
-        i = np.arange(i0, min(shape[0], i0 + step), dtype=float)
-        coords = np.rint(plane[:, None] + m[:3, 0, None, None, None] * i[None, :, None, None]).astype(np.int64)
-        inside = np.all((coords >= 0) & (coords < np.asarray(array.shape)[:, None, None, None]), axis=0)
-        vals = np.zeros(inside.shape, array.dtype)
-        vals[inside] = array[tuple(c[inside] for c in coords)]
-        out[i0 : i0 + len(i)] = vals
-    return out
-
-
 # --------------------------------------------------------------------------- corrections
 def load_corrections(path: str | os.PathLike | None) -> dict[str, dict]:
     """Read per-specimen corrections from YAML or JSON (``{}`` for ``None``); validates them."""
@@ -334,7 +314,8 @@ def load_specimen(spec: SpecimenFiles, corrections: dict | None = None, segment:
         if not np.allclose(label_affine, affine, atol=1e-3):
             info["notes"].append("label header geometry differs from the image's; taken voxel for voxel")
     else:
-        label = resample_to_grid(label, label_affine, image.shape, affine)
+        label = map_to_scan(label, label_affine, image.shape, affine, threshold=None, chunk_voxels=1 << 21,
+                            order=0, fill=0)
         info["notes"].append("label resampled onto the image grid through world coordinates (nearest neighbour)")
         if not label.any():
             raise VolumeError(spec.label, "label does not overlap its image in world coordinates")

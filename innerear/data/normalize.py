@@ -2,8 +2,10 @@
 normalisation (the robust recipe), their JSON form, and histograms of normalised scans (the
 segmenter's check of a scan against its training data)."""
 from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Iterable, Sequence
+
 import numpy as np
 
 

@@ -28,9 +28,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from innerear.data.resample import DEFAULT_MAX_BYTES, resample_image_bounded, value_range
 from innerear.io import VolumeError, check_voxel_size, read_volume, save_npz, spacing_source
 from innerear.metrics import dice
-from innerear.data.resample import DEFAULT_MAX_BYTES, resample_image_bounded, value_range
+
 CACHE_VERSION = 2
 IMAGE_SUFFIXES = ("_image", "_img", "_ct")
 LABEL_SUFFIXES = ("_label", "_seg", "_mask")

@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from innerear.evaluation.table1 import method_pairs, paired_wilcoxon, summarize
 from innerear.settings.structures import STRUCTURE_NAMES
-from innerear.evaluation.table1 import paired_wilcoxon, method_pairs, summarize
 
 
 def structure_columns(per_volume: pd.DataFrame, kind: str = "dice") -> list[str]:

@@ -20,13 +20,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from innerear.settings.profiles import BACKBONE_LABELS, Profile, backbone_label
-from innerear.settings.views import PAPER_ORDER
-from innerear.settings.layout import read_stage_predictions, stage_dir
-from innerear.metrics import evaluate, fragmentation, per_structure
 from innerear.data.preprocess import PreparedCase
-from innerear.settings.views import orientation_axis
 from innerear.io import atomic_path
+from innerear.metrics import evaluate, fragmentation, per_structure
+from innerear.settings.layout import read_stage_predictions, stage_dir
+from innerear.settings.profiles import BACKBONE_LABELS, Profile, backbone_label
+from innerear.settings.views import PAPER_ORDER, orientation_axis
 
 
 def table1_methods(order: Sequence[str] = PAPER_ORDER, se_mode: str = "authors") -> dict[str, tuple[str, tuple[str, ...]]]:

@@ -22,20 +22,26 @@ trainings, not 18, and the three single-view baselines come with them.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import keras
 import numpy as np
 
-from innerear.inference.kernels import (DEFAULT_MARGIN, auto_bucket, output_classes, pooling_factor, predict_slices,
-                                        predict_volume, roi_crops)
-from innerear.metrics import largest_component
 from innerear.data.normalize import Normalizer, normalizer_from_dict
+from innerear.inference.kernels import (
+    DEFAULT_MARGIN,
+    auto_bucket,
+    output_classes,
+    pooling_factor,
+    predict_slices,
+    predict_volume,
+    roi_crops,
+)
+from innerear.inference.modelfolder import read_model_folder
+from innerear.metrics import largest_component
 from innerear.nets.checkpoints import load_model
 from innerear.settings.views import from_slices, orientation_axis, to_slices
 
@@ -168,7 +174,7 @@ class Cascade:
     """A trained cascade: its stages (view, model), normaliser, grid and inference settings.
 
     Load one with :func:`load_cascade` (a run's deepest stage folder) or
-    :func:`innerear.inference.segment.load_model_dir` (a shipped model folder); segment a prepared
+    :func:`innerear.inference.segment.load_model_dir` (a model folder, cached); segment a prepared
     volume with :meth:`predict`.
     """
 
@@ -241,35 +247,12 @@ class Cascade:
         return out
 
 
-
-
 def load_cascade(run_dir: str | os.PathLike) -> Cascade:
-    """Load a trained cascade from its deepest stage folder (or a folder with ``cascade.json``)."""
-    run_dir = Path(run_dir)
-    spec_path = run_dir / "cascade.json"
-    if not spec_path.exists():
-        raise FileNotFoundError(f"{run_dir}: not a trained cascade (no cascade.json)")
-    spec = json.loads(spec_path.read_text())
-    stages = []
-    for rel in spec["stages"]:
-        stage_path = (run_dir / rel).resolve()
-        model_path = stage_path / "best.keras"
-        if not model_path.exists():
-            raise FileNotFoundError(f"{model_path}: model file missing; the run folder is incomplete")
-        stages.append((json.loads((stage_path / "stage.json").read_text())["view"], load_model(model_path)))
-    norm = normalizer_from_dict(spec["normalizer"])
-    grid = int(spec["grid"]) if spec.get("grid") is not None else None  # None: a physical model (voxel_mm)
-    return Cascade(stages=stages, normalizer=norm, grid=grid, threshold=float(spec.get("threshold", 0.5)),
-                   info=spec, view_axes=spec.get("view_axes", "ras"), connectivity=int(spec.get("connectivity", 26)),
-                   voxel_mm=spec.get("voxel_mm"))
-
-
-# --------------------------------------------------------------------------- training
-
-
-
-
-
-
-
-
+    """Load a trained cascade from a folder with ``cascade.json`` (a run's deepest stage folder or a
+    model folder), read and checked by :func:`innerear.inference.modelfolder.read_model_folder`."""
+    model = read_model_folder(run_dir, search=False)
+    spec = model.spec
+    stages = [(stage.view, load_model(stage.network)) for stage in model.stages]
+    return Cascade(stages=stages, normalizer=normalizer_from_dict(spec.normalizer), grid=spec.grid,
+                   threshold=float(spec.threshold), info=spec.to_dict(), view_axes=spec.view_axes,
+                   connectivity=int(spec.connectivity), voxel_mm=spec.voxel_mm)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Sequence
-import numpy as np
 
+import numpy as np
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

@@ -9,6 +9,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
 import numpy as np
 
 
@@ -74,12 +75,22 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
 
 
 
+def json_text(obj: object, indent: int = 2) -> str:
+    """The text of a JSON file of ``obj`` as the package writes them: indented, sorted keys, a final newline."""
+    return json.dumps(obj, indent=indent, sort_keys=True, default=json_default) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> Path:
-    """Write JSON atomically (sorted keys, indented) and return the path: the package's one JSON writer."""
+    """Write :func:`json_text` atomically and return the path: the package's one JSON writer."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True, default=json_default) + "\n")
+        tmp.write_text(json_text(obj, indent))
     return path
+
+
+def json_round_trip(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples become lists, numpy scalars numbers), for comparing."""
+    return json.loads(json.dumps(value, default=json_default))
 
 
 def json_default(obj: object) -> object:

@@ -6,6 +6,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
+
 import numpy as np
 
 from innerear.io.common import LPS, VolumeError

@@ -9,7 +9,8 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
-from innerear.io import atomic_path
+
+from innerear.io.files import atomic_path
 
 
 def surface_mesh(mask: np.ndarray, spacing: Sequence[float], affine: np.ndarray | None = None,

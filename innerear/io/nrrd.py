@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 import nrrd  # pynrrd (a top-level package: this module is innerear.io.nrrd)
 import numpy as np
 

@@ -6,11 +6,11 @@ import os
 import re
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
 
-from innerear.io.common import MM_PER_UNIT, TIFF_SUFFIXES, VolumeError
+from innerear.io.common import MM_PER_UNIT, TIFF_SUFFIXES, VolumeError, folder_contents
 from innerear.io.files import atomic_path
-from innerear.io.common import folder_contents
 
 
 def _natural_key(path: Path) -> list:

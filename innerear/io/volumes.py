@@ -24,12 +24,6 @@ from innerear.io.nrrd import read_nrrd, write_nrrd
 from innerear.io.tiff import read_tiff
 
 
-
-
-
-
-
-
 def spacing_source(path: str | os.PathLike, given: bool) -> str:
     """Where :func:`read_volume` took a file's voxel size from, for messages."""
     return "option --spacing" if given else SPACING_FIELDS[volume_format(path)]

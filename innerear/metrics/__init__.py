@@ -2,17 +2,33 @@
 
 Owns the paper's per-volume metrics, distances, largest component and fragmentation
 (:mod:`~innerear.metrics.scores`, re-exported here: ``innerear.metrics.evaluate``), the
-cochlear duct length and turns (:mod:`~innerear.metrics.cochlea`) and the anatomy measured
+cochlear duct length and turns (:mod:`~innerear.metrics.cochlea`), the anatomy measured
 from a structure map (:mod:`~innerear.metrics.anatomy`: cochlear path, handedness,
-topology). NumPy, SciPy and scikit-image only: no deep learning, so results code and the
+topology; :mod:`~innerear.metrics.morphometry` and :mod:`~innerear.metrics.canals`: volumes,
+A/B values, turn areas, canal geometry) and the published human measurements they are set
+beside (:mod:`~innerear.metrics.literature`, with its table in ``reference/``). NumPy, SciPy and scikit-image only: no deep learning, so results code and the
 data floor (phantoms that measure themselves, the label-resampling check) can use it.
 It sits below :mod:`innerear.data` for that reason."""
 from innerear.metrics.components import CONNECTIVITY, largest_component, topology
-from innerear.metrics.scores import (METRIC_KEYS, DistanceMethod, as_mask, check_spacing,
-                                     components_per_slice, confusion_counts, dice, evaluate, fragmentation,
-                                     overlap_metrics, per_structure, roc_auc, structure_regions,
-                                     surface, surface_distances)
+from innerear.metrics.scores import (
+                                     METRIC_KEYS,
+                                     DistanceMethod,
+                                     as_mask,
+                                     check_spacing,
+                                     components_per_slice,
+                                     confusion_counts,
+                                     dice,
+                                     evaluate,
+                                     fragmentation,
+                                     overlap_metrics,
+                                     per_structure,
+                                     roc_auc,
+                                     structure_labels,
+                                     structure_regions,
+                                     surface,
+                                     surface_distances,
+)
 
 __all__ = ["CONNECTIVITY", "METRIC_KEYS", "DistanceMethod", "as_mask", "check_spacing", "components_per_slice",
            "confusion_counts", "dice", "evaluate", "fragmentation", "largest_component", "overlap_metrics",
-           "per_structure", "roc_auc", "structure_regions", "surface", "surface_distances", "topology"]
+           "per_structure", "roc_auc", "structure_labels", "structure_regions", "surface", "surface_distances", "topology"]

@@ -1,11 +1,13 @@
 """Anatomy measured from a structure label map alone: the cochlear duct's path, its turns and
 handedness, and topology (components, cavities, tunnels) including the canals' three loops."""
 from __future__ import annotations
+
 import numpy as np
 from scipy import ndimage
+
 from innerear.metrics.cochlea import geodesic_distance, measure_cochlea, shell_centreline
-from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 from innerear.metrics.components import largest_component, topology
+from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 
 
 def voxel_centres(index: np.ndarray, affine: np.ndarray) -> np.ndarray:

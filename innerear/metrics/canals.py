@@ -356,7 +356,10 @@ def canal_arcs(structures: np.ndarray, affine: np.ndarray) -> tuple[list[tuple[C
         piece = lab == k + 1
         if piece.sum() < 8:
             continue
-        arcs, why = _piece_arcs(g, piece)
+        try:
+            arcs, why = _piece_arcs(g, piece)
+        except ValueError:  # scikit-image finds no path between two mouths (too coarse a grid)
+            arcs, why = [], f"a canal piece of {int(piece.sum())} voxels has mouths not joined through it"
         found += [(arc, g.world(m)) for arc, m in arcs]
         if why:
             problems.append(why)

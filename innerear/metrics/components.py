@@ -1,10 +1,10 @@
 """Connected components: the largest one (the cascade's post-processing) and topology (components,
 cavities, tunnels), for every mask the package measures."""
 from __future__ import annotations
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
-
 
 CONNECTIVITY = {6: 1, 18: 2, 26: 3}  # 3D neighbourhood -> scipy's generate_binary_structure rank
 

@@ -157,3 +157,20 @@ def format_comparisons(rows: Sequence[Comparison]) -> str:
         lines.append(f"{c.quantity:<26} {c.unit:<5} {f(c.median):>7} {f(c.low) + '-' + f(c.high):>15} "
                      f"{f(c.reference_mean):>7} {band:>15} {yn(c.median_in_band):<3} {lim:>15} {yn(c.all_within_limits)}")
     return "\n".join(lines)
+
+
+_WORDS = {"asc": "anterior canal", "psc": "posterior canal", "lsc": "lateral canal", "cdl": "duct length",
+          "a": "A", "b": "B", "corti": "Corti"}
+UNIT_TEXT = {"mm3": "mm³", "mm2": "mm²", "mm": "mm", "deg": "°", "turns": "turns"}
+
+
+def quantity_title(quantity: str) -> str:
+    """A quantity id for people: ``cochlea_volume_mm3`` -> ``Cochlea volume``."""
+    if quantity.startswith("angle_"):
+        a, b = quantity[len("angle_"):-len("_deg")].split("_")
+        return f"Angle {_WORDS[a]} / {_WORDS[b]}"
+    words = quantity.split("_")
+    if words[-1] in UNIT_TEXT and len(words) > 2:  # the unit suffix (not "cochlea_turns")
+        words = words[:-1]
+    text = " ".join(_WORDS.get(w, w) for w in words)
+    return text[:1].upper() + text[1:]

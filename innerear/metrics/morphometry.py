@@ -41,10 +41,12 @@ i.e. of the voxel centres plus one voxel's footprint along the direction):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from innerear.io import read_volume
 from innerear.metrics.canals import CANAL_NAMES, Canals, measure_canals
 from innerear.metrics.cochlea import UnwrappedCochlea, unwrap_cochlea
 from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
@@ -289,3 +291,9 @@ def measure_morphometry(structures: np.ndarray, affine: np.ndarray) -> Morphomet
         elif not math.isfinite(v) and key not in notes:
             notes[key] = next((notes[g] for g in _groups(key) if g in notes), "not measurable")
     return Morphometry(**{k: float(v) for k, v in values.items()}, notes=notes)
+
+
+def measure_file(path: str | os.PathLike) -> Morphometry:
+    """:func:`measure_morphometry` of a structure label map on disk (any format :func:`~innerear.io.read_volume` reads)."""
+    structures, _, affine = read_volume(path)
+    return measure_morphometry(np.asarray(structures), affine)

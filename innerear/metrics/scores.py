@@ -66,6 +66,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
 from innerear.settings.structures import STRUCTURE_NAMES
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -329,6 +330,22 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- fragmentation
+def structure_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A structure map that agrees with ``mask``: ``labels`` inside it, 0 outside, and every mask
+    voxel without a structure given its nearest labelled voxel's (within the mask's bounding box)."""
+    out = np.where(mask != 0, labels, 0).astype(np.uint8)
+    if not mask.any():
+        return out
+    idx = np.nonzero(mask)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in idx)
+    crop, crop_mask = out[box], mask[box] != 0
+    missing = crop_mask & (crop == 0)
+    if missing.any() and crop.any():
+        nearest = ndimage.distance_transform_edt(crop == 0, return_distances=False, return_indices=True)
+        crop[missing] = crop[tuple(n[missing] for n in nearest)]
+    return out
+
+
 def components_per_slice(mask: ArrayLike, axis: int) -> NDArray[np.int64]:
     """Number of 2D connected components (8-connectivity) in each slice along ``axis``."""
     m = as_mask(mask)

@@ -1,6 +1,8 @@
 """The Keras backend's global switches: seeds (and deterministic ops) and CPU threads."""
 from __future__ import annotations
+
 import os
+
 import keras
 
 

@@ -1,5 +1,6 @@
 """Losses of the 2D networks, registered with Keras so that saved networks load by name."""
 from __future__ import annotations
+
 import keras
 
 

@@ -12,8 +12,12 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from scipy import ndimage
 
+from innerear.metrics.literature import UNIT_TEXT, quantity_title
 from innerear.settings.views import ORIENTATIONS, orientation_axis, to_slices
 
 COLORS = {"truth": "#2ca02c", "pred": "#d62728", "lookalike": "#ff7f0e", "stage": "#1f77b4"}
@@ -283,3 +287,55 @@ def live_view(image: np.ndarray, label: np.ndarray | None = None):
               "`pip install -e '.[itk]'` and run this cell in JupyterLab with network access.")
         return None
     return view(image=image, label_image=label)
+
+
+def morphometry_table(comparisons) -> pd.DataFrame:
+    """Phantoms beside the literature, one row per quantity, with column names for people
+    (``comparisons``: :func:`innerear.metrics.literature.compare`)."""
+    def num(x: float) -> str:
+        return f"{x:.3g}" if np.isfinite(x) else "not measured"
+
+    def short(source: str, width: int = 32) -> str:
+        return source if len(source) <= width else source[: width - 1].rstrip(" ,(") + "…"
+
+    rows = []
+    for c in comparisons:
+        band = f"{num(c.band[0])}–{num(c.band[1])}, {c.band_kind.replace('+-', '±')}" if c.band else "no spread"
+        rows.append({"quantity": quantity_title(c.quantity), "unit": UNIT_TEXT.get(c.unit, c.unit),
+                     "phantoms: median (range)": f"{num(c.median)} ({num(c.low)}–{num(c.high)})",
+                     "literature: mean (band)": f"{num(c.reference_mean)} ({band})",
+                     "median in band": {True: "yes", False: "NO", None: "no band"}[c.median_in_band],
+                     "source": short(c.source)})
+    return pd.DataFrame(rows).set_index("quantity")
+
+
+def morphometry_figure(comparisons, measured, ncols: int = 3) -> plt.Figure:
+    """One panel per quantity: the literature's band (dark) and limits (light) as spans, the
+    phantoms as dots (``measured``: objects with ``values()``, e.g. ``Morphometry``)."""
+    values = [m.values() for m in measured]
+    nrows = max(1, int(np.ceil(len(comparisons) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 1.5 * nrows), squeeze=False)
+    for ax, c in zip(axes.ravel(), comparisons):
+        v = np.array([float(r.get(c.quantity, np.nan)) for r in values])
+        v = v[np.isfinite(v)]
+        if c.limits:
+            ax.axvspan(*c.limits, color="#c6dbef", label="published range ± 10 %")
+        if c.band:
+            ax.axvspan(*c.band, color="#6baed6", label="published band")
+        ax.axvline(c.reference_mean, color="#08519c", lw=1)
+        jitter = np.random.default_rng(0).uniform(-0.25, 0.25, len(v))
+        ax.plot(v, jitter, "o", ms=3, color="#d62728", label="phantoms")
+        ax.set_ylim(-1, 1)
+        ax.set_yticks([])
+        unit = "" if c.unit == "turns" else f" ({UNIT_TEXT.get(c.unit, c.unit)})"
+        ax.set_title(f"{quantity_title(c.quantity)}{unit}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(comparisons):]:
+        ax.axis("off")
+    handles = [Patch(color="#6baed6", label="published band (mean ± SD, IQR or range)"),
+               Patch(color="#c6dbef", label="published range ± 10 %"),
+               Line2D([], [], color="#08519c", label="published mean"),
+               Line2D([], [], marker="o", ls="", ms=3, color="#d62728", label="phantoms (synthetic)")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig

@@ -17,6 +17,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+
 from innerear.io import write_json
 
 if TYPE_CHECKING:

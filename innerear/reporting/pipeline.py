@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from innerear.settings.profiles import BACKBONES, Profile, default_data_dir, get_profile, project_root
+from innerear.data.phantom import write_phantom_set
+from innerear.data.preprocess import prepare_dataset
 from innerear.io import atomic_path
+from innerear.reporting.performance import timings_path, write_record
 from innerear.settings.layout import cache_dir, profile_runs, runs_root, stage_dir
+from innerear.settings.profiles import BACKBONES, Profile, default_data_dir, get_profile, project_root
 from innerear.settings.views import ALL_ORDERS, ORIENTATIONS, PAPER_ORDER
 
 NOTEBOOKS = {
@@ -81,7 +86,7 @@ def execute_notebook(run: NotebookRun, root: Path, site: Path) -> float:
     The executed copy is written to a temporary name and renamed on success, so a failed
     run never leaves a page that looks complete.
     """
-    import papermill as pm
+    import papermill as pm  # lazy: papermill (and Jupyter's client) only where notebooks run
 
     src = root / "notebooks" / f"{run.notebook}.ipynb"
     dst = site / "book" / "executed" / run.output
@@ -107,12 +112,6 @@ def training_jobs(profile: Profile) -> list[tuple[str, int, tuple[str, ...]]]:
     return list(dict.fromkeys(jobs))
 
 
-def stage_nodes(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> list[tuple[str, int, tuple[str, ...]]]:
-    """The distinct stages of a set of runs (prefix-tree nodes), parents before children."""
-    nodes = {(b, f, views[: k + 1]) for b, f, views in jobs for k in range(len(views))}
-    return sorted(nodes, key=lambda n: (len(n[2]), n[0], n[1], n[2]))
-
-
 def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int) -> list[list[tuple]]:
     """Runs grouped for training in one process each: by backbone, or by (backbone, fold)
     when there are more workers than backbones. Runs that share stages always share a group
@@ -128,9 +127,10 @@ def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int) 
 def _train_group(profile_name: str, seed: int, root: str, group: list[tuple], threads: int | None) -> list[dict]:
     """Worker task: train a group of runs of one backbone in one fresh Python process.
 
-    One process per group pays the framework's start-up once and lets runs of the same
-    architecture share compiled networks (``innerear run --job ...``, see
-    :class:`~innerear.training.fit.ModelPool`); a separate process keeps each group's memory and
+    The process is ``innerear run --job ...``, which trains each run with the paper recipe's
+    entry point, :func:`innerear.training.paper.train_run`. One process per group pays the
+    framework's start-up once and lets runs of the same architecture share compiled networks
+    (:class:`~innerear.training.fit.ModelPool`); a separate process keeps each group's memory and
     threads to itself (TensorFlow inside a Dask worker ran 2-3x slower here).
     """
     env = dict(os.environ, INNEREAR_HOME=root, TF_CPP_MIN_LOG_LEVEL="3")
@@ -169,7 +169,7 @@ def train_all(profile: Profile, seed: int, root: Path, workers: int | None = Non
     (``tcp://host:8786``) the tasks go to that cluster, whose workers must see the same
     project folder.
     """
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, LocalCluster, as_completed  # lazy: Dask only where training runs
 
     jobs = [j for j in training_jobs(profile)
             if not (stage_dir(runs_root(root), profile, *j) / "stage.json").exists()]
@@ -215,8 +215,6 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
     was trained on it: trained runs (``runs/<profile>``) are never deleted implicitly; a
     :class:`RuntimeError` then says which command removes them.
     """
-    from innerear.data.phantom import write_phantom_set
-
     data_dir = default_data_dir(profile.name, root)
     if data_dir.name == "hear-eu":
         return data_dir
@@ -224,8 +222,6 @@ def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:
     try:
         write_phantom_set(data_dir, profile.phantoms, seed=seed, progress=True)
     except FileExistsError:
-        import shutil
-
         manifest = data_dir / "manifest.json"
         if not (manifest.exists() and json.loads(manifest.read_text()).get("synthetic")):
             raise
@@ -254,8 +250,6 @@ def write_timings(root: Path, profile: Profile, seed: int, times: dict[str, floa
     Written twice per run: before the Performance page is rendered (``complete`` false: the
     book build and the total are still to come) and at the end.
     """
-    from innerear.reporting.performance import timings_path, write_record
-
     pages = {k: v for k, v in times.items() if k.endswith(".ipynb")}
     steps = [{"step": k, "seconds": v} for k, v in times.items() if k not in pages and k != "total"]  # in order
     return write_record(timings_path(root, profile.name), "reproduce-timings",
@@ -269,8 +263,6 @@ BOOK_SOURCES = ("_config.yml", "_toc.yml", "references.bib", "book")
 
 def prepare_site(root: Path, site: Path) -> Path:
     """Copy the book's static sources into ``site`` (a separate book, e.g. the test build)."""
-    import shutil
-
     if site.resolve() == root.resolve():
         return site
     site.mkdir(parents=True, exist_ok=True)
@@ -309,8 +301,6 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
     ensure_phantoms(profile, seed, root)
     times["phantoms"] = time.perf_counter() - t0
     t = time.perf_counter()
-    from innerear.data.preprocess import prepare_dataset
-
     prepare_dataset(default_data_dir(profile.name, root), profile.grid, cache_dir(root, profile), progress=True)
     times["prepare"] = time.perf_counter() - t
     if not only:
@@ -331,8 +321,6 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
         except Exception as exc:  # keep going: other runs' results stay valid
             failures.append(f"{run.output}: {type(exc).__name__}")
             print(f"[papermill] FAILED {run.output}: {exc}", file=sys.stderr, flush=True)
-
-    from concurrent.futures import ThreadPoolExecutor
 
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:

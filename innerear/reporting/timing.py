@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from innerear.inference.engine import Cascade, InferenceSettings, load_cascade, postprocess
-from innerear.settings.views import PAPER_ORDER
-from innerear.io import save_npz
 from innerear.data.normalize import Normalizer
-from innerear.nets.checkpoints import load_model
-from innerear.nets.backend import set_seed
-from innerear.settings.views import orientation_axis
+from innerear.inference.engine import Cascade, InferenceSettings, load_cascade, postprocess
 from innerear.inference.kernels import predict_volume
+from innerear.io import save_npz
 from innerear.nets.backbones import build
+from innerear.nets.backend import set_seed
+from innerear.nets.checkpoints import load_model
+from innerear.settings.views import PAPER_ORDER, orientation_axis
 
 
 def time_segmentation(cascade_dir: str | os.PathLike, cache_file: str | os.PathLike, repeats: int = 1,

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-
 BACKBONES = ("unet", "res_unet", "se_unet")
 CONNECTIVITIES = (6, 18, 26)
 BACKBONE_LABELS: dict[str, str] = {"unet": "U-Net", "res_unet": "ResU-Net", "se_unet": "SEU-Net"}

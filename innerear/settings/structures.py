@@ -20,9 +20,9 @@ class Structure:
 
 
 TABLE: tuple[Structure, ...] = (
-    Structure(1, "cochlea", "Cochlea", "#e6ab02"),
-    Structure(2, "vestibule", "Vestibule", "#1b9e77"),
-    Structure(3, "canals", "Semicircular canals", "#7570b3"),
+    Structure(1, "cochlea", "Cochlea", "#e6b400"),
+    Structure(2, "vestibule", "Vestibule", "#2ca02c"),
+    Structure(3, "canals", "Semicircular canals", "#1f77b4"),
 )
 
 COCHLEA, VESTIBULE, CANALS = (s.value for s in TABLE)

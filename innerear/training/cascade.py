@@ -3,28 +3,33 @@
 :func:`train_cascade` trains the stages of one order in sequence, each on the image plus
 the earlier stages' held-out masks (with optional context dropout,
 :func:`drop_context`), writes every stage's held-out predictions through the engine
-(:func:`innerear.inference.engine.run_stage`) and a ``cascade.json`` for
-:func:`innerear.inference.engine.load_cascade`. A stage folder is locked while it trains
+(:func:`innerear.inference.engine.run_stage`) and a ``cascade.json``
+(:class:`innerear.inference.modelfolder.ModelSpec`) for :func:`innerear.inference.engine.load_cascade`. A stage folder is locked while it trains
 (:func:`stage_lock`) and resumes from its checkpoints."""
 from __future__ import annotations
+
 import contextlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+
 import keras
 import numpy as np
-from innerear.settings.profiles import Profile
-from innerear.io import save_npz, write_json
-from innerear.settings.layout import (fold_dir, read_stage_masks, stage_dir)
-from innerear.metrics import dice
-from innerear.data.preprocess import PreparedCase, split_fold
+
 from innerear.data.normalize import fit_normalizer
-from innerear.training.fit import ModelPool, SliceDataset, fit, set_output_prior
-from innerear.settings.views import check_order
+from innerear.data.preprocess import PreparedCase, split_fold
 from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
+from innerear.inference.modelfolder import ModelSpec
+from innerear.io import json_round_trip, save_npz, write_json
+from innerear.metrics import dice
 from innerear.nets.backbones import build_for_profile
+from innerear.settings.layout import fold_dir, read_stage_masks, stage_dir
+from innerear.settings.profiles import Profile
+from innerear.settings.views import check_order
+from innerear.training.fit import ModelPool, SliceDataset, fit, set_output_prior
 
 
 @contextlib.contextmanager
@@ -54,15 +59,37 @@ def _stage_seed(seed: int, backbone: str, fold: int, order: Sequence[str]) -> in
     return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(key))) % (2**31 - 1)
 
 
-def _jsonable(value):
-    """A value as it reads back from JSON (tuples become lists), for comparing settings."""
-    return json.loads(json.dumps(value))
-
-
 # Profile fields added after runs were first recorded: a record without one was trained with
 # this value (the behaviour before the field existed).
 _LEGACY_PROFILE_VALUES = {"plain_bottleneck": False, "connectivity": 26, "lr_plateau": None, "min_delta": 0.0,
                          "prior_bias": False, "context_dropout": 0.0}
+
+
+@dataclass
+class _Run:
+    """What every stage of one cascade training shares."""
+
+    cases: dict[str, PreparedCase]
+    ids: list[str]
+    train_ids: list[str]
+    test_ids: list[str]
+    backbone: str
+    fold: int
+    order: tuple[str, ...]
+    profile: Profile
+    runs_root: str | os.PathLike
+    seed: int
+    verbose: bool
+    pool: ModelPool | None
+    inference: InferenceSettings
+    view_axes: str
+    images: dict[str, np.ndarray]  # normalised
+
+    def seed_of(self, k: int) -> int:
+        return _stage_seed(self.seed, self.backbone, self.fold, self.order[: k + 1])
+
+    def folder(self, k: int) -> Path:
+        return stage_dir(self.runs_root, self.profile, self.backbone, self.fold, self.order[: k + 1])
 
 
 def train_cascade(
@@ -93,17 +120,35 @@ def train_cascade(
     written to ``cascade.json`` with the connectivity, so that a loaded cascade predicts as
     it was trained.
     """
-
-    inference = inference or InferenceSettings()
-    view_axes = view_axes or getattr(profile, "view_axes", "ras")
-
     order = check_order(order)
     by_id = {c.case_id: c for c in cases}
     ids = sorted(by_id)
     train_ids, test_ids = split_fold(ids, folds, fold)
-    root = fold_dir(runs_root, profile, backbone, fold)
-    root.mkdir(parents=True, exist_ok=True)
     normalizer = fit_normalizer(by_id[c].image for c in train_ids)
+    _record_fold(fold_dir(runs_root, profile, backbone, fold), train_ids, test_ids, normalizer, profile, backbone, fold)
+    run = _Run(by_id, ids, train_ids, test_ids, backbone, fold, order, profile, runs_root, seed, verbose, pool,
+               inference or InferenceSettings(), view_axes or getattr(profile, "view_axes", "ras"),
+               {c: normalizer(by_id[c].image) for c in ids})
+    masks: dict[str, list[np.ndarray]] = {c: [] for c in ids}
+    summary: dict = {"fold": fold, "backbone": backbone, "order": list(order), "stages": []}
+    for k in range(len(order)):
+        with stage_lock(run.folder(k), verbose):
+            info, prev = _train_stage(run, k, masks)
+        for c in ids:
+            masks[c].append(prev[c])
+        summary["stages"].append(info)
+    last = run.folder(len(order) - 1)
+    ModelSpec(stages=tuple(os.path.relpath(run.folder(k), last) for k in range(len(order))),
+              order=tuple(order), normalizer=normalizer.to_dict(), grid=profile.grid, threshold=0.5,
+              connectivity=profile.connectivity, view_axes=run.view_axes, backbone=backbone, fold=fold,
+              profile=profile.name).write(last)
+    return summary
+
+
+def _record_fold(root: Path, train_ids: list[str], test_ids: list[str], normalizer, profile: Profile, backbone: str,
+                 fold: int) -> None:
+    """Write ``fold.json``; refuse a folder trained on other specimens or with other settings."""
+    root.mkdir(parents=True, exist_ok=True)
     fold_file = root / "fold.json"
     if fold_file.exists():
         old = json.loads(fold_file.read_text())
@@ -114,82 +159,75 @@ def train_cascade(
             | ({"plain_bottleneck"} if backbone == "unet" else set())
         recorded = _LEGACY_PROFILE_VALUES | old.get("profile", {})
         changed = sorted(k for k, v in profile.to_dict().items() if k not in irrelevant
-                         and k in recorded and _jsonable(recorded[k]) != _jsonable(v))
+                         and k in recorded and json_round_trip(recorded[k]) != json_round_trip(v))
         if changed:
             raise RuntimeError(f"{root}: trained with other settings ({', '.join(changed)} differ from profile "
                                f"{profile.name!r}); remove the folder or use another runs folder")
     write_json(fold_file, {"train": train_ids, "test": test_ids, "normalizer": normalizer.to_dict(),
-                                    "profile": profile.to_dict(), "backbone": backbone, "fold": fold})
-    images = {c: normalizer(by_id[c].image) for c in ids}
-    masks: dict[str, list[np.ndarray]] = {c: [] for c in ids}
-    summary: dict = {"fold": fold, "backbone": backbone, "order": list(order), "stages": []}
-    for k, view in enumerate(order):
-        folder = stage_dir(runs_root, profile, backbone, fold, order[: k + 1])
-        with stage_lock(folder, verbose):
-            done = folder / "stage.json"
-            if done.exists():
-                info = json.loads(done.read_text())
-                prev = read_stage_masks(folder, ids)
-                if verbose:
-                    print(f"stage {k + 1} ({view}) already trained: {folder}", flush=True)
-            else:
-                t0 = time.perf_counter()
-                if verbose:
-                    print(f"stage {k + 1}/{len(order)} ({view}, {1 + k} channel(s)) -> {folder}", flush=True)
-                rng = np.random.default_rng(_stage_seed(seed, backbone, fold, order[: k + 1]))
-                context = {c: [drop_context(m, profile.context_dropout, rng) for m in masks[c]] for c in train_ids}
-                train_data = SliceDataset([stage_inputs(images[c], context[c]) for c in train_ids],
-                                          [by_id[c].label for c in train_ids], view, profile.batch_size,
-                                          seed=_stage_seed(seed, backbone, fold, order[: k + 1]), view_axes=view_axes)
-                share = float(np.mean([by_id[c].label.mean() for c in train_ids])) if profile.prior_bias else None
+                           "profile": profile.to_dict(), "backbone": backbone, "fold": fold})
 
-                def network(channels: int = 1 + k, share: float | None = share) -> keras.Model:
-                    model = build_for_profile(backbone, channels, profile)
-                    return model if share is None else set_output_prior(model, share)
 
-                result = fit(
-                    network,
-                    train_data, folder, max_epochs=profile.max_epochs, patience=profile.patience,
-                    learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor,
-                    seed=_stage_seed(seed, backbone, fold, order[: k + 1]), verbose=verbose, pool=pool,
-                    min_delta=profile.min_delta, lr_plateau=profile.lr_plateau,
-                )
-                train_seconds = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                (folder / "pred").mkdir(exist_ok=True)
-                prev = {}
-                test_dice = {}
-                for c in ids:
-                    prob, mask = run_stage(result.model, view, images[c], masks[c], 0.5, inference,
-                                           view_axes=view_axes, connectivity=profile.connectivity)
-                    prev[c] = mask
-                    if c in test_ids:
-                        save_npz(folder / "pred" / f"{c}.npz", prob=prob.astype(np.float16), mask=mask)
-                        test_dice[c] = dice(mask, by_id[c].label)
-                    else:  # training volumes: only the mask, which the next stage trains on
-                        save_npz(folder / "pred" / f"{c}.npz", mask=mask)
-                info = {"view": view, "stage": k + 1, "channels": 1 + k, "order": list(order[: k + 1]),
-                        "epochs": result.epochs, "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
-                        "max_epochs": profile.max_epochs, "train_seconds": train_seconds,
-                        "predict_seconds": time.perf_counter() - t1, "test_dice": test_dice,
-                        "mean_test_dice": float(np.mean(list(test_dice.values()))), "train_ids": train_ids,
-                        "test_ids": test_ids, "backbone": backbone, "fold": fold, "grid": profile.grid,
-                        "inference_mode": inference.mode, "view_axes": view_axes}
-                write_json(folder / "stage.json", info)
-                if pool is None:  # pooled networks must survive for the next training
-                    keras.backend.clear_session()
-        for c in ids:
-            masks[c].append(prev[c])
-        summary["stages"].append(info)
-    last = stage_dir(runs_root, profile, backbone, fold, order)
-    write_json(last / "cascade.json", {
-        "stages": [os.path.relpath(stage_dir(runs_root, profile, backbone, fold, order[: k + 1]), last)
-                   for k in range(len(order))],
-        "order": list(order), "normalizer": normalizer.to_dict(), "grid": profile.grid, "threshold": 0.5,
-        "connectivity": profile.connectivity, "view_axes": view_axes,
-        "backbone": backbone, "fold": fold, "profile": profile.name,
-    })
-    return summary
+def _train_stage(run: _Run, k: int, masks: dict[str, list[np.ndarray]]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Stage ``k``: its record and every case's mask (read back when the stage was trained before)."""
+    folder, view = run.folder(k), run.order[k]
+    if (folder / "stage.json").exists():
+        if run.verbose:
+            print(f"stage {k + 1} ({view}) already trained: {folder}", flush=True)
+        return json.loads((folder / "stage.json").read_text()), read_stage_masks(folder, run.ids)
+    t0 = time.perf_counter()
+    if run.verbose:
+        print(f"stage {k + 1}/{len(run.order)} ({view}, {1 + k} channel(s)) -> {folder}", flush=True)
+    result = _fit_stage(run, k, masks)
+    train_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    prev, test_dice = _predict_stage(run, k, result.model, masks)
+    info = {"view": view, "stage": k + 1, "channels": 1 + k, "order": list(run.order[: k + 1]),
+            "epochs": result.epochs, "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
+            "max_epochs": run.profile.max_epochs, "train_seconds": train_seconds,
+            "predict_seconds": time.perf_counter() - t1, "test_dice": test_dice,
+            "mean_test_dice": float(np.mean(list(test_dice.values()))), "train_ids": run.train_ids,
+            "test_ids": run.test_ids, "backbone": run.backbone, "fold": run.fold, "grid": run.profile.grid,
+            "inference_mode": run.inference.mode, "view_axes": run.view_axes}
+    write_json(folder / "stage.json", info)
+    if run.pool is None:  # pooled networks must survive for the next training
+        keras.backend.clear_session()
+    return info, prev
+
+
+def _fit_stage(run: _Run, k: int, masks: dict[str, list[np.ndarray]]):
+    """Fit stage ``k``'s network on the training volumes plus the earlier stages' (dropped-out) masks."""
+    profile, train_ids = run.profile, run.train_ids
+    rng = np.random.default_rng(run.seed_of(k))
+    context = {c: [drop_context(m, profile.context_dropout, rng) for m in masks[c]] for c in train_ids}
+    train_data = SliceDataset([stage_inputs(run.images[c], context[c]) for c in train_ids],
+                              [run.cases[c].label for c in train_ids], run.order[k], profile.batch_size,
+                              seed=run.seed_of(k), view_axes=run.view_axes)
+    share = float(np.mean([run.cases[c].label.mean() for c in train_ids])) if profile.prior_bias else None
+
+    def network(channels: int = 1 + k, share: float | None = share) -> keras.Model:
+        model = build_for_profile(run.backbone, channels, profile)
+        return model if share is None else set_output_prior(model, share)
+
+    return fit(network, train_data, run.folder(k), max_epochs=profile.max_epochs, patience=profile.patience,
+               learning_rate=profile.learning_rate, loss=profile.loss, monitor=profile.monitor, seed=run.seed_of(k),
+               verbose=run.verbose, pool=run.pool, min_delta=profile.min_delta, lr_plateau=profile.lr_plateau)
+
+
+def _predict_stage(run: _Run, k: int, model: keras.Model, masks: dict[str, list[np.ndarray]]):
+    """Every case through stage ``k`` (the engine); held-out probabilities and masks saved, training masks too."""
+    folder = run.folder(k)
+    (folder / "pred").mkdir(exist_ok=True)
+    prev, test_dice = {}, {}
+    for c in run.ids:
+        prob, mask = run_stage(model, run.order[k], run.images[c], masks[c], 0.5, run.inference,
+                               view_axes=run.view_axes, connectivity=run.profile.connectivity)
+        prev[c] = mask
+        if c in run.test_ids:
+            save_npz(folder / "pred" / f"{c}.npz", prob=prob.astype(np.float16), mask=mask)
+            test_dice[c] = dice(mask, run.cases[c].label)
+        else:  # training volumes: only the mask, which the next stage trains on
+            save_npz(folder / "pred" / f"{c}.npz", mask=mask)
+    return prev, test_dice
 
 
 def drop_context(mask: np.ndarray, share: float, rng: np.random.Generator,

@@ -21,11 +21,10 @@ import keras
 import numpy as np
 
 from innerear.io import atomic_path, write_json
-from innerear.settings.views import to_slices
 from innerear.nets.backend import set_seed
 from innerear.nets.checkpoints import load_model
 from innerear.nets.losses import make_loss
-
+from innerear.settings.views import to_slices
 
 # --------------------------------------------------------------------------- determinism
 

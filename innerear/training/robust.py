@@ -47,9 +47,19 @@ import keras
 import numpy as np
 from scipy import ndimage
 
-from innerear.settings.views import PAPER_ORDER, check_order, to_slices
+from innerear.data import phantom as ph
+from innerear.data.normalize import PercentileNormalizer, histogram_distance, normalised_histogram
+from innerear.data.scan import map_to_scan, prepare_scan_physical
+from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
+from innerear.inference.modelfolder import ModelSpec
+from innerear.io import save_npz, write_json
+from innerear.metrics import structure_labels
+from innerear.nets.backbones import build
+from innerear.settings.profiles import get_profile
 from innerear.settings.structures import CLASS_NAMES
-
+from innerear.settings.views import PAPER_ORDER, check_order, to_slices
+from innerear.training.cascade import drop_context, stage_lock
+from innerear.training.fit import fit, set_output_prior
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -252,8 +262,6 @@ class PatchDataset(keras.utils.PyDataset):
 def class_map(label: np.ndarray, structures: np.ndarray) -> np.ndarray:
     """Class codes from a binary label and its structure map (1 cochlea, 2 vestibule, 3 canals);
     a label voxel without a structure takes its nearest one's (as ``innerear segment`` does)."""
-    from innerear.inference.segment import structure_labels
-
     return structure_labels(np.asarray(structures), np.asarray(label))
 
 
@@ -261,8 +269,6 @@ def resample_classes(classes: np.ndarray, affine: np.ndarray, shape: Sequence[in
                      target_affine: np.ndarray, n_classes: int) -> np.ndarray:
     """A class map moved onto another grid: per-class indicators, smoothed where the grid
     shrinks (antialiasing), linearly sampled at the target voxel centres, arg-max."""
-    from innerear.inference.segment import map_to_scan
-
     src_vox = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
     dst_vox = np.linalg.norm(np.asarray(target_affine, float)[:3, :3], axis=0)
     sigma = np.maximum(0.0, (dst_vox.mean() / src_vox - 1.0) * 0.4)
@@ -280,9 +286,6 @@ def resample_classes(classes: np.ndarray, affine: np.ndarray, shape: Sequence[in
 
 def _draw_specimen(recipe: RobustRecipe, index: int):
     """Training specimen ``index``: anatomy realism on, an acquisition drawn from the mixture."""
-    from innerear.data import phantom as ph
-    from innerear.settings.profiles import get_profile
-
     m = recipe.mixture
     rng = np.random.default_rng([recipe.seed, index, 0xAC0])
     crop = bool(rng.random() < m.crop_share)
@@ -297,9 +300,6 @@ def _draw_specimen(recipe: RobustRecipe, index: int):
 def prepare_training_scan(image: np.ndarray, affine: np.ndarray, label: np.ndarray, structures: np.ndarray,
                           recipe: RobustRecipe, case_id: str) -> PreparedScan:
     """A specimen as ``innerear segment`` would see it (same resampling and normalisation)."""
-    from innerear.data.normalize import PercentileNormalizer
-    from innerear.inference.segment import prepare_scan_physical
-
     prepared = prepare_scan_physical(image, affine, recipe.voxel_mm, 2 ** recipe.depth)
     norm = PercentileNormalizer(*recipe.normalizer)
     classes = resample_classes(class_map(label, structures), affine, prepared.volume.shape, prepared.affine,
@@ -309,8 +309,6 @@ def prepare_training_scan(image: np.ndarray, affine: np.ndarray, label: np.ndarr
 
 def prepare_training_set(recipe: RobustRecipe, work: Path, verbose: bool = False) -> list[PreparedScan]:
     """Generate (or reuse) the training specimens and prepare them; cached under ``work/prepared``."""
-    from innerear.io import save_npz
-
     out = Path(work) / "prepared"
     out.mkdir(parents=True, exist_ok=True)
     key = json.dumps({"recipe": recipe.to_dict()}, sort_keys=True, default=str)
@@ -351,15 +349,7 @@ def _stage_folder(work: Path, order: Sequence[str], k: int) -> Path:
 def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = False,
                  scans: Sequence[PreparedScan] | None = None) -> Path:
     """Train (or resume) the robust cascade in ``work``; returns the deepest stage folder
-    (with ``cascade.json``), ready for :func:`innerear.inference.segment.export_model`."""
-    from innerear.nets.backbones import build
-    from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
-    from innerear.training.cascade import drop_context
-    from innerear.training.cascade import stage_lock
-    from innerear.io import write_json
-    from innerear.data.normalize import PercentileNormalizer
-    from innerear.training.fit import fit, set_output_prior
-
+    (with ``cascade.json``), ready for :func:`innerear.inference.modelfolder.export_model`."""
     work = Path(work)
     order = check_order(recipe.order)
     if scans is None:
@@ -410,16 +400,13 @@ def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = 
             keras.backend.clear_session()
     last = stages[-1]
     edges, density, warn_above = _training_histogram(scans)
-    write_json(last / "cascade.json", {
-        "stages": [os.path.relpath(f, last) for f in stages], "order": list(order),
-        "normalizer": PercentileNormalizer(*recipe.normalizer).to_dict(),
-        "voxel_mm": recipe.voxel_mm, "threshold": 0.5, "connectivity": recipe.connectivity, "view_axes": "ras",
-        "backbone": recipe.backbone, "fold": None, "profile": "robust", "n_classes": recipe.n_classes,
-        "classes": list(CLASS_NAMES[: recipe.n_classes]), "recipe": recipe.to_dict(),
-        "intensity_histogram": {"edges": edges, "density": density, "warn_above": warn_above,
-                                "warn_above_rule": "1.5 x the largest distance of a training scan's histogram "
-                                                   "from the pooled one (at least 0.1)"},
-    })
+    ModelSpec(stages=tuple(os.path.relpath(f, last) for f in stages), order=tuple(order),
+              normalizer=PercentileNormalizer(*recipe.normalizer).to_dict(), voxel_mm=recipe.voxel_mm, threshold=0.5,
+              connectivity=recipe.connectivity, view_axes="ras", backbone=recipe.backbone, profile="robust",
+              n_classes=recipe.n_classes, classes=tuple(CLASS_NAMES[: recipe.n_classes]), recipe=recipe.to_dict(),
+              intensity_histogram={"edges": edges, "density": density, "warn_above": warn_above,
+                                   "warn_above_rule": "1.5 x the largest distance of a training scan's histogram "
+                                                      "from the pooled one (at least 0.1)"}).write(last)
     return last
 
 
@@ -427,8 +414,6 @@ def _training_histogram(scans: Sequence[PreparedScan]) -> tuple[list[float], lis
     """The training scans' normalised-intensity distribution (before augmentation), pooled over
     the voxels inside each scan (as ``innerear segment`` measures a scan: not its padding), and
     the distance above which a scan's histogram is called unlike the training ones."""
-    from innerear.data.normalize import histogram_distance, normalised_histogram
-
     parts = []
     for s in scans:
         core = s.image[s.core] if s.core is not None else s.image

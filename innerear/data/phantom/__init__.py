@@ -86,21 +86,52 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from innerear.data.phantom.acquisition import (
+    Acquisition,
+    acquisition_params,
+    draw_acquisition,
+    misregister,
+    prepare_scanner,
+)
+from innerear.data.phantom.imaging import render
+from innerear.data.phantom.params import (
+    AnatomyParams,
+    AnatomyRealism,
+    ImagingParams,
+    PoseParams,
+    SpecimenParams,
+    SurroundingsParams,
+    draw_params,
+    draw_specimen_params,
+)
+from innerear.data.phantom.specimen import (
+    GENERATOR,
+    PHANTOM_VERSION,
+    T_AIR,
+    T_BONE,
+    T_LUMEN,
+    T_MEDIUM,
+    T_NERVE,
+    T_VESSEL,
+    TISSUES,
+    Specimen,
+    jsonable,
+    specimen_id,
+)
+from innerear.data.phantom.truth import cochlea_truth
+from innerear.data.phantom.world import World, build_world
+from innerear.data.phantom.write import (
+    PARTIAL,
+    entry_files_exist,
+    finish_set,
+    resume_set,
+    set_key,
+    specimen_files,
+    write_specimen,
+)
+from innerear.io.files import write_json
 from innerear.settings.profiles import PhantomSettings
 from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
-from innerear.data.phantom.acquisition import (Acquisition, acquisition_params, draw_acquisition, misregister,
-                                               prepare_scanner)
-from innerear.data.phantom.imaging import render
-from innerear.data.phantom.truth import cochlea_truth
-from innerear.data.phantom.params import AnatomyRealism
-from innerear.data.phantom.params import (AnatomyParams, ImagingParams, PoseParams, SpecimenParams, SurroundingsParams,
-                                          draw_params, draw_specimen_params)
-from innerear.data.phantom.specimen import (GENERATOR, PHANTOM_VERSION, T_AIR, T_BONE, T_LUMEN, T_MEDIUM, T_NERVE,
-                                            T_VESSEL, TISSUES, Specimen, jsonable, specimen_id)
-from innerear.data.phantom.world import World, build_world
-from innerear.data.phantom.write import (PARTIAL, entry_files_exist, finish_set, resume_set, set_key, specimen_files,
-                                         write_specimen)
-from innerear.io.files import write_json
 
 __all__ = [
     "Acquisition", "AnatomyParams", "AnatomyRealism", "GENERATOR", "ImagingParams",

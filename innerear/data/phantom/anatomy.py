@@ -17,8 +17,19 @@ from typing import Any, Callable
 import numpy as np
 from scipy.spatial import cKDTree
 
-from innerear.data.phantom.geometry import (Ellipsoid, Tube, arc_length, jitter, line, orthonormal, perp_frames,
-                                            plane_angle, resample, tangents, unit)
+from innerear.data.phantom.geometry import (
+    Ellipsoid,
+    Tube,
+    arc_length,
+    jitter,
+    line,
+    orthonormal,
+    perp_frames,
+    plane_angle,
+    resample,
+    tangents,
+    unit,
+)
 from innerear.data.phantom.params import AnatomyParams
 from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 

@@ -22,11 +22,21 @@ from scipy import ndimage
 
 from innerear.data.phantom.params import ImagingParams, SurroundingsParams
 from innerear.data.phantom.raster import ellipsoid_mask, interp, raster, spheres_mask
-from innerear.data.phantom.scene import Grid, Labyrinth
 from innerear.data.phantom.realism import paint_dark, slab_tissue
+from innerear.data.phantom.scene import Grid, Labyrinth
+from innerear.data.phantom.specimen import (
+    T_AIR,
+    T_AQUEDUCT,
+    T_BONE,
+    T_LUMEN,
+    T_LUMEN_AIR,
+    T_MEDIUM,
+    T_MIDDLE_EAR,
+    T_NERVE,
+    T_SEPTUM,
+    T_VESSEL,
+)
 from innerear.settings.structures import COCHLEA, VESTIBULE
-from innerear.data.phantom.specimen import (T_AIR, T_AQUEDUCT, T_BONE, T_LUMEN, T_LUMEN_AIR, T_MEDIUM, T_MIDDLE_EAR,
-                                            T_NERVE, T_SEPTUM, T_VESSEL)
 
 if TYPE_CHECKING:
     from innerear.data.phantom.acquisition import Scanner

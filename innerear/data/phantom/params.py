@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from innerear.settings.profiles import PhantomSettings
 from innerear.data.phantom.geometry import rand_unit
+from innerear.settings.profiles import PhantomSettings
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # Kronecker sequences: balanced sides / protocols
 _SILVER = math.sqrt(2.0) - 1.0

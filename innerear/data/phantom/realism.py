@@ -32,9 +32,17 @@ from innerear.data.phantom.geometry import Ellipsoid, Tube, line, perp_frames, r
 from innerear.data.phantom.params import AnatomyRealism, SpecimenParams
 from innerear.data.phantom.raster import TubeSet, ellipsoid_mask, interp, raster, spheres_mask
 from innerear.data.phantom.scene import Grid, Labyrinth
+from innerear.data.phantom.specimen import (
+    T_AIR,
+    T_AQUEDUCT,
+    T_BONE,
+    T_LUMEN,
+    T_LUMEN_AIR,
+    T_MIDDLE_EAR,
+    T_NERVE,
+    T_SEPTUM,
+)
 from innerear.settings.structures import COCHLEA
-from innerear.data.phantom.specimen import (T_AIR, T_AQUEDUCT, T_BONE, T_LUMEN, T_LUMEN_AIR, T_MIDDLE_EAR, T_NERVE,
-                                            T_SEPTUM)
 
 _STREAM = (2, 13)  # sub-streams of the anatomy's stream number, one per feature
 _PV_LEVELS = 100  # partial-volume weights are coded as 1 + round(100 w) in the channels' codes

@@ -10,14 +10,6 @@ from innerear.data.phantom.anatomy import Anatomy
 from innerear.data.phantom.geometry import arc_length, unit
 
 
-
-
-
-
-
-
-
-
 def cochlea_truth(anatomy: Anatomy, scale: float) -> dict[str, float]:
     """The cochlear duct's true size from the generator's own spiral (world mm: anatomical
     mm x ``scale``), with the convention of :func:`innerear.metrics.cochlea.measure_cochlea`.

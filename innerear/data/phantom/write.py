@@ -6,12 +6,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-
-from innerear.settings.profiles import PhantomSettings
 from innerear.data.phantom.specimen import GENERATOR, PHANTOM_VERSION, Specimen, jsonable
-from innerear.settings.structures import STRUCTURES
 from innerear.io.files import write_json
 from innerear.io.nifti import write_nifti_gz
+from innerear.settings.profiles import PhantomSettings
+from innerear.settings.structures import STRUCTURES
 
 DESCRIPTION = "innerear synthetic phantom"  # the NIfTI header's descrip field
 PARTIAL = ".phantoms-partial.json"  # the progress file of an unfinished set
