@@ -431,6 +431,12 @@ def _windows(theta: np.ndarray, rc: np.ndarray, voxel: float) -> np.ndarray:
     return np.ceil(half / _BIN).astype(int)
 
 
+def _smooth_steps(v: np.ndarray, j0: np.ndarray, j1: np.ndarray) -> np.ndarray:
+    """The running mean of ``v`` over the windows ``[j0, j1)``."""
+    cs = np.concatenate([[0.0], np.cumsum(v)])
+    return (cs[j1] - cs[j0]) / (j1 - j0)
+
+
 def _lateral_wall(vtheta: np.ndarray, voff: np.ndarray, vh: np.ndarray, rc, voxel: float) -> _Wall:
     """The lateral wall in 1-degree bins of unwrapped angle ``vtheta``: the outermost voxel
     centre (``voff``: radius minus the centreline's) in a window about the bin, plus a
@@ -448,7 +454,13 @@ def _lateral_wall(vtheta: np.ndarray, voff: np.ndarray, vh: np.ndarray, rc, voxe
     theta = lo + (np.arange(nb) + 0.5) * _BIN
     k = _windows(theta, rc(theta), voxel)
     j0, j1 = np.maximum(np.arange(nb) - k, 0), np.minimum(np.arange(nb) + k + 1, nb)
-    offset = np.array([omax[a:b].max() for a, b in zip(j0, j1)]) + _GAP * voxel
+    offset = np.array([omax[a:b].max() for a, b in zip(j0, j1)])
+    # where the lumen narrows along the duct (the apical turn), the window's outermost voxel
+    # lies at its basal side: take it again, each bin's outermost voxel moved along the
+    # wall's own slope to the bin's angle
+    slope = np.gradient(_smooth_steps(offset, j0, j1), theta)
+    offset = np.array([np.max(omax[a:b] + s * (t - theta[a:b])) for a, b, s, t in zip(j0, j1, slope, theta)])
+    offset = offset + _GAP * voxel
     n = np.maximum(csum[j1] - csum[j0], 1.0)
     height = (hsum[j1] - hsum[j0]) / n
     mean = (osum[j1] - osum[j0]) / n
@@ -457,8 +469,7 @@ def _lateral_wall(vtheta: np.ndarray, voff: np.ndarray, vh: np.ndarray, rc, voxe
     middle = mean - var / np.maximum(rc(theta) + mean, voxel)
 
     def boxcar(v: np.ndarray) -> np.ndarray:  # the running max and mean step with the window: smooth them
-        cs = np.concatenate([[0.0], np.cumsum(v)])
-        return (cs[j1] - cs[j0]) / (j1 - j0)
+        return _smooth_steps(v, j0, j1)
 
     return _Wall(theta, boxcar(offset), boxcar(middle), boxcar(height), boxcar(cnt))
 
