@@ -9,7 +9,7 @@ from innerear.data.phantom import generate_specimen
 from innerear.metrics.canals import canal_arcs, fit_circle, measure_canals
 from innerear.metrics.literature import Reference, compare, read_references, reference_table
 from innerear.metrics.morphometry import QUANTITIES, Morphometry, measure_morphometry, measure_vestibule
-from innerear.settings.profiles import PhantomSettings, get_profile
+from innerear.settings.profiles import PhantomSettings
 from innerear.settings.structures import CANALS, VESTIBULE
 
 
