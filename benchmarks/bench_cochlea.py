@@ -35,10 +35,16 @@ def measure_one(index: int, seed: int, binning: int) -> dict:
     sp = ph.generate_specimen(index, seed, PhantomSettings(n_specimens=index + 1, binning=binning))
     truth = sp.meta["cochlea_truth"]
     t0 = time.perf_counter()
-    m = measure_cochlea(sp.structures == COCHLEA, sp.affine)
+    base = {"index": index, "binning": binning, "voxel_mm": sp.meta["voxel_mm"], "side": sp.meta["side"],
+            "truth": truth}
+    try:
+        m = measure_cochlea(sp.structures == COCHLEA, sp.affine)
+    except ValueError as err:  # a cochlea whose turns merged into one blob is refused: say so
+        return {**base, "refused": str(err), "tunnels": None, "duct_length_mm": None, "turns": None,
+                "centreline_length_mm": None, "seconds": time.perf_counter() - t0,
+                "duct_length_error_pct": None, "centreline_error_pct": None, "turns_error": None}
     seconds = time.perf_counter() - t0
-    return {"index": index, "binning": binning, "voxel_mm": sp.meta["voxel_mm"], "side": sp.meta["side"],
-            "truth": truth, "duct_length_mm": m.duct_length_mm, "turns": m.turns,
+    return {**base, "refused": None, "tunnels": m.tunnels, "duct_length_mm": m.duct_length_mm, "turns": m.turns,
             "centreline_length_mm": m.centreline_length_mm, "seconds": seconds,
             "duct_length_error_pct": 100 * (m.duct_length_mm / truth["lateral_wall_length_mm"] - 1),
             "centreline_error_pct": 100 * (m.centreline_length_mm / truth["centreline_length_mm"] - 1),
@@ -46,15 +52,21 @@ def measure_one(index: int, seed: int, binning: int) -> dict:
 
 
 def summary(rows: list[dict]) -> dict:
-    """Worst and mean errors and median seconds per binning."""
+    """Per binning: how many cochleae were measured cleanly, flagged (turns touching:
+    ``tunnels`` > 0) or refused (not a spiral), and the worst and mean errors and median
+    seconds of the clean ones (a flagged length is known to be doubtful and says so)."""
     out = {}
     for b in sorted({r["binning"] for r in rows}):
         sel = [r for r in rows if r["binning"] == b]
+        clean = [r for r in sel if r["refused"] is None and r["tunnels"] == 0]
         vox = [r["voxel_mm"] for r in sel]
-        out[str(b)] = {"voxel_mm": [min(vox), max(vox)], "n": len(sel)}
+        out[str(b)] = {"voxel_mm": [min(vox), max(vox)], "n": len(sel), "clean": len(clean),
+                       "flagged": sum(1 for r in sel if r["refused"] is None and r["tunnels"] > 0),
+                       "refused": sum(1 for r in sel if r["refused"] is not None)}
         for k in ("duct_length_error_pct", "centreline_error_pct", "turns_error"):
-            v = np.array([r[k] for r in sel])
-            out[str(b)][k] = {"max_abs": float(np.abs(v).max()), "mean": float(v.mean())}
+            v = np.array([r[k] for r in clean], float)
+            out[str(b)][k] = ({"max_abs": float(np.abs(v).max()), "mean": float(v.mean())} if len(v)
+                              else {"max_abs": None, "mean": None})
         out[str(b)]["median_seconds"] = float(np.median([r["seconds"] for r in sel]))
     return out
 
@@ -68,16 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = []
     print("| binning | voxel (mm) | specimen | side | CDL_LW truth (mm) | measured | error % | turns truth | measured "
-          "| error | centreline error % | seconds |")
-    print("| --- " * 12 + "|")
+          "| error | centreline error % | tunnels | seconds |")
+    print("| --- " * 13 + "|")
     for b in (int(x) for x in args.binnings.split(",")):
         for i in range(args.n):
             r = measure_one(i, args.seed, b)
             rows.append(r)
             t = r["truth"]
+            if r["refused"] is not None:
+                print(f"| {b} | {r['voxel_mm']:.3f} | {i} | {r['side']} | {t['lateral_wall_length_mm']:.2f} | "
+                      f"refused: {r['refused']} |", flush=True)
+                continue
             print(f"| {b} | {r['voxel_mm']:.3f} | {i} | {r['side']} | {t['lateral_wall_length_mm']:.2f} | "
                   f"{r['duct_length_mm']:.2f} | {r['duct_length_error_pct']:+.1f} | {t['turns']:.3f} | {r['turns']:.3f} | "
-                  f"{r['turns_error']:+.3f} | {r['centreline_error_pct']:+.1f} | {r['seconds']:.2f} |", flush=True)
+                  f"{r['turns_error']:+.3f} | {r['centreline_error_pct']:+.1f} | {r['tunnels']} | {r['seconds']:.2f} |",
+                  flush=True)
     from innerear.reporting.performance import write_record
 
     record = {"method": METHOD, "seed": args.seed, "summary": summary(rows), "rows": rows}

@@ -3,8 +3,11 @@
 :func:`measure_canals` finds the canals from the voxels alone (any voxel size and pose):
 
 1. **Mouths.** A canal opens into the vestibule where canal voxels touch vestibule voxels
-   (26-neighbours); each touching patch is one mouth (patches closer than a lumen width are
-   one mouth: a wide ampulla can touch in several places).
+   (26-neighbours); each touching patch is one mouth (a patch of fewer than 8 voxels joins
+   the nearest larger one: a wide ampulla can graze the vestibule beside its mouth). The
+   pieces are the canals label's 26-connected pieces away from the vestibule (off the voxels
+   touching it), each mouth voxel then joined to the nearest piece, so two canals whose
+   mouths touch on the vestibule's wall stay apart.
 2. **Arcs.** Each 26-connected piece of the canals label is an arc between its mouths: the
    minimal path inside it from mouth centre to mouth centre, with a cost that keeps it on the
    lumen's medial axis (``(voxel / distance to the wall)^2``), smoothed. A piece with two
@@ -45,6 +48,7 @@ from skimage.graph import MCP_Geometric
 from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 
 MOUTH_MARGIN_MM = 1.0  # centreline closer than this to the vestibule: ampulla or mouth, left out of the fits
+_MIN_MOUTH_VOXELS = 8  # a vestibule contact smaller than this joins the nearest mouth
 CANAL_NAMES = ("asc", "psc", "lsc")  # anterior (superior), posterior, lateral (horizontal)
 _NAN = float("nan")
 
@@ -166,13 +170,29 @@ def _grid(structures: np.ndarray, affine: np.ndarray) -> _Grid:
                  ndimage.distance_transform_edt(~vest, sampling=spacing))
 
 
+def _merge_small(patches: list[np.ndarray], g: _Grid) -> list[np.ndarray]:
+    """Patches of fewer than :data:`_MIN_MOUTH_VOXELS` voxels joined to the nearest larger
+    patch (a wide ampulla grazing a curved vestibule beside its mouth is not a mouth)."""
+    big = [p for p in patches if len(p) >= _MIN_MOUTH_VOXELS]
+    if not big or len(big) == len(patches):
+        return patches
+    trees = [cKDTree(g.world(p)) for p in big]
+    out = [list([p]) for p in big]
+    for p in patches:
+        if len(p) < _MIN_MOUTH_VOXELS:
+            k = int(np.argmin([t.query(g.world(p))[0].min() for t in trees]))
+            out[k].append(p)
+    return [np.concatenate(v) for v in out]
+
+
 def _mouths(g: _Grid, piece: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Mouths of one canal piece: the centre (voxel index) of each patch touching the
     vestibule, and the mask of all touching voxels. A piece with one patch (both ends of a
     canal fused at the vestibule, on coarse voxels) has it split in two about its long axis."""
     touch = piece & (g.to_vest <= float(np.linalg.norm(g.spacing)) + 1e-6)
     lab, n = ndimage.label(touch, structure=np.ones((3, 3, 3), bool))
-    patches = [np.argwhere(lab == k + 1) for k in range(n)]
+    patches = _merge_small([np.argwhere(lab == k + 1) for k in range(n)], g)
+    n = len(patches)
     if n == 1 and len(patches[0]) >= 4:
         w = g.world(patches[0])
         u = np.linalg.svd(w - w.mean(0), full_matrices=False)[2][0]
@@ -192,7 +212,13 @@ def _trace(g: _Grid, piece: np.ndarray, start: np.ndarray, ends: list[np.ndarray
         cost[tuple(int(x) for x in v)] = 1.0
     mcp = MCP_Geometric(cost, sampling=tuple(float(s) for s in g.spacing))
     mcp.find_costs([tuple(int(v) for v in start)])
-    return [np.array(mcp.traceback(tuple(int(v) for v in e))) for e in ends]
+    out = []
+    for e in ends:  # an end the piece does not join to the start (off the mouths): no path
+        try:
+            out.append(np.array(mcp.traceback(tuple(int(v) for v in e))))
+        except ValueError:
+            out.append(np.zeros((0, 3), int))
+    return out
 
 
 def _smoothed(g: _Grid, path: np.ndarray) -> np.ndarray:
@@ -254,6 +280,8 @@ def _piece_arcs(g: _Grid, piece: np.ndarray) -> tuple[list[tuple[CanalArc, np.nd
         return [], f"a canal piece of {int(piece.sum())} voxels opens into the vestibule {len(mouths)} times"
     paths = {(i, j): p for i in range(3) for j, p in zip([k for k in range(3) if k > i],
                                                          _trace(g, piece, mouths[i], mouths[i + 1:], touch))}
+    if any(len(p) < 3 for p in paths.values()):
+        return [], "a canal piece's three vestibule contacts are not all joined through it"
     length = {k: polyline_length(g.world(p)) for k, p in paths.items()}
 
     def d(i: int, j: int) -> float:
@@ -298,11 +326,30 @@ def _name(found: list[tuple[CanalArc, np.ndarray]], structures: np.ndarray,
     return {"asc": arcs[0], "psc": arcs[1], "lsc": lsc}, how
 
 
+def _pieces(g: _Grid) -> tuple[np.ndarray, int]:
+    """The canal pieces (labels, count): 26-connected away from the vestibule (off the voxels
+    that touch it), every mouth voxel then joined to the nearest piece, so that two canals
+    whose mouths touch each other on the vestibule's wall stay apart."""
+    eight = np.ones((3, 3, 3), bool)
+    core = g.canal & (g.to_vest > float(np.linalg.norm(g.spacing)) + 1e-6)
+    lab, n = ndimage.label(core, structure=eight)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = np.flatnonzero(sizes[1:] >= 8) + 1
+    if len(keep) == 0:
+        return ndimage.label(g.canal, structure=eight)
+    relabel = np.zeros(n + 1, np.int32)
+    relabel[keep] = np.arange(1, len(keep) + 1)
+    lab = relabel[lab]
+    near = ndimage.distance_transform_edt(lab == 0, sampling=g.spacing, return_distances=False, return_indices=True)
+    out = np.where(g.canal, lab[tuple(near)], 0)
+    return out, len(keep)
+
+
 def canal_arcs(structures: np.ndarray, affine: np.ndarray) -> tuple[list[tuple[CanalArc, np.ndarray]], list[str]]:
     """Every canal arc of a label map, unnamed, each with its own mouth (world mm), and what
     could not be read (pieces that are neither one arc nor a "Y")."""
     g = _grid(structures, affine)
-    lab, n = ndimage.label(g.canal, structure=np.ones((3, 3, 3), bool))
+    lab, n = _pieces(g)
     found: list[tuple[CanalArc, np.ndarray]] = []
     problems = []
     for k in range(n):

@@ -23,10 +23,13 @@ i.e. of the voxel centres plus one voxel's footprint along the direction):
   ``cochlea_b_value_mm``: the same along the perpendicular line through the axis;
   ``cochlea_height_mm``: extent along the modiolar axis (base of the basal turn to the apex);
   ``cdl_lateral_wall_mm`` and ``cochlea_turns``: :func:`~innerear.metrics.cochlea.measure_cochlea`;
-  ``cdl_organ_of_corti_mm``: the lumen's centreline (the section's centre per degree) between
-  the same ends. The organ of Corti sits on the basilar membrane near the lumen's radial
-  middle, so the mid-lumen path is the closest path the voxels define (it runs to the apex,
-  where the organ of Corti stops ~1.6 mm short at the helicotrema: an over-estimate of ~1-2 mm);
+  ``cdl_organ_of_corti_mm``: **estimated, not measured**: a lumen label holds no basilar
+  membrane, so the organ of Corti's path cannot be traced in it. The estimate is the
+  lateral-wall CDL less :data:`OC_BELOW_LATERAL_WALL_MM` (1.3 mm), the offset between Alexiades
+  et al. 2015's two regressions on the A value (organ of Corti 4.16 A - 4, lateral wall
+  4.16 A - 2.7 mm; ``reference/morphometry.csv``; the abstract we read is garbled where it
+  names the second one's wall, so "lateral wall" is our reading). (The lumen's mid-line, which an earlier
+  version reported here, runs a third shorter than either: it is not the organ of Corti.)
   ``{basal,middle,apical}_turn_area_mm2``: lumen area on the radial half-plane through the
   axis at 180, 540 and 900 degrees from the basal end (a mid-modiolar section's lumen),
   from the voxels within +-10 degrees by Pappus: volume / (mean distance from the axis x
@@ -51,6 +54,8 @@ from innerear.metrics.canals import CANAL_NAMES, Canals, measure_canals
 from innerear.metrics.cochlea import UnwrappedCochlea, unwrap_cochlea
 from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 
+# organ of Corti below lateral wall: Alexiades 2015's regressions 4.16A - 2.7 vs 4.16A - 4 (mm)
+OC_BELOW_LATERAL_WALL_MM = 1.3
 _NAN = float("nan")
 TURN_ANGLES_DEG = {"basal_turn_area_mm2": 180.0, "middle_turn_area_mm2": 540.0, "apical_turn_area_mm2": 900.0}
 _WEDGE_DEG = 10.0  # half-width of the wedge a turn's section is measured in
@@ -229,7 +234,7 @@ def measure_cochlea_shape(structures: np.ndarray, affine: np.ndarray) -> Cochlea
     a, b, h = cochlear_diameters(u)
     m = u.measures
     values = {"cochlea_a_value_mm": a, "cochlea_b_value_mm": b, "cochlea_height_mm": h,
-              "cdl_lateral_wall_mm": m.duct_length_mm, "cdl_organ_of_corti_mm": m.centreline_length_mm,
+              "cdl_lateral_wall_mm": m.duct_length_mm, "cdl_organ_of_corti_mm": m.duct_length_mm - OC_BELOW_LATERAL_WALL_MM,
               "cochlea_turns": m.turns}
     notes = {}
     for key, deg in TURN_ANGLES_DEG.items():

@@ -8,13 +8,15 @@ so that a single 2D slice is ambiguous while the 3D shape is not.
 Anatomy (mm), built in an anatomical frame (x lateral, y anterior, z superior, origin at the
 vestibule centre), then scaled, mirrored (left/right) and posed in the scanner frame:
 
-* cochlea: a tapering spiral tube (radius r_apex + (r0 - r_apex) exp(-k phi)) of 2.5-2.75
-  turns, rising along its modiolar axis (A ~8.75, B ~7, height ~3.3, duct ~28-36; scala
-  ~1.0 high at the base, ~0.7 at the half turn, ~0.45 at the apex, elliptical section);
-  its basal end (a short straight hook, widening into a mouth) opens into the vestibule; a
-  faint osseous spiral lamina inside the scala (image only);
-* vestibule: a ~5 x 5 x 3 ellipsoid;
-* three semicircular canals in near-orthogonal planes (84-94 degrees), lumen ~0.8, an
+* cochlea: a tapering spiral tube (radius r_apex + (r0 - r_apex) exp(-k phi)) of about 2.2-2.55
+  turns, rising along its modiolar axis (calibrated against human morphometry, issue 21:
+  A ~9, B ~6.7, height ~5-7, lateral-wall duct ~30-37, lumen ~60 mm3; scala ~2.3 high at
+  the base, ~1.9 at the half turn, a little wider than high, kept 0.3 mm off the axis), its
+  turns raised until 0.35 mm of bone separates them; its basal end (a short straight hook,
+  narrowing into its mouth) opens into the vestibule; a faint osseous spiral lamina inside
+  the scala, ending at the helicotrema (image only);
+* vestibule: a ~2.5 x 5.9 x 5 ellipsoid (width, length, height);
+* three semicircular canals in near-orthogonal planes (84-94 degrees), lumen ~0.85, an
   ampulla ~2x wider next to the vestibule, arc lengths anterior 15-20, posterior 18-22,
   lateral 12-15 (its radius ~25 % smaller); the anterior and posterior canals leave the top
   of a common crus (a web fills the narrow crotch between them). Each canal leaves and
@@ -129,6 +131,7 @@ from innerear.data.phantom.write import (
 )
 from innerear.io.files import write_json
 from innerear.settings.profiles import PhantomSettings
+from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 
 __all__ = [
     "Acquisition", "AnatomyParams", "AnatomyRealism", "GENERATOR", "ImagingParams",
@@ -168,6 +171,7 @@ def generate_specimen(index: int, seed: int, settings: PhantomSettings,
         scanner = prepare_scanner(acquisition, world, index, seed, acq_rng)
     image, label, struct, tissue, clean = render(world, with_tissue, index, seed, slab_voxels=_SLAB_VOXELS,
                                                  scanner=scanner)
+    struct = _absorb_specks(struct)
     if scanner is not None:
         label, struct = misregister(label, struct, scanner.shift)
     meta = _meta(world, seed, label)
@@ -181,6 +185,26 @@ def generate_specimen(index: int, seed: int, settings: PhantomSettings,
     voxel = world.grid.voxel
     return Specimen(specimen_id(index), image, label, struct, world.grid.affine.copy(), (voxel, voxel, voxel),
                     jsonable(meta), tissue, *(clean or (None, None)))
+
+
+def _absorb_specks(struct: np.ndarray, max_voxels: int = 8) -> np.ndarray:
+    """Canal or cochlea voxels in a speck of at most ``max_voxels`` that touches the vestibule
+    (a tube grazing the vestibule's wall beside its mouth) become vestibule: the label is
+    unchanged, the structures keep one piece per structure."""
+    eight = np.ones((3, 3, 3), bool)
+    for code in (CANALS, COCHLEA):
+        lab, n = ndimage.label(struct == code, structure=eight)
+        if n < 2:
+            continue
+        small = np.flatnonzero(np.bincount(lab.ravel())[1:] <= max_voxels) + 1
+        if len(small) == 0:
+            continue
+        speck = np.isin(lab, small)
+        near_vest = ndimage.binary_dilation(struct == VESTIBULE, structure=eight)
+        part, _ = ndimage.label(speck, structure=eight)
+        touching = np.unique(part[speck & near_vest])
+        struct = np.where(np.isin(part, touching[touching > 0]), np.uint8(VESTIBULE), struct).astype(struct.dtype)
+    return struct
 
 
 def _meta(world: World, seed: int, label: np.ndarray) -> dict[str, Any]:

@@ -10,7 +10,7 @@ output: reordering the draws changes every phantom).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable
 
@@ -35,6 +35,16 @@ from innerear.settings.structures import CANALS, COCHLEA, VESTIBULE
 
 LAYOUT_DS = 0.05  # the layout is drawn and checked at this sampling, whatever the voxel size
 _MIN_GAP_MM = 0.25  # smallest bone between two tubes outside the vestibule
+_MIN_SEPTUM_MM = 0.15  # smallest bone between two cochlear turns
+# the cochlea is raised until its turns keep this much bone (scale 1): at 0.9 scale still two
+# demo voxels (<= 0.156 mm), so the turns stay apart in the label and the spiral unwraps
+_STACK_SEPTUM_MM = 0.35
+_COLUMELLA_MM = 0.3  # smallest distance from the cochlear lumen to its modiolar axis
+_COCHLEA_FLARE = 0.1  # the basal end's widening into the vestibule (a ~2 mm lumen needs little)
+# the cochlea rises along its axis as (phi / phi_end) ** _RISE_POWER: the basal turn, which
+# clears the middle turn sideways, climbs least; the upper turns, stacked over each other,
+# get the room their lumen needs
+_RISE_POWER = 1.3
 
 
 @dataclass
@@ -158,7 +168,7 @@ def _build_cochlea(p: AnatomyParams, v_entry: np.ndarray, d0: np.ndarray, t0: np
         phi = np.asarray(phi, float)
         r = r_inf + (r0 - r_inf) * np.exp(-k * phi)
         return ((r * np.cos(phi))[..., None] * d0 + (r * np.sin(phi))[..., None] * d1
-                + (rise * phi / phi_end)[..., None] * w)
+                + (rise * (phi / phi_end) ** _RISE_POWER)[..., None] * w)
 
     # arc length as a function of phi, for resampling at ~ds
     phis = np.linspace(0.0, phi_end, 40001)
@@ -175,13 +185,21 @@ def _build_cochlea(p: AnatomyParams, v_entry: np.ndarray, d0: np.ndarray, t0: np
     pts = np.concatenate([hook, spiral])
     phi_all = np.concatenate([np.zeros(len(hook)), phi])
     t = tangents(pts)
-    axis_pt = modiolus + (rise * phi_all / phi_end)[:, None] * w
+    axis_pt = modiolus + (rise * (phi_all / phi_end) ** _RISE_POWER)[:, None] * w
     radial = pts - axis_pt
     radial[: len(hook)] = d0  # the hook keeps the basal orientation
     e1 = unit(radial - np.sum(radial * t, axis=1, keepdims=True) * t)
     e2 = np.cross(t, e1)
     hgt = height(phi_all)
-    wid = ratio * hgt
+    # the lumen stays off the modiolar axis (a bony columella up to the apex), so the apical
+    # turn stays a spiral and not a blob around the axis
+    r_all = r_inf + (r0 - r_inf) * np.exp(-k * phi_all)
+    wid = np.minimum(ratio * hgt, 2.0 * (r_all - _COLUMELLA_MM))
+    # the hook narrows towards its mouth (0.6 x at the vestibule): a ~2.5 mm lumen would
+    # otherwise wrap around the ~2.5 mm wide vestibule
+    taper = np.ones(len(pts))
+    taper[: len(hook)] = np.linspace(0.6, 1.0, len(hook))
+    hgt, wid = hgt * taper, wid * taper
     semi = np.stack([wid / 2, hgt / 2, np.maximum(wid, hgt) / 2], axis=1)
     tube = Tube("cochlea", COCHLEA, pts, semi, np.stack([e1, e2, t], axis=1))
     b_width = 2 * r_inf + (r0 - r_inf) * (math.exp(-k * math.pi / 2) + math.exp(-k * 3 * math.pi / 2)) + ratio * 0.5 * (
@@ -196,11 +214,14 @@ def _build_cochlea(p: AnatomyParams, v_entry: np.ndarray, d0: np.ndarray, t0: np
         "spiral_length_mm": spiral_len,
         "scala_height_mm": [float(h0), float(height(math.pi)), float(height(phi_end))],
     }
-    # osseous spiral lamina: a thin shelf from the modiolar wall, half the scala width
+    # osseous spiral lamina: a thin shelf from the modiolar wall, half the scala width; it
+    # stops short of the apex by the helicotrema (``helicotrema_deg``)
     lam_ext = 0.5 - 0.15 * phi_all / phi_end
-    lam_centre = pts - e1 * (wid / 2 * (1.0 - lam_ext))[:, None]
-    lam_semi = np.stack([wid / 2 * lam_ext, np.full(len(pts), 0.04), wid / 2 * lam_ext], axis=1)
-    lamina = Tube("lamina", COCHLEA, lam_centre, lam_semi, np.stack([e1, e2, t], axis=1))
+    on = phi_all <= phi_end - math.radians(p.helicotrema_deg)
+    lam_centre = (pts - e1 * (wid / 2 * (1.0 - lam_ext))[:, None])[on]
+    lam_semi = np.stack([wid / 2 * lam_ext, np.full(len(pts), 0.04), wid / 2 * lam_ext], axis=1)[on]
+    lamina = Tube("lamina", COCHLEA, lam_centre, lam_semi, np.stack([e1, e2, t], axis=1)[on])
+    info["lamina_end_mm"] = float(arc_length(pts)[on][-1])  # arc length from the basal end
     return tube, lamina, info
 
 
@@ -213,9 +234,23 @@ def _place_cochlea(p: AnatomyParams, vest: Ellipsoid, rng: np.random.Generator, 
     d0 = rj @ np.array([0.45, -0.85, -0.2])
     d0 = unit(d0 - np.dot(d0, w) * w)
     t0 = np.cross(w, d0)
+    p = _stacked(p, vest, v_entry, d0, t0)
     cochlea, lamina, cinfo = _build_cochlea(p, v_entry, d0, t0, ds)
-    _flare(cochlea, vest, 0.6, 0.8)
+    _flare(cochlea, vest, _COCHLEA_FLARE, 0.8)
     return cochlea, lamina, cinfo, v_entry
+
+
+def _stacked(p: AnatomyParams, vest: Ellipsoid, v_entry, d0, t0) -> AnatomyParams:
+    """``p`` with the cochlea raised (0.1 mm steps, at most 1.5 mm) until its turns keep
+    :data:`_STACK_SEPTUM_MM` of bone between them (checked at :data:`LAYOUT_DS`): a wide lumen
+    in a tight spiral needs a taller cochlea, as in real ears."""
+    for extra in np.arange(0.0, 1.51, 0.1):
+        q = replace(p, cochlea_height=p.cochlea_height + float(extra))
+        tube = _build_cochlea(q, v_entry, d0, t0, LAYOUT_DS)[0]
+        _flare(tube, vest, _COCHLEA_FLARE, 0.8)
+        if _self_clearance(tube, vest, 3.0) >= _STACK_SEPTUM_MM:
+            return q
+    return q
 
 
 # =========================================================================== canals
@@ -310,7 +345,7 @@ def _posterior_canal(p, vest, planes: _CanalPlanes, crus: _Crus, rng, jit, ds) -
     Returns (path, radius of curvature)."""
     en_p = _in_plane_dir(planes.n_p, crus.ell, planes.post_dir)
     psi_p = math.radians(rng.uniform(225.0, 250.0) if jit else 238.0)
-    e_p = _point_in(vest, [0.35, -0.55, -0.75], 0.6, rng, jit)
+    e_p = _point_in(vest, [0.15, -0.55, -0.8], 0.6, rng, jit)  # clear of the lateral canal's end
     beta = math.radians(rng.uniform(25.0, 45.0) if jit else 35.0)  # the posterior canal leaves the crus tilted
     ep_n = math.cos(beta) * en_p - math.sin(beta) * crus.ell
     ep_l = math.sin(beta) * en_p + math.cos(beta) * crus.ell
@@ -323,7 +358,7 @@ def _lateral_canal(p, vest, planes: _CanalPlanes, rng, jit, ds) -> tuple[np.ndar
     """A circle lateral to the vestibule, open towards it, from its posterolateral to its
     ampullated anterolateral end. Returns (path, radius of curvature)."""
     e_l1 = _point_in(vest, [0.95, 0.3, -0.15], 0.6, rng, jit)  # ampullated, anterolateral
-    e_l2 = _point_in(vest, [0.8, -0.5, 0.05], 0.6, rng, jit)  # posterolateral
+    e_l2 = _point_in(vest, [0.8, -0.45, 0.25], 0.6, rng, jit)  # posterolateral
     n_l = planes.n_l
     bulge = np.array([1.0, 0.0, 0.0])
     bulge = unit(bulge - np.dot(bulge, n_l) * n_l)
@@ -333,7 +368,7 @@ def _lateral_canal(p, vest, planes: _CanalPlanes, rng, jit, ds) -> tuple[np.ndar
     e2 = np.cross(n_l, e1)
     if np.dot(e2, [0.0, 1.0, 0.0]) > 0:  # start on the posterior side
         e2 = -e2
-    off = rng.uniform(0.3, 0.7) if jit else 0.5
+    off = rng.uniform(0.6, 1.0) if jit else 0.8  # bone between the vestibule (width ~2.5 mm) and the arc
     build = partial(_lateral_canal_path, anchor, bulge, off, gamma, e1, e2, e_l2, e_l1, vest, ds)
     rl = _solve_radius(build, p.len_lateral, vest, 0.8, 6.0)
     return build(rl), rl
@@ -371,9 +406,9 @@ def _canal_tubes(p: AnatomyParams, vest: Ellipsoid, crus: _Crus, path_a, path_p,
                      perp_frames(tangents(crus_pts)))
     _flare(crus_tube, vest, 0.4, 0.6)
     web = _crus_web(path_a, path_p, r0, ds)
-    _flare(lateral, vest, 0.4, 0.6, at_start=True)
+    _flare(lateral, vest, 0.15, 0.6, at_start=True)
     for t in (anterior, posterior, lateral):  # the ampullated ends open widely too
-        _flare(t, vest, 0.25, 0.6, at_start=False)
+        _flare(t, vest, 0.1, 0.6, at_start=False)
     return {"anterior": anterior, "posterior": posterior, "lateral": lateral, "crus": crus_tube, "web": web}
 
 
@@ -409,18 +444,22 @@ def _gaps(pa, ra, pb, rb, vest: Ellipsoid, exclude=None) -> float:
         return np.inf
     direction = (pb[j] - pa[i]) / np.maximum(d, 1e-9)[:, None]
     contact = pa[i] + direction * (ra[i] + 0.5 * gap)[:, None]
-    outside = vest.surface_distance(contact) > -0.15
+    outside = vest.surface_distance(contact) > -0.35
     return float(gap[outside].min()) if outside.any() else np.inf
 
 
 def _self_clearance(t: Tube, vest: Ellipsoid, min_sep_mm: float) -> float:
     """Smallest gap between parts of one tube more than ``min_sep_mm`` apart along it (for
-    the elliptical cochlea: the semi-axis along the joining direction)."""
+    the elliptical cochlea: the semi-axis along the joining direction, and parts at least 1.5
+    times their two largest semi-axes apart along it, so a wide curving lumen does not touch
+    itself across its own width)."""
     s = arc_length(t.pts)
     if t.code == COCHLEA:
         tree = cKDTree(t.pts)
         pr = tree.query_pairs(2 * t.semi.max() + 0.6, output_type="ndarray")
-        pr = pr[np.abs(s[pr[:, 0]] - s[pr[:, 1]]) > min_sep_mm]
+        big = t.semi.max(1)
+        sep = np.maximum(min_sep_mm, 1.5 * (big[pr[:, 0]] + big[pr[:, 1]]))
+        pr = pr[np.abs(s[pr[:, 0]] - s[pr[:, 1]]) > sep]
         if len(pr) == 0:
             return np.inf
         u = unit(t.pts[pr[:, 1]] - t.pts[pr[:, 0]])
@@ -457,7 +496,7 @@ def _check_layout(p: AnatomyParams, clearances: dict[tuple[str, str], float], co
                   canals: dict[str, Tube], vest: Ellipsoid) -> None:
     """Raise :class:`_LayoutError` naming every problem of the layout."""
     problems = [f"tubes too close: {k} {v:.3f}" for k, v in clearances.items() if v < _MIN_GAP_MM]
-    if _self_clearance(cochlea, vest, 3.0) < 0.15:
+    if _self_clearance(cochlea, vest, 3.0) < _MIN_SEPTUM_MM:
         problems.append("cochlear turns touch")
     for t in (canals["anterior"], canals["posterior"], canals["lateral"]):
         if _self_clearance(t, vest, 3.0) < 0.3:

@@ -3,6 +3,14 @@ turns a :class:`~innerear.data.phantom.world.World` into image, label, structure
 
 Volumes are built in slabs along axis 0, each with a halo for the blur, so that a
 paper-sized specimen needs only its output arrays plus a few hundred MB.
+
+Grey values (micro-CT counts, uint16; :class:`~innerear.data.phantom.params.ImagingParams`):
+otic capsule 25500-28500 > trabecular bone 19000-23000 > marrow 9000-12500 ~ soft tissue
+8000-11000 > embedding medium 6500-9000 > fluid (lumen) 3800-5200, air 1.0-1.25 x the fluid
+(darker with ``AnatomyRealism.air_darker``). Only the ordering follows CT physics (air <
+fluid ~ water < soft tissue < bone, capsule the densest bone); the counts themselves are
+**not from a source** (``README.md`` next to this module has the sourced HU relations used by
+the CBCT style of :mod:`.acquisition`).
 """
 from __future__ import annotations
 

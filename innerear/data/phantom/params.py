@@ -36,6 +36,7 @@ class AnatomyParams:
     scala_h_apex: float
     scala_width_ratio: float
     hook_mm: float
+    helicotrema_deg: float  # the spiral lamina stops this far short of the apex
     vestibule_semi: Vec3
     len_anterior: float
     len_posterior: float
@@ -175,23 +176,52 @@ class SpecimenParams:
 # ---------------------------------------------------------------- the draw (the order of the
 # draws below is the random stream: reordering them changes every phantom)
 def _draw_anatomy(rng: np.random.Generator) -> AnatomyParams:
+    """Lengths at scale 1: the specimen's ``scale`` (0.9-1.1) multiplies them all (volumes by
+    its cube), so each range is centred on the reference value and kept narrower than the
+    reference spread by the share that the scale already brings. The sources are those of
+    ``innerear/metrics/reference/morphometry.csv`` (README.md there)."""
     u = rng.uniform
     return AnatomyParams(
-        turns=u(2.5, 2.75),
-        cochlea_A=u(8.5, 9.0),
-        cochlea_k=u(0.15, 0.18),
-        cochlea_r_apex=u(0.45, 0.6),
-        cochlea_height=u(3.1, 3.5),
-        scala_h_base=u(0.95, 1.05),
-        scala_h_half=u(0.66, 0.74),
-        scala_h_apex=u(0.4, 0.5),
-        scala_width_ratio=u(1.25, 1.45),
-        hook_mm=u(1.4, 1.9),
-        vestibule_semi=(u(1.4, 1.6), u(2.35, 2.65), u(2.35, 2.65)),
+        # turns base to cupula 2.57 +- 0.28, Ahmadi 2021 (10.1038/s41598-021-82716-0)
+        turns=u(2.2, 2.55),  # measured from the basal end (hook included): ~0.15 turn more
+        # A value 9.0 +- 0.5 mm, Dhanasingh 2021 micro-CT: measured A reads ~5 % above this
+        # parameter (taken past the hook), so 8.15-8.75 measures ~8.6-9.2 at scale 1
+        cochlea_A=u(8.15, 8.75),
+        # B value 6.7 +- 0.4 (B/A ~0.74), Dhanasingh 2021; lateral-wall CDL 33.0 (28.2-36.4) mm,
+        # Curtis 2023: a faster decay than the earlier 0.15-0.18 shortens both (faster than
+        # ~0.27 the basal turn is nearly all of the spiral and the modiolar axis is ill-defined)
+        cochlea_k=u(0.22, 0.26),
+        cochlea_r_apex=u(0.45, 0.6),  # with a 0.3 mm columella, the apical lumen stays ~0.3-0.6 wide
+        # cochlear height 5.14 (2.8-6.9) mm, Curtis 2023; anatomy._stacked raises it (by up to
+        # 1.5 mm) until the turns keep 0.35 mm of bone: the phantoms measure ~5-7 mm, median ~6
+        cochlea_height=u(4.9, 5.3),
+        # basal-turn lumen height 1.96 (1.77-2.56) mm, Curtis 2023 (10.1016/j.ijporl.2023.111659),
+        # and the whole-lumen area at the base ~1.6x that at 180 deg (scala tympani 2.29 -> 1.38
+        # mm2 from 0 to 180 deg, PMID 36893208): ~2.3 mm at the round window, ~1.9 at the half turn
+        scala_h_base=u(2.25, 2.4),
+        scala_h_half=u(1.85, 1.95),
+        scala_h_apex=u(0.45, 0.6),
+        # basal-turn lumen diameter 2.09 (1.7-2.2) vs height 1.96 mm, Curtis 2023, and whole-lumen
+        # area at the half turn 3.22 (2.36-4.42) mm2 (DERIVED row; scala tympani alone 1.38 +-
+        # 0.13 mm2 at 180 deg, PMID 36893208): ~2.3 x 1.9 mm, the width at the top of Curtis's
+        # range, which the whole-cochlea volume (74.5 +- 15.3 mm3, DERIVED) needs
+        scala_width_ratio=u(1.2, 1.28),
+        hook_mm=u(0.7, 1.2),  # counted in the measured CDL (from the basal end): kept short
+        # helicotrema angular length 67.8 +- 37.9 deg, Helpard 2020 (10.1186/s40463-019-0398-8):
+        # the spiral lamina stops this far short of the apex
+        helicotrema_deg=u(40.0, 100.0),
+        # vestibule (semi-axes: lateral, anterior, superior) width 2.47 +- 0.36, length
+        # 5.89 +- 0.34, height 5.10 +- 0.32 mm, Hou & Wang 2013 (10.3760/cma.j.issn.1005-1201.2013.06.004);
+        # the width is kept at the band's upper part (~2.7 mm): narrower, the canals' mouths
+        # (lumen ~0.85, ampullae ~1.7 mm) touch each other around the ellipsoid's lateral wall
+        vestibule_semi=(u(1.25, 1.4), u(2.8, 3.05), u(2.4, 2.6)),
+        # canal lengths anterior 15-20, posterior 18-22, lateral 12-15 mm, Gray's Anatomy 1918 p. 1049
         len_anterior=u(15.0, 20.0),
         len_posterior=u(18.0, 22.0),
-        len_lateral=u(12.0, 15.0),
-        canal_radius=u(0.37, 0.43),
+        len_lateral=u(12.8, 15.0),  # measured mouth to mouth it reads ~0.5 mm shorter
+        # canal lumen diameter 0.9 (0.8-1.0) mm (UNVERIFIED row), Gray's 1918 p. 1049 "about 0.8 mm"
+        # (wider canals touch each other's mouths on the narrower vestibule)
+        canal_radius=u(0.41, 0.45),
         ampulla_factor=u(1.8, 2.1),
         crus_mm=u(1.6, 2.2),
     )

@@ -4,8 +4,9 @@ have and the plain phantoms leave out.
 * structures *attached* to the labyrinth that are not labyrinth (the largest-component step
   cannot remove them): the fundus of the internal auditory canal (cochlear and vestibular
   nerve canals reaching the basal turn and the vestibule), the cochlear aqueduct (a thin
-  fluid canal from the basal turn near the round window, widening medially), the vestibular
-  aqueduct (from the vestibule, running posteriorly, 8-10 mm), and the round and oval windows
+  fluid canal from the scala tympani of the basal turn near the round window, widening
+  medially), the vestibular aqueduct (from the vestibule's posteromedial wall, running
+  posteriorly, 8-10 mm), and the round and oval windows
   opening the basal turn and the vestibule to a middle-ear air cavity;
 * a thin brighter septum (osseous spiral lamina and basilar membrane) across the cochlear
   lumen, dividing it into two scalae in the image (the label holds both);
@@ -134,15 +135,21 @@ def _channels(tissue: int, parts: list[tuple[Tube, np.ndarray]], grid: Grid) -> 
 
 
 def _clearance(lab: Labyrinth, pts: np.ndarray, r: np.ndarray, skip_mm: float) -> float:
-    """Smallest bone (mm) between a tube and the labyrinth, beyond ``skip_mm`` of its start."""
+    """Smallest bone (mm) between a tube and the labyrinth, beyond ``skip_mm`` of where its
+    centreline leaves the labyrinth (it starts inside the lumen; how deep depends on the
+    lumen's size, so the skip is counted from the wall, not from the start)."""
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
-    far = s > skip_mm
-    return float(np.min(lab.distance(pts[far]) - r[far])) if far.any() else np.inf
+    d = lab.distance(pts)
+    out = np.flatnonzero(d > 0.0)
+    if not len(out):
+        return -np.inf
+    far = s > s[out[0]] + skip_mm
+    return float(np.min(d[far] - r[far])) if far.any() else np.inf
 
 
 def _best_path(build, lab: Labyrinth, rng: np.random.Generator, gap_mm: float, skip_mm: float, tries: int = 40):
     """Draw paths with ``build(rng) -> (pts, radius, info)`` until one keeps ``gap_mm`` of bone from
-    the labyrinth (beyond ``skip_mm`` of its start); else the one with the most bone."""
+    the labyrinth (beyond ``skip_mm`` of where it leaves it); else the one with the most bone."""
     best = None
     for _ in range(tries):
         pts, rad, info = build(rng)
@@ -199,40 +206,50 @@ def _fundus(p: SpecimenParams, lab: Labyrinth, coch: Tube, iac: TubeSet, r_iac: 
 
 def _cochlear_aqueduct(p: SpecimenParams, lab: Labyrinth, coch: Tube, fr: _Frame, grid: Grid,
                        rng: np.random.Generator):
-    """From the basal turn near the round window, medially and inferiorly: 0.1-0.3 mm wide at
-    the cochlea, funnel-shaped to ~1 mm, a few mm long."""
+    """From the scala tympani of the basal turn near the round window, medially and inferiorly:
+    0.1-0.3 mm wide at the cochlea, funnel-shaped to ~1 mm, a few mm long. It starts in the
+    lower (basal, away from the apex) half of the lumen, below the spiral lamina's septum (at
+    most 0.15 of the lumen height off its middle, :func:`_septum`), and leaves through that
+    half's wall, so that it opens into the scala tympani whatever the lumen's size."""
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(coch.pts, axis=0), axis=1))])
     hook = p.anatomy.hook_mm * fr.scale
     ds = min(0.05, 0.4 * grid.voxel)
 
     def build(r):
-        i = int(np.searchsorted(s, hook + r.uniform(0.8, 2.0) * fr.scale))  # just beyond the round window
-        p0 = coch.pts[min(i, len(s) - 1)]
+        i = min(int(np.searchsorted(s, hook + r.uniform(0.8, 2.0) * fr.scale)), len(s) - 1)  # beyond the round window
+        e2 = coch.frames[i, 1]  # the lumen's height axis (the septum spans the other one)
+        tympani = -e2 if np.dot(e2, lab.modiolar_axis) > 0 else e2  # away from the apex
+        p0 = coch.pts[i] + tympani * (0.55 * coch.semi[i, 1])
         d = fr.dir(np.array([-0.45, -0.35, -0.8]) + r.normal(0.0, 0.3, 3))
         length = r.uniform(4.0, 6.5) * fr.scale
         bend = fr.dir(np.array([-1.0, 0.0, 0.0]) + r.normal(0.0, 0.5, 3))
         p3 = p0 + d * length
-        pts = _bezier(p0, d, p3, unit(d + 0.6 * bend), 0.35, ds)
+        pts = _bezier(p0, unit(tympani + d), p3, unit(d + 0.6 * bend), 0.35, ds)
         u = np.linspace(0.0, 1.0, len(pts))
         r0, r1 = r.uniform(0.05, 0.15) * fr.scale, r.uniform(0.4, 0.6) * fr.scale
         rad = r0 + (r1 - r0) * u ** 2
         return pts, rad, {"length_mm": float(np.sum(np.linalg.norm(np.diff(pts, axis=0), axis=1))),
                           "diameter_mm": [float(2 * r0), float(2 * r1)]}
 
-    pts, rad, info = _best_path(build, lab, rng, 0.3, 1.2)
+    pts, rad, info = _best_path(build, lab, rng, 0.3, 1.0 * fr.scale)
     return _tube("cochlear_aqueduct", pts, rad, grid.voxel), info
 
 
 def _vestibular_aqueduct(p: SpecimenParams, lab: Labyrinth, fr: _Frame, grid: Grid, rng: np.random.Generator):
     """From the posteromedial vestibule (isthmus) up along the common crus, then curving
-    posteriorly and inferiorly to its operculum: 8-10 mm, ~0.5 mm wide widening to ~1-1.5 mm."""
+    posteriorly and inferiorly to its operculum: 8-10 mm, ~0.5 mm wide widening to ~1-1.5 mm.
+    It starts just inside the vestibule's wall (not at a fixed share of its smallest
+    semi-axis, which on a narrow vestibule lies deep inside it), so it opens through the wall
+    within its first half millimetre."""
     ds = min(0.05, 0.4 * grid.voxel)
     vest = lab.vest
 
     def build(r):
-        d_in = unit(np.array([-0.45, -0.6, 0.35]) + r.normal(0.0, 0.1, 3))
-        # a point inside the vestibule, 70 % of its smallest semi-axis from its centre
-        p0 = vest.centre + fr.dir(d_in) * float(np.min(vest.semi)) * 0.7
+        d_in = fr.dir(np.array([-0.45, -0.6, 0.35]) + r.normal(0.0, 0.1, 3))
+        # the vestibule's posteromedial wall (where the ray from its centre meets the
+        # ellipsoid), and a start 0.25 mm inside it: the canal opens through the wall
+        wall = 1.0 / math.sqrt(float(vest.q(vest.centre + d_in)))
+        p0 = vest.centre + d_in * (wall - 0.25 * fr.scale)
         d0 = fr.dir(np.array([-0.35, -0.55, 0.75]) + r.normal(0.0, 0.15, 3))
         d3 = fr.dir(np.array([-0.2, -0.75, -0.6]) + r.normal(0.0, 0.15, 3))
         length = r.uniform(8.0, 10.0) * fr.scale
@@ -244,7 +261,7 @@ def _vestibular_aqueduct(p: SpecimenParams, lab: Labyrinth, fr: _Frame, grid: Gr
         return pts, rad, {"length_mm": float(np.sum(np.linalg.norm(np.diff(pts, axis=0), axis=1))),
                           "diameter_mm": [float(2 * r0), float(2 * r1)]}
 
-    pts, rad, info = _best_path(build, lab, rng, 0.3, 2.0 * fr.scale + float(np.min(vest.semi)))
+    pts, rad, info = _best_path(build, lab, rng, 0.3, 2.0 * fr.scale)
     return _tube("vestibular_aqueduct", pts, rad, grid.voxel), info
 
 
@@ -316,10 +333,10 @@ def _middle_ear(p: SpecimenParams, lab: Labyrinth, coch: Tube, fr: _Frame, grid:
 def _septum(p: SpecimenParams, anat: Anatomy, fr: _Frame, grid: Grid, rng: np.random.Generator):
     """The osseous spiral lamina and basilar membrane: a sheet across the scala at about half
     its height (0.05-0.12 mm thick, drawn at least half a voxel thick at its partial-volume
-    contrast), from the end of the hook to the apex."""
+    contrast), from the end of the hook to the helicotrema."""
     tube = next(t for t in anat.tubes if t.code == COCHLEA and t.lumen)
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(tube.pts, axis=0), axis=1))])
-    keep = s > 0.5 * p.anatomy.hook_mm
+    keep = (s > 0.5 * p.anatomy.hook_mm) & (s <= anat.info.get("lamina_end_mm", np.inf))  # helicotrema
     hgt, wid = 2 * tube.semi[keep, 1], 2 * tube.semi[keep, 0]
     shift = rng.uniform(-0.15, 0.15)
     thick = rng.uniform(0.05, 0.12)

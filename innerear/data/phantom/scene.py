@@ -130,7 +130,7 @@ def _fit(p: SpecimenParams, anat: Anatomy, pose: np.ndarray, mirror: np.ndarray,
         if best is None or f > best[0] + 1e-9:
             best = (f, cand)
     fit_scale = min(1.0, best[0])
-    if fit_scale <= 0.2:
+    if fit_scale <= 0.25:  # shrunk to a quarter: not an inner ear any more
         raise ValueError(f"shape {tuple(int(d) for d in dims)} at {voxel * 1000:.1f} um voxels "
                          "is too small for an inner ear")
     return dims, best[1], fit_scale

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-PHANTOM_VERSION = 1
+
+PHANTOM_VERSION = 2  # 2: anatomy calibrated against human morphometry (issue 21)
 GENERATOR = "innerear.phantom"
 
 
