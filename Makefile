@@ -27,7 +27,7 @@ reproduce: setup
 	$(BIN)/innerear reproduce --profile $(PROFILE) --seed $(SEED)
 
 # nbval re-executes every page of the smoke run (papermill's copies, which hold the outputs)
-# and compares the cells marked "# NBVAL_CHECK_OUTPUT" with what papermill stored, after
+# and compares the cells tagged nbval-check-output with what papermill stored, after
 # tests/nbval_sanitize.cfg (addresses, random ids, paths, seconds)
 SMOKE_PAGES := _build/test-site/book/executed/*.ipynb _build/test-site/book/executed/*/*.ipynb
 

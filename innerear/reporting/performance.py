@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from innerear.reporting import labels
 from innerear.io import write_json
 
 if TYPE_CHECKING:
@@ -157,12 +158,14 @@ def records_table(rows: list[dict[str, Any]], columns: list[str] | None = None) 
     table = pd.DataFrame(flat)
     if columns:
         table = table[[c for c in columns if c in table.columns]]
-    return table.map(format_value)
+    # a reader's headers (innerear.reporting.labels) and no NaN cell: a value not measured shows as a dash
+    return table.map(lambda v: labels.MISSING if labels.cell(v) is labels.MISSING else format_value(v)).rename(
+        columns=labels.header)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A small markdown table (no extra dependency)."""
-    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    head = "| " + " | ".join(str(labels.header(c)) for c in table.columns) + " |"
     sep = "|" + " --- |" * len(table.columns)
     body = ["| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([head, sep, *body])
