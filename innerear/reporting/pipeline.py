@@ -22,7 +22,8 @@ from innerear.data.preprocess import prepare_dataset
 from innerear.io import atomic_path
 from innerear.reporting.performance import timings_path, write_record
 from innerear.settings.layout import cache_dir, profile_runs, runs_root, stage_dir
-from innerear.settings.profiles import BACKBONES, Profile, default_data_dir, get_profile, project_root
+from innerear.settings.profiles import (BACKBONES, Profile, backbone_label, default_data_dir, get_profile,
+                                        project_root)
 from innerear.settings.views import ALL_ORDERS, ORIENTATIONS, PAPER_ORDER
 
 NOTEBOOKS = {
@@ -32,8 +33,12 @@ NOTEBOOKS = {
     "04": "04_evaluation",
     "05": "05_3d_visualization",
     "06": "06_performance",  # runs last: it renders this run's timings.json (see reproduce)
+    "07": "07_headline",  # the landing page: runs after 06, it reads what 04 wrote (per_volume.csv)
     "08": "08_use_from_python",  # the Python API on one smoke-sized phantom (shipped model)
 }
+# cells of an executed page that are plumbing, not method: hidden from the rendered page (the
+# executed copy keeps them, so nbval and a reader of the .ipynb see them)
+PLUMBING_TAGS = ("parameters", "injected-parameters")
 @dataclass(frozen=True)
 class NotebookRun:
     """One papermill execution: which notebook, with which parameters, into which page."""
@@ -79,14 +84,55 @@ def notebook_runs(profile: Profile, seed: int = 0) -> list[NotebookRun]:
     runs.append(NotebookRun(NOTEBOOKS["05"], f"{NOTEBOOKS['05']}.ipynb", dict(p)))
     runs.append(NotebookRun(NOTEBOOKS["08"], f"{NOTEBOOKS['08']}.ipynb", dict(p)))
     runs.append(NotebookRun(NOTEBOOKS["06"], f"{NOTEBOOKS['06']}.ipynb", dict(p)))
+    runs.append(NotebookRun(NOTEBOOKS["07"], f"{NOTEBOOKS['07']}.ipynb", dict(p)))
     return runs
 
 
-def execute_notebook(run: NotebookRun, root: Path, site: Path) -> float:
+def page_title(run: NotebookRun, se_mode: str = "authors") -> str | None:
+    """The H1 (and sidebar entry) of a per-fold page, from its parameters; None for other pages.
+
+    ``"U-Net baseline (axial), fold 0"`` for a backbone page, ``"AutoCas-SEU-Net (standard SE), fold 2"``
+    for a cascade page (its order named when it is not the paper's)."""
+    p = run.parameters
+    if run.notebook == NOTEBOOKS["02"]:
+        views = [v for v in str(p.get("orientation", "axial")).split(",") if v]
+        also = f"; also {', '.join(views[1:])}" if len(views) > 1 else ""
+        return f"{backbone_label(p['backbone'], se_mode)} baseline ({views[0]}{also}), fold {p['fold']}"
+    if run.notebook == NOTEBOOKS["03"]:
+        order = tuple(str(p.get("order", ",".join(PAPER_ORDER))).split(","))
+        named = "" if order == tuple(PAPER_ORDER) else f" ({' → '.join(order)})"
+        return f"AutoCas-{backbone_label(p['backbone'], se_mode)}{named}, fold {p['fold']}"
+    return None
+
+
+def present_page(path: Path, title: str | None = None) -> None:
+    """Make an executed page read as a page of the book: its H1 set to ``title`` (when given) and
+    papermill's parameter cells tagged ``remove-cell`` (Jupyter Book leaves them out of the HTML)."""
+    import nbformat  # lazy: Jupyter's formats only where notebooks are written
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if set(tags) & set(PLUMBING_TAGS) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    if title:
+        first = next(c for c in nb.cells if c.cell_type == "markdown")
+        lines = first.source.split("\n")
+        k = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
+        if k is None:
+            lines.insert(0, f"# {title}")
+        else:
+            lines[k] = f"# {title}"
+        first.source = "\n".join(lines)
+    nbformat.write(nb, str(path))
+
+
+def execute_notebook(run: NotebookRun, root: Path, site: Path, title: str | None = None) -> float:
     """Execute one notebook with papermill into ``book/executed/``; return the seconds taken.
 
     The executed copy is written to a temporary name and renamed on success, so a failed
-    run never leaves a page that looks complete.
+    run never leaves a page that looks complete. It is titled ``title`` and its parameter
+    cells are hidden from the book (:func:`present_page`).
     """
     import papermill as pm  # lazy: papermill (and Jupyter's client) only where notebooks run
 
@@ -97,7 +143,64 @@ def execute_notebook(run: NotebookRun, root: Path, site: Path) -> float:
     with atomic_path(dst, suffix=".running.ipynb") as tmp:
         pm.execute_notebook(str(src), str(tmp), parameters=run.parameters, cwd=str(root / "notebooks"),
                             progress_bar=False, kernel_name="python3")
+        present_page(Path(tmp), title)
     return time.perf_counter() - t0
+
+
+def _run_link(output: str, title: str) -> str:
+    return f"{{doc}}`{title} </book/executed/{output.removesuffix('.ipynb')}>`"
+
+
+def run_tables(profile: Profile, seed: int, root: Path) -> dict[str, str]:
+    """The chapters' tables of every per-fold page, as MyST markdown, from the runs' ``stage.json``.
+
+    ``{"02_backbones": ..., "03_cascade": ...}``: one row per page (backbone × fold) with its
+    held-out specimens and held-out Dice (mean over the fold's held-out specimens, after the
+    largest-component step), each linking to its page; the cascade's row gives every stage's Dice.
+    """
+    runs_dir = runs_root(root)
+    tables: dict[str, str] = {}
+    for key, nb in (("02_backbones", NOTEBOOKS["02"]), ("03_cascade", NOTEBOOKS["03"])):
+        pages = [r for r in notebook_runs(profile, seed) if r.notebook == nb]
+        n_stages = max((len(str(r.parameters.get("order", "axial")).split(",")) for r in pages), default=1)
+        if nb == NOTEBOOKS["02"]:
+            head = ["Page", "Network", "Fold", "Held-out specimens", "Held-out Dice (axial, mean)"]
+        else:
+            order = str(pages[0].parameters["order"]).split(",") if pages else list(PAPER_ORDER)
+            head = ["Page", "Network", "Fold", "Held-out specimens"] + [
+                f"Dice after stage {k + 1} ({v})" + (", final" if k == n_stages - 1 else "")
+                for k, v in enumerate(order)]
+        rows = []
+        for r in pages:
+            p = r.parameters
+            views = (str(p["orientation"]).split(",")[:1] if nb == NOTEBOOKS["02"]
+                     else str(p["order"]).split(","))
+            stages = []
+            for k in range(len(views)):
+                f = stage_dir(runs_dir, profile, p["backbone"], p["fold"], tuple(views[: k + 1])) / "stage.json"
+                stages.append(json.loads(f.read_text()) if f.exists() else None)
+            label = backbone_label(p["backbone"], profile.se_mode)
+            net = label if nb == NOTEBOOKS["02"] else f"AutoCas-{label}"
+            held = ", ".join(stages[-1]["test_ids"]) if stages[-1] else "not trained"
+            dice = [f"{st['mean_test_dice']:.3f}" if st else "not trained" for st in stages]
+            rows.append([_run_link(r.output, page_title(r, profile.se_mode) or r.output), net, str(p["fold"]), held,
+                         *dice])
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        tables[key] = "\n".join(lines) + "\n"
+    return tables
+
+
+def write_run_tables(profile: Profile, seed: int, root: Path, site: Path) -> list[Path]:
+    """Write :func:`run_tables` to ``book/executed/<key>_runs.md`` of ``site`` (the chapters include them)."""
+    out = []
+    for key, text in run_tables(profile, seed, root).items():
+        path = site / "book" / "executed" / f"{key}_runs.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
+        out.append(path)
+    return out
 
 
 def training_jobs(profile: Profile) -> list[tuple[str, int, tuple[str, ...]]]:
@@ -279,6 +382,9 @@ def prepare_site(root: Path, site: Path) -> Path:
 
 def build_book(site: Path, warnings_as_errors: bool = True) -> Path:
     """Build the Jupyter Book (HTML) in ``site``; return the index page."""
+    # the redirect to the root page is written only when missing (sphinx-external-toc): drop it so that a
+    # changed root page (book/intro.md before issue 26) is followed
+    (site / "_build" / "html" / "index.html").unlink(missing_ok=True)
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(site), "--path-output", str(site)]
     if warnings_as_errors:
         cmd += ["-W", "-n", "--keep-going"]
@@ -312,14 +418,15 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
     # the kernels inherit these; set once, before the notebooks run side by side
     os.environ.update(INNEREAR_HOME=str(root), TF_CPP_MIN_LOG_LEVEL="3")
     runs = [r for r in notebook_runs(profile, seed) if not only or any(r.notebook.startswith(o) for o in only)]
-    last = [r for r in runs if r.notebook == NOTEBOOKS["06"]]  # renders the timings of the steps before it
+    # 06 renders the timings of the steps before it; 07 (the landing page) reads what 04 wrote
+    last = [r for r in runs if r.notebook in (NOTEBOOKS["06"], NOTEBOOKS["07"])]
     runs = [r for r in runs if r not in last]
     failures = []
 
     def one(run: NotebookRun) -> None:
         print(f"[papermill] {run.notebook} {run.parameters} -> book/executed/{run.output}", flush=True)
         try:
-            times[run.output] = execute_notebook(run, root, site_dir)
+            times[run.output] = execute_notebook(run, root, site_dir, page_title(run, profile.se_mode))
         except Exception as exc:  # keep going: other runs' results stay valid
             failures.append(f"{run.output}: {type(exc).__name__}")
             print(f"[papermill] FAILED {run.output}: {exc}", file=sys.stderr, flush=True)
@@ -337,6 +444,7 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
         raise RuntimeError("notebook runs failed:\n" + "\n".join(failures))
     if book:
         t = time.perf_counter()
+        write_run_tables(profile, seed, root, site_dir)
         index = build_book(site_dir)
         times["book"] = time.perf_counter() - t
         print(f"Book built: open {index}", flush=True)
