@@ -38,7 +38,7 @@ def test_notebooks_run_with_their_defaults_in_a_fresh_home(tmp_path, monkeypatch
     import nbformat
     from nbclient import NotebookClient
 
-    assert [nb.stem[:2] for nb in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"], NOTEBOOKS
+    assert [nb.stem[:2] for nb in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"], NOTEBOOKS
     home = fresh_home(tmp_path)
     # the kernels inherit the environment, as they do from `make lab PROFILE=smoke`
     monkeypatch.setenv("INNEREAR_HOME", str(home))
