@@ -212,7 +212,7 @@ def test_landing_page_opens_with_the_results():
     methods = [r[0]["text"] for r in table if r and r[0]["tag"] == "th" and not r[0]["head"]]
     assert len(methods) == 6, f"{page.name}: Table 1 at a glance has rows {methods}, six expected"
     assert any(re.match(r"0\.\d{3}", c["text"]) for r in table for c in r if c["tag"] == "td"), "no Dice of ours"
-    about = text.find("About this reproduction")
+    about = text.find('id="about-this-reproduction"')
     for what, needle in (("a figure", "<img"), ("the verdicts", "paired volumes"), ("the machine", "CPU(s)"),
                          ("a link to Table 1", "04_evaluation.html"), ("a link to the 3D view", "05_3d_visualization.html")):
         at = text.find(needle)
