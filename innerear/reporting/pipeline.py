@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,9 +106,24 @@ def page_title(run: NotebookRun, se_mode: str = "authors") -> str | None:
     return None
 
 
+#: what TensorFlow's C++ start-up writes to stderr when a kernel first imports it: glog-style
+#: lines (``I0000 00:00:... port.cc:153] oneDNN custom operations are on ...``) and absl's notice
+_STARTUP_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+                            r"STDERR|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)$")
+
+
+def _startup_noise_only(cell) -> bool:
+    """Whether a code cell's stderr holds nothing but TensorFlow's start-up lines."""
+    err = [o for o in cell.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    lines = [line for o in err for line in "".join(o.get("text", "")).splitlines() if line.strip()]
+    return bool(lines) and all(_STARTUP_NOISE.match(line) for line in lines)
+
+
 def present_page(path: Path, title: str | None = None) -> None:
-    """Make an executed page read as a page of the book: its H1 set to ``title`` (when given) and
-    papermill's parameter cells tagged ``remove-cell`` (Jupyter Book leaves them out of the HTML)."""
+    """Make an executed page read as a page of the book: its H1 set to ``title`` (when given),
+    papermill's parameter cells tagged ``remove-cell`` (Jupyter Book leaves them out of the HTML),
+    and cells whose stderr is only TensorFlow's start-up lines tagged ``remove-stderr`` (hidden,
+    not deleted: the executed notebook keeps them)."""
     import nbformat  # lazy: Jupyter's formats only where notebooks are written
 
     nb = nbformat.read(str(path), as_version=4)
@@ -115,6 +131,8 @@ def present_page(path: Path, title: str | None = None) -> None:
         tags = cell.metadata.setdefault("tags", [])
         if set(tags) & set(PLUMBING_TAGS) and "remove-cell" not in tags:
             tags.append("remove-cell")
+        if _startup_noise_only(cell) and "remove-stderr" not in tags:
+            tags.append("remove-stderr")
     if title:
         first = next(c for c in nb.cells if c.cell_type == "markdown")
         lines = first.source.split("\n")
