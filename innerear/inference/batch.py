@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from innerear.inference.segment import Outputs, Segmenter
-from innerear.io import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, TIFF_SUFFIXES, atomic_path
+from innerear.io import (METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, TIFF_SUFFIXES, atomic_path,
+                         sweep_temporaries)
 from innerear.io.common import folder_contents, one_line
 from innerear.settings.structures import STRUCTURE_NAMES
 
@@ -165,7 +166,9 @@ def _unique(scans: Sequence[Path]) -> list[tuple[Path, str | None]]:
 def segment_batch(segmenter: Segmenter, scans: Sequence[Path], out_dir: Path, options: BatchOptions,
                   on_row: Callable[[BatchRow], None] | None = None) -> list[BatchRow]:
     """Segment ``scans`` into ``out_dir`` with one model and write ``out_dir/summary.csv``; every scan
-    gets a row (``on_row`` is called with each as it is done), whatever happens to the others."""
+    gets a row (``on_row`` is called with each as it is done), whatever happens to the others. Temporaries
+    left in ``out_dir`` by a batch that was killed are removed first."""
+    sweep_temporaries(out_dir, recursive=False)
     rows = []
     for scan, clash in _unique(scans):
         row = BatchRow(str(scan), "failed", clash) if clash else segment_one(segmenter, scan, out_dir, options)
