@@ -45,10 +45,33 @@ def scan_name(path: Path) -> str:
     return path.name
 
 
+def _tiff_pages(path: Path) -> int:
+    import tifffile  # lazy: only for folders holding TIFF files
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages)
+    except Exception:  # noqa: BLE001 - an unreadable TIFF is the reader's to report, not this guess's
+        return 1
+
+
 def is_scan_folder(path: Path) -> bool:
-    """Whether a folder is itself one scan (a DICOM series or a stack of TIFF slices)."""
+    """Whether a folder is itself one scan (a DICOM series, a stack of TIFF slices or one multipage TIFF).
+
+    Not when it also holds scans of other kinds (NIfTI, NRRD or MetaImage files, or sub-folders
+    that are scans) or several multipage TIFFs: that is a folder of scans, each a scan of its own."""
     tiffs, dicoms = folder_contents(path)
-    return bool(tiffs or dicoms)
+    if not (tiffs or dicoms):
+        return False
+    others = NIFTI_SUFFIXES + NRRD_SUFFIXES + METAIMAGE_SUFFIXES
+    for entry in path.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and any(folder_contents(entry)):
+            return False
+        if entry.is_file() and entry.name.lower().endswith(others):
+            return False
+    return not (len(tiffs) > 1 and _tiff_pages(tiffs[0]) > 1)
 
 
 def find_scans(folder: Path) -> list[Path]:
