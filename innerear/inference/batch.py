@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from innerear.inference.segment import Outputs, Segmenter
-from innerear.io import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, TIFF_SUFFIXES, atomic_path
+from innerear.io import (METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, TIFF_SUFFIXES, atomic_path,
+                         sweep_temporaries)
 from innerear.io.common import folder_contents, one_line
 from innerear.settings.structures import STRUCTURE_NAMES
 
@@ -44,10 +45,33 @@ def scan_name(path: Path) -> str:
     return path.name
 
 
+def _tiff_pages(path: Path) -> int:
+    import tifffile  # lazy: only for folders holding TIFF files
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages)
+    except Exception:  # noqa: BLE001 - an unreadable TIFF is the reader's to report, not this guess's
+        return 1
+
+
 def is_scan_folder(path: Path) -> bool:
-    """Whether a folder is itself one scan (a DICOM series or a stack of TIFF slices)."""
+    """Whether a folder is itself one scan (a DICOM series, a stack of TIFF slices or one multipage TIFF).
+
+    Not when it also holds scans of other kinds (NIfTI, NRRD or MetaImage files, or sub-folders
+    that are scans) or several multipage TIFFs: that is a folder of scans, each a scan of its own."""
     tiffs, dicoms = folder_contents(path)
-    return bool(tiffs or dicoms)
+    if not (tiffs or dicoms):
+        return False
+    others = NIFTI_SUFFIXES + NRRD_SUFFIXES + METAIMAGE_SUFFIXES
+    for entry in path.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and any(folder_contents(entry)):
+            return False
+        if entry.is_file() and entry.name.lower().endswith(others):
+            return False
+    return not (len(tiffs) > 1 and _tiff_pages(tiffs[0]) > 1)
 
 
 def find_scans(folder: Path) -> list[Path]:
@@ -165,7 +189,9 @@ def _unique(scans: Sequence[Path]) -> list[tuple[Path, str | None]]:
 def segment_batch(segmenter: Segmenter, scans: Sequence[Path], out_dir: Path, options: BatchOptions,
                   on_row: Callable[[BatchRow], None] | None = None) -> list[BatchRow]:
     """Segment ``scans`` into ``out_dir`` with one model and write ``out_dir/summary.csv``; every scan
-    gets a row (``on_row`` is called with each as it is done), whatever happens to the others."""
+    gets a row (``on_row`` is called with each as it is done), whatever happens to the others. Temporaries
+    left in ``out_dir`` by a batch that was killed are removed first."""
+    sweep_temporaries(out_dir, recursive=False)
     rows = []
     for scan, clash in _unique(scans):
         row = BatchRow(str(scan), "failed", clash) if clash else segment_one(segmenter, scan, out_dir, options)

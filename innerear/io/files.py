@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +57,77 @@ def _names_temporary(exc: OSError, tmp_path: Path) -> bool:
     return name is not None and (name == tmp_path or tmp_path in name.parents)
 
 
+# --------------------------------------------------------------------------- temporaries' owners
+# A temporary name records its writer: ``.<name>.@<host>@<pid>@<start>@.<random><suffix>``, so that a
+# later run can tell the leftovers of a killed writer (SIGKILL skips every ``finally``) from files
+# another live process is still writing, and remove only the former (:func:`sweep_temporaries`).
+_OWNER_RE = re.compile(r"^\..+\.@(?P<host>[^@/]+)@(?P<pid>\d+)@(?P<start>\d+)@\.")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname() or "host")
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), or None where unknown or not running."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _owner_tag() -> str:
+    pid = os.getpid()
+    return f"@{_host()}@{pid}@{_start_ticks(pid) or 0}@"
+
+
+def _owner_alive(host: str, pid: int, start: int) -> bool:
+    """Whether the process that named a temporary may still be writing it (another host's: assume so)."""
+    if host != _host():
+        return True
+    if os.path.isdir("/proc/self"):
+        now = _start_ticks(pid)
+        return now is not None and (start == 0 or now == start)  # a reused pid is another process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary of :func:`atomic_path` whose writer is gone (killed on this host)."""
+    m = _OWNER_RE.match(Path(path).name)
+    return bool(m) and not _owner_alive(m["host"], int(m["pid"]), int(m["start"]))
+
+
+def sweep_temporaries(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Remove the temporaries that killed writers left in ``folder`` (and below, with ``recursive``).
+
+    Only names :func:`atomic_path` made, whose process on this host has ended; a live writer's
+    temporary, another host's, and every other file are left alone. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*@*") if recursive else folder.glob(".*@*")
+    removed = []
+    for path in sorted(found):
+        if not is_stale_temporary(path):
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = ".tmp",
                 folder: bool = False) -> Iterator[Path]:
@@ -67,7 +140,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
     untouched; an :class:`OSError` from writing the temporary file (disk full) is raised as
     :class:`WriteError`, whose message names ``path``. The result has the permissions a plain ``open()`` would give it under the
     umask (temporary files are created private), or the replaced file's own.
-    ``suffix`` ends the temporary name (writers that pick a format by extension need it).
+    ``suffix`` ends the temporary name (writers that pick a format by extension need it). The
+    temporary's name records its writer (host, pid, start time): one left by a killed process
+    (SIGKILL runs no cleanup) is removed by :func:`sweep_temporaries`, which reruns call.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -75,9 +150,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (refusing to overwrite)")
     if folder:
-        tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+        tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=suffix, dir=path.parent))
     else:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=suffix, dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
     try:

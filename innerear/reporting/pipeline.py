@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from innerear.data.phantom import write_phantom_set
 from innerear.data.preprocess import prepare_dataset
-from innerear.io import atomic_path
+from innerear.io import atomic_path, sweep_temporaries
 from innerear.reporting.performance import timings_path, write_record
 from innerear.settings.layout import cache_dir, profile_runs, runs_root, stage_dir
 from innerear.settings.profiles import (BACKBONES, Profile, backbone_label, default_data_dir, get_profile,
@@ -422,6 +422,10 @@ def reproduce(profile_name: str = "demo", seed: int = 0, book: bool = True, only
     profile = get_profile(profile_name)
     root = project_root()
     site_dir = prepare_site(root, Path(site).resolve() if site else root)
+    # a run killed outright (SIGKILL, power) ran no cleanup: its writers' temporaries go now
+    for folder in (profile_runs(runs_root(root), profile), cache_dir(root, profile), default_data_dir(profile.name, root),
+                   site_dir / "book" / "executed"):
+        sweep_temporaries(folder)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     ensure_phantoms(profile, seed, root)

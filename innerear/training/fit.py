@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from innerear.io import atomic_path, write_json
+from innerear.io import atomic_path, sweep_temporaries, write_json
 from innerear.nets.backend import set_seed
 from innerear.nets.checkpoints import load_model
 from innerear.nets.losses import make_loss
@@ -304,6 +304,7 @@ def fit(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(run_dir, recursive=False)  # a killed run's half-written checkpoints
     if (run_dir / "done.json").exists():
         return _finished(run_dir)
     if monitor == "val_loss" and val_data is None:
