@@ -158,12 +158,15 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
     try:
         try:
             yield tmp_path
+            if not folder:
+                _fsync(tmp_path)  # the data on disk before the name points at it (power loss)
             tmp_path.chmod(_publish_mode(path, folder))
             if folder and path.is_dir():
                 shutil.rmtree(path)
             elif folder and path.exists():
                 path.unlink()
             os.replace(tmp_path, path)
+            _fsync(path.parent)  # and the rename itself
         except OSError as exc:
             if _names_temporary(exc, tmp_path):
                 raise WriteError(path, exc) from exc
@@ -175,6 +178,15 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
             tmp_path.unlink()
 
 
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def json_text(obj: object, indent: int = 2) -> str:
