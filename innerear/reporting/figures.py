@@ -301,9 +301,12 @@ def morphometry_table(comparisons) -> pd.DataFrame:
     rows = []
     for c in comparisons:
         band = f"{num(c.band[0])}–{num(c.band[1])}, {c.band_kind.replace('+-', '±')}" if c.band else "no spread"
+        # a source that gives a range only has no mean: say so, not "not measured"
+        literature = (f"{num(c.reference_mean)} ({band})" if np.isfinite(c.reference_mean)
+                      else f"range only ({band})")
         rows.append({"quantity": quantity_title(c.quantity), "unit": UNIT_TEXT.get(c.unit, c.unit),
                      "phantoms: median (range)": f"{num(c.median)} ({num(c.low)}–{num(c.high)})",
-                     "literature: mean (band)": f"{num(c.reference_mean)} ({band})",
+                     "literature: mean (band)": literature,
                      "median in band": {True: "yes", False: "NO", None: "no band"}[c.median_in_band],
                      "source": short(c.source)})
     return pd.DataFrame(rows).set_index("quantity")
