@@ -141,6 +141,20 @@ def compare(measured: Sequence, table: Mapping[str, Reference] | None = None) ->
     return out
 
 
+#: a quantity whose source gives a mean only (no spread): its median must lie this close to it
+MEAN_ONLY_TOLERANCE = 0.15
+
+
+def mean_only(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The measured quantities whose reference has a mean but no band."""
+    return [c for c in comparisons if c.band is None and c.n_measured and math.isfinite(c.reference_mean)]
+
+
+def near_mean(c: Comparison, tolerance: float = MEAN_ONLY_TOLERANCE) -> bool:
+    """Whether ``c``'s median lies within ``tolerance`` (a fraction) of its reference mean."""
+    return abs(c.median / c.reference_mean - 1.0) <= tolerance
+
+
 def format_comparisons(rows: Sequence[Comparison]) -> str:
     """A plain-text table of comparisons (for a report or a terminal)."""
     def f(x: float) -> str:
