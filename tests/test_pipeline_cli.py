@@ -17,17 +17,21 @@ def test_training_jobs_cover_table1_and_group_runs_that_share_stages():
         for fold in range(4):
             assert (backbone, fold, ("axial",)) in jobs
             assert (backbone, fold, tuple(PAPER_ORDER)) in jobs
-    for n_workers, expected in ((2, 3), (3, 3), (8, 12)):
-        groups = pipeline.job_groups(jobs, n_workers)
-        assert len(groups) == expected
-        assert sorted(j for g in groups for j in g) == sorted(jobs)
-        for g in groups:  # one backbone per group; runs sharing a (backbone, fold) share a group
-            assert len({j[0] for j in g}) == 1
-            others = [j for h in groups if h is not g for j in h]
-            assert not {(j[0], j[1]) for j in g} & {(j[0], j[1]) for j in others}
+    groups = pipeline.job_groups(jobs)
+    assert len(groups) == 12  # one per (backbone, fold)
+    assert sorted(j for g in groups for j in g) == sorted(jobs)
+    for g in groups:  # one backbone per group; runs sharing a (backbone, fold) share a group
+        assert len({j[0] for j in g}) == 1
+        others = [j for h in groups if h is not g for j in h]
+        assert not {(j[0], j[1]) for j in g} & {(j[0], j[1]) for j in others}
+    sizes = [pipeline._stages_to_train(g) for g in groups]
+    assert sizes == sorted(sizes, reverse=True)  # longest first
+    loads = pipeline.balance(groups, 2)  # two workers finish within one group of each other
+    assert max(loads) - min(loads) <= max(sizes)
+    assert max(loads) < 0.6 * sum(sizes)
     # within a group, runs keep the plan's order
-    unet = next(g for g in pipeline.job_groups(jobs, 2) if g[0][0] == "unet")
-    assert unet == [j for j in jobs if j[0] == "unet"]
+    unet0 = next(g for g in groups if g[0][:2] == ("unet", 0))
+    assert unet0 == [j for j in jobs if j[:2] == ("unet", 0)]
 
 
 def test_notebook_runs_have_a_page_per_fold_and_backbone():

@@ -235,16 +235,33 @@ def training_jobs(profile: Profile) -> list[tuple[str, int, tuple[str, ...]]]:
     return list(dict.fromkeys(jobs))
 
 
-def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int) -> list[list[tuple]]:
-    """Runs grouped for training in one process each: by backbone, or by (backbone, fold)
-    when there are more workers than backbones. Runs that share stages always share a group
-    (they have the same backbone and fold), so groups never depend on each other; within a
-    group the runs keep their order, whose shared prefixes are trained by the first."""
-    by_backbone = len({b for b, _, _ in jobs}) >= n_groups
+def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int | None = None) -> list[list[tuple]]:
+    """Runs grouped for training in one process each, one group per (backbone, fold).
+
+    Runs that share stages have the same backbone and fold, so they share a group and groups
+    never depend on each other; within a group the runs keep their order, whose shared
+    prefixes are trained by the first. Groups come longest first (by stages to train), so
+    that workers taking them in turn finish close together: grouping by backbone alone left
+    one of two workers idle for a third of the demo training (the U-Net group holds the
+    orientation and order experiments). ``n_groups`` is accepted for older callers and ignored.
+    """
     groups: dict[tuple, list[tuple]] = {}
     for job in jobs:
-        groups.setdefault((job[0],) if by_backbone else (job[0], job[1]), []).append(job)
-    return sorted(groups.values(), key=lambda g: -sum(len(v) for _, _, v in g))  # longest first
+        groups.setdefault((job[0], job[1]), []).append(job)
+    return sorted(groups.values(), key=lambda g: -_stages_to_train(g))
+
+
+def _stages_to_train(group: Sequence[tuple[str, int, tuple[str, ...]]]) -> int:
+    """Distinct stages a group trains (runs sharing a prefix train it once)."""
+    return len({(b, f, v[: k + 1]) for b, f, v in group for k in range(len(v))})
+
+
+def balance(groups: Sequence[Sequence[tuple]], n_workers: int) -> list[int]:
+    """Stages per worker when ``n_workers`` take ``groups`` in order, each the next free."""
+    loads = [0] * max(1, n_workers)
+    for g in groups:
+        loads[loads.index(min(loads))] += _stages_to_train(g)
+    return loads
 
 
 def _train_group(profile_name: str, seed: int, root: str, group: list[tuple], threads: int | None) -> list[dict]:
@@ -310,7 +327,7 @@ def train_all(profile: Profile, seed: int, root: Path, workers: int | None = Non
         client = Client(cluster)
         threads = max(1, (os.cpu_count() or 1) // n_workers)
         n_groups = n_workers
-    groups = job_groups(jobs, n_groups)
+    groups = job_groups(jobs)
     try:
         futures = [client.submit(_train_group, profile.name, seed, str(root), group, threads, pure=False,
                                  key=f"train-{profile.name}-{group[0][0]}-{len(group)}runs-{i}")
