@@ -76,10 +76,14 @@ class InferenceSettings:
     region kept around the earlier masks in fast mode; ``batch_size`` slices per call
     (``None``: 8 compiled, 32 eager); ``bucket`` rounds rectangle sides (default: the pooling
     factor on TensorFlow, 64 on JAX); ``full_fraction`` turns a rectangle that large into the
-    full slice; ``fixed_batch`` pads the last batch (default on JAX).
+    full slice; ``fixed_batch`` pads the last batch (default on JAX). ``mirror``: test-time
+    mirroring, each stage also predicts the volume flipped left-right (the first, R-L axis of
+    the canonical grid) and averages the two, so that a left ear and its mirror image give
+    mirror-image answers (twice the prediction time).
     """
 
     mode: str = "fast"
+    mirror: bool = False
     margin: int = DEFAULT_MARGIN
     batch_size: int | None = None
     bucket: int | None = None
@@ -99,6 +103,40 @@ class InferenceSettings:
         return int(self.batch_size or (8 if self.compiled else 32))
 
 
+def _stage_probabilities(model: keras.Model, view: str, inputs: np.ndarray, masks: Sequence[np.ndarray],
+                         settings: InferenceSettings, view_axes: str):
+    """A network's probabilities for one volume's stage inputs (full slices, or in ``"fast"``
+    mode only the earlier masks' rectangles): ``(prob, pixels computed, n, h, w, crops)``."""
+    slices = to_slices(inputs, view, view_axes)
+    n, h, w = slices.shape[:3]
+    crops = None
+    if masks and settings.mode == "fast":
+        align = pooling_factor(model)
+        bucket = auto_bucket(align) if settings.bucket is None else int(settings.bucket)
+        crops = roi_crops(masks, view, int(settings.margin), align, bucket, settings.full_fraction, view_axes) or None
+    if crops is None:  # every slice at full size
+        prob = predict_volume(model, inputs, view, settings.batch, settings.compiled, settings.fixed_batch,
+                              view_axes)
+        return prob, n * h * w, n, h, w, None
+    classes = output_classes(model)
+    out = np.zeros((n, h, w) + ((classes,) if classes > 1 else ()), np.float32)
+    if classes > 1:
+        out[..., 0] = 1.0  # outside the rectangles: background
+    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    for i, r0, nr, c0, nc in crops:
+        groups.setdefault((nr, nc), []).append((i, r0, c0))
+    pixels = 0
+    for (nr, nc), items in sorted(groups.items()):
+        for start in range(0, len(items), settings.batch):
+            chunk = items[start:start + settings.batch]
+            batch = np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk])
+            pred = predict_slices(model, batch, settings.batch, True, settings.fixed_batch)
+            for (i, r0, c0), p in zip(chunk, pred):
+                out[i, r0:r0 + nr, c0:c0 + nc] = p
+            pixels += len(chunk) * nr * nc
+    return from_slices(out, view, view_axes), pixels, n, h, w, crops
+
+
 def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
               threshold: float = 0.5, settings: InferenceSettings | None = None, *, view_axes: str = "ras",
               connectivity: int = 26, stats: dict | None = None, return_classes: bool = False):
@@ -114,35 +152,13 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
     settings = settings or InferenceSettings()
     t0 = time.perf_counter()
     inputs = stage_inputs(image_norm, masks)
-    slices = to_slices(inputs, view, view_axes)
-    n, h, w = slices.shape[:3]
-    crops = None
-    if masks and settings.mode == "fast":
-        align = pooling_factor(model)
-        bucket = auto_bucket(align) if settings.bucket is None else int(settings.bucket)
-        crops = roi_crops(masks, view, int(settings.margin), align, bucket, settings.full_fraction, view_axes) or None
-    if crops is None:  # every slice at full size
-        prob = predict_volume(model, inputs, view, settings.batch, settings.compiled, settings.fixed_batch,
-                              view_axes)
-        pixels = n * h * w
-    else:
-        classes = output_classes(model)
-        out = np.zeros((n, h, w) + ((classes,) if classes > 1 else ()), np.float32)
-        if classes > 1:
-            out[..., 0] = 1.0  # outside the rectangles: background
-        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-        for i, r0, nr, c0, nc in crops:
-            groups.setdefault((nr, nc), []).append((i, r0, c0))
-        pixels = 0
-        for (nr, nc), items in sorted(groups.items()):
-            for start in range(0, len(items), settings.batch):
-                chunk = items[start:start + settings.batch]
-                batch = np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk])
-                pred = predict_slices(model, batch, settings.batch, True, settings.fixed_batch)
-                for (i, r0, c0), p in zip(chunk, pred):
-                    out[i, r0:r0 + nr, c0:c0 + nc] = p
-                pixels += len(chunk) * nr * nc
-        prob = from_slices(out, view, view_axes)
+    prob, pixels, n, h, w, crops = _stage_probabilities(model, view, inputs, masks, settings, view_axes)
+    if settings.mirror:  # the same network on the left-right mirror image, mapped back and averaged
+        flipped = [np.flip(np.asarray(m), 0) for m in masks]
+        prob_m, pixels_m, *_ = _stage_probabilities(model, view, np.flip(inputs, 0), flipped, settings, view_axes)
+        prob = 0.5 * (prob + np.flip(prob_m, 0))
+        pixels += pixels_m
+        del prob_m
     class_prob = None
     if prob.ndim == 4:  # a multi-class network: the foreground is every class but background
         class_prob = prob
@@ -259,4 +275,5 @@ def load_cascade(run_dir: str | os.PathLike) -> Cascade:
     stages = [(stage.view, load_model(stage.network)) for stage in model.stages]
     return Cascade(stages=stages, normalizer=normalizer_from_dict(spec.normalizer), grid=spec.grid,
                    threshold=float(spec.threshold), info=spec.to_dict(), view_axes=spec.view_axes,
-                   connectivity=int(spec.connectivity), voxel_mm=spec.voxel_mm)
+                   connectivity=int(spec.connectivity), voxel_mm=spec.voxel_mm,
+                   settings=InferenceSettings(mirror=bool(spec.mirror)))

@@ -76,6 +76,7 @@ class ModelSpec:
     intensity_histogram: dict[str, Any] | None = None
     plausible_inner_ear_volume_mm3: dict[str, Any] | None = None
     recipe: dict[str, Any] | None = None
+    mirror: bool | None = None  # test-time mirroring (see InferenceSettings.mirror); None: off
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -73,8 +73,18 @@ class TrainingMixture:
     fov_mm: tuple[float, float] = (14.0, 28.0)  # blocks around the labyrinth
     crop_fov_mm: tuple[float, float] = (8.5, 12.0)  # crops centred on the cochlea
     crop_share: float = 0.3
-    style: tuple[str, ...] = ("microct", "cbct")
+    style: tuple[str, ...] = ("microct", "cbct")  # drawn uniformly: repeat a style to weight it
     units: tuple[str, ...] = ("uint16", "float")
+    # clinical CBCT (issue 22): the share of cbct scans whose fluid, capsule, resolution and
+    # contrast-to-noise are drawn from the ranges below instead of the style's own (a real
+    # CBCT cochlea read ~220 HU in the lumen, 1,000-1,500 HU in the capsule, CNR ~5)
+    clinical_share: float = 0.0
+    lumen_hu: tuple[float, float] = (-50.0, 500.0)
+    capsule_hu: tuple[float, float] = (800.0, 2500.0)
+    cnr: tuple[float, float] = (2.5, 40.0)  # log-uniform
+    psf_fwhm_mm: tuple[float, float] = (0.2, 0.5)  # at least 1.2 voxels
+    any_pose_share: float = 0.0  # scans turned by any angle (else the specimen's 3-20 degrees)
+    reorient_share: float = 0.0  # prepared scans turned/mirrored by one of the cube's 48 symmetries
     artefacts: tuple[float, float] = (0.0, 0.6)
     # voxels of boundary jitter; more erases the thin apical turn at coarse voxels (measured
     # with innerear.metrics.cochlea), which would teach the networks to miss it
@@ -121,6 +131,7 @@ class RobustRecipe:
     context_dropout: float = 0.3
     foreground_share: float = 0.6  # share of patches centred on a labyrinth voxel
     n_phantoms: int = 64
+    mirror: bool = False  # test-time mirroring in the shipped cascade (InferenceSettings.mirror)
     seed: int = 0
     connectivity: int = 26
     normalizer: tuple[float, float] = (0.5, 99.5)  # percentiles mapped to 0 and 1
@@ -137,15 +148,24 @@ class RobustRecipe:
 
 
 def get_recipe(name: str = "robust", **overrides: Any) -> RobustRecipe:
-    """The named recipe (``"robust"``: the shipped model's; ``"robust-smoke"``: seconds, for tests)."""
+    """The named recipe (``"robust"``: the shipped model's; ``"robust-v1"``: the one shipped before
+    issue 22, without synthetic contrasts, clinical CBCT draws, any pose or test-time mirroring;
+    ``"robust-smoke"``: seconds, for tests)."""
     if name == "robust":
+        recipe = RobustRecipe(
+            n_phantoms=96, mirror=True,
+            mixture=TrainingMixture(style=("microct", "cbct", "cbct", "synth"), crop_share=0.4, clinical_share=0.7,
+                                    any_pose_share=0.3, reorient_share=0.5))
+    elif name == "robust-v1":  # the model shipped before issue 22 (recorded for the ablation)
         recipe = RobustRecipe()
     elif name == "robust-smoke":
         recipe = RobustRecipe(voxel_mm=0.3, base_filters=4, depth=2, patch=32, batch_size=8, steps_per_epoch=3,
-                              max_epochs=2, patience=2, n_phantoms=3,
-                              mixture=TrainingMixture(voxel_mm=(0.25, 0.3), fov_mm=(12.0, 16.0), crop_fov_mm=(9.0, 10.0)))
+                              max_epochs=2, patience=2, n_phantoms=3, mirror=True,
+                              mixture=TrainingMixture(voxel_mm=(0.25, 0.3), fov_mm=(12.0, 16.0), crop_fov_mm=(9.0, 10.0),
+                                                      style=("cbct", "synth"), clinical_share=1.0, any_pose_share=0.5,
+                                                      reorient_share=0.5))
     else:
-        raise ValueError(f"unknown recipe {name!r}; use 'robust' or 'robust-smoke'")
+        raise ValueError(f"unknown recipe {name!r}; use 'robust', 'robust-v1' or 'robust-smoke'")
     return recipe.replace(**overrides) if overrides else recipe
 
 
@@ -181,9 +201,9 @@ def augment_image(image: np.ndarray, aug: Augmentation, rng: np.random.Generator
     x = np.sign(x) * np.abs(x) ** g
     x = x * rng.uniform(*aug.contrast) + rng.uniform(*aug.shift)
     x = x * (1.0 + aug.bias * rng.uniform(0, 1) * _smooth_field(x.shape, rng))
-    sigma = rng.uniform(*aug.blur)
-    if sigma > 0.3:
-        x = ndimage.gaussian_filter(x, sigma)
+    sigma = rng.uniform(*aug.blur, 2)  # anisotropic: each in-plane axis its own
+    if sigma.max() > 0.3:
+        x = ndimage.gaussian_filter(x, np.where(sigma > 0.3, sigma, 0.0))
     x = x + rng.normal(0.0, rng.uniform(*aug.noise), x.shape)
     c = rng.uniform(*aug.correlated_noise)
     if c > 0:
@@ -293,8 +313,58 @@ def _draw_specimen(recipe: RobustRecipe, index: int):
                               centre="cochlea" if crop else "labyrinth", style=m.style, units=m.units,
                               artefacts=m.artefacts, label_noise=m.label_noise,
                               misregistration_share=m.misregistration_share)
+    acq = _clinical_draws(acq, m, rng)
     return ph.generate_specimen(index, recipe.seed, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
                                 acquisition=acq), acq
+
+
+def _clinical_draws(acq: ph.Acquisition, m: TrainingMixture, rng: np.random.Generator) -> ph.Acquisition:
+    """The mixture's clinical CBCT grey values and resolution, and any pose, drawn into ``acq``."""
+    from dataclasses import replace
+
+    changes: dict[str, Any] = {}
+    if acq.style == "cbct" and rng.random() < m.clinical_share:
+        lumen = rng.uniform(*m.lumen_hu)
+        changes.update(lumen_hu=lumen, capsule_hu=max(rng.uniform(*m.capsule_hu), lumen + 400.0),
+                       cnr=math.exp(rng.uniform(math.log(m.cnr[0]), math.log(m.cnr[1]))),
+                       psf_fwhm_mm=max(rng.uniform(*m.psf_fwhm_mm), 1.2 * acq.voxel_mm))
+    if rng.random() < m.any_pose_share:
+        changes["pose_deg"] = rng.uniform(0.0, 180.0)
+    return replace(acq, **changes) if changes else acq
+
+
+def cube_symmetry(index: int) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """Symmetry ``index`` (0-47) of the cube: an axis permutation and flips (0: identity)."""
+    from itertools import permutations
+
+    perm = list(permutations(range(3)))[index // 8]
+    return perm, tuple(bool(index >> k & 1) for k in range(3))
+
+
+def reorient(volume: np.ndarray, index: int) -> np.ndarray:
+    """``volume`` (3D, or 4D with channels last) under cube symmetry ``index``."""
+    perm, flips = cube_symmetry(index)
+    out = np.transpose(volume, perm + tuple(range(3, volume.ndim)))
+    for axis, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis)
+    return np.ascontiguousarray(out)
+
+
+def _reoriented(scan: PreparedScan, index: int) -> PreparedScan:
+    """A prepared scan turned or mirrored (its core follows; the affine is kept as provenance)."""
+    if index == 0:
+        return scan
+    shape = scan.image.shape
+    core = scan.core or tuple(slice(0, n) for n in shape)
+    perm, flips = cube_symmetry(index)
+    new_core = []
+    for axis in range(3):
+        src = perm[axis]
+        sl, n = core[src], shape[src]
+        new_core.append(slice(n - sl.stop, n - sl.start) if flips[axis] else sl)
+    return PreparedScan(scan.case_id, reorient(scan.image, index), reorient(scan.classes, index), scan.affine,
+                        tuple(new_core))
 
 
 def prepare_training_scan(image: np.ndarray, affine: np.ndarray, label: np.ndarray, structures: np.ndarray,
@@ -331,7 +401,14 @@ def prepare_training_set(recipe: RobustRecipe, work: Path, verbose: bool = False
             print(f"[robust] specimen {i + 1}/{recipe.n_phantoms}: {acq.style} {acq.voxel_mm:.3f} mm "
                   f"{spec.image.shape} -> {scan.image.shape} ({time.perf_counter() - t0:.1f} s)", flush=True)
         del spec
-    return scans
+    return [_reoriented(s, _symmetry_draw(recipe, i)) for i, s in enumerate(scans)]
+
+
+def _symmetry_draw(recipe: RobustRecipe, index: int) -> int:
+    """The cube symmetry training specimen ``index`` is seen in (0, the scan as acquired, with
+    probability 1 - ``reorient_share``)."""
+    rng = np.random.default_rng([recipe.seed, index, 0x5E7])
+    return int(rng.integers(1, 48)) if rng.random() < recipe.mixture.reorient_share else 0
 
 
 # --------------------------------------------------------------------------- training
@@ -356,7 +433,7 @@ def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = 
         scans = prepare_training_set(recipe, work, verbose)
     shares = _class_shares(scans, recipe.n_classes)
     masks: dict[str, list[np.ndarray]] = {s.case_id: [] for s in scans}
-    inference = InferenceSettings(mode="fast")
+    inference = InferenceSettings(mode="fast", mirror=bool(recipe.mirror))  # as the shipped cascade predicts
     stages = []
     for k, view in enumerate(order):
         folder = _stage_folder(work, order, k)
@@ -403,6 +480,7 @@ def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = 
     ModelSpec(stages=tuple(os.path.relpath(f, last) for f in stages), order=tuple(order),
               normalizer=PercentileNormalizer(*recipe.normalizer).to_dict(), voxel_mm=recipe.voxel_mm, threshold=0.5,
               connectivity=recipe.connectivity, view_axes="ras", backbone=recipe.backbone, profile="robust",
+              mirror=bool(recipe.mirror) or None,
               n_classes=recipe.n_classes, classes=tuple(CLASS_NAMES[: recipe.n_classes]), recipe=recipe.to_dict(),
               intensity_histogram={"edges": edges, "density": density, "warn_above": warn_above,
                                    "warn_above_rule": "1.5 x the largest distance of a training scan's histogram "

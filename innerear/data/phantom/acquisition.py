@@ -23,6 +23,18 @@ otic capsule +1500-2500 (normal capsule above the ~2045-2187 HU otosclerosis cut
 ``README.md`` next to this module for the sources. With the ~2 mm cochlear lumen (issue 21),
 a 0.125 mm CBCT shows the scalae as one dark spiral (the 0.05-0.12 mm septum is gone in the
 0.3-0.4 mm PSF) while 16-25 um micro-CT resolves the septum and spiral lamina.
+
+``"synth"`` (training only, in the spirit of SynthSeg, Billot et al. 2023): every tissue's
+grey value drawn independently from a wide range (:func:`_synth_imaging`), so that a network
+cannot rely on any one contrast; a share of draws keeps the CT ordering (air < fluid < otic
+capsule), the rest is free (bright lumen included).
+
+Clinical overrides (the harder benchmark of issue 22 and its ablation): ``psf_fwhm_mm`` (the
+effective resolution), ``cnr`` (contrast-to-noise: capsule minus fluid over the noise's s.d.),
+``lumen_hu`` and ``capsule_hu`` (the fluid's and the otic capsule's grey values: a real
+clinical CBCT cochlea read ~220 HU inside the lumen and ~1,000-1,500 HU in the capsule),
+``side`` (the ear drawn, whatever the specimen's own draw) and ``pose_deg`` (the rotation of
+the labyrinth about its drawn axis, up to any angle).
 """
 from __future__ import annotations
 
@@ -37,7 +49,7 @@ from innerear.data.phantom.params import ImagingParams, SpecimenParams
 from innerear.data.phantom.raster import interp
 from innerear.data.phantom.scene import View
 
-STYLES = ("microct", "cbct")
+STYLES = ("microct", "cbct", "synth")
 UNITS = ("uint16", "hu", "float")
 CENTRES = ("labyrinth", "cochlea")
 ARTEFACTS = ("correlated_noise", "rings", "cupping", "streaks", "motion")
@@ -63,6 +75,12 @@ class Acquisition:
     misregistration_vox: float = 0.0  # a shift of the label (voxels; 0 = none)
     float_scale: float = 1.0  # units "float": value = internal * scale + offset
     float_offset: float = 0.0
+    psf_fwhm_mm: float | None = None  # effective resolution (None: the style's own draw)
+    cnr: float | None = None  # (capsule - fluid) / noise s.d. (None: the style's own draw)
+    lumen_hu: float | None = None  # fluid grey value, HU (cbct style only; None: 0-30 HU)
+    capsule_hu: float | None = None  # otic capsule grey value, HU (cbct style only; None: 1500-2500 HU)
+    side: str | None = None  # "left" / "right" (None: the specimen's own draw)
+    pose_deg: float | None = None  # rotation about the pose axis (None: the specimen's 3-20 degrees)
 
     def __post_init__(self) -> None:
         if not 0.016 - 1e-9 <= float(self.voxel_mm) <= 0.3 + 1e-9:
@@ -81,6 +99,16 @@ class Acquisition:
                 raise ValueError(f"acquisition {name} must be in [0, 5] voxels, got {getattr(self, name)!r}")
         if not float(self.float_scale) > 0.0:
             raise ValueError(f"acquisition float_scale must be > 0, got {self.float_scale!r}")
+        if self.psf_fwhm_mm is not None and not 0.0 < float(self.psf_fwhm_mm) <= 2.0:
+            raise ValueError(f"acquisition psf_fwhm_mm must be in (0, 2] mm, got {self.psf_fwhm_mm!r}")
+        if self.cnr is not None and not float(self.cnr) > 0.0:
+            raise ValueError(f"acquisition cnr must be > 0, got {self.cnr!r}")
+        if self.lumen_hu is not None and (self.style != "cbct" or not -1000.0 <= float(self.lumen_hu) <= 1500.0):
+            raise ValueError(f"acquisition lumen_hu needs style 'cbct' and -1000..1500 HU, got {self.lumen_hu!r}")
+        if self.capsule_hu is not None and (self.style != "cbct" or not 0.0 <= float(self.capsule_hu) <= 4000.0):
+            raise ValueError(f"acquisition capsule_hu needs style 'cbct' and 0..4000 HU, got {self.capsule_hu!r}")
+        if self.side not in (None, "left", "right"):
+            raise ValueError(f"acquisition side must be 'left', 'right' or None, got {self.side!r}")
 
     @property
     def fov3(self) -> tuple[float, float, float]:
@@ -154,6 +182,55 @@ def _cbct_imaging(imaging: ImagingParams, voxel_mm: float, rng: np.random.Genera
     return replace(imaging, **{k: v for k, v in values.items() if k in names})
 
 
+def _synth_imaging(imaging: ImagingParams, voxel_mm: float, rng: np.random.Generator) -> ImagingParams:
+    """SynthSeg-style grey values: each tissue's value independent, in internal units 0-3000.
+
+    Two draws in three keep the CT ordering that every real CT scan has (air darkest, the
+    otic capsule brighter than the fluid by at least 300) with every other tissue anywhere;
+    the rest draw the fluid and capsule freely too (at least 300 apart, either way round).
+    Contrast-to-noise 2.5-50 (log-uniform), PSF 0.8-4 voxels FWHM, drift up to 30 %.
+    """
+    u = rng.uniform
+    if rng.random() < 2.0 / 3.0:
+        lumen = u(150.0, 2200.0)
+        capsule = u(lumen + 300.0, 3000.0)
+        air = u(0.0, 0.6) * lumen
+    else:
+        lumen, capsule = u(0.0, 3000.0, 2)
+        if abs(capsule - lumen) < 300.0:
+            capsule = lumen + 300.0 if lumen < 2700.0 else lumen - 300.0
+        air = u(0.0, 3000.0)
+    fwhm_vox = math.exp(u(math.log(0.8), math.log(4.0)))
+    values = dict(
+        psf_sigma_vox=fwhm_vox / (2.0 * math.sqrt(2.0 * math.log(2.0))),
+        noise_frac=1.0 / math.exp(u(math.log(2.5), math.log(50.0))),
+        bias_amp=u(0.0, 0.3),
+        i_capsule=capsule, i_trabecular=u(0.0, 3000.0), i_marrow=u(0.0, 3000.0), i_lumen=lumen,
+        air_factor=air / max(lumen, 1.0), vessel_factor=u(0.0, 3000.0) / max(lumen, 1.0),
+        i_soft=u(0.0, 3000.0), i_medium=u(0.0, 3000.0),
+    )
+    names = {f.name for f in fields(ImagingParams)}
+    return replace(imaging, **{k: v for k, v in values.items() if k in names})
+
+
+def _clinical_overrides(imaging: ImagingParams, acq: Acquisition) -> ImagingParams:
+    """The acquisition's fixed effective resolution, contrast-to-noise and fluid value."""
+    changes: dict[str, float] = {}
+    if acq.lumen_hu is not None:  # cbct internal units are HU + 1000
+        changes["i_lumen"] = 1000.0 + float(acq.lumen_hu)
+        changes["vessel_factor"] = imaging.vessel_factor * imaging.i_lumen / changes["i_lumen"]
+        changes["air_factor"] = imaging.air_factor * imaging.i_lumen / changes["i_lumen"]
+    if acq.capsule_hu is not None:  # trabecular bone keeps its share of the capsule's density
+        changes["i_capsule"] = 1000.0 + float(acq.capsule_hu)
+        changes["i_trabecular"] = 1000.0 + (imaging.i_trabecular - 1000.0) * float(acq.capsule_hu) / max(
+            imaging.i_capsule - 1000.0, 1.0)
+    if acq.psf_fwhm_mm is not None:
+        changes["psf_sigma_vox"] = float(acq.psf_fwhm_mm) / (2.0 * math.sqrt(2.0 * math.log(2.0))) / float(acq.voxel_mm)
+    if acq.cnr is not None:
+        changes["noise_frac"] = 1.0 / float(acq.cnr)
+    return replace(imaging, **changes) if changes else imaging
+
+
 def acquisition_params(p: SpecimenParams, acq: Acquisition, index: int, seed: int
                        ) -> tuple[SpecimenParams, View, np.random.Generator]:
     """The specimen's parameters as this acquisition sees them (voxel size, style), its field
@@ -163,7 +240,15 @@ def acquisition_params(p: SpecimenParams, acq: Acquisition, index: int, seed: in
     imaging = p.imaging
     if acq.style == "cbct":
         imaging = _cbct_imaging(imaging, float(acq.voxel_mm), rng)
-    p2 = replace(p, voxel_mm=float(acq.voxel_mm), imaging=imaging)
+    elif acq.style == "synth":
+        imaging = _synth_imaging(imaging, float(acq.voxel_mm), rng)
+    imaging = _clinical_overrides(imaging, acq)
+    changes: dict[str, Any] = {}
+    if acq.side is not None:
+        changes["side"] = acq.side
+    if acq.pose_deg is not None:
+        changes["pose"] = replace(p.pose, pose_deg=float(acq.pose_deg))
+    p2 = replace(p, voxel_mm=float(acq.voxel_mm), imaging=imaging, **changes)
     return p2, View(float(acq.voxel_mm), acq.fov3, acq.centre, offset), rng
 
 
@@ -288,7 +373,7 @@ def _units(acq: Acquisition, imaging: ImagingParams, rng: np.random.Generator
     """dtype, linear map internal -> stored, clipping range and a record of the calibration."""
     if acq.units == "float":
         return np.dtype(np.float32), (acq.float_scale, acq.float_offset), None, {}
-    if acq.style == "cbct":  # internal = HU + 1000
+    if acq.style in ("cbct", "synth"):  # internal = HU + 1000 (synth: arbitrary, stored alike)
         if acq.units == "hu":
             return np.dtype(np.int16), (1.0, -1000.0), (-1024.0, 32767.0), {}
         return np.dtype(np.uint16), (1.0, 24.0), (0.0, 65535.0), {}  # HU + 1024, as scanners store it

@@ -1,0 +1,131 @@
+"""Left and right ears, turned scans, clinical CBCT draws (issue 22).
+
+A left ear and its mirror image are the same anatomy: the shipped segmenter must give
+mirror-image masks (test-time mirroring makes every stage equivariant to the left-right
+flip). The training mixture's new draws (synthetic contrasts, clinical CBCT grey values,
+any pose, the cube's symmetries) are checked here from what they generate.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from innerear.data import phantom as ph
+from innerear.data.phantom.acquisition import Acquisition, _synth_imaging
+from innerear.inference.engine import InferenceSettings, run_stage
+from innerear.metrics import dice
+from innerear.nets.backbones import build
+from innerear.settings.profiles import get_profile
+from innerear.training.robust import _reoriented, cube_symmetry, PreparedScan, reorient
+
+
+def _header_mirrored(affine: np.ndarray, nx: int) -> np.ndarray:
+    """The same voxels with the header's first axis mirrored (the array stays in place)."""
+    out = np.array(affine, float)
+    out[:3, 3] = affine[:3, 3] + affine[:3, 0] * (nx - 1)
+    out[:3, 0] *= -1.0
+    return out
+
+
+def test_cube_symmetries_are_48_distinct_and_the_core_follows():
+    vol = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    seen = {reorient(vol, i).tobytes() + bytes(reorient(vol, i).shape) for i in range(48)}
+    assert len(seen) == 48
+    assert cube_symmetry(0) == ((0, 1, 2), (False, False, False))
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(9, 11, 13)).astype(np.float32)
+    classes = (rng.random((9, 11, 13)) < 0.3).astype(np.uint8)
+    core = (slice(1, 7), slice(2, 11), slice(0, 10))
+    scan = PreparedScan("s", image, classes, np.eye(4), core)
+    for i in (5, 17, 33, 47):
+        turned = _reoriented(scan, i)
+        assert turned.image.shape == reorient(image, i).shape
+        inside = np.zeros(image.shape, bool)
+        inside[core] = True
+        assert np.array_equal(reorient(inside, i), np.pad(np.ones([s.stop - s.start for s in turned.core], bool),
+                                                           [(s.start, n - s.stop) for s, n in
+                                                            zip(turned.core, turned.image.shape)]))
+
+
+def test_synthetic_contrasts_keep_ct_ordering_in_two_of_three_and_free_otherwise():
+    base = ph.draw_params(0, 0, get_profile("smoke").phantoms).imaging
+    draws = [_synth_imaging(base, 0.1, np.random.default_rng(i)) for i in range(300)]
+    ct = [d.i_lumen < d.i_capsule and d.i_lumen * d.air_factor < d.i_lumen for d in draws]
+    assert 0.6 < np.mean(ct) < 0.85  # the CT ordering, plus free draws that happen to keep it
+    assert any(d.i_lumen > d.i_capsule for d in draws)  # bright lumen: inversions are trained on
+    assert all(abs(d.i_capsule - d.i_lumen) >= 300.0 - 1e-6 for d in draws)
+    cnr = np.array([1.0 / d.noise_frac for d in draws])
+    assert cnr.min() >= 2.5 - 1e-6 and cnr.max() <= 50.0 + 1e-6 and np.median(cnr) < 15.0
+
+
+def test_clinical_overrides_set_grey_values_resolution_noise_side_and_pose():
+    acq = Acquisition(style="cbct", voxel_mm=0.25, fov_mm=9.0, centre="cochlea", units="hu", lumen_hu=200.0,
+                      capsule_hu=1200.0, cnr=5.0, psf_fwhm_mm=0.4, side="right", pose_deg=120.0)
+    spec = ph.generate_specimen(0, 5, get_profile("smoke").phantoms, realism=ph.AnatomyRealism.full(),
+                                acquisition=acq)
+    assert spec.meta["side"] == "right" and spec.meta["pose_deg"] == pytest.approx(120.0)
+    info = spec.meta["acquisition"]
+    assert info["psf_sigma_vox"] == pytest.approx(0.4 / 2.3548 / 0.25, rel=1e-3)
+    assert info["noise_sd"] == pytest.approx((1200.0 - 200.0) / 5.0, rel=1e-3)
+    image = spec.image.astype(float)
+    deep = ph_deep_lumen(spec.label)
+    assert abs(np.median(image[deep]) - 200.0) < 150.0  # the fluid reads as asked (noise s.d. 200)
+    for bad in (dict(lumen_hu=100.0, style="microct"), dict(side="both"), dict(cnr=0.0), dict(psf_fwhm_mm=3.0)):
+        with pytest.raises(ValueError, match="acquisition"):
+            Acquisition(**{**dict(style="cbct"), **bad})
+
+
+def ph_deep_lumen(label: np.ndarray) -> np.ndarray:
+    """Label voxels at least two voxels from the lumen's wall (no partial volume)."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(label > 0, iterations=2)
+
+
+def test_test_time_mirroring_makes_a_stage_equivariant_to_the_left_right_flip():
+    net = build("unet", channels=2, size=None, base_filters=4, depth=2, n_classes=4)
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(20, 16, 24)).astype(np.float32)
+    context = np.zeros(image.shape, np.uint8)
+    context[4:12, 3:13, 5:20] = 1
+    for mode in ("fast", "full"):
+        settings = InferenceSettings(mode=mode, mirror=True)
+        p, m, c = run_stage(net, "axial", image, [context], 0.5, settings, return_classes=True)
+        pf, mf, cf = run_stage(net, "axial", image[::-1].copy(), [context[::-1].copy()], 0.5, settings,
+                               return_classes=True)
+        np.testing.assert_allclose(pf[::-1], p, atol=1e-5)
+        np.testing.assert_allclose(cf[::-1], c, atol=1e-5)
+        assert np.array_equal(mf[::-1], m)
+    plain = run_stage(net, "axial", image, [context], 0.5, InferenceSettings(mode="full"))[0]
+    flipped = run_stage(net, "axial", image[::-1].copy(), [context[::-1].copy()], 0.5,
+                        InferenceSettings(mode="full"))[0]
+    assert np.abs(flipped[::-1] - plain).max() > 1e-4  # without mirroring a network is not symmetric
+
+
+@pytest.mark.slow
+def test_shipped_segmenter_gives_a_left_ear_and_its_mirror_the_same_anatomy():
+    from innerear.inference.segment import Segmenter
+
+    seg = Segmenter()
+    assert seg.load().settings.mirror, "the shipped model should mirror at test time"
+    acq = Acquisition(style="cbct", voxel_mm=0.2, fov_mm=18.0, centre="labyrinth", units="hu", side="left")
+    spec = ph.generate_specimen(3, 9101, get_profile("demo").phantoms, realism=ph.AnatomyRealism.full(),
+                                acquisition=acq)
+    image, affine = spec.image, spec.affine
+    stored = seg.segment(image, affine=affine, probabilities=False).mask
+    assert dice(stored, spec.label) > 0.7
+    array_mirror = seg.segment(np.ascontiguousarray(image[::-1]), affine=affine, probabilities=False).mask[::-1]
+    header_mirror = seg.segment(image, affine=_header_mirrored(affine, image.shape[0]), probabilities=False).mask
+    assert dice(stored, array_mirror) >= 0.98
+    assert dice(stored, header_mirror) >= 0.98
+
+
+def test_header_mirror_helper_keeps_the_voxels_in_place():
+    affine = np.diag([0.2, 0.3, 0.4, 1.0])
+    affine[:3, 3] = [5.0, -2.0, 1.0]
+    out = _header_mirrored(affine, 10)
+    first, last = out @ [0, 0, 0, 1], out @ [9, 0, 0, 1]
+    assert first[0] == pytest.approx(affine[0, 3] + 9 * 0.2) and last[0] == pytest.approx(affine[0, 3])
+    assert dataclasses.is_dataclass(InferenceSettings())
