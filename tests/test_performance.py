@@ -91,3 +91,4 @@ def test_performance_page_renders_records_and_says_what_is_missing(tmp_path):
     assert "<td>phantoms</td> <td>1.5</td>" in text and "<td>a.ipynb</td> <td>7.25</td>" in text
     assert "<td>demo</td> <td>unet</td> <td>0.4321</td>" in text and "<td>240</td>" in text
     assert "<code>benchmarks/results/bench_inference.json</code> is absent" in text
+    assert "No real-scan record is present (<code>benchmarks/results/bench_real.json</code> is absent)" in text

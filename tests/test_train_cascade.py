@@ -74,6 +74,24 @@ def test_same_seed_gives_identical_losses(tmp_path):
 
 
 @pytest.mark.slow  # trains networks
+def test_many_steps_per_compiled_call_train_exactly_like_one(tmp_path, monkeypatch):
+    from innerear.training import fit as fit_module
+
+    imgs, labs = _data(1)
+    runs = []
+    for name, steps in (("one", 1), ("many", fit_module.STEPS_PER_EXECUTION)):
+        monkeypatch.setattr(fit_module, "STEPS_PER_EXECUTION", steps)
+        ds = SliceDataset([imgs[0][..., None]], labs, "axial", batch_size=4, seed=5)
+        assert len(ds) > 1
+        res = fit(_tiny_build(), ds, tmp_path / name, max_epochs=2, patience=5, learning_rate=1e-3, seed=7)
+        assert res.model.steps_per_execution == steps or steps == 1
+        runs.append(res)
+    assert [r["loss"] for r in runs[0].history] == [r["loss"] for r in runs[1].history]
+    for wa, wb in zip(runs[0].model.get_weights(), runs[1].model.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+@pytest.mark.slow  # trains networks
 def test_pooled_network_trains_exactly_like_a_new_one(tmp_path):
     from innerear.training.fit import ModelPool
 

@@ -323,3 +323,70 @@ def replace_readme_block(text: str, block: str) -> str:
     if i < 0 or j < i:
         raise ValueError(f"README has no {start!r} ... {end!r} block")
     return text[: i + len(start)] + "\n" + block + "\n" + text[j:]
+
+
+# ----------------------------------------------------------------------------- real scans
+REAL_SCANS = "bench_real"  # benchmarks/bench_real.py's record: benchmarks/results/bench_real.json
+REAL_SCANS_COMMAND = ".venv/bin/python benchmarks/bench_real.py --data FOLDER"
+
+
+def _pair(a: Any, b: Any, digits: int) -> str:
+    """``"a / b"`` with ``digits`` decimals, a dash for a value not measured."""
+    return " / ".join(labels.MISSING if v is None else f"{v:.{digits}f}" for v in (a, b))
+
+
+def _real_scan_row(case: dict[str, Any]) -> dict[str, str]:
+    stored, mirrored = case.get("as_stored"), case.get("mirrored")
+    row = {"case": case["case"], "labelled": ", ".join(case.get("labelled") or []) or labels.MISSING}
+    if stored is None:
+        return dict(row, **{"Dice as stored": "not scored"})
+    whole = stored["inner_ear"]
+    cochlea = (stored.get("structures") or {}).get("cochlea")
+    pred, expert = stored["cochlea_predicted"], stored.get("cochlea_expert") or {}
+    return dict(row, **{
+        "Dice as stored": f"{whole['dice']:.3f}",
+        "Dice mirrored": f"{mirrored['inner_ear']['dice']:.3f}" if mirrored else labels.MISSING,
+        "mirrored − as stored": f"{case['dice_difference']:+.3f}" if mirrored else labels.MISSING,
+        "cochlea Dice": f"{cochlea['dice']:.3f}" if cochlea else labels.MISSING,
+        "HD95 (mm)": labels.MISSING if whole["hd95_mm"] is None else f"{whole['hd95_mm']:.2f}",
+        "volume error (%)": labels.MISSING if whole["volume_error_pct"] is None else f"{whole['volume_error_pct']:+.1f}",
+        "CDL predicted / expert (mm)": _pair(pred.get("duct_length_mm"), expert.get("duct_length_mm"), 1),
+        "turns predicted / expert": _pair(pred.get("turns"), expert.get("turns"), 2),
+        "side as read": case.get("side_as_read") or labels.MISSING,
+    })
+
+
+def real_scans_table(record: dict[str, Any]) -> pd.DataFrame:
+    """The real-scan record (``benchmarks/bench_real.py``): one row per case, Dice as stored and
+    with the header mirrored, the cochlea's Dice, HD95, volume error, duct length and turns on the
+    predicted and on the expert cochlea; a dash where a value was not measured."""
+    import pandas as pd
+
+    table = pd.DataFrame([_real_scan_row(case) for case in record["cases"]])
+    return table.fillna(labels.MISSING)
+
+
+def real_scans_sentence(record: dict[str, Any]) -> str:
+    """One computed sentence: how many cases were scored, the median Dice as stored and mirrored."""
+    s = record["summary"]
+    if not s["scored"]:
+        return f"None of the {s['cases']} cases could be scored (reasons below)."
+    mirrored = s.get("median_dice_mirrored")
+    return (f"{s['scored']} of {s['cases']} cases scored: median Dice {s['median_dice_as_stored']:.3f} as stored "
+            f"and {labels.MISSING if mirrored is None else f'{mirrored:.3f}'} with the header mirrored (over the "
+            f"structures each label holds).")
+
+
+def real_scans_markdown(record: dict[str, Any] | None) -> str:
+    """The Performance page's "Real scans" section: the record's context, sentence, table and each
+    case's reason (not scored, or refused by ``innerear segment`` and scored anyway); without a
+    record, one sentence saying that none is present."""
+    path = RESULTS_DIR / f"{REAL_SCANS}.json"
+    if record is None:
+        return (f"No real-scan record is present (`{path.as_posix()}` is absent): it is written by "
+                f"`{REAL_SCANS_COMMAND}` on labelled scans, which this project does not hold.")
+    parts = [context_line(record), real_scans_sentence(record), to_markdown(real_scans_table(record))]
+    notes = [f"- {case['case']}: {case['reason']}" for case in record["cases"] if case.get("reason")]
+    if notes:
+        parts.append("\n".join(notes))
+    return "\n\n".join(parts)

