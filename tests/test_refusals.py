@@ -372,7 +372,9 @@ def test_bad_input_fails_fast_before_the_deep_learning_stack(tmp_path):
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(results) == len(runs), proc.stderr
     for args, (code, seconds, loaded) in zip(runs, results):
-        assert code == 1 and not loaded and seconds < 2.0, (args, code, seconds, loaded)
+        # fast because the deep-learning stack is never imported (seconds are not asserted: a loaded
+        # machine would make that flaky; the import check is what makes it fast)
+        assert code == 1 and not loaded, (args, code, seconds, loaded)
     assert len(proc.stderr.strip().splitlines()) == len(runs), proc.stderr
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from innerear.data.normalize import histogram_distance, normalised_histogram
+from innerear.settings.structures import CLASS_NAMES
 
 #: inner-ear volumes (mm³) a segmentation may have; :func:`~innerear.inference.modelfolder.export_model`
 #: writes it into every ``cascade.json`` (``plausible_inner_ear_volume_mm3``); it applies to folders that state none
@@ -113,4 +114,46 @@ def intensity_check(cascade, prepared: np.ndarray, reference: dict | None,
         out["reason"] = (f"the scan's normalised intensities are far from the training data's (histogram distance "
                          f"{distance:.3f} > {warn:g}): other contrast, inverted intensities or strong artefacts? "
                          f"Check the mask")
+    return out
+
+
+#: below this mirror agreement of a structure (the Dice between the last stage's answer and its
+#: answer on the left-right mirror image, mapped back) the report says the model is unsure of it;
+#: calibrated on phantoms by ``benchmarks/bench_clinical.py`` (the record's ``confidence`` section)
+AGREEMENT_MIN = 0.85
+#: a predicted cochlea smaller than this (mm³) is missing or partial
+COCHLEA_PARTIAL_MM3 = {
+    "min": 25.0,
+    "source": ("Half the smallest whole cochlear lumen of the project's reference band (50.1 mm^3, "
+               "innerear/metrics/reference/morphometry.csv, derived) and about the smallest scala tympani "
+               "alone (23 uL, Dhanasingh et al. 2021); a scan that holds a human cochlea and gives less has "
+               "missed part of it (or its field of view cuts it)."),
+}
+
+
+def confidence_check(agreement: dict | None, structures: dict | None, labels: np.ndarray | None) -> dict:
+    """Is the model sure of what it found? ``passed`` is False (with a one-line ``reason``) when
+    a structure's mirror agreement is below :data:`AGREEMENT_MIN`, or the predicted cochlea is
+    missing or below :data:`COCHLEA_PARTIAL_MM3` (``cut_by_field_of_view`` says whether it
+    touches the scan's border). ``agreement`` is the engine's (``"inner_ear"``, ``"1"``...)."""
+    out: dict = {"check": "the model agrees with itself on the mirror image, and the cochlea is whole",
+                 "agreement_min": AGREEMENT_MIN, "cochlea_min_mm3": COCHLEA_PARTIAL_MM3["min"],
+                 "source": COCHLEA_PARTIAL_MM3["source"], "mirror_agreement": None, "passed": True, "reason": None}
+    doubts = []
+    if agreement:
+        named = {("inner_ear" if k == "inner_ear" else CLASS_NAMES[int(k)]): v for k, v in agreement.items()}
+        out["mirror_agreement"] = {k: (None if v is None else round(float(v), 4)) for k, v in named.items()}
+        low = {k: v for k, v in named.items() if v is not None and v < AGREEMENT_MIN}
+        if low:
+            doubts.append("unsure of the " + ", ".join(f"{k} (mirror agreement {v:.2f})" for k, v in low.items()))
+    if structures is not None and "cochlea" in structures:
+        volume = float(structures["cochlea"]["volume_mm3"])
+        cut = bool(labels is not None and touches_border(np.asarray(labels) == 1))
+        out.update(cochlea_mm3=round(volume, 3), cut_by_field_of_view=cut)
+        if volume < COCHLEA_PARTIAL_MM3["min"]:
+            where = ", cut by the field of view" if cut else ""
+            doubts.append(f"cochlea missing or partial ({volume:.3g} mm^3 < {COCHLEA_PARTIAL_MM3['min']:g}{where})")
+    if doubts:
+        out["passed"] = False
+        out["reason"] = "; ".join(doubts) + ": check the mask"
     return out

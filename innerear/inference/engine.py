@@ -41,7 +41,7 @@ from innerear.inference.kernels import (
     roi_crops,
 )
 from innerear.inference.modelfolder import read_model_folder
-from innerear.metrics import largest_component
+from innerear.metrics import dice, largest_component
 from innerear.nets.checkpoints import load_model
 from innerear.settings.views import from_slices, orientation_axis, to_slices
 
@@ -137,6 +137,20 @@ def _stage_probabilities(model: keras.Model, view: str, inputs: np.ndarray, mask
     return from_slices(out, view, view_axes), pixels, n, h, w, crops
 
 
+def mirror_agreement(prob: np.ndarray, mirrored: np.ndarray) -> dict[str, float | None]:
+    """How far a stage's answer and its answer on the mirror image (mapped back) agree: the Dice of
+    the foreground (``"inner_ear"``) and, for a multi-class network, of each class's most-likely
+    voxels (keys ``"1"``, ``"2"``, ...; None where neither predicts that class)."""
+    if prob.ndim == 4:
+        a, b = np.argmax(prob, axis=-1), np.argmax(mirrored, axis=-1)
+        out: dict[str, float | None] = {"inner_ear": dice(a > 0, b > 0)}
+        for k in range(1, prob.shape[-1]):
+            ak, bk = a == k, b == k
+            out[str(k)] = dice(ak, bk) if (ak.any() or bk.any()) else None
+        return out
+    return {"inner_ear": dice(prob >= 0.5, mirrored >= 0.5)}
+
+
 def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
               threshold: float = 0.5, settings: InferenceSettings | None = None, *, view_axes: str = "ras",
               connectivity: int = 26, stats: dict | None = None, return_classes: bool = False):
@@ -151,12 +165,15 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
     """
     settings = settings or InferenceSettings()
     t0 = time.perf_counter()
+    agreement = None
     inputs = stage_inputs(image_norm, masks)
     prob, pixels, n, h, w, crops = _stage_probabilities(model, view, inputs, masks, settings, view_axes)
     if settings.mirror:  # the same network on the left-right mirror image, mapped back and averaged
         flipped = [np.flip(np.asarray(m), 0) for m in masks]
         prob_m, pixels_m, *_ = _stage_probabilities(model, view, np.flip(inputs, 0), flipped, settings, view_axes)
-        prob = 0.5 * (prob + np.flip(prob_m, 0))
+        prob_m = np.flip(prob_m, 0)
+        agreement = mirror_agreement(prob, prob_m)
+        prob = 0.5 * (prob + prob_m)
         pixels += pixels_m
         del prob_m
     class_prob = None
@@ -169,6 +186,7 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
             "view": view, "mode": settings.mode, "seconds": time.perf_counter() - t0,
             "pixel_fraction": pixels / float(n * h * w), "slices": n if crops is None else len(crops),
             "shapes": 1 if crops is None else len({c[2:5:2] for c in crops}),
+            "mirror_agreement": agreement,
         })
     return (prob, mask, class_prob) if return_classes else (prob, mask)
 

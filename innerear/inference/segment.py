@@ -53,7 +53,13 @@ from tqdm.auto import tqdm
 
 from innerear.data.resample import value_range
 from innerear.data.scan import PhysicalScan, crop_to_mask, map_to_scan, prepare_scan, prepare_scan_physical
-from innerear.inference.checks import intensity_check, plausible_volume, touches_border, volume_check
+from innerear.inference.checks import (
+    confidence_check,
+    intensity_check,
+    plausible_volume,
+    touches_border,
+    volume_check,
+)
 from innerear.inference.modelfolder import DEFAULT_MODEL, SegmentError, read_model_card, read_model_folder
 from innerear.inference.report import SegmentReport, cochlea_measures, mask_measures, structure_measures
 from innerear.io import (
@@ -171,6 +177,7 @@ class Prediction:
     prob: np.ndarray
     labels: np.ndarray | None
     classes: np.ndarray | None = None
+    agreement: dict | None = None  # the last stage's mirror agreement (None without test-time mirroring)
 
 
 class _Steps:
@@ -257,13 +264,16 @@ def prepare(scan: Scan, cascade) -> Prepared:
 def predict(cascade, prepared: Prepared, classes: bool = False) -> Prediction:
     """The cascade on the prepared scan (with ``classes``, also its class probabilities); a physical
     model's padding never yields foreground."""
+    stats: dict = {}
     if classes:
-        mask, prob, labels, class_prob = cascade.predict(prepared.volume, return_labels=True, return_classes=True)
+        mask, prob, labels, class_prob = cascade.predict(prepared.volume, return_labels=True, return_classes=True,
+                                                         stats=stats)
     else:
-        (mask, prob, labels), class_prob = cascade.predict(prepared.volume, return_labels=True), None
+        (mask, prob, labels), class_prob = cascade.predict(prepared.volume, return_labels=True, stats=stats), None
     if prepared.physical is not None:
         mask, prob, labels, class_prob = (prepared.physical.outside_zeroed(v) for v in (mask, prob, labels, class_prob))
-    return Prediction(mask, prob, labels, class_prob)
+    agreement = (stats.get("stages") or [{}])[-1].get("mirror_agreement")
+    return Prediction(mask, prob, labels, class_prob, agreement)
 
 
 def map_back(scan: Scan, prepared: Prepared, prediction: Prediction, threshold: float, chunk_voxels: int,
@@ -324,8 +334,11 @@ def measure(scan: Scan, prepared: Prepared, prediction: Prediction, mask: np.nda
     return Measured(mask, components, removed, mask_measures(mask, scan.affine), labels, structures, cochlea)
 
 
-def run_checks(scan: Scan, cascade, prepared: Prepared, measured: Measured) -> dict[str, dict[str, Any]]:
-    """The report's checks: voxel size (passed: it was refused otherwise), volume, intensities."""
+def run_checks(scan: Scan, cascade, prepared: Prepared, measured: Measured,
+               prediction: Prediction | None = None) -> dict[str, dict[str, Any]]:
+    """The report's checks: voxel size (passed: it was refused otherwise), volume, intensities, and
+    the model's confidence (mirror agreement, a missing or partial cochlea)."""
+    prediction = prediction or Prediction(measured.mask, measured.mask, measured.labels)
     info = getattr(cascade, "info", {})
     return {
         "voxel_size": {"check": "every voxel size is within the range", "range_mm": list(VOXEL_MM_RANGE),
@@ -334,6 +347,7 @@ def run_checks(scan: Scan, cascade, prepared: Prepared, measured: Measured) -> d
                                          plausible_volume(info.get("plausible_inner_ear_volume_mm3")),
                                          cut=touches_border(measured.mask)),
         "intensity": intensity_check(cascade, prepared.volume, info.get("intensity_histogram"), prepared.core),
+        "confidence": confidence_check(prediction.agreement, measured.structures, measured.labels),
     }
 
 
@@ -464,7 +478,7 @@ def run_segmentation(scan: Scan, load: Callable[[], tuple[Any, Path]], *, probab
             del raw
         with steps.step("measure"):
             measured = measure(scan, prepared, prediction, mask, components, removed, chunk_voxels)
-            checks = run_checks(scan, cascade, prepared, measured)
+            checks = run_checks(scan, cascade, prepared, measured, prediction)
     finally:
         steps.bar.close()
     report = build_report(scan, cascade, folder, prepared, prediction, measured, checks, timings, t_start)

@@ -390,3 +390,79 @@ def real_scans_markdown(record: dict[str, Any] | None) -> str:
     if notes:
         parts.append("\n".join(notes))
     return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------- clinical CBCT (issue 22)
+CLINICAL = {"ablation": "clinical_ablation", "matrix": "clinical_matrix"}
+
+
+def clinical_table(record: dict[str, Any]) -> pd.DataFrame:
+    """``benchmarks/bench_clinical.py``'s record: one row per cell, per model the mean Dice (its
+    minimum) and the mean cochlea Dice, and where the lumen sat after normalisation."""
+    import pandas as pd
+
+    rows = []
+    for entry in record["cells"]:
+        cell = entry["cell"]
+        row = {"cell": cell["name"]}
+        if record.get("part") == "ablation":
+            row = {"factor": cell.get("factor", ""), **row}
+        if "skipped" in entry:
+            row["scans"] = f"not run: {entry['skipped']}"
+            rows.append(row)
+            continue
+        pos = entry.get("lumen_position") or []
+        row["scans"] = str(entry["n"])
+        row["lumen after normalisation"] = f"{min(pos):.2f}–{max(pos):.2f}" if pos else "n/a"
+        for name, result in entry["models"].items():
+            s = result["summary"]
+            row[f"{name}: Dice"] = f"{s['dice']['mean']:.3f} (min {s['dice']['min']:.3f})"
+            row[f"{name}: cochlea"] = _mean(s, "dice_cochlea")
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def clinical_sentence(record: dict[str, Any]) -> str:
+    """One computed sentence per model: the matrix's goal met or not (cells missing it named), or
+    for the ablation the factor that cost the most Dice against the base cell."""
+    models = list(record.get("models", {}))
+    cells = [e for e in record["cells"] if "models" in e]
+    out = []
+    for name in models:
+        dice = {e["cell"]["name"]: e["models"][name]["summary"]["dice"]["mean"] for e in cells}
+        coch = {e["cell"]["name"]: (e["models"][name]["summary"].get("dice_cochlea") or {"mean": 0.0})["mean"]
+                for e in cells}
+        if record.get("part") == "matrix":
+            missed = [k for k in dice if dice[k] < 0.85 or coch[k] < 0.80]
+            text = (f"{name}: mean Dice {min(dice.values()):.3f}–{max(dice.values()):.3f} and cochlea Dice "
+                    f"{min(coch.values()):.3f}–{max(coch.values()):.3f} over {len(dice)} cells; ")
+            text += ("every cell meets the goal (Dice ≥ 0.85, cochlea ≥ 0.80)." if not missed else
+                     f"{len(missed)} of {len(dice)} cells miss the goal (Dice ≥ 0.85, cochlea ≥ 0.80): "
+                     + "; ".join(missed) + ".")
+        else:
+            base = next((e for e in cells if e["cell"].get("factor") == "base"), None)
+            if base is None:
+                continue
+            b = base["models"][name]["summary"]["dice"]["mean"]
+            single = [e for e in cells if e["cell"].get("factor") not in ("base", "all", "all, other side")]
+            worst = min(single, key=lambda e: e["models"][name]["summary"]["dice"]["mean"])
+            w = worst["models"][name]["summary"]["dice"]["mean"]
+            text = (f"{name}: base cell Dice {b:.3f}; the factor that costs most on its own is "
+                    f"{worst['cell'].get('factor')} ({worst['cell']['name']}: {w:.3f}, {w - b:+.3f})")
+            together = [e for e in cells if str(e["cell"].get("factor", "")).startswith("all")]
+            if together:
+                text += "; all factors together: " + ", ".join(
+                    f"{e['cell']['name'].split('), ')[-1]} {e['models'][name]['summary']['dice']['mean']:.3f}"
+                    for e in together)
+            text += "."
+        out.append(text)
+    return " ".join(out)
+
+
+def clinical_markdown(record: dict[str, Any] | None, part: str) -> str:
+    """The Performance page's section body for one part of ``bench_clinical.py``."""
+    if record is None:
+        return missing_note(f"`benchmarks/results/{CLINICAL[part]}.json`",
+                            f".venv/bin/python benchmarks/bench_clinical.py --part {part}")
+    return "\n\n".join([to_markdown(clinical_table(record)), clinical_sentence(record),
+                        context_line(record) + f" Source: `benchmarks/results/{CLINICAL[part]}.json`."])
