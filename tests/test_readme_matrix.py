@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from innerear.reporting.performance import (README_MARKERS, domain_shift_markdown, domain_shift_sentence, read_record,
-                                            replace_readme_block, results_path, shipped_speed)
+from innerear.reporting.performance import (README_MARKERS, domain_shift_markdown, domain_shift_sentence,
+                                            readme_block, replace_readme_block)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,9 +46,9 @@ def test_block_replacement_keeps_the_rest_and_refuses_a_readme_without_markers()
 
 
 def test_readme_matrix_matches_the_benchmark_record():
-    record = read_record(results_path(ROOT, "domain_shift"))
-    if record is None:
+    block = readme_block(ROOT)
+    if block is None:
         pytest.skip("benchmarks/results/domain_shift.json not written yet")
     readme = (ROOT / "README.md").read_text()
-    assert replace_readme_block(readme, domain_shift_markdown(record, shipped_speed(ROOT))) == readme, \
+    assert replace_readme_block(readme, block) == readme, \
         "README's domain-shift block is stale: run tools/update_readme.py"

@@ -1,4 +1,5 @@
-"""Write the domain-shift matrix into README.md from ``benchmarks/results/domain_shift.json``.
+"""Write the domain-shift matrix (``benchmarks/results/domain_shift.json``) and the clinical CBCT
+matrix (``clinical_matrix.json``) into README.md.
 
     .venv/bin/python tools/update_readme.py
 
@@ -12,17 +13,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from innerear.reporting.performance import (domain_shift_markdown, read_record, replace_readme_block, results_path,
-                                            shipped_speed)
+from innerear.reporting.performance import readme_block, replace_readme_block
 
 
 def main() -> int:
-    record = read_record(results_path(ROOT, "domain_shift"))
-    if record is None:
+    block = readme_block(ROOT)
+    if block is None:
         print("no benchmarks/results/domain_shift.json: run benchmarks/bench_domain_shift.py first", file=sys.stderr)
         return 1
     readme = ROOT / "README.md"
-    readme.write_text(replace_readme_block(readme.read_text(), domain_shift_markdown(record, shipped_speed(ROOT))))
+    readme.write_text(replace_readme_block(readme.read_text(), block))
     print(f"updated {readme}")
     return 0
 

@@ -466,3 +466,19 @@ def clinical_markdown(record: dict[str, Any] | None, part: str) -> str:
                             f".venv/bin/python benchmarks/bench_clinical.py --part {part}")
     return "\n\n".join([to_markdown(clinical_table(record)), clinical_sentence(record),
                         context_line(record) + f" Source: `benchmarks/results/{CLINICAL[part]}.json`."])
+
+
+def readme_block(root: str | os.PathLike) -> str | None:
+    """The README's generated block: the domain-shift matrix (with the shipped model's speed) and,
+    when measured, the clinical CBCT matrix; None without a domain-shift record."""
+    record = read_record(results_path(root, "domain_shift"))
+    if record is None:
+        return None
+    parts = [domain_shift_markdown(record, shipped_speed(root))]
+    clinical = read_record(results_path(root, CLINICAL["matrix"]))
+    if clinical is not None:
+        parts += ["**The clinical CBCT matrix** (`benchmarks/bench_clinical.py --part matrix`; SYNTHETIC scans "
+                  "made to resemble clinical temporal-bone cone-beam CT: the lumen between 0.2 and 0.6 after "
+                  "normalisation, contrast-to-noise 3–8, both sides; `before` is the model shipped before issue 22):",
+                  clinical_markdown(clinical, "matrix")]
+    return "\n\n".join(parts)

@@ -1,0 +1,62 @@
+"""benchmarks/bench_clinical.py (issue 22): its cells, its lumen measure, and how the page renders it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from innerear.io import write_volume
+from innerear.reporting.performance import clinical_markdown, clinical_sentence, clinical_table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_clinical as bc  # noqa: E402
+
+
+def test_cells_alternate_sides_and_the_v1_cell_asks_nothing_the_old_generator_lacks():
+    cell = bc.MATRIX[1]
+    assert [cell.acquisition(i)["side"] for i in range(4)] == ["left", "right", "left", "right"]
+    assert cell.acquisition(0)["lumen_hu"] == 150.0 and cell.acquisition(0)["cnr"] == 5.0
+    old = next(c for c in bc.ABLATION if c.anatomy == "v1")
+    assert set(old.acquisition(0)) == {"style", "voxel_mm", "fov_mm", "centre", "units"}
+    assert {c.factor for c in bc.ABLATION} >= {"base", "side", "noise", "resolution", "field of view", "all"}
+    for c in bc.MATRIX:  # the issue's kind of scan: 0.1-0.3 mm voxels, 0.2-0.4 mm FWHM, CNR 3-8
+        assert 0.1 <= c.voxel_mm <= 0.3 and 0.2 <= c.psf_fwhm_mm <= 0.4 and 3 <= c.cnr <= 8
+
+
+def test_lumen_position_is_where_the_lumen_sits_between_the_percentiles(tmp_path):
+    image = np.zeros((40, 40, 40), np.float32)
+    image[:20] = 1000.0
+    label = np.zeros(image.shape, np.uint8)
+    label[25:35, 10:30, 10:30] = 1
+    image[label > 0] = 400.0
+    path = tmp_path / "scan.nii.gz"
+    write_volume(path, image, np.eye(4))
+    assert abs(bc.lumen_position(path, label) - 0.4) < 1e-6
+
+
+def _record(part, dices, cochleae):
+    cells = []
+    for i, (d, c) in enumerate(zip(dices, cochleae)):
+        summary = {"dice": {"mean": d, "min": d - 0.05, "n": 4}, "dice_cochlea": {"mean": c, "min": c, "n": 4}}
+        factor = ["base", "noise", "all"][i] if part == "ablation" else ""
+        cells.append({"cell": {"name": f"cell {i}", "factor": factor}, "n": 4, "lumen_position": [0.3, 0.45],
+                      "models": {"shipped": {"summary": summary}}})
+    cells.append({"cell": {"name": "old", "factor": "cochlea size: old"}, "skipped": "needs --v1-tree"})
+    return {"kind": f"clinical_{part}", "part": part, "models": {"shipped": "x"}, "cells": cells,
+            "context": {"date": "2026-12-03", "machine": {"cpu_count": 2, "cpu": "x"}, "versions": {}}}
+
+
+def test_page_says_which_cells_miss_the_goal_and_which_factor_costs_most():
+    good = clinical_sentence(_record("matrix", [0.9, 0.88], [0.85, 0.82]))
+    assert "every cell meets the goal" in good
+    bad = clinical_sentence(_record("matrix", [0.9, 0.8], [0.85, 0.82]))
+    assert "1 of 2 cells miss" in bad and "cell 1" in bad
+    ablation = clinical_sentence(_record("ablation", [0.93, 0.75, 0.6], [0.9, 0.5, 0.3]))
+    assert "base cell Dice 0.930" in ablation and "noise" in ablation and "-0.180" in ablation
+    table = clinical_table(_record("ablation", [0.93, 0.75, 0.6], [0.9, 0.5, 0.3]))
+    assert list(table.columns[:2]) == ["factor", "cell"] and "not run" in table.iloc[-1]["scans"]
+    assert "0.30–0.45" in table.iloc[0]["lumen after normalisation"]
+    assert "Not yet measured" in clinical_markdown(None, "matrix")
