@@ -18,7 +18,7 @@ COARSE = 15  # 0.24-0.29 mm
 MEDIUM = 10  # 0.16-0.2 mm
 # achieved on 8 human-sized phantoms (benchmarks/bench_cochlea.py) at 0.08-0.1 mm: duct length
 # within 2.6 % (reading ~2 % long), turns within 0.056, centreline within 2.9 %; at 0.24-0.29 mm
-# the cochleae whose turns stay apart within 1.6 %; the tests allow a little margin
+# within 1.6 % and 0.05 turns, the three whose turns touch included; the tests allow a little margin
 LENGTH_TOL = 0.03
 TURNS_TOL = 0.06
 
@@ -68,20 +68,22 @@ def test_duct_length_and_turns_match_the_truth_at_0_16_to_0_2_mm(medium):
         _check(m, sp.meta["cochlea_truth"])
         assert m.method.startswith(METHOD_NAME)
         assert m.kept_fraction == 1.0 and m.tunnels == 0
+        assert not m.touching_turns and m.contact_voxels == 0 and m.warning is None
         assert m.volume_mm3 == pytest.approx(np.count_nonzero(sp.structures == COCHLEA) * sp.meta["voxel_mm"] ** 3)
 
 
 def test_duct_length_and_turns_at_0_24_to_0_29_mm():
-    """At clinical voxel sizes a human-sized apical turn can merge with the middle turn (a
-    bony septum of ~0.2 mm): then the measurement must say so (``tunnels`` > 0), else match."""
-    accurate = 0
+    """At clinical voxel sizes a human-sized apical turn can touch the middle turn (a bony
+    septum thinner than a voxel): the measurement says so (``touching_turns``) and still matches."""
+    touching = 0
     for i in range(4):
         sp = _specimen(i, COARSE)
         m = measure_cochlea(sp.structures == COCHLEA, sp.affine)
-        if m.tunnels == 0:
-            _check(m, sp.meta["cochlea_truth"])
-            accurate += 1
-    assert accurate >= 2
+        _check(m, sp.meta["cochlea_truth"])
+        assert m.warning is None
+        touching += m.touching_turns
+        assert m.touching_turns or m.tunnels == 0
+    assert touching >= 1  # specimen 0's turns touch at this voxel size
 
 
 def test_realism_leaves_the_cochlea_measurable():
@@ -183,14 +185,95 @@ def test_a_bridge_between_turns_is_cut_before_ordering_the_duct(medium):
     _check(m, sp.meta["cochlea_truth"])
 
 
-def test_touching_turns_are_flagged(medium):
-    """Turns joined in the mask (here: the label grown by two voxels) make a tunnel."""
+def test_merged_turns_are_flagged(medium):
+    """Turns merged over a wide contact (here: the label grown by two voxels, 0.33-0.4 mm) are
+    found touching, and either measured to within a quarter turn or warned about."""
     sp = medium[0]
-    grown = ndimage.binary_dilation(sp.structures == COCHLEA, iterations=2)
-    try:
-        assert measure_cochlea(grown, sp.affine).tunnels >= 1
-    except ValueError as err:  # or, merged into one blob, refused
-        assert "not a spiral" in str(err)
+    m = measure_cochlea(ndimage.binary_dilation(sp.structures == COCHLEA, iterations=2), sp.affine)
+    assert m.touching_turns and m.contact_voxels > 0
+    assert m.warning is not None or abs(m.turns - sp.meta["cochlea_truth"]["turns"]) <= 0.25
+
+
+# --------------------------------------------------------------------------- touching turns
+def _cbct_crop(index: int, voxel_mm: float):
+    """Phantom ``index`` scanned as a clinical cone-beam CT crop of its cochlea."""
+    acq = ph.Acquisition(style="cbct", voxel_mm=voxel_mm, fov_mm=10.0, centre="cochlea", units="hu")
+    return ph.generate_specimen(index, SEED, PhantomSettings(n_specimens=index + 1, binning=5), acquisition=acq)
+
+
+def _without_thin_bone(mask: np.ndarray, voxel_mm: float, gap_mm: float = 0.4) -> np.ndarray:
+    """``mask`` with the bone between its turns filled where thinner than ``gap_mm`` (a closing
+    with a ball of half that radius): the turns touch, the lateral wall stays where it was."""
+    r = max(1, round(0.5 * gap_mm / voxel_mm))
+    g = np.indices((2 * r + 1,) * 3) - r
+    ball = (g ** 2).sum(0) <= r * r + 0.5
+    return ndimage.binary_closing(np.pad(mask, r + 1), ball)[(slice(r + 1, -r - 1),) * 3]
+
+
+@pytest.mark.parametrize("index", [0, 3])  # a left and a right ear
+def test_touching_turns_at_cbct_resolution_match_the_truth(index):
+    """At 0.2 mm (cone-beam CT) with the bone between turns thinner than 0.4 mm gone, the turns
+    touch along the whole spiral; the geodesic used to jump across (1.06 and 1.31 turns short)."""
+    sp = _cbct_crop(index, 0.2)
+    mask = _without_thin_bone(sp.structures == COCHLEA, 0.2)
+    truth = sp.meta["cochlea_truth"]
+    m = measure_cochlea(mask, sp.affine)
+    assert abs(m.turns - truth["turns"]) <= 0.25, (m.turns, truth)
+    assert abs(m.duct_length_mm / truth["lateral_wall_length_mm"] - 1.0) <= 0.05, (m.duct_length_mm, truth)
+    assert m.touching_turns and m.warning is None
+
+
+def test_turns_touching_on_a_0_3_mm_grid_match_the_truth():
+    """The plain label at 0.3 mm: the voxel grid closes the thin bone between two turns."""
+    sp = _cbct_crop(0, 0.3)
+    m = measure_cochlea(sp.structures == COCHLEA, sp.affine)
+    _check(m, sp.meta["cochlea_truth"], length_tol=0.05, turns_tol=0.25)
+    assert m.touching_turns and m.tunnels > 0
+
+
+def test_an_over_grown_label_at_0_125_mm_keeps_its_turns():
+    """An expert-like label: the true label grown by one voxel (0.125 mm), its turns touching
+    (the measure used to lose most of a turn). The turns come out right; the length reads long
+    by about the growth x 2 pi x turns (~5 %) whatever the method, so it is only bounded."""
+    for index in (0, 2):
+        sp = _cbct_crop(index, 0.125)
+        truth = sp.meta["cochlea_truth"]
+        m = measure_cochlea(ndimage.binary_dilation(sp.structures == COCHLEA), sp.affine)
+        assert abs(m.turns - truth["turns"]) <= 0.25, (m.turns, truth)
+        assert 0.0 < m.duct_length_mm / truth["lateral_wall_length_mm"] - 1.0 <= 0.1, (m.duct_length_mm, truth)
+        assert m.touching_turns
+
+
+def _touching_spiral(pitch_mm: float, voxel_mm: float = 0.1, turns: float = 2.5):
+    """A tapering spiral tube (rounded ends) whose upper turns overlap when the pitch is below
+    ~0.7 mm: (mask, affine, its lateral wall's length in mm)."""
+    from scipy.spatial import cKDTree
+
+    phi = np.linspace(0.0, turns * 2 * np.pi, 4000)
+    radius, rho = 1.1 + 2.4 * np.exp(-0.3 * phi), 0.35 + 0.45 * np.exp(-0.3 * phi)
+    height = pitch_mm * phi / (2 * np.pi)
+    pts = np.stack([radius * np.cos(phi), radius * np.sin(phi), height], 1)
+    lo, hi = pts.min(0) - 1.2, pts.max(0) + 1.2
+    shape = tuple(np.ceil((hi - lo) / voxel_mm).astype(int))
+    grid = np.indices(shape).reshape(3, -1).T * voxel_mm + lo
+    d, j = cKDTree(pts).query(grid, distance_upper_bound=1.5)
+    inside = np.zeros(len(grid), bool)
+    ok = np.isfinite(d)
+    inside[ok] = d[ok] <= rho[j[ok]]
+    affine = np.diag([voxel_mm] * 3 + [1.0])
+    affine[:3, 3] = lo
+    lateral = np.stack([(radius + rho) * np.cos(phi), (radius + rho) * np.sin(phi), height], 1)
+    return inside.reshape(shape), affine, float(np.linalg.norm(np.diff(lateral, axis=0), axis=1).sum())
+
+
+def test_a_synthetic_spiral_whose_turns_overlap():
+    """2.5 turns whose middle and apical turns overlap (no bone between them at all): the
+    geodesic used to read ~1.2 turns."""
+    mask, affine, lateral = _touching_spiral(0.6)
+    m = measure_cochlea(mask, affine)
+    assert m.turns == pytest.approx(2.5, abs=0.1)
+    assert m.duct_length_mm == pytest.approx(lateral, rel=0.03)
+    assert m.touching_turns and m.tunnels > 0 and m.warning is None
 
 
 # --------------------------------------------------------------------------- refusals

@@ -71,8 +71,8 @@ def cochlea_measures(labels: np.ndarray, affine: np.ndarray) -> dict:
     doubts = []
     if cut:
         doubts.append("the cochlea touches the scan's border: the duct may be cut, the length too short")
-    if out.get("tunnels", 0) > 0:
-        doubts.append("turns of the predicted cochlea touch each other: length and turns may be too small")
+    if out.get("warning"):  # e.g. turns merged so widely that the duct's two orderings disagree
+        doubts.append(f"the predicted cochlea's {out['warning']}")
     if out.get("kept_fraction", 1.0) < 0.95:
         doubts.append(f"only {out['kept_fraction']:.0%} of the predicted cochlea is one piece; the rest was left out")
     out["doubts"] = doubts

@@ -10,7 +10,7 @@ The method ("lateral-wall spiral unwrapping"):
    block-averaged to about 0.06 mm voxels first: the measurement does not need more).
 2. **Centreline.** The two ends of the duct are the ends of the mask's longest geodesic
    path (the voxel farthest inside the mask from any voxel, then the voxel farthest from
-   that one). The voxels are ordered by their geodesic distance from one end; the
+   that one; where turns touch, on the mask without the contacts: see below). The voxels are ordered by their geodesic distance from one end; the
    centreline is the centroid of each thin distance shell.
 3. **Modiolar axis.** The axis the centreline winds around: its direction starts as the
    centreline's mean binormal or its best-fitting plane's normal and its position as the pole
@@ -34,13 +34,33 @@ The method ("lateral-wall spiral unwrapping"):
    angle swept about the axis between the two ends / 360 degrees; the centreline (the
    section's centre per degree, smoothed the same way) is measured between the same ends.
 
-Where two turns touch in the mask (``tunnels`` > 0: a bridge through the bone between them),
-the duct is ordered on the mask opened by one or two voxels, which cuts thin bridges.
+**Touching turns.** At clinical cone-beam CT resolution (0.1-0.3 mm voxels) the bone between
+two turns is often thinner than a voxel and the turns touch in the mask; a geodesic from one
+end then jumps across the contact to the next turn and a turn or more is lost. Before step 2
+the mask's course is traced along its *widest path* (:func:`duct_course`): the maximum
+spanning tree of the voxels' 26-neighbour links, weighted by the distance to the mask's edge,
+keeps of every loop the links with the most lumen around them, so a loop closed by a contact
+between two turns (narrower than the duct) is cut at the contact; the path between the tree's
+two ends follows the duct. Every voxel takes the position of its geodesically nearest voxel on
+that path. Neighbours whose positions lie farther apart along the path than the lumen is wide,
+and clearly farther than the straight distance between their places on it, lie on two turns:
+those voxels are the contact (``touching_turns``, ``contact_voxels``), and the duct is ordered
+on the mask without them (their voxels take the shell of the nearest voxel left). It is also
+ordered by the positions along the widest path; where the two orderings disagree by more than a
+quarter turn, one of them crossed a contact (a contact as wide as the lumen is not cut; the
+widest path crosses where the apical turn is thinner than the contact), and the one with more
+turns is kept, with a ``warning``; else the geodesic one, unless its lateral wall wobbles more
+than 0.75 voxel about an inward spiral (voxels of a wide contact on the wrong turn) and the
+other's less (``merged_turns`` says the widest path's ordering was used). On a mask whose
+turns do not touch, nothing changes.
 
 Limits: only the largest component is measured (``kept_fraction``); a mask that has lost
-part of the duct (e.g. a thin apical turn) gives the length of what is left; where turns
-still touch after the opening (coarse voxels, where the apical turn is as thin as a bridge),
-the geodesic centreline takes the shortcut and the length and turns come out too small.
+part of the duct (e.g. a thin apical turn) gives the length of what is left; where turns merge
+over contacts as wide as the lumen and the apical turn is about a voxel thin (0.3 mm voxels and
+an over-grown label), the turns can come out a quarter to half a turn short: such results carry
+a ``warning``. An over-grown label (an expert's outline drawn on a blurred scan) moves the
+lateral wall out, and its duct length reads long by about the growth x 2 pi x turns; a ragged
+outline reads longer still (the lateral wall is the outermost voxel).
 
 The phantoms' truth (``meta["cochlea_truth"]``, see
 :func:`innerear.data.phantom.truth.cochlea_truth`) follows the same convention, from the
@@ -58,13 +78,15 @@ from scipy.optimize import isotonic_regression
 from innerear.metrics.components import largest_component, topology
 
 METHOD_NAME = "lateral-wall spiral unwrapping"
-METHOD = (f"{METHOD_NAME}: the modiolar axis is fitted to the mask's geodesic centreline, every voxel's "
+METHOD = (f"{METHOD_NAME}: the modiolar axis is fitted to the mask's geodesic centreline (where turns touch, "
+          "on the mask less the contacts found along its widest path), every voxel's "
           "angle about it is unwrapped along the duct, and the lateral wall (outermost lumen radius per "
           "angle bin) is integrated in 3D from the centre of the basal end to the centre of the apical end.")
 
 _WORK_VOXEL_MM = 0.06  # finer scans are block-averaged to about this voxel size
 _MIN_VOXELS = 30
 _MIN_TURNS = 0.75  # less than this about the fitted axis: not a spiral
+_DUCT = 3.0  # a course shorter than this many lumen widths is no duct: no contacts between turns sought
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,10 @@ class CochleaMeasures:
     kept_fraction: float  # share of the mask's voxels in the measured component
     tunnels: int  # handles of the measured component: 0 for a duct; more where turns touch
     voxel_mm: float  # the working voxel size (mean over axes)
+    touching_turns: bool = False  # two turns touch in the mask (contacts found and cut before ordering the duct)
+    contact_voxels: int = 0  # voxels on those contacts
+    merged_turns: bool = False  # the duct was ordered along its widest path (turns merged over wide contacts)
+    warning: str | None = None  # why the turns and length are doubtful (None: no doubt found)
 
     def to_dict(self) -> dict:
         """Plain JSON-able values."""
@@ -152,6 +178,122 @@ def spiral_binormal(path: np.ndarray) -> np.ndarray:
     if not np.isfinite(n) or n < 1e-12:
         raise ValueError("cochlea mask is not a spiral: its centreline does not wind about any axis")
     return b / n
+
+
+# =========================================================================== touching turns
+def neighbour_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mask's voxels ((n, 3) indices) and every pair of 26-neighbours among them (rows a, b)."""
+    ids = np.full(mask.shape, -1, np.int32 if mask.size < 2 ** 31 else np.int64)
+    idx = np.argwhere(mask)
+    ids[tuple(idx.T)] = np.arange(len(idx))
+    a, b = [], []
+    for off in np.ndindex(3, 3, 3):
+        if off <= (1, 1, 1):  # each pair once: the 13 offsets after the centre
+            continue
+        d = np.subtract(off, 1)
+        src = ids[tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(d, mask.shape))]
+        dst = ids[tuple(slice(max(0, k), n - max(0, -k)) for k, n in zip(d, mask.shape))]
+        both = (src >= 0) & (dst >= 0)
+        a.append(src[both])
+        b.append(dst[both])
+    return idx, np.concatenate(a), np.concatenate(b)
+
+
+def _graph(n: int, a: np.ndarray, b: np.ndarray, weight: np.ndarray):
+    from scipy import sparse
+
+    return sparse.coo_matrix((weight, (a, b)), shape=(n, n)).tocsr()
+
+
+@dataclass(frozen=True)
+class DuctCourse:
+    """The duct's course through a mask whose turns may touch (what :func:`duct_course` returns)."""
+
+    voxels: np.ndarray  # (n, 3) indices of the mask's voxels
+    path: np.ndarray  # rows of the widest path's voxels, from one end of the duct to the other
+    position: np.ndarray  # (n,) each voxel's position along the path (mm; nan where not reached)
+    width: float  # the lumen's largest diameter on the path (mm)
+    contact: np.ndarray  # (n,) True where two turns touch
+
+
+def duct_course(mask: np.ndarray, spacing: np.ndarray) -> DuctCourse:
+    """The duct's course through a mask whose turns may touch, and the contacts between turns.
+
+    The course is the widest path (:func:`_widest_path`). Each voxel's position along it is
+    that of its geodesically nearest voxel on it (:func:`_positions`). Two turns touch where
+    26-neighbours lie far apart along the course but near in space (:func:`_contacts`).
+    """
+    idx, a, b = neighbour_pairs(mask)
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1][tuple(idx.T)]
+    pts = idx * spacing
+    path = _widest_path(pts, a, b, depth)
+    course = ndimage.gaussian_filter1d(pts[path], 3.0, axis=0, mode="nearest")
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(course, axis=0), axis=1))])
+    width = 2.0 * float(depth[path].max())
+    node = _positions(pts, a, b, path, arc, width)
+    position = np.where(node >= 0, arc[np.maximum(node, 0)], np.nan)
+    contact = np.zeros(len(idx), bool)
+    if arc[-1] >= _DUCT * width:  # else no duct: a blob has no turns to touch
+        contact = _contacts(a, b, position, course[np.maximum(node, 0)], width, len(idx))
+    return DuctCourse(idx, path, position, width, contact)
+
+
+def _widest_path(pts: np.ndarray, a: np.ndarray, b: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Rows of the path between the two ends of the voxels' widest-path tree: the maximum
+    spanning tree of the links ``(a, b)`` weighted by the smaller ``depth`` (distance to the
+    mask's edge) of their two voxels, which keeps of every loop the links with the most lumen
+    around them, so a loop closed by a contact between two turns (narrower than the duct) is cut
+    at the contact. A contact thicker than the duct's thinnest stretch on its loop is not cut:
+    there the path takes the shortcut. The ends: farthest along the tree from the voxel nearest
+    the centre, then from that end."""
+    from scipy.sparse import csgraph
+
+    n = len(pts)
+    lo, hi = np.minimum(depth[a], depth[b]), np.maximum(depth[a], depth[b])
+    top = float(depth.max())
+    # the maximum spanning tree (ties: the deeper other end) as a minimum one on positive weights
+    tree = csgraph.minimum_spanning_tree(_graph(n, a, b, 1.0 + (top - lo) + 1e-3 * (top - hi))).tocoo()
+    tree = _graph(n, tree.row, tree.col, np.linalg.norm(pts[tree.row] - pts[tree.col], axis=1))
+    far = int(np.argmin(np.linalg.norm(pts - pts.mean(0), axis=1)))
+    for _ in range(2):
+        d, pred = csgraph.dijkstra(tree, directed=False, indices=far, return_predecessors=True)
+        start, far = far, int(np.argmax(np.where(np.isfinite(d), d, -1.0)))
+    path = [far]
+    while path[-1] != start:
+        path.append(int(pred[path[-1]]))
+    return np.asarray(path[::-1])
+
+
+def _positions(pts: np.ndarray, a: np.ndarray, b: np.ndarray, path: np.ndarray, arc: np.ndarray,
+               width: float) -> np.ndarray:
+    """Each voxel's place on the path (its row in ``path``; -1: not reached): the geodesically
+    nearest path voxel at least half a width from the path's ends (at an end the path heads for
+    a corner of the end face, not along the duct)."""
+    from scipy.sparse import csgraph
+
+    inner = (arc >= 0.5 * width) & (arc <= arc[-1] - 0.5 * width)
+    sources = path[inner] if inner.sum() >= 2 else path
+    links = _graph(len(pts), a, b, np.linalg.norm(pts[a] - pts[b], axis=1))
+    _, _, nearest = csgraph.dijkstra(links, directed=False, indices=sources, min_only=True, return_predecessors=True)
+    row = np.full(len(pts), -1)
+    row[path] = np.arange(len(path))
+    return np.where(nearest >= 0, row[np.maximum(nearest, 0)], -1)
+
+
+def _contacts(a: np.ndarray, b: np.ndarray, position: np.ndarray, place: np.ndarray, width: float,
+              n: int) -> np.ndarray:
+    """Voxels where two turns touch: neighbours ``(a, b)`` farther apart along the course
+    (``position``) than the lumen is wide and clearly farther than the straight distance
+    between their places on it (``place``). In one section of the duct neighbours lie closer
+    along it; across the wide, oblique basal end the course runs straight and neighbours can lie
+    a width apart along it, but a turn apart the course between them bends round."""
+    chord = np.linalg.norm(place[a] - place[b], axis=1)
+    with np.errstate(invalid="ignore"):
+        along = np.abs(position[a] - position[b])
+        jump = (along > width) & (along > 1.25 * chord)
+    contact = np.zeros(n, bool)
+    contact[a[jump]] = contact[b[jump]] = True
+    return contact
 
 
 # =========================================================================== modiolar axis
@@ -314,38 +456,47 @@ def _prepare(cochlea_mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     return work, waff, n_kept * abs(float(np.linalg.det(affine[:3, :3]))), n_kept / n_all
 
 
-def _untangled(work: np.ndarray, tunnels: int) -> np.ndarray:
-    """The mask to order the duct on: where turns touch (``tunnels`` > 0), the mask opened by
-    one then two voxels (which cuts thin bridges) if that leaves one tunnel-free component
-    holding at least half of it; else the mask itself."""
-    if tunnels == 0:
-        return work
-    for k in (1, 2):
-        opened = largest_component(ndimage.binary_opening(work, ndimage.generate_binary_structure(3, 1),
-                                                          iterations=k)).view(bool)
-        if 2 * np.count_nonzero(opened) >= np.count_nonzero(work) and _tunnels(opened) == 0:
-            return opened
-    return work
-
-
-def _centreline(work: np.ndarray, waff: np.ndarray, tunnels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel centres (world), the geodesic centreline from one end, each voxel's row in it."""
+def _cut_ordering(work: np.ndarray, waff: np.ndarray, course: DuctCourse) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels ((m, 3) indices) and their geodesic distance along the duct from one of its ends
+    (farthest geodesically from the centre, then from that end), in the mask less the contacts
+    between its turns (if the largest piece left holds at least half of it)."""
+    core = work
+    if course.contact.any():
+        core = largest_component(_scatter(work.shape, course.voxels[~course.contact])).view(bool)
+        if 2 * np.count_nonzero(core) < np.count_nonzero(work):
+            core = work
     spacing = np.linalg.norm(waff[:3, :3], axis=0)
-    core = _untangled(work, tunnels)
     cidx = np.argwhere(core)
     cworld = _world(cidx, waff)
-    # the duct's two ends: farthest geodesically from the centre, then from that end
     seed = cidx[np.argmin(np.linalg.norm(cworld - cworld.mean(0), axis=1))]
     d0 = geodesic_distance(core, spacing, seed)[tuple(cidx.T)]
     end = cidx[int(np.argmax(np.where(np.isfinite(d0), d0, -1.0)))]
-    dist = geodesic_distance(core, spacing, end)[tuple(cidx.T)]
+    return cidx, geodesic_distance(core, spacing, end)[tuple(cidx.T)]
+
+
+def _scatter(shape: tuple[int, ...], idx: np.ndarray) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    out[tuple(idx.T)] = True
+    return out
+
+
+def _shell_step(spacing: np.ndarray) -> float:
+    return max(1.5 * float(spacing.max()), 0.1)
+
+
+def _centreline(work: np.ndarray, waff: np.ndarray, ordering: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel centres (world), the centreline (centroids of the ``ordering``'s distance shells),
+    and each voxel's row in it (a voxel left out of the ordering: its nearest ordered voxel's)."""
+    spacing = np.linalg.norm(waff[:3, :3], axis=0)
+    cidx, dist = ordering
     ok = np.isfinite(dist)
-    cworld, dist = cworld[ok], dist[ok]
-    path, row = shell_centreline(cworld, dist, max(1.5 * float(spacing.max()), 0.1))
+    cworld, dist = _world(cidx[ok], waff), dist[ok]
+    path, row = shell_centreline(cworld, dist, _shell_step(spacing))
     if len(path) < 8:
         raise ValueError(f"cochlea mask is not a spiral: its longest path is only {dist.max():.2f} mm")
     world = _world(np.argwhere(work), waff)
-    if core is not work:  # every voxel takes the shell of the nearest voxel of the opened mask
+    if len(cworld) < len(world):
         from scipy.spatial import cKDTree
 
         row = row[cKDTree(cworld).query(world)[1]]
@@ -406,9 +557,45 @@ def unwrap_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> UnwrappedCoc
     modiolar axis and height along it (for sections and diameters about the axis)."""
     affine = np.asarray(affine, float)
     work, waff, volume, kept = _prepare(cochlea_mask, affine)
+    course = duct_course(work, np.linalg.norm(waff[:3, :3], axis=0))
+    u, merged, warning = _unwrap_along_course(work, waff, course)
+    middle = u.middle
+    measures = CochleaMeasures(
+        volume_mm3=volume, duct_length_mm=_curve_length(u.lateral), turns=(u.t1 - u.t0) / (2 * math.pi),
+        centreline_length_mm=_curve_length(middle), method=METHOD, modiolar_axis=_tup(u.sp.w),
+        modiolus_point=_tup(u.sp.centre + ((middle[0] - u.sp.centre) @ u.sp.w) * u.sp.w),
+        basal_end=_tup(middle[0]), apex=_tup(middle[-1]), handedness=u.sp.sign, axis_residual_mm=u.sp.residual,
+        kept_fraction=kept, tunnels=_tunnels(work), voxel_mm=float(np.mean(np.linalg.norm(waff[:3, :3], axis=0))),
+        touching_turns=bool(course.contact.any()), contact_voxels=int(np.count_nonzero(course.contact)),
+        merged_turns=merged, warning=warning)
+    base = measures.modiolus_point
+    return UnwrappedCochlea(measures, u.world, u.theta, u.radius, (u.world - np.asarray(base)) @ u.sp.w, u.t0, u.t1,
+                            abs(float(np.linalg.det(waff[:3, :3]))), waff)
+
+
+@dataclass(frozen=True)
+class _Unwrapped:
+    """One unwrapping of the working mask (what :func:`_unwrap` returns)."""
+
+    sp: _Spiral
+    world: np.ndarray  # voxel centres
+    theta: np.ndarray  # their unwrapped angle
+    radius: np.ndarray  # their distance from the axis
+    t0: float  # basal end's angle
+    t1: float  # apical end's angle
+    lateral: np.ndarray  # the lateral wall, basal end to apex (world mm)
+    middle: np.ndarray  # the section's centre, basal end to apex
+    wobble: float  # rms of the lateral wall's distance from the axis about its non-increasing fit (mm)
+
+    @property
+    def turns(self) -> float:
+        return (self.t1 - self.t0) / (2 * math.pi)
+
+
+def _unwrap(work: np.ndarray, waff: np.ndarray, ordering: tuple[np.ndarray, np.ndarray]) -> _Unwrapped:
+    """Axis, unwrapped angles, lateral wall and ends of the mask, its duct ordered by ``ordering``."""
     voxel = float(np.mean(np.linalg.norm(waff[:3, :3], axis=0)))
-    tunnels = _tunnels(work)
-    world, path, row = _centreline(work, waff, tunnels)
+    world, path, row = _centreline(work, waff, ordering)
     sp, row = _spiral(path, row)
     # every voxel's unwrapped angle: the branch nearest its centreline shell's angle
     rel = world - sp.centre
@@ -419,15 +606,60 @@ def unwrap_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> UnwrappedCoc
     t0, t1 = _basal_end(wall), _apical_end(vtheta, vr, sp.rc)
     lateral = _spiral_curve(sp, wall.theta, wall.offset + sp.rc(wall.theta), wall.height, t0, t1)
     middle = _spiral_curve(sp, wall.theta, wall.middle + sp.rc(wall.theta), wall.height, t0, t1)
-    measures = CochleaMeasures(
-        volume_mm3=volume, duct_length_mm=_curve_length(lateral), turns=(t1 - t0) / (2 * math.pi),
-        centreline_length_mm=_curve_length(middle), method=METHOD, modiolar_axis=_tup(sp.w),
-        modiolus_point=_tup(sp.centre + ((middle[0] - sp.centre) @ sp.w) * sp.w), basal_end=_tup(middle[0]),
-        apex=_tup(middle[-1]), handedness=sp.sign, axis_residual_mm=sp.residual, kept_fraction=kept,
-        tunnels=tunnels, voxel_mm=voxel)
-    base = measures.modiolus_point
-    return UnwrappedCochlea(measures, world, vtheta, vr, (world - np.asarray(base)) @ sp.w, t0, t1,
-                            abs(float(np.linalg.det(waff[:3, :3]))), waff)
+    if not (np.isfinite(lateral).all() and np.isfinite(middle).all()):
+        raise ValueError("cochlea mask is not a spiral: its lateral wall could not be traced about the axis")
+    return _Unwrapped(sp, world, vtheta, vr, t0, t1, lateral, middle,
+                      _wobble(wall.theta, wall.offset + sp.rc(wall.theta), t0, t1))
+
+
+_AGREE_TURNS = 0.25  # two orderings of a touching cochlea that differ by more: one crossed a contact
+_WOBBLE_VOXELS = 0.75  # a lateral wall that departs more (rms) from an inward spiral: doubtful ordering
+
+
+def _unwrap_along_course(work: np.ndarray, waff: np.ndarray, course: DuctCourse
+                         ) -> tuple[_Unwrapped, bool, str | None]:
+    """The unwrapping, whether it is ordered along the widest path, and a warning where the
+    turns are doubtful.
+
+    Where no turns touch, the duct is ordered geodesically. Where they touch, it is ordered
+    twice: geodesically on the mask less the contacts (precise, but a contact as wide as the
+    lumen is not cut and the geodesic takes the shortcut) and by each voxel's position along the
+    widest path (which takes the shortcut only where the duct is thinner than the contact); one
+    is chosen by :func:`_choose`."""
+    if not course.contact.any():
+        return _unwrap(work, waff, _cut_ordering(work, waff, course)), False, None
+    found: dict[bool, _Unwrapped] = {}
+    errors: list[str] = []
+    for merged in (False, True):
+        try:
+            order = (course.voxels, course.position) if merged else _cut_ordering(work, waff, course)
+            found[merged] = _unwrap(work, waff, order)
+        except ValueError as err:
+            errors.append(str(err))
+    if not found:
+        raise ValueError(errors[0])
+    if len(found) == 1:
+        merged, u = next(iter(found.items()))
+        return u, merged, f"turns touch and one ordering of the duct failed ({errors[0]}): turns and length are doubtful"
+    return _choose(found[False], found[True], float(np.mean(np.linalg.norm(waff[:3, :3], axis=0))))
+
+
+def _choose(geo: _Unwrapped, wide: _Unwrapped, voxel: float) -> tuple[_Unwrapped, bool, str | None]:
+    """Of the geodesic and the widest-path unwrappings of a cochlea whose turns touch: a
+    shortcut loses turns, so where the two differ by more than :data:`_AGREE_TURNS` the one with
+    more turns, with a warning; else the geodesic one, unless its lateral wall wobbles about an
+    inward spiral by more than :data:`_WOBBLE_VOXELS` (voxels of a wide contact on the wrong
+    turn, or an axis pulled off by them) and the other's less. (unwrapping, whether it is the
+    widest path's, warning)"""
+    if abs(geo.turns - wide.turns) > _AGREE_TURNS:
+        merged = wide.turns > geo.turns
+        return (wide if merged else geo), merged, (
+            f"turns touch and the duct's two orderings differ by {abs(geo.turns - wide.turns):.2f} turns (one crossed "
+            f"a contact between turns; the larger, {max(geo.turns, wide.turns):.2f}, is reported): turns and length "
+            "are doubtful")
+    if geo.wobble > _WOBBLE_VOXELS * voxel and wide.wobble < geo.wobble:
+        return wide, True, None
+    return geo, False, None
 
 
 @dataclass(frozen=True)
@@ -529,6 +761,13 @@ def _spiral_curve(sp: _Spiral, theta: np.ndarray, radius: np.ndarray, height: np
     an oblique basal end."""
     c = _clip_by_angle(theta, np.stack([theta, radius, height], 1), t0, t1)
     return sp.world(c[:, 0], isotonic_regression(c[:, 1], increasing=False).x, c[:, 2])
+
+
+def _wobble(theta: np.ndarray, radius: np.ndarray, t0: float, t1: float) -> float:
+    """How far (rms, mm) a wall's distance from the axis departs from its non-increasing fit
+    between t0 and t1: small for a spiral about the right axis with its voxels on the right turn."""
+    r = _clip_by_angle(theta, radius[:, None], t0, t1)[:, 0]
+    return float(np.sqrt(np.mean((r - isotonic_regression(r, increasing=False).x) ** 2)))
 
 
 def _tunnels(mask: np.ndarray) -> int:
