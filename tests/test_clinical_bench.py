@@ -60,3 +60,16 @@ def test_page_says_which_cells_miss_the_goal_and_which_factor_costs_most():
     assert list(table.columns[:2]) == ["factor", "cell"] and "not run" in table.iloc[-1]["scans"]
     assert "0.30–0.45" in table.iloc[0]["lumen after normalisation"]
     assert "Not yet measured" in clinical_markdown(None, "matrix")
+
+
+def test_reliability_section_renders_the_committed_fault_and_load_records():
+    from innerear.reporting.performance import fault_injection_markdown, load_markdown, read_record
+
+    faults = read_record(ROOT / "benchmarks" / "results" / "fault_injection.json")
+    load = read_record(ROOT / "benchmarks" / "results" / "bench_load.json")
+    text = fault_injection_markdown(faults)
+    assert f"killed {faults['reproduce']['kills_done']} times" in text and "reruns failed" in text
+    assert "| training: checkpoint write |" in text
+    text = load_markdown(load)
+    assert f"{load['good_with_mask_and_report']} of {load['good']} good scans" in text and "| 50 |" in text
+    assert "Not yet measured" in fault_injection_markdown(None) and "Not yet measured" in load_markdown(None)

@@ -482,3 +482,42 @@ def readme_block(root: str | os.PathLike) -> str | None:
                   "normalisation, contrast-to-noise 3–8, both sides; `before` is the model shipped before issue 22):",
                   clinical_markdown(clinical, "matrix")]
     return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------- crash safety and load (issue 24)
+def fault_injection_markdown(record: dict[str, Any] | None) -> str:
+    """``benchmarks/fault_injection.py``'s record: kills by phase, and whether every rerun recovered
+    with the same results; or how to measure it."""
+    if record is None:
+        return missing_note("`benchmarks/results/fault_injection.json`", ".venv/bin/python benchmarks/fault_injection.py")
+    rep, seg = record["reproduce"], record["segment"]
+    rows = [{"phase": phase, "SIGKILLs": str(n)} for phase, n in rep["phases_hit"].items()]
+    stages = rep.get("stages") or {}
+    same = sum(bool(s.get("same_history")) for s in stages.values())
+    text = (f"`innerear reproduce --profile smoke` was killed {rep['kills_done']} times (of {rep['kills_planned']} "
+            f"planned) and rerun after each kill: {len(rep['reruns_failed'])} reruns failed, the final run exited "
+            f"{rep['final_exit']}, {len(rep['unreadable_after_final'])} files were unreadable and "
+            f"{len(rep['temporaries_after_final'])} temporaries were left; per-volume results "
+            f"{'equal' if rep['per_volume_equal'] else 'differ from'} those of an uninterrupted run "
+            f"({rep['per_volume']['n_rows']} rows, largest difference {rep['per_volume']['max_abs_diff']:g}); "
+            f"{same} of {len(stages)} stages have the same training history. A batch of {seg['scans']} scans of "
+            f"`innerear segment` was killed {seg['kills_done']} times mid-write: every scan "
+            f"{'has' if seg['every_scan_has_mask_and_report'] else 'does not have'} its mask and report, and the masks "
+            f"{'equal' if seg['masks_equal_to_reference'] else 'differ from'} those of an uninterrupted batch.")
+    return "\n\n".join([to_markdown(records_table(rows)), text, context_line(record) +
+                        " Source: `benchmarks/results/fault_injection.json`."])
+
+
+def load_markdown(record: dict[str, Any] | None) -> str:
+    """``benchmarks/bench_load.py``'s record: good and bad scans, and memory across the batch."""
+    if record is None:
+        return missing_note("`benchmarks/results/bench_load.json`", ".venv/bin/python benchmarks/bench_load.py")
+    rows = [{"scan": k, "seconds into the batch": f"{v['seconds']:.0f}", "peak RSS so far (MiB)": f"{v['vm_hwm_mib']:.0f}",
+             "RSS (MiB)": f"{v['vm_rss_mib']:.0f}"} for k, v in record["peak_rss_at_scan"].items()]
+    n = record["settings"]["n"]
+    text = (f"A batch of {n} scans in mixed formats, {record['settings']['bad']} of them corrupt or implausible: "
+            f"{record['good_with_mask_and_report']} of {record['good']} good scans got their mask and report, "
+            f"{record['bad_reported_failed']} bad ones were reported with their reason, the batch exited "
+            f"{record['exit_status']}; median {record['median_scan_s']:.1f} s per scan.")
+    return "\n\n".join([text, to_markdown(records_table(rows)), context_line(record) +
+                        " Source: `benchmarks/results/bench_load.json`."])
