@@ -235,7 +235,7 @@ def training_jobs(profile: Profile) -> list[tuple[str, int, tuple[str, ...]]]:
     return list(dict.fromkeys(jobs))
 
 
-def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int | None = None) -> list[list[tuple]]:
+def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]]) -> list[list[tuple]]:
     """Runs grouped for training in one process each, one group per (backbone, fold).
 
     Runs that share stages have the same backbone and fold, so they share a group and groups
@@ -243,7 +243,7 @@ def job_groups(jobs: Sequence[tuple[str, int, tuple[str, ...]]], n_groups: int |
     prefixes are trained by the first. Groups come longest first (by stages to train), so
     that workers taking them in turn finish close together: grouping by backbone alone left
     one of two workers idle for a third of the demo training (the U-Net group holds the
-    orientation and order experiments). ``n_groups`` is accepted for older callers and ignored.
+    orientation and order experiments).
     """
     groups: dict[tuple, list[tuple]] = {}
     for job in jobs:
@@ -320,13 +320,11 @@ def train_all(profile: Profile, seed: int, root: Path, workers: int | None = Non
     if scheduler:
         client = Client(scheduler)
         threads = None
-        n_groups = max(1, len(client.scheduler_info().get("workers", {})))
     else:
         cluster = LocalCluster(n_workers=1, threads_per_worker=n_workers, processes=False,
                                dashboard_address=None, memory_limit=0, silence_logs=40)
         client = Client(cluster)
         threads = max(1, (os.cpu_count() or 1) // n_workers)
-        n_groups = n_workers
     groups = job_groups(jobs)
     try:
         futures = [client.submit(_train_group, profile.name, seed, str(root), group, threads, pure=False,
