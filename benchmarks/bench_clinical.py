@@ -45,7 +45,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_domain_shift import read_truth, score, summarise  # noqa: E402
+from bench_domain_shift import read_truth, score  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GOAL_DICE, GOAL_COCHLEA = 0.85, 0.80
@@ -165,6 +165,16 @@ def lumen_position(image_path: Path, label: np.ndarray) -> float:
     return float((image[np.asarray(label) > 0].mean() - lo) / max(hi - lo, 1e-9))
 
 
+def summarise(rows: list[dict]) -> dict:
+    """Mean and minimum of every numeric field over a cell's scans (refusals count as Dice 0)."""
+    out: dict = {}
+    for k in sorted({k for r in rows for k in r}):
+        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float, bool)) and r.get(k) is not None]
+        out[k] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "n": len(vals)} if vals else None
+    out["refused"] = sum(1 for r in rows if "refused" in r)
+    return out
+
+
 def run_models(models: dict[str, Path], scans: list[tuple[Path, Path]]) -> dict[str, list[dict]]:
     """Every model's scores on every scan (each model loaded once)."""
     from innerear.inference import segment as sg
@@ -180,8 +190,12 @@ def run_models(models: dict[str, Path], scans: list[tuple[Path, Path]]) -> dict[
             except Exception as exc:  # a refusal is a result: the model found no plausible ear
                 rows.append({"refused": str(exc).splitlines()[0][:200], "dice": 0.0, "dice_cochlea": 0.0})
                 continue
-            rows.append(score(mask, labels_out.get("labels"), read_truth(record), report["input"]["spacing_mm"],
-                              report))
+            row = score(mask, labels_out.get("labels"), read_truth(record), report["input"]["spacing_mm"], report)
+            conf = report["checks"].get("confidence") or {}
+            row["confident"] = conf.get("passed")
+            for k, v in (conf.get("mirror_agreement") or {}).items():
+                row[f"agreement_{k}"] = v
+            rows.append(row)
         out[name] = rows
     return out
 

@@ -109,6 +109,8 @@ class ModelSpec:
         order = data.get("order")
         if order is not None and len(order) != len(data["stages"]):
             raise SegmentError(path, f"model folder inconsistent: {len(data['stages'])} stages but order {order}")
+        if data.get("mirror") is not None and not isinstance(data["mirror"], bool):
+            raise SegmentError(path, f"cascade.json's mirror must be true or false, got {data['mirror']!r}")
         tuples = {k: tuple(data[k]) for k in ("stages", "order", "classes") if data.get(k) is not None}
         voxel = data.get("voxel_mm")
         return cls(**dict(data, **tuples, voxel_mm=tuple(voxel) if isinstance(voxel, list) else voxel))
