@@ -129,3 +129,46 @@ def test_header_mirror_helper_keeps_the_voxels_in_place():
     first, last = out @ [0, 0, 0, 1], out @ [9, 0, 0, 1]
     assert first[0] == pytest.approx(affine[0, 3] + 9 * 0.2) and last[0] == pytest.approx(affine[0, 3])
     assert dataclasses.is_dataclass(InferenceSettings())
+
+
+def test_find_turn_reads_a_turned_labyrinth_and_turn_volume_undoes_it():
+    from scipy.spatial.transform import Rotation
+
+    from innerear.inference.align import ANATOMY_FRAME, find_turn, turn_volume
+
+    labels = np.zeros((48, 48, 48), np.uint8)
+    centre = np.array([24.0, 24.0, 24.0])
+    idx = np.indices(labels.shape).reshape(3, -1).T
+    for code, direction, dist in ((2, [0, 0, 0], 0.0), (1, ANATOMY_FRAME["cochlea"], 9.0),
+                                  (3, ANATOMY_FRAME["canals"], 9.0)):
+        c = centre + dist * np.asarray(direction)
+        labels.reshape(-1)[np.linalg.norm(idx - c, axis=1) <= 4.0] = code
+    upright = find_turn(labels, ANATOMY_FRAME)
+    assert upright is not None and upright.angle_deg < 1.0 and upright.side == "left"
+    mirrored = find_turn(labels[::-1].copy(), ANATOMY_FRAME)
+    assert mirrored.angle_deg < 1.0 and mirrored.side == "right"  # a mirror is a side, not a turn
+    assert find_turn(labels, ANATOMY_FRAME, voxel_mm=0.1) is None  # 4-voxel balls at 0.1 mm: too small
+    turned = np.rint(turn_volume(labels, type(upright)(Rotation.from_euler("z", 90, degrees=True).as_matrix(),
+                                                       90.0, centre, "left"), back=True, order=0)).astype(np.uint8)
+    found = find_turn(turned, ANATOMY_FRAME)
+    assert abs(found.angle_deg - 90.0) < 5.0
+    upright_again = np.rint(turn_volume(turned, found, order=0)).astype(np.uint8)
+    assert find_turn(upright_again, ANATOMY_FRAME).angle_deg < 5.0  # turned into the reference frame
+    round_trip = np.rint(turn_volume(upright_again, found, back=True, order=0)).astype(np.uint8)
+    assert dice(round_trip == 1, turned == 1) > 0.9 and dice(round_trip == 3, turned == 3) > 0.9
+
+
+def test_quarter_turns_are_exact_and_found_near_a_turn():
+    from scipy.spatial.transform import Rotation
+
+    from innerear.inference.align import cube_turn, quarter_turn
+
+    vol = np.random.default_rng(0).normal(size=(4, 5, 6, 2)).astype(np.float32)
+    for axis in "xyz":
+        r = Rotation.from_euler(axis, 90, degrees=True).as_matrix()
+        q = cube_turn(Rotation.from_euler(axis, 97, degrees=True).as_matrix())
+        np.testing.assert_allclose(q, np.rint(r))
+        assert np.array_equal(quarter_turn(quarter_turn(vol, q), q, back=True), vol)
+    assert cube_turn(Rotation.from_euler("z", 45, degrees=True).as_matrix()) is None
+    q = cube_turn(Rotation.from_euler("z", 90, degrees=True).as_matrix())
+    assert np.array_equal(quarter_turn(vol[..., 0], q), np.rot90(vol[..., 0], 1, (0, 1)))

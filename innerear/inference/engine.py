@@ -40,6 +40,7 @@ from innerear.inference.kernels import (
     predict_volume,
     roi_crops,
 )
+from innerear.inference.align import cube_turn, find_turn, quarter_turn, turn_volume
 from innerear.inference.modelfolder import read_model_folder
 from innerear.metrics import dice, largest_component
 from innerear.nets.checkpoints import load_model
@@ -79,11 +80,14 @@ class InferenceSettings:
     full slice; ``fixed_batch`` pads the last batch (default on JAX). ``mirror``: test-time
     mirroring, each stage also predicts the volume flipped left-right (the first, R-L axis of
     the canonical grid) and averages the two, so that a left ear and its mirror image give
-    mirror-image answers (twice the prediction time).
+    mirror-image answers (twice the prediction time). ``align``: a cascade with an anatomy frame
+    segments a scan whose labyrinth is turned from it by more than its threshold once more in
+    the labyrinth's own axes (:mod:`innerear.inference.align`).
     """
 
     mode: str = "fast"
     mirror: bool = False
+    align: bool = False
     margin: int = DEFAULT_MARGIN
     batch_size: int | None = None
     bucket: int | None = None
@@ -222,6 +226,7 @@ class Cascade:
     connectivity: int = 26
     settings: InferenceSettings = field(default_factory=InferenceSettings)
     voxel_mm: float | None = None  # the networks' voxel size (robust recipe), None for grid models
+    anatomy_frame: dict | None = None  # the training phantoms' labyrinth frame (align.ANATOMY_FRAME), or None
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -262,19 +267,10 @@ class Cascade:
             opts["mode"] = mode
         run = InferenceSettings(**opts)
         image = self.normalizer(volume)
-        masks: list[np.ndarray] = []
-        stages = []
-        class_prob = None
-        for k, (view, model) in enumerate(self.stages):
-            last = k == len(self.stages) - 1
-            prob, mask, classes = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
-                                            connectivity=self.connectivity, stats=stats, return_classes=True)
-            if last:
-                class_prob = classes
-            del classes
-            masks.append(mask)
-            stages.append((prob, mask))
+        stages, class_prob = self._stages(image, run, stats)
         mask, prob = stages[-1][1], stages[-1][0]
+        if run.align and self.anatomy_frame and class_prob is not None:
+            mask, prob, class_prob = self._realigned(image, mask, class_prob, run, stats)
         out: tuple = (mask, prob)
         if return_labels:
             out += (labels_from_classes(mask, class_prob),)
@@ -283,6 +279,54 @@ class Cascade:
         if return_classes:
             out += (class_prob,)
         return out
+
+
+    def _stages(self, image: np.ndarray, run: InferenceSettings, stats: dict | None):
+        """Every stage on a normalised volume: ``(stages, last stage's class probabilities)``."""
+        masks: list[np.ndarray] = []
+        stages = []
+        class_prob = None
+        for k, (view, model) in enumerate(self.stages):
+            prob, mask, classes = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
+                                            connectivity=self.connectivity, stats=stats, return_classes=True)
+            if k == len(self.stages) - 1:
+                class_prob = classes
+            del classes
+            masks.append(mask)
+            stages.append((prob, mask))
+        return stages, class_prob
+
+    def _realigned(self, image: np.ndarray, mask: np.ndarray, class_prob: np.ndarray, run: InferenceSettings,
+                   stats: dict | None):
+        """The final pass in the labyrinth's reference frame when the first pass found it turned
+        (:mod:`innerear.inference.align`): ``(mask, probabilities, class probabilities)``."""
+        voxel = self.voxel_mm if isinstance(self.voxel_mm, (int, float)) else None
+        turn = find_turn(labels_from_classes(mask, class_prob), self.anatomy_frame, voxel)
+        limit = float(self.anatomy_frame.get("realign_above_deg", 35.0))
+        record = {"turn_deg": None if turn is None else round(turn.angle_deg, 1), "realign_above_deg": limit,
+                  "realigned": False}
+        if turn is not None and turn.angle_deg > limit:
+            quarter = cube_turn(turn.rotation)
+            if quarter is not None and np.allclose(quarter, np.eye(3)):  # nearest the frame already
+                if stats is not None:
+                    stats["alignment"] = record
+                return mask, 1.0 - class_prob[..., 0], class_prob
+            if quarter is not None:  # a quarter turn away: turned back exactly
+                _, turned = self._stages(quarter_turn(image, quarter), run, stats)
+                class_prob = quarter_turn(turned, quarter, back=True)
+            else:  # any other turn: cubic B-spline for the image, linear for the probabilities
+                _, turned = self._stages(turn_volume(image, turn, order=3), run, stats)
+                class_prob = np.stack([turn_volume(turned[..., k], turn, back=True, cval=1.0 if k == 0 else 0.0)
+                                       for k in range(turned.shape[-1])], axis=-1)
+            record["exact_quarter_turn"] = quarter is not None
+            prob = 1.0 - class_prob[..., 0]
+            mask = postprocess(prob, self.threshold, connectivity=self.connectivity)
+            record.update(realigned=True, side=turn.side)
+        else:
+            prob = 1.0 - class_prob[..., 0]
+        if stats is not None:
+            stats["alignment"] = record
+        return mask, prob, class_prob
 
 
 def load_cascade(run_dir: str | os.PathLike) -> Cascade:
@@ -294,4 +338,5 @@ def load_cascade(run_dir: str | os.PathLike) -> Cascade:
     return Cascade(stages=stages, normalizer=normalizer_from_dict(spec.normalizer), grid=spec.grid,
                    threshold=float(spec.threshold), info=spec.to_dict(), view_axes=spec.view_axes,
                    connectivity=int(spec.connectivity), voxel_mm=spec.voxel_mm,
-                   settings=InferenceSettings(mirror=bool(spec.mirror)))
+                   settings=InferenceSettings(mirror=bool(spec.mirror), align=spec.anatomy_frame is not None),
+                   anatomy_frame=spec.anatomy_frame)

@@ -77,6 +77,7 @@ class ModelSpec:
     plausible_inner_ear_volume_mm3: dict[str, Any] | None = None
     recipe: dict[str, Any] | None = None
     mirror: bool | None = None  # test-time mirroring (see InferenceSettings.mirror); None: off
+    anatomy_frame: dict[str, Any] | None = None  # realign turned scans (innerear.inference.align); None: off
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from scipy import ndimage
 from innerear.data import phantom as ph
 from innerear.data.normalize import PercentileNormalizer, histogram_distance, normalised_histogram
 from innerear.data.scan import map_to_scan, prepare_scan_physical
+from innerear.inference.align import ANATOMY_FRAME
 from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
 from innerear.inference.modelfolder import ModelSpec
 from innerear.io import save_npz, write_json
@@ -132,6 +133,7 @@ class RobustRecipe:
     foreground_share: float = 0.6  # share of patches centred on a labyrinth voxel
     n_phantoms: int = 64
     mirror: bool = False  # test-time mirroring in the shipped cascade (InferenceSettings.mirror)
+    align: bool = False  # realign turned scans to the labyrinth's axes (innerear.inference.align)
     seed: int = 0
     connectivity: int = 26
     normalizer: tuple[float, float] = (0.5, 99.5)  # percentiles mapped to 0 and 1
@@ -153,7 +155,7 @@ def get_recipe(name: str = "robust", **overrides: Any) -> RobustRecipe:
     ``"robust-smoke"``: seconds, for tests)."""
     if name == "robust":
         recipe = RobustRecipe(
-            n_phantoms=96, mirror=True,
+            n_phantoms=96, mirror=True, align=True,
             mixture=TrainingMixture(style=("microct", "cbct", "cbct", "synth"), crop_share=0.4, clinical_share=0.7,
                                     any_pose_share=0.3, reorient_share=0.5))
     elif name == "robust-v1":  # the model shipped before issue 22 (recorded for the ablation)
@@ -480,7 +482,7 @@ def train_robust(recipe: RobustRecipe, work: str | os.PathLike, verbose: bool = 
     ModelSpec(stages=tuple(os.path.relpath(f, last) for f in stages), order=tuple(order),
               normalizer=PercentileNormalizer(*recipe.normalizer).to_dict(), voxel_mm=recipe.voxel_mm, threshold=0.5,
               connectivity=recipe.connectivity, view_axes="ras", backbone=recipe.backbone, profile="robust",
-              mirror=bool(recipe.mirror) or None,
+              mirror=bool(recipe.mirror) or None, anatomy_frame=dict(ANATOMY_FRAME) if recipe.align else None,
               n_classes=recipe.n_classes, classes=tuple(CLASS_NAMES[: recipe.n_classes]), recipe=recipe.to_dict(),
               intensity_histogram={"edges": edges, "density": density, "warn_above": warn_above,
                                    "warn_above_rule": "1.5 x the largest distance of a training scan's histogram "
