@@ -12,7 +12,6 @@ for a second pass (:mod:`innerear.inference.align`). The issue's goal is a Dice 
 (0.87 and 0.83 without the realignment), 45° within 0.02. The quarter-turn bound below is the
 measured change with a small margin, so that a regression fails; the goal is not yet met.
 """
-QUARTER_TURN_BOUND = 0.035  # the issue's goal: 0.02 (not met: 0.028 measured)
 from __future__ import annotations
 
 import numpy as np
@@ -24,6 +23,7 @@ from innerear.inference.segment import Segmenter
 from innerear.metrics import dice
 from innerear.settings.profiles import get_profile
 
+QUARTER_TURN_BOUND = 0.035  # the issue's goal: 0.02 (not met: 0.028 measured)
 pytestmark = pytest.mark.slow  # each test segments a few scans with the shipped model
 
 
