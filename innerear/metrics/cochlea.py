@@ -558,6 +558,10 @@ def unwrap_cochlea(cochlea_mask: np.ndarray, affine: np.ndarray) -> UnwrappedCoc
     affine = np.asarray(affine, float)
     work, waff, volume, kept = _prepare(cochlea_mask, affine)
     course = duct_course(work, np.linalg.norm(waff[:3, :3], axis=0))
+    length = float(np.nanmax(course.position)) if np.isfinite(course.position).any() else 0.0
+    if length < _DUCT * course.width:  # a blob: any axis found for it would be arbitrary
+        raise ValueError(f"cochlea mask is not a spiral: its course ({length:.2f} mm) is shorter than {_DUCT:g} "
+                         f"lumen widths ({course.width:.2f} mm each)")
     u, merged, warning = _unwrap_along_course(work, waff, course)
     middle = u.middle
     measures = CochleaMeasures(
