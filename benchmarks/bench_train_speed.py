@@ -65,14 +65,16 @@ for _ in range(cfg["repeats"]):
     t = time.perf_counter()
     model.fit(x, y, batch_size=p.batch_size, epochs=1, verbose=0, shuffle=True)
     epochs.append(time.perf_counter() - t)
-model.predict(x[: p.batch_size], batch_size=p.batch_size, verbose=0)
+model.predict_on_batch(x[: p.batch_size])
 fwd = []
 for _ in range(cfg["repeats"]):
     t = time.perf_counter()
-    model.predict(x, batch_size=p.batch_size, verbose=0)
+    for i in range(0, n, p.batch_size):
+        model.predict_on_batch(x[i:i + p.batch_size])
     fwd.append(time.perf_counter() - t)
 convs = []
-for layer in model.layers:
+probe = keras.models.clone_model(model, input_tensors=keras.Input((p.grid, p.grid, 1)))  # fixed size: shapes known
+for layer in probe.layers:
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
         out = layer.output.shape
         k = int(np.prod(layer.kernel_size))

@@ -208,9 +208,9 @@ def set_output_prior(model: keras.Model, foreground_share: float | Sequence[floa
 
 
 #: training steps run inside one compiled call: the backend loops over the batches itself
-#: instead of returning to Python after each (the demo's 64² steps ran ~30 % faster on this
-#: 2-core CPU with 29 steps per call than with 1, with bit-identical weights: the same batches
-#: in the same order). Only per-batch callbacks would notice; training uses per-epoch ones.
+#: instead of returning to Python after each (a demo epoch at one thread: 3.63 s instead of
+#: 3.99 s on this 2-core CPU, ``benchmarks/bench_train_speed.py``; bit-identical weights: the
+#: same batches in the same order). Only per-batch callbacks would notice; training uses per-epoch ones.
 STEPS_PER_EXECUTION = 64
 
 
