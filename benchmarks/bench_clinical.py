@@ -45,7 +45,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_domain_shift import read_truth, score  # noqa: E402
+from bench_domain_shift import read_truth, score, summarise as summarise_cell  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GOAL_DICE, GOAL_COCHLEA = 0.85, 0.80
@@ -166,13 +166,8 @@ def lumen_position(image_path: Path, label: np.ndarray) -> float:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean and minimum of every numeric field over a cell's scans (refusals count as Dice 0)."""
-    out: dict = {}
-    for k in sorted({k for r in rows for k in r}):
-        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float, bool)) and r.get(k) is not None]
-        out[k] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "n": len(vals)} if vals else None
-    out["refused"] = sum(1 for r in rows if "refused" in r)
-    return out
+    """``bench_domain_shift.summarise`` plus how many scans the model refused (they count as Dice 0)."""
+    return {**summarise_cell(rows), "refused": sum(1 for r in rows if "refused" in r)}
 
 
 def run_models(models: dict[str, Path], scans: list[tuple[Path, Path]]) -> dict[str, list[dict]]:

@@ -159,10 +159,11 @@ def run_model(model_dir: Path, scans: list[tuple[Path, Path]]) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
+    """Mean, minimum and count of every numeric field over a cell's scans (text fields are skipped)."""
     keys = sorted({k for r in rows for k in r})
     out = {}
     for k in keys:
-        vals = [r[k] for r in rows if r.get(k) is not None]
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and r.get(k) is not None]
         out[k] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "n": len(vals)} if vals else None
     return out
 

@@ -306,11 +306,7 @@ class Cascade:
         record = {"turn_deg": None if turn is None else round(turn.angle_deg, 1), "realign_above_deg": limit,
                   "realigned": False}
         if turn is not None and turn.angle_deg > limit:
-            quarter = cube_turn(turn.rotation)
-            if quarter is not None and np.allclose(quarter, np.eye(3)):  # nearest the frame already
-                if stats is not None:
-                    stats["alignment"] = record
-                return mask, 1.0 - class_prob[..., 0], class_prob
+            quarter = cube_turn(turn.rotation)  # never the identity: that is within 10 degrees, not above 35
             if quarter is not None:  # a quarter turn away: turned back exactly
                 _, turned = self._stages(quarter_turn(image, quarter), run, stats)
                 class_prob = quarter_turn(turned, quarter, back=True)

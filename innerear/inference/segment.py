@@ -335,10 +335,9 @@ def measure(scan: Scan, prepared: Prepared, prediction: Prediction, mask: np.nda
 
 
 def run_checks(scan: Scan, cascade, prepared: Prepared, measured: Measured,
-               prediction: Prediction | None = None) -> dict[str, dict[str, Any]]:
+               prediction: Prediction) -> dict[str, dict[str, Any]]:
     """The report's checks: voxel size (passed: it was refused otherwise), volume, intensities, and
     the model's confidence (mirror agreement, a missing or partial cochlea)."""
-    prediction = prediction or Prediction(measured.mask, measured.mask, measured.labels)
     info = getattr(cascade, "info", {})
     return {
         "voxel_size": {"check": "every voxel size is within the range", "range_mm": list(VOXEL_MM_RANGE),
