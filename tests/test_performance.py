@@ -92,3 +92,40 @@ def test_performance_page_renders_records_and_says_what_is_missing(tmp_path):
     assert "<td>demo</td> <td>unet</td> <td>0.4321</td>" in text and "<td>240</td>" in text
     assert "<code>benchmarks/results/bench_inference.json</code> is absent" in text
     assert "No real-scan record is present (<code>benchmarks/results/bench_real.json</code> is absent)" in text
+
+
+def _train_speed_rows():
+    row = dict(all_epoch_s=[4.0], forward_share=0.28, jit=False, step_s=0.13)
+    return [dict(row, name="1 thread, 1 step per call (before)", epoch_s=4.0, achieved_gflops=35.0, peak_gflops=105.0,
+                 share_of_peak=0.333, spe=1, threads=1, speed_vs_before=1.0),
+            dict(row, name="1 thread, 64 steps per call", epoch_s=3.2, achieved_gflops=44.0, peak_gflops=105.0,
+                 share_of_peak=0.419, spe=64, threads=1, speed_vs_before=1.25),
+            dict(row, name="2 threads", epoch_s=5.0, achieved_gflops=28.0, peak_gflops=190.0, share_of_peak=0.147,
+                 spe=1, threads=2, speed_vs_before=0.8)]
+
+
+def test_train_speed_page_part_is_computed_from_its_record(tmp_path):
+    rec = perf.read_record(perf.write_record(tmp_path / "t.json", "bench_train_speed", {"rows": _train_speed_rows()}))
+    text = perf.train_speed_markdown(rec)
+    # the fastest row is named with its ratio to the one-step loop, and the two-thread row's epoch
+    assert "1 thread, 64 steps per call, trains a demo epoch in 3.20 s (1.25× the one-step-per-call loop)" in text
+    assert "42% of the 105 GFLOP/s" in text and "Two threads in one process are slower (5.00 s per epoch" in text
+    assert "XLA" not in text  # no XLA row measured: no sentence about it
+    fig = perf.train_speed_figure(rec)
+    assert len(fig.axes[0].patches) == 6  # a peak and an achieved bar per configuration
+    assert "train_speed" in perf.train_speed_markdown(None) and "absent" in perf.train_speed_markdown(None)
+
+
+def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
+    stages = [{"view": v, "seconds": 1.0, "pixel_fraction": f} for v, f in (("coronal", 1.0), ("sagittal", 0.25))]
+    rec = perf.read_record(perf.write_record(tmp_path / "s.json", "bench_segment_profile", {
+        "goal_wall_s": 5.0, "goal_met": False, "startup_s": {"python + keras (tensorflow)": 3.25},
+        "segment": {"runs": 5, "median_wall_s": 20.0, "wall_s": [20.0] * 5,
+                    "median_steps_s": {"load_model": 4.0, "cascade": 10.0, "measure": 1.0, "total_inside": 16.0}},
+        "cascade": [{"mirror": m, "batch": 8, "seconds": s, "stages": stages} for m, s in ((True, 9.5), (False, 5.0))]}))
+    text = perf.segment_profile_markdown(rec)
+    assert "takes 20.0 s wall (median of 5 runs); the goal is 5 s, not met" in text
+    assert "the cascade (three stages) (10.0 s) and load the networks (4.0 s)" in text
+    assert "| start-up: interpreter, imports, argument checks | 4.0 | 20% |" in text  # 20 s wall - 16 s inside
+    assert "9.5 s with test-time mirroring (the shipped setting) and 5.0 s without" in text
+    assert "| yes | 8 | 9.5 | 1.0 (100%) | 1.0 (25%) |" in text

@@ -176,6 +176,19 @@ def test_executed_pages_mark_checked_cells_by_tag_and_hide_formatting_code():
     assert "tag_hide-input" in hidden, "04_evaluation: no cell's code is folded away"
 
 
+def test_no_page_shows_a_library_warning_to_readers():
+    """Library noise in a cell's output (a TensorFlow retracing note under ``seg.segment``, tqdm's
+    "IProgress not found" under the imports) reads as a fault to a reader; our own warnings are
+    printed as prose, not through a logger."""
+    noise = ("WARNING:tensorflow", "triggered tf.function retracing", "TqdmWarning", "IProgress not found",
+             "Traceback (most recent call last)")
+    bad = []
+    for page in _content_pages():
+        text = page.read_text(errors="ignore")
+        bad += [f"{page.relative_to(HTML)}: {word}" for word in noise if word in text]
+    assert not bad, "library warnings shown to readers:\n" + "\n".join(bad)
+
+
 # --------------------------------------------------------------------- 3. tables for people
 def test_table_headers_are_words_not_code_names():
     bad = []

@@ -358,7 +358,7 @@ def prepare_dataset(
     new: list[tuple[Path, str, PreparedCase]] = []
     iterator: Iterable[Case] = cases
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         iterator = tqdm(cases, desc="prepare", unit="case")
     for case in iterator:

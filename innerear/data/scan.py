@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from innerear.data.preprocess import resample_image, resampled_affine, to_canonical
 from innerear.data.resample import antialias_sigma, resample_image_bounded

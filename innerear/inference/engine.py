@@ -43,6 +43,7 @@ from innerear.inference.kernels import (
 from innerear.inference.align import cube_turn, find_turn, quarter_turn, turn_volume
 from innerear.inference.modelfolder import read_model_folder
 from innerear.metrics import dice, largest_component
+from innerear.nets.backend import quiet_retracing
 from innerear.nets.checkpoints import load_model
 from innerear.settings.views import from_slices, orientation_axis, to_slices
 
@@ -267,10 +268,11 @@ class Cascade:
             opts["mode"] = mode
         run = InferenceSettings(**opts)
         image = self.normalizer(volume)
-        stages, class_prob = self._stages(image, run, stats)
-        mask, prob = stages[-1][1], stages[-1][0]
-        if run.align and self.anatomy_frame and class_prob is not None:
-            mask, prob, class_prob = self._realigned(image, mask, class_prob, run, stats)
+        with quiet_retracing():
+            stages, class_prob = self._stages(image, run, stats)
+            mask, prob = stages[-1][1], stages[-1][0]
+            if run.align and self.anatomy_frame and class_prob is not None:
+                mask, prob, class_prob = self._realigned(image, mask, class_prob, run, stats)
         out: tuple = (mask, prob)
         if return_labels:
             out += (labels_from_classes(mask, class_prob),)

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from innerear.data.resample import value_range
 from innerear.data.scan import PhysicalScan, crop_to_mask, map_to_scan, prepare_scan, prepare_scan_physical

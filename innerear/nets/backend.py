@@ -1,7 +1,10 @@
-"""The Keras backend's global switches: seeds (and deterministic ops) and CPU threads."""
+"""The Keras backend's global switches: seeds (and deterministic ops), CPU threads, and its log."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from typing import Iterator
 
 import keras
 
@@ -26,3 +29,21 @@ def set_threads(n: int) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(n)
         except RuntimeError:  # the runtime is already initialised in this process
             pass
+
+
+@contextlib.contextmanager
+def quiet_retracing() -> Iterator[None]:
+    """Within the block, TensorFlow's Python log shows errors only, then its level is restored.
+
+    The cascade predicts rectangles of many sizes through one shape-generic predict step per
+    network, and three networks (six with mirroring) trace it a few times per scan; TensorFlow then
+    logs "N out of the last M calls ... triggered tf.function retracing", advice meant for a
+    training loop that retraces every step, which a reader of the Python-API page took for a fault.
+    """
+    log = logging.getLogger("tensorflow")
+    level = log.level
+    log.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -521,3 +521,136 @@ def load_markdown(record: dict[str, Any] | None) -> str:
             f"{record['exit_status']}; median {record['median_scan_s']:.1f} s per scan.")
     return "\n\n".join([text, to_markdown(records_table(rows)), context_line(record) +
                         " Source: `benchmarks/results/bench_load.json`."])
+
+
+TRAIN_SPEED = "bench_train_speed"  # benchmarks/bench_train_speed.py's record
+
+
+def train_speed_table(record: dict[str, Any]) -> pd.DataFrame:
+    """``bench_train_speed``'s configurations: epoch seconds, achieved and peak GFLOP/s, speed-up."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "configuration": r["name"], "seconds per epoch": f"{r['epoch_s']:.2f}", "seconds per step": f"{r['step_s']:.3f}",
+        "achieved GFLOP/s": f"{r['achieved_gflops']:.1f}", "matmul peak GFLOP/s": f"{r['peak_gflops']:.0f}",
+        "share of peak": f"{r['share_of_peak']:.0%}", "forward share of a step": f"{r['forward_share']:.0%}",
+        "speed vs before": f"{r['speed_vs_before']:.2f}"} for r in record["rows"]])
+
+
+def train_speed_sentence(record: dict[str, Any]) -> str:
+    """What the profile says, from the record: the fastest configuration, its share of the measured
+    peak, and what the second thread and XLA did."""
+    rows = record["rows"]
+    best = min(rows, key=lambda r: r["epoch_s"])
+    before = next((r for r in rows if r["spe"] == 1 and r["threads"] == 1 and not r["jit"]), rows[0])
+    two = [r for r in rows if r["threads"] == 2]
+    jit = [r for r in rows if r["jit"]]
+    parts = [f"The fastest configuration, {best['name']}, trains a demo epoch in {best['epoch_s']:.2f} s "
+             f"({before['epoch_s'] / best['epoch_s']:.2f}× the one-step-per-call loop), reaching "
+             f"{best['achieved_gflops']:.0f} GFLOP/s of convolution arithmetic, {best['share_of_peak']:.0%} of the "
+             f"{best['peak_gflops']:.0f} GFLOP/s a large single-thread matrix product reaches on this CPU."]
+    if two:
+        t = min(two, key=lambda r: r["epoch_s"])
+        parts.append(f"Two threads in one process are slower ({t['epoch_s']:.2f} s per epoch, "
+                     f"{t['share_of_peak']:.0%} of the two-thread peak): eight-channel convolutions on 64² slices are "
+                     "too small to split, so the pipeline runs one single-threaded worker per core instead.")
+    if jit:
+        j = min(jit, key=lambda r: r["epoch_s"])
+        parts.append(f"XLA compilation gives {j['epoch_s']:.2f} s per epoch, no gain on this CPU.")
+    return " ".join(parts)
+
+
+def train_speed_figure(record: dict[str, Any]):
+    """Roofline-style bars: each configuration's achieved GFLOP/s against the measured peak of its
+    thread count (matrix product), with the share written on each bar."""
+    import matplotlib.pyplot as plt
+
+    rows = record["rows"]
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(rows) + 1.8))
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, [r["peak_gflops"] for r in rows], color="#dddddd", label="peak (matrix product, same threads)")
+    ax.barh(y, [r["achieved_gflops"] for r in rows], color="#3b75af", label="achieved (training step)")
+    for yi, r in zip(y, rows):
+        ax.text(r["achieved_gflops"] + 2, yi, f"{r['share_of_peak']:.0%}, {r['epoch_s']:.2f} s/epoch", va="center",
+                fontsize=8)
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    ax.set_xlabel("GFLOP/s (convolutions only)")
+    ax.set_title("Demo U-Net training step on this CPU: achieved vs peak arithmetic", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def train_speed_markdown(record: dict[str, Any] | None) -> str:
+    """The training-step profile: sentence, table, context; or how to measure it."""
+    if record is None:
+        return missing_note(f"`benchmarks/results/{TRAIN_SPEED}.json`", ".venv/bin/python benchmarks/bench_train_speed.py")
+    return "\n\n".join([train_speed_sentence(record), to_markdown(train_speed_table(record)),
+                        context_line(record) + f" Source: `benchmarks/results/{TRAIN_SPEED}.json`."])
+
+
+SEGMENT_PROFILE = "bench_segment_profile"  # benchmarks/bench_segment_profile.py's record
+_STEP_NAMES = {"read": "read the scan", "load_model": "load the networks", "prepare": "resample and normalise",
+               "cascade": "the cascade (three stages)", "map_back": "map back to the scan's grid",
+               "largest_component": "largest component", "measure": "measure and check", "write": "write"}
+
+
+def segment_profile_table(record: dict[str, Any]) -> pd.DataFrame:
+    """One ``innerear segment`` run's wall time split into start-up and the report's steps (medians)."""
+    import pandas as pd
+
+    seg = record["segment"]
+    steps = dict(seg["median_steps_s"])
+    inside = steps.pop("total_inside", sum(steps.values()))
+    rows = [{"step": "start-up: interpreter, imports, argument checks",
+             "seconds": f"{seg['median_wall_s'] - inside:.1f}"}]
+    rows += [{"step": _STEP_NAMES.get(k, k.replace("_", " ")), "seconds": f"{v:.1f}"} for k, v in steps.items()]
+    rows.append({"step": "**wall time** (median)", "seconds": f"{seg['median_wall_s']:.1f}"})
+    table = pd.DataFrame(rows)
+    table["share"] = [f"{float(s) / seg['median_wall_s']:.0%}" if i < len(rows) - 1 else ""
+                      for i, s in enumerate(table["seconds"])]
+    return table
+
+
+def segment_cascade_table(record: dict[str, Any]) -> pd.DataFrame:
+    """The engine in a warm process: seconds per stage for mirroring on/off and two batch sizes."""
+    import pandas as pd
+
+    rows = []
+    for r in record["cascade"]:
+        row = {"test-time mirroring": "yes" if r["mirror"] else "no", "slices per call": str(r["batch"]),
+               "cascade seconds": f"{r['seconds']:.1f}"}
+        for s in r["stages"]:
+            row[f"{s['view']} seconds (share of slice area)"] = f"{s['seconds']:.1f} ({s['pixel_fraction']:.0%})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def segment_profile_sentence(record: dict[str, Any]) -> str:
+    """The goal, the median, and the largest parts, computed from the record."""
+    seg, start = record["segment"], record["startup_s"]
+    steps = {k: v for k, v in seg["median_steps_s"].items() if k != "total_inside"}
+    top = sorted(steps.items(), key=lambda kv: -kv[1])[:2]
+    keras_s = start.get("python + keras (tensorflow)")
+    plain = [r for r in record["cascade"] if not r["mirror"] and r["batch"] == 8]
+    mirrored = [r for r in record["cascade"] if r["mirror"] and r["batch"] == 8]
+    text = (f"`innerear segment` on the block takes {seg['median_wall_s']:.1f} s wall (median of {seg['runs']} runs); "
+            f"the goal is {record['goal_wall_s']:.0f} s, {'met' if record['goal_met'] else 'not met'}. The largest "
+            f"parts: {_STEP_NAMES.get(top[0][0], top[0][0])} ({top[0][1]:.1f} s) and "
+            f"{_STEP_NAMES.get(top[1][0], top[1][0])} ({top[1][1]:.1f} s).")
+    if keras_s is not None:
+        text += f" A fresh interpreter needs {keras_s:.1f} s only to import Keras and TensorFlow."
+    if plain and mirrored:
+        text += (f" In a warm process the cascade takes {mirrored[0]['seconds']:.1f} s with test-time mirroring "
+                 f"(the shipped setting) and {plain[0]['seconds']:.1f} s without.")
+    return text
+
+
+def segment_profile_markdown(record: dict[str, Any] | None) -> str:
+    """``bench_segment_profile``'s record: sentence, the steps, the engine per stage; or how to measure it."""
+    if record is None:
+        return missing_note(f"`benchmarks/results/{SEGMENT_PROFILE}.json`",
+                            ".venv/bin/python benchmarks/bench_segment_profile.py")
+    return "\n\n".join([segment_profile_sentence(record), to_markdown(segment_profile_table(record)),
+                        to_markdown(segment_cascade_table(record)),
+                        context_line(record) + f" Source: `benchmarks/results/{SEGMENT_PROFILE}.json`."])
