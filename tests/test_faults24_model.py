@@ -7,10 +7,15 @@ Case 3: the same phantom turned 90° (about z, about x, or the array rotated) ga
 instead of 0.95. Specimen micro-CT is mounted in any orientation: the shipped model is trained
 on turned and mirrored scans (the cube's 48 symmetries and poses up to 180°), and the engine
 turns a scan whose labyrinth it finds turned by more than 35° into the training phantoms' frame
-for a second pass (:mod:`innerear.inference.align`). The issue's goal is a Dice change below
-0.02; measured (this phantom, 2026-12-03): 0.944 as acquired; turned 90° about z 0.916 and about
-x within 0.02 (0.87 and 0.83 without the realignment); turned 45° 0.916. The bound below is the
-measured change with a small margin, so that a regression fails; the goal is not yet met.
+for a second pass (:mod:`innerear.inference.align`), reading the frame again from each realigned
+pass and repeating it while the frame moves by more than 5° (the first pass of a turned scan is its
+worst, and the frame read from it was 15-25° off). The issue's goal is a Dice change below 0.02.
+Measured on this phantom (2026-12-03): 0.944 as acquired; array turned 90° about z 0.946 and
+about x 0.942 (0.867 / 0.825 without realignment, 0.916 / 0.938 with one realigned pass);
+acquired 45° further turned 0.929 (0.866 / 0.916; with the generator's true turn 0.933). The goal
+is met here, **not in general**: on demo phantom 5 the array turned about z gives 0.69 (its first
+pass is too poor to give a frame) and the 45° acquisition 0.923 against 0.967 (the frame estimate
+does not settle).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from innerear.inference.segment import Segmenter
 from innerear.metrics import dice
 from innerear.settings.profiles import get_profile
 
-TURN_BOUND = 0.035  # the issue's goal: 0.02 (not met: 0.028 measured for two of the three turns)
+TURN_BOUND = 0.02  # the issue's goal; on this phantom 0.002, 0.003 and 0.015 measured
 pytestmark = pytest.mark.slow  # each test segments a few scans with the shipped model
 
 

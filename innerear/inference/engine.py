@@ -40,7 +40,7 @@ from innerear.inference.kernels import (
     predict_volume,
     roi_crops,
 )
-from innerear.inference.align import cube_turn, find_turn, quarter_turn, turn_volume
+from innerear.inference.align import ANATOMY_FRAME, cube_turn, find_turn, quarter_turn, turn_between, turn_volume
 from innerear.inference.modelfolder import read_model_folder
 from innerear.metrics import dice, largest_component
 from innerear.nets.backend import quiet_retracing
@@ -301,30 +301,50 @@ class Cascade:
     def _realigned(self, image: np.ndarray, mask: np.ndarray, class_prob: np.ndarray, run: InferenceSettings,
                    stats: dict | None):
         """The final pass in the labyrinth's reference frame when the first pass found it turned
-        (:mod:`innerear.inference.align`): ``(mask, probabilities, class probabilities)``."""
+        (:mod:`innerear.inference.align`): ``(mask, probabilities, class probabilities)``.
+
+        A turned scan's first pass is its worst, so the turn read from it can be off by 20° or
+        more; the frame is read again from each realigned pass and, while it moves by more than
+        ``refine_above_deg``, the scan is segmented once more in the refined frame (at most
+        ``max_passes`` realigned passes). A turn within ``snap_within_deg`` of one of the cube's
+        quarter turns is undone exactly by that quarter turn (no interpolation: the labyrinth is
+        then left at a pose the training phantoms span); any other turn is interpolated.
+        """
+        frame = self.anatomy_frame
         voxel = self.voxel_mm if isinstance(self.voxel_mm, (int, float)) else None
-        turn = find_turn(labels_from_classes(mask, class_prob), self.anatomy_frame, voxel)
-        limit = float(self.anatomy_frame.get("realign_above_deg", 35.0))
+        turn = find_turn(labels_from_classes(mask, class_prob), frame, voxel)
+        limit, snap, refine, passes = (float(frame.get(key, ANATOMY_FRAME[key])) for key in (
+            "realign_above_deg", "snap_within_deg", "refine_above_deg", "max_passes"))
         record = {"turn_deg": None if turn is None else round(turn.angle_deg, 1), "realign_above_deg": limit,
-                  "realigned": False}
+                  "realigned": False, "passes": []}
         if turn is not None and turn.angle_deg > limit:
-            quarter = cube_turn(turn.rotation)  # never the identity: that is within 10 degrees, not above 35
-            if quarter is not None:  # a quarter turn away: turned back exactly
-                _, turned = self._stages(quarter_turn(image, quarter), run, stats)
-                class_prob = quarter_turn(turned, quarter, back=True)
-            else:  # any other turn: cubic B-spline for the image, linear for the probabilities
-                _, turned = self._stages(turn_volume(image, turn, order=3), run, stats)
-                class_prob = np.stack([turn_volume(turned[..., k], turn, back=True, cval=1.0 if k == 0 else 0.0)
-                                       for k in range(turned.shape[-1])], axis=-1)
-            record["exact_quarter_turn"] = quarter is not None
-            prob = 1.0 - class_prob[..., 0]
-            mask = postprocess(prob, self.threshold, connectivity=self.connectivity)
-            record.update(realigned=True, side=turn.side)
-        else:
-            prob = 1.0 - class_prob[..., 0]
+            for _ in range(int(passes)):
+                quarter = cube_turn(turn.rotation, within_deg=snap)
+                class_prob = self._in_frame(image, turn, quarter, run, stats)
+                mask = postprocess(1.0 - class_prob[..., 0], self.threshold, connectivity=self.connectivity)
+                refined = find_turn(labels_from_classes(mask, class_prob), frame, voxel)
+                moved = None if refined is None else turn_between(turn.rotation, refined.rotation)
+                record["passes"].append({"turn_deg": round(turn.angle_deg, 1), "exact_quarter_turn": quarter is not None,
+                                         "frame_moved_deg": None if moved is None else round(moved, 1)})
+                if moved is None or moved <= refine:
+                    break
+                turn = refined
+            record.update(realigned=True, side=turn.side, exact_quarter_turn=record["passes"][-1]["exact_quarter_turn"])
+        prob = 1.0 - class_prob[..., 0]
         if stats is not None:
             stats["alignment"] = record
         return mask, prob, class_prob
+
+    def _in_frame(self, image: np.ndarray, turn, quarter: np.ndarray | None, run: InferenceSettings,
+                  stats: dict | None) -> np.ndarray:
+        """The class probabilities of one pass in the turned frame, mapped to the scan's grid: exact
+        for a quarter turn; otherwise cubic B-spline for the image, linear for the probabilities."""
+        if quarter is not None:
+            _, turned = self._stages(quarter_turn(image, quarter), run, stats)
+            return quarter_turn(turned, quarter, back=True)
+        _, turned = self._stages(turn_volume(image, turn, order=3), run, stats)
+        return np.stack([turn_volume(turned[..., k], turn, back=True, cval=1.0 if k == 0 else 0.0)
+                         for k in range(turned.shape[-1])], axis=-1)
 
 
 def load_cascade(run_dir: str | os.PathLike) -> Cascade:
