@@ -117,7 +117,7 @@ def test_train_speed_page_part_is_computed_from_its_record(tmp_path):
 
 
 def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
-    stages = [{"view": v, "seconds": 1.0, "pixel_fraction": f} for v, f in (("coronal", 1.0), ("sagittal", 0.25))]
+    stages = [{"view": v, "seconds": 1.0, "pixel_fraction": f} for v, f in (("coronal", 2.0), ("sagittal", 0.5))]
     rec = perf.read_record(perf.write_record(tmp_path / "s.json", "bench_segment_profile", {
         "goal_wall_s": 5.0, "goal_met": False, "startup_s": {"python + keras (tensorflow)": 3.25},
         "segment": {"runs": 5, "median_wall_s": 20.0, "wall_s": [20.0] * 5,
@@ -128,4 +128,5 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     assert "the cascade (three stages) (10.0 s) and load the networks (4.0 s)" in text
     assert "| start-up: interpreter, imports, argument checks | 4.0 | 20% |" in text  # 20 s wall - 16 s inside
     assert "9.5 s with test-time mirroring (the shipped setting) and 5.0 s without" in text
-    assert "| yes | 8 | 9.5 | 1.0 (100%) | 1.0 (25%) |" in text
+    assert "| yes | 8 | 9.5 | 1.0 (100%) | 1.0 (25%) |" in text  # mirrored: both passes' pixels halved
+    assert text.index("| load the networks |") < text.index("| the cascade (three stages) |")  # pipeline order

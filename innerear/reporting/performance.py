@@ -604,7 +604,8 @@ def segment_profile_table(record: dict[str, Any]) -> pd.DataFrame:
     inside = steps.pop("total_inside", sum(steps.values()))
     rows = [{"step": "start-up: interpreter, imports, argument checks",
              "seconds": f"{seg['median_wall_s'] - inside:.1f}"}]
-    rows += [{"step": _STEP_NAMES.get(k, k.replace("_", " ")), "seconds": f"{v:.1f}"} for k, v in steps.items()]
+    order = [k for k in _STEP_NAMES if k in steps] + [k for k in steps if k not in _STEP_NAMES]  # pipeline order
+    rows += [{"step": _STEP_NAMES.get(k, k.replace("_", " ")), "seconds": f"{steps[k]:.1f}"} for k in order]
     rows.append({"step": "**wall time** (median)", "seconds": f"{seg['median_wall_s']:.1f}"})
     table = pd.DataFrame(rows)
     table["share"] = [f"{float(s) / seg['median_wall_s']:.0%}" if i < len(rows) - 1 else ""
@@ -620,8 +621,9 @@ def segment_cascade_table(record: dict[str, Any]) -> pd.DataFrame:
     for r in record["cascade"]:
         row = {"test-time mirroring": "yes" if r["mirror"] else "no", "slices per call": str(r["batch"]),
                "cascade seconds": f"{r['seconds']:.1f}"}
+        passes = 2 if r["mirror"] else 1  # the engine counts the mirrored pass's pixels too
         for s in r["stages"]:
-            row[f"{s['view']} seconds (share of slice area)"] = f"{s['seconds']:.1f} ({s['pixel_fraction']:.0%})"
+            row[f"{s['view']} seconds (share of slice area)"] = f"{s['seconds']:.1f} ({s['pixel_fraction'] / passes:.0%})"
         rows.append(row)
     return pd.DataFrame(rows)
 
