@@ -55,7 +55,7 @@ def test_cff_has_the_required_keys(cff, pyproject):
     _check_authors(cff["authors"])
     assert cff["type"] == "software"  # this file cites the software; the paper is a reference
     assert str(cff["version"]) == pyproject["version"]
-    assert cff["license"] == pyproject["license"]["text"] == "MIT"
+    assert cff["license"] == pyproject["license"] == "MIT"  # an SPDX expression (PEP 639)
 
 
 def test_cff_paper_reference_matches_references_bib(cff):

@@ -74,15 +74,15 @@ def find_turn(labels: np.ndarray, frame: dict[str, Any], voxel_mm: float | None 
     if min(np.linalg.norm(c - v), np.linalg.norm(k - v)) < 1e-6:
         return None
     observed = _frame(c - v, k - v)
+    centre = np.argwhere(labels > 0).mean(0)
     best = None
     for side, flip in (("left", np.array([1.0, 1.0, 1.0])), ("right", np.array([-1.0, 1.0, 1.0]))):
         ref = _frame(np.asarray(frame["cochlea"], float) * flip, np.asarray(frame["canals"], float) * flip)
         rotation = ref.T @ observed  # observed direction d -> rotation @ d in the reference frame
         if np.linalg.det(rotation) < 0:  # a mirror, not a turn: the other side's frame
             continue
-        angle = float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
+        angle = turn_between(np.eye(3), rotation)
         if best is None or angle < best.angle_deg:
-            centre = np.argwhere(labels > 0).mean(0)
             best = Turn(rotation, angle, centre, side)
     return best
 

@@ -282,7 +282,6 @@ class Cascade:
             out += (class_prob,)
         return out
 
-
     def _stages(self, image: np.ndarray, run: InferenceSettings, stats: dict | None):
         """Every stage on a normalised volume: ``(stages, last stage's class probabilities)``."""
         masks: list[np.ndarray] = []
@@ -329,7 +328,7 @@ class Cascade:
                 if moved is None or moved <= refine:
                     break
                 turn = refined
-            record.update(realigned=True, side=turn.side, exact_quarter_turn=record["passes"][-1]["exact_quarter_turn"])
+            record.update(realigned=True, side=turn.side)
         prob = 1.0 - class_prob[..., 0]
         if stats is not None:
             stats["alignment"] = record
