@@ -5,7 +5,10 @@ moments, rerun them, and check that every rerun recovers.
 project root (``INNEREAR_HOME``; runs, data and the book site ``--site`` all inside it, the
 repository's own ``runs/`` is never touched). First an uninterrupted reference run in one copy,
 then, in a second copy, ``--kills`` runs killed at chosen moments (``--seed``), each restarted,
-and a last run left to finish. The kill moments are aimed at phases, in pipeline order: data
+and a last run left to finish. A resumed run has less left to do than the last, so a rerun can
+finish the whole pipeline before the next kill lands: that copy's results are then checked
+like a last run's and the kill is aimed again at a fresh copy (the record's ``copies``), so
+every planned kill lands in work still to be done. The kill moments are aimed at phases, in pipeline order: data
 preparation (phantoms, prepare), training (inside the training subprocess's epochs, and the
 instant a checkpoint's temporary ``.keras`` file appears), notebook execution (papermill) and
 the book build; each waits for its phase's marker (a log line, a process, a file) and then a
@@ -16,7 +19,7 @@ session). What phase each kill hit is read from the log tail and the files prese
 After every kill: every ``*.json``, ``*.ipynb``, ``*.csv``, ``*.npz`` and ``*.keras`` under the
 run, data and site folders is read back (JSON parsed, archives' members CRC-checked and loaded);
 temporaries (``.<name>.*`` of the atomic writer) are listed, and must be gone after the next
-run. At the end: exit 0, no temporaries, every ``.keras`` loaded with Keras, and the evaluation's
+run. At the end of each copy: exit 0, no temporaries, every ``.keras`` loaded with Keras, and the evaluation's
 ``per_volume.csv`` compared with the reference run's (a difference is attributed to the stages
 that resumed from a checkpoint).
 
@@ -395,7 +398,30 @@ def compare_tables(a: list[dict], b: list[dict]) -> dict:
             "max_abs_diff": max((d["abs_diff"] or 0 for d in diffs), default=0.0)}
 
 
+def finish_round(ref_dir: Path, fault_dir: Path, final: Logged, final_rc: int, previous_temps: list[str]) -> dict:
+    """The checks on one faulted copy once a rerun has finished the pipeline: exit status,
+    temporaries, unreadable files, every ``.keras`` loadable, results equal to the reference's."""
+    folders = watched(fault_dir)
+    final_temps = temporaries(folders)
+    pv = Path("runs") / PROFILE / "evaluation" / "per_volume.csv"
+    per_volume = (compare_tables(read_csv(ref_dir / pv), read_csv(fault_dir / pv))
+                  if (fault_dir / pv).exists() else {"equal": False, "why": "no per_volume.csv after the last run"})
+    ref_stages, fault_stages = stage_records(ref_dir), stage_records(fault_dir)
+    stages = {k: {"same_history": ref_stages[k]["history"] == fault_stages.get(k, {}).get("history"),
+                  "reference_dice": ref_stages[k]["test_dice"], "faulted_dice": fault_stages.get(k, {}).get("test_dice"),
+                  "epochs": [ref_stages[k]["epochs"], fault_stages.get(k, {}).get("epochs")]}
+              for k in ref_stages}
+    return {"copy": fault_dir.name, "final_exit": final_rc, "final_log_tail": final.text().splitlines()[-3:],
+            "temporaries_after_final": final_temps, "carried_over": sorted(set(previous_temps) & set(final_temps)),
+            "unreadable_after_final": unreadable(folders), "keras_loaded": load_all_keras(folders),
+            "per_volume": per_volume, "stages": stages}
+
+
 def run_reproduce(work: Path, n_kills: int, seed: int, pipeline_seed: int) -> dict:
+    """The reference run, then the planned kills, each followed by a rerun. A rerun that finishes
+    the pipeline before its kill lands ends that copy (its results are checked against the
+    reference) and the kill is aimed again at a fresh copy, so every planned kill meets a pipeline
+    with work left in the phase it aims at."""
     rng = random.Random(seed)
     ref_dir = project_copy(work / "reference")
     print(f"[reproduce] reference run (uninterrupted) in {ref_dir}", flush=True)
@@ -411,65 +437,80 @@ def run_reproduce(work: Path, n_kills: int, seed: int, pipeline_seed: int) -> di
     print(f"[reproduce] reference: {ref_seconds:.0f} s; phase lengths {json.dumps({k: round(v, 1) for k, v in lengths.items()})}",
           flush=True)
 
-    fault_dir = project_copy(work / "faulted")
-    folders = watched(fault_dir)
     plan = plan_kills(n_kills, rng)
-    kills, reruns_failed, carried_over = [], [], []
+    kills, missed, reruns_failed, carried_over, rounds = [], [], [], [], []
+    fault_dir: Path | None = None
+    fresh = False
     previous_temps: list[str] = []
     t_all = time.perf_counter()
-    for i, target in enumerate(plan, 1):
-        run = Logged(reproduce_cmd(fault_dir, pipeline_seed), fault_dir, env_for(fault_dir), work / "faulted.log")
-        # temporaries the previous kill left must be gone once this run has started its work
+    pending = list(plan)
+    while pending:
+        if fault_dir is None:
+            fault_dir = project_copy(work / f"faulted{len(rounds) + 1}")
+            fresh, previous_temps = True, []
+        target = pending[0]
+        log = work / f"{fault_dir.name}.log"
+        run = Logged(reproduce_cmd(fault_dir, pipeline_seed), fault_dir, env_for(fault_dir), log)
         result = wait_and_kill(run, fault_dir, target, lengths, rng)
         rc = run.finish()
         if result["phase"] == "finished before the kill":
-            result["rc"] = rc
             if rc != 0:
-                reruns_failed.append({"run": i, "rc": rc, "log_tail": "\n".join(run.text().splitlines()[-10:])})
+                reruns_failed.append({"copy": fault_dir.name, "rc": rc, "log_tail": "\n".join(run.text().splitlines()[-10:])})
+            rounds.append(finish_round(ref_dir, fault_dir, run, rc, previous_temps))
+            print(f"[reproduce] {fault_dir.name}: a rerun finished the pipeline (exit {rc}) before the kill aimed at "
+                  f"{target}; its results checked, the kill aimed again at a fresh copy", flush=True)
+            if fresh:  # even a fresh copy finished first: this target cannot be hit, do not loop
+                missed.append(pending.pop(0))
+            fault_dir = None
+            continue
+        fresh = False
+        pending.pop(0)
+        folders = watched(fault_dir)
         temps = temporaries(folders)
         still = sorted(set(previous_temps) & set(temps))
         if still:
-            carried_over.append({"after_kill": i, "files": still})
+            carried_over.append({"after_kill": len(kills) + 1, "files": still})
         previous_temps = temps
-        result.update(kill=i, temporaries_left=len(temps), unreadable=unreadable(folders))
+        result.update(kill=len(kills) + 1, copy=fault_dir.name, temporaries_left=len(temps), unreadable=unreadable(folders))
         failed_start = [line for line in run.text().splitlines() if "Traceback" in line or "Error" in line][:3]
         if failed_start:
             result["errors_in_log"] = failed_start
         kills.append(result)
-        print(f"[kill {i}/{len(plan)}] aimed at {target}, at {result['at_s']:.1f} s: {result['phase']}; "
-              f"{len(temps)} temporaries left, {len(result['unreadable'])} unreadable"
+        print(f"[kill {len(kills)}/{len(plan)}] aimed at {target}, at {result['at_s']:.1f} s in {fault_dir.name}: "
+              f"{result['phase']}; {len(temps)} temporaries left, {len(result['unreadable'])} unreadable"
               + (f" ({result['note']})" if result.get("note") else ""), flush=True)
-    print("[reproduce] last run, left to finish", flush=True)
-    final = Logged(reproduce_cmd(fault_dir, pipeline_seed), fault_dir, env_for(fault_dir), work / "faulted.log")
-    final_rc = final.finish()
-    final_temps = temporaries(folders)
-    still = sorted(set(previous_temps) & set(final_temps))
-    if still:
-        carried_over.append({"after_kill": "final", "files": still})
+    if fault_dir is not None:
+        print(f"[reproduce] {fault_dir.name}: last run, left to finish", flush=True)
+        final = Logged(reproduce_cmd(fault_dir, pipeline_seed), fault_dir, env_for(fault_dir), work / f"{fault_dir.name}.log")
+        final_rc = final.finish()
+        if final_rc != 0:
+            reruns_failed.append({"copy": fault_dir.name, "rc": final_rc, "log_tail": "\n".join(final.text().splitlines()[-10:])})
+        rounds.append(finish_round(ref_dir, fault_dir, final, final_rc, previous_temps))
     fault_seconds = time.perf_counter() - t_all
-    final_unreadable = unreadable(folders)
-    keras_check = load_all_keras(folders)
-    pv = Path("runs") / PROFILE / "evaluation" / "per_volume.csv"
-    per_volume = (compare_tables(read_csv(ref_dir / pv), read_csv(fault_dir / pv))
-                  if (fault_dir / pv).exists() else {"equal": False, "why": "no per_volume.csv after the last run"})
-    ref_stages, fault_stages = stage_records(ref_dir), stage_records(fault_dir)
-    stages = {k: {"same_history": ref_stages[k]["history"] == fault_stages.get(k, {}).get("history"),
-                  "reference_dice": ref_stages[k]["test_dice"], "faulted_dice": fault_stages.get(k, {}).get("test_dice"),
-                  "epochs": [ref_stages[k]["epochs"], fault_stages.get(k, {}).get("epochs")]}
-              for k in ref_stages}
+    carried_over += [{"after_kill": f"final ({r['copy']})", "files": r["carried_over"]} for r in rounds if r["carried_over"]]
     hits: dict[str, int] = {}
     for k in kills:
         key = k["phase"].split(":")[0].split(" (")[0]
         if k["phase"].startswith("training: checkpoint"):
             key = "training: checkpoint write"
         hits[key] = hits.get(key, 0) + 1
+    tables = [r["per_volume"] for r in rounds]
     return {
-        "kills_planned": len(plan), "kills_done": sum(1 for k in kills if k["phase"] != "finished before the kill"),
+        "kills_planned": len(plan), "kills_done": len(kills), "kills_missed": missed, "copies": len(rounds),
         "phases_hit": hits, "kills": kills, "reruns_failed": reruns_failed,
-        "final_exit": final_rc, "final_log_tail": final.text().splitlines()[-3:],
-        "temporaries_after_final": final_temps, "temporaries_carried_over_a_rerun": carried_over,
-        "unreadable_after_final": final_unreadable, "keras_loaded": keras_check,
-        "per_volume_equal": per_volume.get("equal"), "per_volume": per_volume, "stages": stages,
+        "final_exit": max((r["final_exit"] for r in rounds), key=abs, default=None),
+        "final_log_tail": rounds[-1]["final_log_tail"] if rounds else [],
+        "temporaries_after_final": [t for r in rounds for t in r["temporaries_after_final"]],
+        "temporaries_carried_over_a_rerun": carried_over,
+        "unreadable_after_final": [f for r in rounds for f in r["unreadable_after_final"]],
+        "keras_loaded": {"n": sum(r["keras_loaded"]["n"] for r in rounds),
+                         "unloadable": [f for r in rounds for f in r["keras_loaded"]["unloadable"]]},
+        "per_volume_equal": bool(rounds) and all(t.get("equal") for t in tables),
+        "per_volume": {"equal": bool(rounds) and all(t.get("equal") for t in tables),
+                       "n_rows": sum(t.get("n_rows", 0) for t in tables),
+                       "max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in tables), default=0.0),
+                       "by_copy": tables},
+        "stages": {f"{k} ({r['copy']})": v for r in rounds for k, v in r["stages"].items()},
         "reference_seconds": ref_seconds, "reference_phase_seconds": lengths, "faulted_total_seconds": fault_seconds,
         "kernels_outside_group": sum(k.get("outside_group", 0) for k in kills),
     }

@@ -131,10 +131,10 @@ def test_header_mirror_helper_keeps_the_voxels_in_place():
     assert dataclasses.is_dataclass(InferenceSettings())
 
 
-def test_find_turn_reads_a_turned_labyrinth_and_turn_volume_undoes_it():
-    from scipy.spatial.transform import Rotation
-
-    from innerear.inference.align import ANATOMY_FRAME, find_turn, turn_volume
+def _ball_labyrinth(radius: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Three balls on a 48³ grid where the reference frame puts the cochlea (1), vestibule (2) and
+    canals (3): ``(labels, centre)``."""
+    from innerear.inference.align import ANATOMY_FRAME
 
     labels = np.zeros((48, 48, 48), np.uint8)
     centre = np.array([24.0, 24.0, 24.0])
@@ -142,7 +142,16 @@ def test_find_turn_reads_a_turned_labyrinth_and_turn_volume_undoes_it():
     for code, direction, dist in ((2, [0, 0, 0], 0.0), (1, ANATOMY_FRAME["cochlea"], 9.0),
                                   (3, ANATOMY_FRAME["canals"], 9.0)):
         c = centre + dist * np.asarray(direction)
-        labels.reshape(-1)[np.linalg.norm(idx - c, axis=1) <= 4.0] = code
+        labels.reshape(-1)[np.linalg.norm(idx - c, axis=1) <= radius] = code
+    return labels, centre
+
+
+def test_find_turn_reads_a_turned_labyrinth_and_turn_volume_undoes_it():
+    from scipy.spatial.transform import Rotation
+
+    from innerear.inference.align import ANATOMY_FRAME, find_turn, turn_volume
+
+    labels, centre = _ball_labyrinth()
     upright = find_turn(labels, ANATOMY_FRAME)
     assert upright is not None and upright.angle_deg < 1.0 and upright.side == "left"
     mirrored = find_turn(labels[::-1].copy(), ANATOMY_FRAME)
@@ -172,3 +181,58 @@ def test_quarter_turns_are_exact_and_found_near_a_turn():
     assert cube_turn(Rotation.from_euler("z", 45, degrees=True).as_matrix()) is None
     q = cube_turn(Rotation.from_euler("z", 90, degrees=True).as_matrix())
     assert np.array_equal(quarter_turn(vol[..., 0], q), np.rot90(vol[..., 0], 1, (0, 1)))
+
+
+def test_search_turns_are_the_cubes_nine_turns_about_one_axis_quarters_first():
+    from innerear.inference.align import search_turns, turn_between
+
+    turns = search_turns()
+    assert len(turns) == 9 and len({name for name, _ in turns}) == 9
+    angles = [turn_between(np.eye(3), q) for _, q in turns]
+    assert angles == pytest.approx([90.0] * 6 + [180.0] * 3)
+    assert all(np.isclose(np.linalg.det(q), 1.0) and np.array_equal(q, np.rint(q)) for _, q in turns)
+
+
+def test_a_first_pass_showing_no_labyrinth_is_searched_through_the_cubes_turns():
+    """A stand-in network that finds the whole labyrinth only within 40° of the training frame (and
+    only the vestibule otherwise): a scan turned a quarter turn about z gives no frame at first,
+    the search finds the quarter turn that shows the labyrinth, and the final labels are the scan's."""
+    from innerear.inference.align import ANATOMY_FRAME, find_turn
+    from innerear.inference.engine import Cascade
+
+    class PoseBound(Cascade):
+        def _stages(self, image, run, stats):
+            labels = np.rint(image).astype(np.intp)
+            turn = find_turn(labels, ANATOMY_FRAME)
+            seen = labels if turn is not None and turn.angle_deg < 40.0 else np.where(labels == 2, 2, 0)
+            classes = np.eye(4, dtype=np.float32)[seen]
+            return [(1.0 - classes[..., 0], seen > 0)], classes
+
+    labels, _ = _ball_labyrinth(radius=5.0)  # touching balls: one component
+    turned = np.ascontiguousarray(np.rot90(labels, 1, (0, 1)))
+    cascade = PoseBound(stages=[], normalizer=None, grid=None, voxel_mm=0.5, anatomy_frame=dict(ANATOMY_FRAME))
+    stats: dict = {}
+    [(_, first)], classes = cascade._stages(turned.astype(np.float32), InferenceSettings(), stats)
+    assert find_turn(np.where(first, 2, 0), ANATOMY_FRAME) is None  # the first pass: no frame
+    mask, _, classes = cascade._realigned(turned.astype(np.float32), first, classes, InferenceSettings(), stats)
+    record = stats["alignment"]
+    assert record["searched"][-1]["labyrinth"] and record["searched"][-1]["turn"].endswith("about z")
+    assert record["realigned"] and record["passes"][0]["exact_quarter_turn"]
+    assert np.array_equal(np.argmax(classes, axis=-1), turned)
+    assert dice(mask, turned > 0) == 1.0
+
+
+def test_no_search_in_a_field_of_view_too_small_for_a_labyrinth():
+    from innerear.inference.align import ANATOMY_FRAME
+    from innerear.inference.engine import Cascade
+
+    class Blind(Cascade):
+        def _stages(self, image, run, stats):
+            raise AssertionError("searched a 9.6 mm field of view")
+
+    labels, _ = _ball_labyrinth(radius=5.0)
+    only_vestibule = np.eye(4, dtype=np.float32)[np.where(labels == 2, 2, 0)]
+    cascade = Blind(stages=[], normalizer=None, grid=None, voxel_mm=0.2, anatomy_frame=dict(ANATOMY_FRAME))
+    stats: dict = {}
+    cascade._realigned(labels.astype(np.float32), labels == 2, only_vestibule, InferenceSettings(), stats)
+    assert "searched" not in stats["alignment"] and not stats["alignment"]["realigned"]

@@ -9,11 +9,8 @@ Images are resampled with :func:`innerear.data.resample.resample_image_bounded` 
 B-spline of ``scipy.ndimage.zoom``, computed in slabs within a memory bound) from a
 memory-mapped read where the file allows it.
 
-Two normalisers share one interface (``norm(volume) -> float32``, ``to_dict()`` with a
-``"kind"``, read back by :func:`normalizer_from_dict`): the paper's z-score with the training
-set's statistics (:class:`Normalizer`) and the per-scan percentile normalisation of models in
-physical units (:class:`PercentileNormalizer`), whose normalised intensity histograms
-(:func:`normalised_histogram`) are compared by :func:`histogram_distance`.
+The normalisers (the paper's z-score with the training set's statistics and the per-scan
+percentile normalisation of models in physical units) live in :mod:`innerear.data.normalize`.
 """
 from __future__ import annotations
 
@@ -410,29 +407,6 @@ def _load_cached(path: Path, key: str) -> PreparedCase | None:
             )
     except Exception:  # a damaged cache entry is rebuilt, never trusted
         return None
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------- folds

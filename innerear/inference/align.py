@@ -35,6 +35,12 @@ ANATOMY_FRAME: dict[str, Any] = {
     # a frame is read only from a whole labyrinth: at least these volumes (mm³) of each structure
     # (a cochlea-centred crop holds bits of the canals, whose centroid would give a false turn)
     "min_mm3": {"cochlea": 10.0, "vestibule": 10.0, "canals": 15.0},
+    # when the first pass shows no whole labyrinth in a field of view that could hold one (every
+    # side at least this long; the training mixture's smallest labyrinth block is 14 mm, its
+    # cochlea crops 8.5-12 mm), the cube's quarter and half turns are tried, one pass each without
+    # mirroring, until one shows a whole labyrinth: a scan turned a quarter turn away can look to
+    # the first pass like no ear at all (Cascade._searched)
+    "search_min_fov_mm": 14.0,
     "source": "mean frame of 12 calibrated phantoms (seed 0), innerear.inference.align",
 }
 
@@ -122,6 +128,21 @@ def cube_turn(rotation: np.ndarray, within_deg: float = 10.0) -> np.ndarray | No
             if angle < best_angle:
                 best, best_angle = q, angle
     return best if best_angle <= within_deg else None
+
+
+def search_turns() -> list[tuple[str, np.ndarray]]:
+    """The cube's turns tried on a scan whose first pass shows no whole labyrinth, named and in
+    the order tried: the six quarter turns about one axis, then the three half turns (a scan is
+    more often mounted one quarter turn away than two)."""
+    def about(axis: int, cos: int, sin: int) -> np.ndarray:
+        a, b = (i for i in range(3) if i != axis)
+        q = np.eye(3)
+        q[a, a], q[a, b], q[b, a], q[b, b] = cos, -sin, sin, cos
+        return q
+
+    quarters = [(f"{sign * 90} deg about {'xyz'[axis]}", about(axis, 0, sign)) for axis in range(3) for sign in (1, -1)]
+    halves = [(f"180 deg about {'xyz'[axis]}", about(axis, -1, 0)) for axis in range(3)]
+    return quarters + halves
 
 
 def quarter_turn(volume: np.ndarray, q: np.ndarray, back: bool = False) -> np.ndarray:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import keras
@@ -40,7 +40,15 @@ from innerear.inference.kernels import (
     predict_volume,
     roi_crops,
 )
-from innerear.inference.align import ANATOMY_FRAME, cube_turn, find_turn, quarter_turn, turn_between, turn_volume
+from innerear.inference.align import (
+    ANATOMY_FRAME,
+    cube_turn,
+    find_turn,
+    quarter_turn,
+    search_turns,
+    turn_between,
+    turn_volume,
+)
 from innerear.inference.modelfolder import read_model_folder
 from innerear.metrics import dice, largest_component
 from innerear.nets.backend import quiet_retracing
@@ -305,34 +313,58 @@ class Cascade:
         A turned scan's first pass is its worst, so the turn read from it can be off by 20° or
         more; the frame is read again from each realigned pass and, while it moves by more than
         ``refine_above_deg``, the scan is segmented once more in the refined frame (at most
-        ``max_passes`` realigned passes). A turn within ``snap_within_deg`` of one of the cube's
-        quarter turns is undone exactly by that quarter turn (no interpolation: the labyrinth is
-        then left at a pose the training phantoms span); any other turn is interpolated.
+        ``max_passes`` realigned passes). When the frame never settles, the pass whose own frame
+        moved least is kept. A turn within ``snap_within_deg`` of one of the cube's quarter turns
+        is undone exactly by that quarter turn (no interpolation: the labyrinth is then left at a
+        pose the training phantoms span); any other turn is interpolated. A first pass that shows
+        no whole labyrinth in a field of view that could hold one starts from the first of the
+        cube's turns whose pass shows one (:meth:`_searched`).
         """
         frame = self.anatomy_frame
         voxel = self.voxel_mm if isinstance(self.voxel_mm, (int, float)) else None
         turn = find_turn(labels_from_classes(mask, class_prob), frame, voxel)
-        limit, snap, refine, passes = (float(frame.get(key, ANATOMY_FRAME[key])) for key in (
-            "realign_above_deg", "snap_within_deg", "refine_above_deg", "max_passes"))
-        record = {"turn_deg": None if turn is None else round(turn.angle_deg, 1), "realign_above_deg": limit,
-                  "realigned": False, "passes": []}
+        limit, snap, refine, passes, fov = (float(frame.get(key, ANATOMY_FRAME[key])) for key in (
+            "realign_above_deg", "snap_within_deg", "refine_above_deg", "max_passes", "search_min_fov_mm"))
+        record: dict = {"turn_deg": None if turn is None else round(turn.angle_deg, 1), "realign_above_deg": limit,
+                        "realigned": False, "passes": []}
+        if turn is None and voxel is not None and min(image.shape) * voxel >= fov:
+            turn, record["searched"] = self._searched(image, run, stats, voxel)
         if turn is not None and turn.angle_deg > limit:
-            for _ in range(int(passes)):
+            kept = None  # (frame moved, pass index, mask, class probabilities, turn)
+            for k in range(int(passes)):
                 quarter = cube_turn(turn.rotation, within_deg=snap)
-                class_prob = self._in_frame(image, turn, quarter, run, stats)
-                mask = postprocess(1.0 - class_prob[..., 0], self.threshold, connectivity=self.connectivity)
-                refined = find_turn(labels_from_classes(mask, class_prob), frame, voxel)
+                turned_prob = self._in_frame(image, turn, quarter, run, stats)
+                turned_mask = postprocess(1.0 - turned_prob[..., 0], self.threshold, connectivity=self.connectivity)
+                refined = find_turn(labels_from_classes(turned_mask, turned_prob), frame, voxel)
                 moved = None if refined is None else turn_between(turn.rotation, refined.rotation)
                 record["passes"].append({"turn_deg": round(turn.angle_deg, 1), "exact_quarter_turn": quarter is not None,
                                          "frame_moved_deg": None if moved is None else round(moved, 1)})
+                score = np.inf if moved is None else moved
+                if kept is None or score < kept[0]:
+                    kept = (score, k, turned_mask, turned_prob, turn)
                 if moved is None or moved <= refine:
                     break
                 turn = refined
-            record.update(realigned=True, side=turn.side)
+            _, index, mask, class_prob, turn = kept
+            record.update(realigned=True, side=turn.side, kept_pass=index + 1)
         prob = 1.0 - class_prob[..., 0]
         if stats is not None:
             stats["alignment"] = record
         return mask, prob, class_prob
+
+    def _searched(self, image: np.ndarray, run: InferenceSettings, stats: dict | None, voxel: float):
+        """The labyrinth's turn read from the first of the cube's turns (:func:`align.search_turns`)
+        whose pass, without mirroring, shows a whole labyrinth: ``(turn or None, what was tried)``.
+        The turn is read from that pass's labels mapped back to the scan's grid, so it is the scan's."""
+        tried = []
+        for name, quarter in search_turns():
+            class_prob = self._in_frame(image, None, quarter, replace(run, mirror=False), stats)
+            mask = postprocess(1.0 - class_prob[..., 0], self.threshold, connectivity=self.connectivity)
+            turn = find_turn(labels_from_classes(mask, class_prob), self.anatomy_frame, voxel)
+            tried.append({"turn": name, "labyrinth": turn is not None})
+            if turn is not None:
+                return turn, tried
+        return None, tried
 
     def _in_frame(self, image: np.ndarray, turn, quarter: np.ndarray | None, run: InferenceSettings,
                   stats: dict | None) -> np.ndarray:

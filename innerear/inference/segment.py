@@ -178,6 +178,7 @@ class Prediction:
     labels: np.ndarray | None
     classes: np.ndarray | None = None
     agreement: dict | None = None  # the last stage's mirror agreement (None without test-time mirroring)
+    alignment: dict | None = None  # how the labyrinth's turn was read and undone (None: model without a frame)
 
 
 class _Steps:
@@ -273,7 +274,7 @@ def predict(cascade, prepared: Prepared, classes: bool = False) -> Prediction:
     if prepared.physical is not None:
         mask, prob, labels, class_prob = (prepared.physical.outside_zeroed(v) for v in (mask, prob, labels, class_prob))
     agreement = (stats.get("stages") or [{}])[-1].get("mirror_agreement")
-    return Prediction(mask, prob, labels, class_prob, agreement)
+    return Prediction(mask, prob, labels, class_prob, agreement, stats.get("alignment"))
 
 
 def map_back(scan: Scan, prepared: Prepared, prediction: Prediction, threshold: float, chunk_voxels: int,
@@ -365,8 +366,8 @@ def _model_section(cascade, folder: Path, prepared: Prepared, structures: bool) 
     }
 
 
-def _prepared_section(prepared: Prepared, mask_p: np.ndarray) -> dict[str, Any]:
-    physical, affine = prepared.physical, prepared.affine
+def _prepared_section(prepared: Prepared, prediction: Prediction) -> dict[str, Any]:
+    physical, affine, mask_p = prepared.physical, prepared.affine, prediction.mask
     return {
         "grid": list(prepared.volume.shape),
         "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
@@ -375,6 +376,7 @@ def _prepared_section(prepared: Prepared, mask_p: np.ndarray) -> dict[str, Any]:
         "antialias_sigma_source_voxels": list(physical.antialias_sigma) if physical is not None else None,
         "voxels": int(np.count_nonzero(mask_p)),
         "volume_mm3": float(np.count_nonzero(mask_p) * abs(np.linalg.det(affine[:3, :3]))),
+        "alignment": prediction.alignment,
     }
 
 
@@ -389,7 +391,7 @@ def build_report(scan: Scan, cascade, folder: Path, prepared: Prepared, predicti
                "spacing_source": "given" if scan.spacing_given else "file",
                "affine": np.asarray(scan.affine).tolist(), "intensity_range": [lo, hi]},
         model=_model_section(cascade, folder, prepared, prediction.labels is not None),
-        prepared=_prepared_section(prepared, prediction.mask),
+        prepared=_prepared_section(prepared, prediction),
         threshold=cascade.threshold,
         inner_ear=dict(measured.measures, components=measured.components,
                        components_kept=min(1, measured.components), voxels_removed=measured.removed),

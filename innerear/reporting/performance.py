@@ -494,9 +494,12 @@ def fault_injection_markdown(record: dict[str, Any] | None) -> str:
     rows = [{"phase": phase, "SIGKILLs": str(n)} for phase, n in rep["phases_hit"].items()]
     stages = rep.get("stages") or {}
     same = sum(bool(s.get("same_history")) for s in stages.values())
+    copies = rep.get("copies", 1)
+    where = (f" in {copies} fresh copies of the project (a rerun that finished the pipeline before the next kill "
+             f"ended its copy, checked like a last run)" if copies > 1 else "")
     text = (f"`innerear reproduce --profile smoke` was killed {rep['kills_done']} times (of {rep['kills_planned']} "
-            f"planned) and rerun after each kill: {len(rep['reruns_failed'])} reruns failed, the final run exited "
-            f"{rep['final_exit']}, {len(rep['unreadable_after_final'])} files were unreadable and "
+            f"planned){where} and rerun after each kill: {len(rep['reruns_failed'])} reruns failed, the final run{'s' if copies > 1 else ''} "
+            f"exited {rep['final_exit']}, {len(rep['unreadable_after_final'])} files were unreadable and "
             f"{len(rep['temporaries_after_final'])} temporaries were left; per-volume results "
             f"{'equal' if rep['per_volume_equal'] else 'differ from'} those of an uninterrupted run "
             f"({rep['per_volume']['n_rows']} rows, largest difference {rep['per_volume']['max_abs_diff']:g}); "

@@ -31,8 +31,6 @@ def backbone_label(backbone: str, se_mode: str = "authors") -> str:
     return label
 
 
-
-
 @dataclass(frozen=True)
 class PhantomSettings:
     """How the synthetic specimens are generated for a profile."""
