@@ -93,16 +93,44 @@ def find_turn(labels: np.ndarray, frame: dict[str, Any], voxel_mm: float | None 
     return best
 
 
-def turn_volume(volume: np.ndarray, turn: Turn, back: bool = False, order: int = 1, cval: float | None = None
-                ) -> np.ndarray:
+#: the turned grid of an interpolated realignment: a cube about the labyrinth's centre holding the
+#: first pass's mask (and this margin) after any turn, at least this radius: a labyrinth that fills
+#: the scan's field of view would otherwise be turned partly out of the scan's own grid
+FRAME_MARGIN_MM = 2.0
+FRAME_MIN_RADIUS_MM = 10.0
+
+
+def frame_shape(mask: np.ndarray, centre: np.ndarray, voxel_mm: float, multiple: int = 1) -> tuple[int, int, int]:
+    """The cube (voxels per side a multiple of ``multiple``) centred on ``centre`` that holds every
+    voxel of ``mask`` plus :data:`FRAME_MARGIN_MM` whatever the turn, at least
+    :data:`FRAME_MIN_RADIUS_MM` in radius and at most the distance to the scan's farthest corner."""
+    idx = np.argwhere(mask)
+    reach = float(np.sqrt(((idx - centre) ** 2).sum(1)).max()) if len(idx) else 0.0
+    radius = max(reach + FRAME_MARGIN_MM / voxel_mm, FRAME_MIN_RADIUS_MM / voxel_mm)
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in mask.shape], indexing="ij")).reshape(3, -1).T
+    radius = min(radius, float(np.sqrt(((corners - centre) ** 2).sum(1)).max()))
+    side = int(np.ceil((2.0 * radius + 1.0) / multiple)) * multiple
+    return (side, side, side)
+
+
+def turn_volume(volume: np.ndarray, turn: Turn, back: bool = False, order: int = 1, cval: float | None = None,
+                frame: tuple[int, int, int] | None = None, scan_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """``volume`` (3D) turned so that the labyrinth sits in the reference frame (``back``: the
-    inverse, from the reference frame to the scan's). Outside the grid: the nearest edge value,
-    or ``cval``."""
-    rot = turn.rotation if back else turn.rotation.T  # output voxel -> input voxel
-    offset = turn.centre - rot @ turn.centre
+    inverse, from the reference frame to the scan's). The turned grid is the scan's own, turned
+    about the turn's centre, or with ``frame`` a grid of that shape with the labyrinth's centre at
+    its middle (:func:`frame_shape`); ``back`` from such a grid needs ``scan_shape``. Outside the
+    input grid: the nearest edge value, or ``cval``."""
+    frame_centre = turn.centre if frame is None else (np.asarray(frame, float) - 1.0) / 2.0
+    if back:
+        rot, src, dst = turn.rotation, frame_centre, turn.centre  # output voxel -> input voxel
+        shape = volume.shape if frame is None else tuple(scan_shape)
+    else:
+        rot, src, dst = turn.rotation.T, turn.centre, frame_centre
+        shape = volume.shape if frame is None else tuple(frame)
+    offset = src - rot @ dst
     mode = "nearest" if cval is None else "constant"
-    return ndimage.affine_transform(np.asarray(volume, np.float32), rot, offset=offset, order=order, mode=mode,
-                                    cval=0.0 if cval is None else cval, output=np.float32)
+    return ndimage.affine_transform(np.asarray(volume, np.float32), rot, offset=offset, output_shape=shape,
+                                    order=order, mode=mode, cval=0.0 if cval is None else cval, output=np.float32)
 
 
 def turn_between(a: np.ndarray, b: np.ndarray) -> float:

@@ -44,6 +44,7 @@ from innerear.inference.align import (
     ANATOMY_FRAME,
     cube_turn,
     find_turn,
+    frame_shape,
     quarter_turn,
     search_turns,
     turn_between,
@@ -327,13 +328,14 @@ class Cascade:
             "realign_above_deg", "snap_within_deg", "refine_above_deg", "max_passes", "search_min_fov_mm"))
         record: dict = {"turn_deg": None if turn is None else round(turn.angle_deg, 1), "realign_above_deg": limit,
                         "realigned": False, "passes": []}
+        first = mask
         if turn is None and voxel is not None and min(image.shape) * voxel >= fov:
-            turn, record["searched"] = self._searched(image, run, stats, voxel)
+            turn, record["searched"], first = self._searched(image, run, stats, voxel, first)
         if turn is not None and turn.angle_deg > limit:
             kept = None  # (frame moved, pass index, mask, class probabilities, turn)
             for k in range(int(passes)):
                 quarter = cube_turn(turn.rotation, within_deg=snap)
-                turned_prob = self._in_frame(image, turn, quarter, run, stats)
+                turned_prob = self._in_frame(image, turn, quarter, run, stats, first)
                 turned_mask = postprocess(1.0 - turned_prob[..., 0], self.threshold, connectivity=self.connectivity)
                 refined = find_turn(labels_from_classes(turned_mask, turned_prob), frame, voxel)
                 moved = None if refined is None else turn_between(turn.rotation, refined.rotation)
@@ -352,30 +354,36 @@ class Cascade:
             stats["alignment"] = record
         return mask, prob, class_prob
 
-    def _searched(self, image: np.ndarray, run: InferenceSettings, stats: dict | None, voxel: float):
+    def _searched(self, image: np.ndarray, run: InferenceSettings, stats: dict | None, voxel: float,
+                  mask: np.ndarray):
         """The labyrinth's turn read from the first of the cube's turns (:func:`align.search_turns`)
-        whose pass, without mirroring, shows a whole labyrinth: ``(turn or None, what was tried)``.
-        The turn is read from that pass's labels mapped back to the scan's grid, so it is the scan's."""
+        whose pass, without mirroring, shows a whole labyrinth: ``(turn or None, what was tried,
+        that pass's mask or else ``mask``)``. The turn is read from that pass's labels mapped back
+        to the scan's grid, so it is the scan's."""
         tried = []
         for name, quarter in search_turns():
             class_prob = self._in_frame(image, None, quarter, replace(run, mirror=False), stats)
-            mask = postprocess(1.0 - class_prob[..., 0], self.threshold, connectivity=self.connectivity)
-            turn = find_turn(labels_from_classes(mask, class_prob), self.anatomy_frame, voxel)
+            found = postprocess(1.0 - class_prob[..., 0], self.threshold, connectivity=self.connectivity)
+            turn = find_turn(labels_from_classes(found, class_prob), self.anatomy_frame, voxel)
             tried.append({"turn": name, "labyrinth": turn is not None})
             if turn is not None:
-                return turn, tried
-        return None, tried
+                return turn, tried, found
+        return None, tried, mask
 
     def _in_frame(self, image: np.ndarray, turn, quarter: np.ndarray | None, run: InferenceSettings,
-                  stats: dict | None) -> np.ndarray:
+                  stats: dict | None, mask: np.ndarray | None = None) -> np.ndarray:
         """The class probabilities of one pass in the turned frame, mapped to the scan's grid: exact
-        for a quarter turn; otherwise cubic B-spline for the image, linear for the probabilities."""
+        for a quarter turn; otherwise cubic B-spline for the image, linear for the probabilities,
+        on a cube about the labyrinth that holds ``mask`` (the pass that read the turn) whatever the
+        turn (:func:`align.frame_shape`)."""
         if quarter is not None:
             _, turned = self._stages(quarter_turn(image, quarter), run, stats)
             return quarter_turn(turned, quarter, back=True)
-        _, turned = self._stages(turn_volume(image, turn, order=3), run, stats)
-        return np.stack([turn_volume(turned[..., k], turn, back=True, cval=1.0 if k == 0 else 0.0)
-                         for k in range(turned.shape[-1])], axis=-1)
+        voxel = self.voxel_mm if isinstance(self.voxel_mm, (int, float)) else 1.0
+        frame = frame_shape(mask if mask is not None else np.ones(image.shape, bool), turn.centre, voxel, self.pooling)
+        _, turned = self._stages(turn_volume(image, turn, order=3, frame=frame), run, stats)
+        return np.stack([turn_volume(turned[..., k], turn, back=True, cval=1.0 if k == 0 else 0.0, frame=frame,
+                                     scan_shape=image.shape) for k in range(turned.shape[-1])], axis=-1)
 
 
 def load_cascade(run_dir: str | os.PathLike) -> Cascade:
