@@ -24,10 +24,12 @@ run. At the end of each copy: exit 0, no temporaries, every ``.keras`` loaded wi
 that resumed from a checkpoint).
 
 **segment.** ``--scans`` smoke phantoms as NIfTI, segmented once as a reference, then in a fresh
-output folder ``--segment-kills`` batch runs killed mid-run (half of them the instant a
-temporary output appears, half after a random delay) and a last run: every mask and report
-readable, no temporaries, ``summary.csv`` complete and equal to the reference's (bar seconds
-and status), masks identical.
+output folder ``--segment-kills`` batch runs killed mid-run (half of them the instant the run
+writes: a temporary output appears, or a scan's first output file while its others are still to
+come; half after a random delay) and a last run: every mask and report readable, no
+temporaries, ``summary.csv`` complete and equal to the reference's (bar seconds and status),
+masks identical. A run that finishes the batch before its kill ends that folder, checked the
+same way, and the kill is aimed again at a fresh folder.
 
 The record goes to ``benchmarks/results/fault_injection.json`` (``--json``) through
 :func:`innerear.reporting.performance.write_record`.
@@ -528,7 +530,34 @@ def masks_of(out: Path) -> dict:
     return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*_mask.nii.gz"))}
 
 
+def check_batch(out: Path, ref: Path, ref_rows: list[dict], n_scans: int, rc: int, previous: list[str]) -> dict:
+    """One output folder once a batch run has finished: complete, readable, equal to the reference."""
+    import numpy as np
+
+    temps = temporaries([out])
+    rows = read_csv(out / "summary.csv") if (out / "summary.csv").exists() else []
+    drop = ("seconds", "status")
+    same_rows = [{k: v for k, v in r.items() if k not in drop} for r in rows] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in ref_rows]
+    ref_masks, masks = masks_of(ref), masks_of(out)
+    same_masks = ref_masks.keys() == masks.keys() and all(np.array_equal(ref_masks[k], masks[k]) for k in ref_masks)
+    reports_ok = all((out / f"{Path(r['file']).name.removesuffix('.nii.gz')}_report.json").exists() for r in rows)
+    return {"folder": out.name, "final_exit": rc,
+            "final_statuses": {s: sum(1 for r in rows if r["status"] == s) for s in {r["status"] for r in rows}},
+            "final_errors": [r["error"] for r in rows if r["error"]], "summary_rows": len(rows),
+            "summary_equal_to_reference": same_rows, "masks_equal_to_reference": same_masks,
+            "every_scan_has_mask_and_report": len(masks) == n_scans and reports_ok,
+            "temporaries_after_final": [Path(t).name for t in temps],
+            "carried_over": sorted(set(previous) & set(temps)), "unreadable_after_final": unreadable([out])}
+
+
 def run_segment(work: Path, n_scans: int, n_kills: int, seed: int) -> dict:
+    """A reference batch, then ``n_kills`` batch runs into one output folder, each killed mid-run
+    and rerun. Odd kills strike the instant this run writes (a temporary appears, or a scan's
+    first output file while its others are still to come: small masks are written faster than
+    a poll sees the temporary); even kills after a random delay. A run that finishes the batch
+    before its kill ends that folder (checked like a last run) and the kill is aimed again at
+    a fresh one."""
     import numpy as np
 
     from benchmarks.bench_batch import write_phantoms
@@ -545,34 +574,50 @@ def run_segment(work: Path, n_scans: int, n_kills: int, seed: int) -> dict:
     per_scan = float(np.median([float(r["seconds"]) for r in ref_rows if r["seconds"]]))
     print(f"[segment] reference batch of {n_scans}: exit {ref_rc}, {ref.elapsed():.0f} s, {per_scan:.1f} s per scan",
           flush=True)
-    out = work / "seg_faulted"
-    out.mkdir()
-    kills, previous, carried = [], [], []
-    for i in range(1, n_kills + 1):
+    kills, carried, folders, missed = [], [], [], []
+    out: Path | None = None
+    previous: list[str] = []
+    fresh = False
+    i = 1
+    while i <= n_kills:
+        if out is None:
+            out = work / f"seg_faulted{len(folders) + 1}"
+            out.mkdir()
+            previous, fresh = [], True
         before = {p.name for p in out.iterdir()}
-        run = Logged(segment_cmd(scans, out), work, env, work / "segment_faulted.log")
-        on_temp = i % 2 == 1
-        delay = None if on_temp else rng.uniform(0.2, 1.5) * per_scan
+        run = Logged(segment_cmd(scans, out), work, env, work / f"{out.name}.log")
+        on_write = i % 2 == 1
+        delay = None if on_write else rng.uniform(0.2, 1.5) * per_scan
         started = None
         result = None
         while run.proc.poll() is None:
             names = {p.name for p in out.iterdir()}
             temps = [n for n in names if TEMP_RE.match(n)]
-            if on_temp and temps:
-                result = {"trigger": "a temporary output appeared", "writing": temps}
-            elif not on_temp:
-                if started is None and (names - before - {"summary.csv"}):
+            new = sorted(n for n in names - before - {"summary.csv"} if not TEMP_RE.match(n))
+            if on_write and (temps or new):
+                result = {"trigger": "a temporary output appeared" if temps else f"{new[0]} written, its scan's "
+                          "other outputs still to come", "writing": temps}
+            elif not on_write:
+                if started is None and new:
                     started = run.elapsed()  # the first output of this run: the model is loaded
                 if started is not None and run.elapsed() >= started + delay:
                     result = {"trigger": f"{delay:.1f} s after this run's first output", "writing": temps}
             if result is not None:
                 done = sum(1 for n in names if n.endswith("_mask.nii.gz"))
-                result.update(kill=i, at_s=round(run.elapsed(), 2), masks_done=done, **kill_tree(run))
+                result.update(kill=i, folder=out.name, at_s=round(run.elapsed(), 2), masks_done=done, **kill_tree(run))
                 break
-            time.sleep(0.02)
+            time.sleep(0.005)
         rc = run.finish()
         if result is None:
-            result = {"kill": i, "trigger": "finished before the kill", "rc": rc}
+            folders.append(check_batch(out, work / "seg_ref", ref_rows, n_scans, rc, previous))
+            print(f"[segment] {out.name}: a run finished the batch (exit {rc}) before kill {i}; checked, the kill aimed "
+                  "again at a fresh folder", flush=True)
+            if fresh:
+                missed.append(i)
+                i += 1
+            out = None
+            continue
+        fresh = False
         temps = temporaries([out])
         still = sorted(set(previous) & set(temps))
         if still:
@@ -580,28 +625,25 @@ def run_segment(work: Path, n_scans: int, n_kills: int, seed: int) -> dict:
         previous = temps
         result.update(temporaries_left=[Path(t).name for t in temps], unreadable=unreadable([out]))
         kills.append(result)
-        print(f"[segment kill {i}/{n_kills}] {result['trigger']}: {result.get('masks_done', '?')} masks done, "
+        print(f"[segment kill {i}/{n_kills}] {result['trigger']}: {result['masks_done']} masks done, "
               f"{len(temps)} temporaries left, {len(result['unreadable'])} unreadable", flush=True)
-    final = Logged(segment_cmd(scans, out), work, env, work / "segment_faulted.log")
-    rc = final.finish()
-    temps = temporaries([out])
-    still = sorted(set(previous) & set(temps))
-    if still:
-        carried.append({"after_kill": "final", "files": still})
-    rows = read_csv(out / "summary.csv") if (out / "summary.csv").exists() else []
-    drop = ("seconds", "status")
-    same_rows = [{k: v for k, v in r.items() if k not in drop} for r in rows] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in ref_rows]
-    ref_masks, masks = masks_of(work / "seg_ref"), masks_of(out)
-    same_masks = ref_masks.keys() == masks.keys() and all(np.array_equal(ref_masks[k], masks[k]) for k in ref_masks)
-    reports_ok = all((out / f"{Path(r['file']).name.removesuffix('.nii.gz')}_report.json").exists() for r in rows)
-    return {"scans": n_scans, "kills": kills, "kills_done": sum(1 for k in kills if k["trigger"] != "finished before the kill"),
-            "final_exit": rc, "final_statuses": {s: sum(1 for r in rows if r["status"] == s) for s in {r["status"] for r in rows}},
-            "final_errors": [r["error"] for r in rows if r["error"]],
-            "summary_rows": len(rows), "summary_equal_to_reference": same_rows, "masks_equal_to_reference": same_masks,
-            "every_scan_has_mask_and_report": len(masks) == n_scans and reports_ok,
-            "temporaries_after_final": [Path(t).name for t in temps], "temporaries_carried_over_a_rerun": carried,
-            "unreadable_after_final": unreadable([out]), "reference_per_scan_s": per_scan}
+        i += 1
+    if out is not None:
+        final = Logged(segment_cmd(scans, out), work, env, work / f"{out.name}.log")
+        folders.append(check_batch(out, work / "seg_ref", ref_rows, n_scans, final.finish(), previous))
+    carried += [{"after_kill": f"final ({f['folder']})", "files": f["carried_over"]} for f in folders if f["carried_over"]]
+    return {"scans": n_scans, "kills": kills, "kills_done": len(kills), "kills_missed": missed, "folders": len(folders),
+            "final_exit": max((f["final_exit"] for f in folders), key=abs, default=None),
+            "final_statuses": folders[-1]["final_statuses"] if folders else {},
+            "final_errors": [e for f in folders for e in f["final_errors"]],
+            "summary_rows": sum(f["summary_rows"] for f in folders),
+            "summary_equal_to_reference": bool(folders) and all(f["summary_equal_to_reference"] for f in folders),
+            "masks_equal_to_reference": bool(folders) and all(f["masks_equal_to_reference"] for f in folders),
+            "every_scan_has_mask_and_report": bool(folders) and all(f["every_scan_has_mask_and_report"] for f in folders),
+            "temporaries_after_final": [t for f in folders for t in f["temporaries_after_final"]],
+            "temporaries_carried_over_a_rerun": carried,
+            "unreadable_after_final": [u for f in folders for u in f["unreadable_after_final"]],
+            "reference_per_scan_s": per_scan, "by_folder": folders}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -650,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         s = record["segment"]
         ok.append(s["final_exit"] == 0 and s["summary_equal_to_reference"] and s["masks_equal_to_reference"]
                   and not s["temporaries_after_final"] and not s["unreadable_after_final"])
-        print(f"segment: {s['kills_done']}/{len(s['kills'])} kills; final exit {s['final_exit']}, statuses "
+        print(f"segment: {s['kills_done']} kills in {s['folders']} folder(s), missed {s['kills_missed']}; final exit {s['final_exit']}, statuses "
               f"{s['final_statuses']}; summary equal {s['summary_equal_to_reference']}, masks equal "
               f"{s['masks_equal_to_reference']}; temporaries left {s['temporaries_after_final']}")
     record["passed"] = all(ok)
