@@ -491,7 +491,9 @@ def fault_injection_markdown(record: dict[str, Any] | None) -> str:
     if record is None:
         return missing_note("`benchmarks/results/fault_injection.json`", ".venv/bin/python benchmarks/fault_injection.py")
     rep, seg = record["reproduce"], record["segment"]
-    rows = [{"phase": phase, "SIGKILLs": str(n)} for phase, n in rep["phases_hit"].items()]
+    order = ["data preparation", "training", "training: checkpoint write", "notebooks", "book build"]
+    hits = sorted(rep["phases_hit"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    rows = [{"phase": phase, "SIGKILLs": str(n)} for phase, n in hits]  # in pipeline order
     stages = rep.get("stages") or {}
     same = sum(bool(s.get("same_history")) for s in stages.values())
     copies = rep.get("copies", 1)
