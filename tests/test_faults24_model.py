@@ -16,7 +16,10 @@ acquired 45° further turned 0.937 (before: 0.929, when the turn moved part of t
 the scan's grid). Phantom 5, whose labyrinth fills its field of view: 0.967 as acquired; turned
 90° about z 0.967 (its first pass shows too little cochlea to read a frame from, so the engine
 tries the cube's turns until one shows the whole labyrinth; before: 0.691); acquired 45° further
-turned 0.965 (before: 0.923, the frame estimate never settling).
+turned 0.965 (before: 0.923, the frame estimate never settling). Phantom 0: 0.954 as acquired,
+0.953 / 0.953 / 0.953. Still **not general**: phantom 7 (0.918 as acquired, its cochlea 0.82) gives
+0.936 and 0.930 turned a quarter turn but 0.845 acquired 45° further turned (cochlea 0.59; 0.712
+without realignment), although its frame settles within 10° of the generator's turn.
 """
 from __future__ import annotations
 
