@@ -107,8 +107,8 @@ def frame_shape(mask: np.ndarray, centre: np.ndarray, voxel_mm: float, multiple:
     idx = np.argwhere(mask)
     reach = float(np.sqrt(((idx - centre) ** 2).sum(1)).max()) if len(idx) else 0.0
     radius = max(reach + FRAME_MARGIN_MM / voxel_mm, FRAME_MIN_RADIUS_MM / voxel_mm)
-    corners = np.array(np.meshgrid(*[(0, n - 1) for n in mask.shape], indexing="ij")).reshape(3, -1).T
-    radius = min(radius, float(np.sqrt(((corners - centre) ** 2).sum(1)).max()))
+    farthest_corner = np.maximum(centre, np.asarray(mask.shape) - 1.0 - centre)
+    radius = min(radius, float(np.linalg.norm(farthest_corner)))
     side = int(np.ceil((2.0 * radius + 1.0) / multiple)) * multiple
     return (side, side, side)
 

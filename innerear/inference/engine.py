@@ -322,7 +322,7 @@ class Cascade:
         cube's turns whose pass shows one (:meth:`_searched`).
         """
         frame = self.anatomy_frame
-        voxel = self.voxel_mm if isinstance(self.voxel_mm, (int, float)) else None
+        voxel = self._voxel_mm
         turn = find_turn(labels_from_classes(mask, class_prob), frame, voxel)
         limit, snap, refine, passes, fov = (float(frame.get(key, ANATOMY_FRAME[key])) for key in (
             "realign_above_deg", "snap_within_deg", "refine_above_deg", "max_passes", "search_min_fov_mm"))
@@ -370,17 +370,21 @@ class Cascade:
                 return turn, tried, found
         return None, tried, mask
 
+    @property
+    def _voxel_mm(self) -> float | None:
+        """The networks' voxel size (mm) of a physical model, None for a grid model."""
+        return self.voxel_mm if isinstance(self.voxel_mm, (int, float)) else None
+
     def _in_frame(self, image: np.ndarray, turn, quarter: np.ndarray | None, run: InferenceSettings,
                   stats: dict | None, mask: np.ndarray | None = None) -> np.ndarray:
         """The class probabilities of one pass in the turned frame, mapped to the scan's grid: exact
         for a quarter turn; otherwise cubic B-spline for the image, linear for the probabilities,
-        on a cube about the labyrinth that holds ``mask`` (the pass that read the turn) whatever the
-        turn (:func:`align.frame_shape`)."""
+        on a cube about the labyrinth that holds ``mask`` (the pass that read the turn, needed for
+        an interpolated turn) whatever the turn (:func:`align.frame_shape`)."""
         if quarter is not None:
             _, turned = self._stages(quarter_turn(image, quarter), run, stats)
             return quarter_turn(turned, quarter, back=True)
-        voxel = self.voxel_mm if isinstance(self.voxel_mm, (int, float)) else 1.0
-        frame = frame_shape(mask if mask is not None else np.ones(image.shape, bool), turn.centre, voxel, self.pooling)
+        frame = frame_shape(mask, turn.centre, self._voxel_mm or 1.0, self.pooling)
         _, turned = self._stages(turn_volume(image, turn, order=3, frame=frame), run, stats)
         return np.stack([turn_volume(turned[..., k], turn, back=True, cval=1.0 if k == 0 else 0.0, frame=frame,
                                      scan_shape=image.shape) for k in range(turned.shape[-1])], axis=-1)
