@@ -303,3 +303,26 @@ def test_bad_inputs_are_refused():
         measure_cochlea(np.ones((5, 5, 5), bool), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="too small"):
         measure_cochlea(np.ones((2, 2, 2), bool), np.eye(4))
+
+
+def test_a_gap_in_the_duct_is_bridged_not_spread_as_nan():
+    """A segmented duct with no voxel over 23 degrees (wider than the 3-degree windows): the lateral
+    wall, its height and centre are bridged linearly across the gap and stay finite after it, with no
+    numpy warning (an empty window's -inf used to turn every later window into NaN)."""
+    import warnings
+
+    from innerear.metrics.cochlea import _lateral_wall
+
+    rng = np.random.default_rng(0)
+    vtheta = rng.uniform(0.0, 4.0 * np.pi, 20000)
+    vtheta = vtheta[(vtheta < 3.0) | (vtheta > 3.4)]
+    voff = 0.4 + 0.05 * rng.random(vtheta.size)
+    vh = 0.3 * vtheta
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wall = _lateral_wall(vtheta, voff, vh, lambda t: 3.0 - 0.2 * np.asarray(t), 0.15)
+    for v in (wall.offset, wall.middle, wall.height):
+        assert np.isfinite(v).all()
+    gap = (wall.theta > 3.1) & (wall.theta < 3.3)
+    assert np.all(np.abs(wall.offset[gap] - np.median(wall.offset)) < 0.05)
+    assert np.allclose(wall.height[gap], 0.3 * wall.theta[gap], atol=0.05)

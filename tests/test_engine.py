@@ -97,3 +97,58 @@ def test_engine_slices_by_the_cascade_s_convention(rng):
         casc = cs.Cascade([("coronal", model)], norm.Normalizer(0.0, 1.0), 0, view_axes=conv_name)
         mask, _ = casc.predict(vol)
         np.testing.assert_array_equal(mask, cs.largest_component(vol > 0))
+
+
+def _blobs() -> np.ndarray:
+    """A large block, a smaller one 2 voxels off it and a third one far away."""
+    vol = np.zeros((40, 20, 20), np.uint8)
+    vol[2:12, 2:12, 2:12] = 1  # the largest (1000 voxels)
+    vol[14:18, 2:8, 2:8] = 1  # 144 voxels, 2 empty layers (x = 12, 13) from the largest: 3 voxels apart
+    vol[30:36, 10:16, 10:16] = 1  # 216 voxels, far away
+    return vol
+
+
+def test_near_largest_keeps_pieces_within_the_gap_only():
+    from innerear.metrics import near_largest
+
+    vol = _blobs()
+    near = near_largest(vol, 3.0)
+    assert near[2:12, 2:12, 2:12].all() and near[14:18, 2:8, 2:8].all()
+    assert not near[30:].any()
+    np.testing.assert_array_equal(near_largest(vol, 2.9), cs.largest_component(vol))  # 3 voxels apart
+    np.testing.assert_array_equal(near_largest(vol, 3.0, min_voxels=145), cs.largest_component(vol))  # a speck
+    np.testing.assert_array_equal(near_largest(vol, 3.0, min_voxels=144), near)
+    np.testing.assert_array_equal(near_largest(vol, 0.0), cs.largest_component(vol))
+    assert near_largest(np.zeros((4, 4, 4)), 3.0).sum() == 0
+    only = np.zeros_like(vol)
+    only[3:5, 3:5, 3:5] = 1
+    np.testing.assert_array_equal(near_largest(only, 3.0), only)
+
+
+def test_a_physical_cascade_hands_later_stages_the_pieces_near_the_largest():
+    """Stage 1's pieces within ``context_gap_mm`` of its largest component reach stage 2 as context
+    (a model in physical units only; a grid model keeps the paper's largest component), and the
+    last stage's mask is still one component."""
+    import keras
+
+    def passthrough(channels: int) -> keras.Model:
+        inp = keras.Input((None, None, channels))
+        conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+        model = keras.Model(inp, conv(inp))
+        conv.set_weights([np.array([10.0] + [0.0] * (channels - 1), np.float32).reshape(1, 1, channels, 1),
+                          np.full(1, -5.0, np.float32)])
+        return model
+
+    vol = _blobs().astype(np.float32)
+    stages = [("coronal", passthrough(1)), ("sagittal", passthrough(2))]
+    for voxel_mm, gap_kept in ((0.5, True), (None, False)):
+        casc = cs.Cascade(stages, norm.Normalizer(0.0, 1.0), None if voxel_mm else 40, voxel_mm=voxel_mm,
+                          settings=cs.InferenceSettings(mode="full", context_gap_mm=1.5))  # 3 voxels of 0.5 mm
+        mask, _, stage_out = casc.predict(vol, return_stages=True)
+        first = stage_out[0][1]
+        assert bool(first[14:18, 2:8, 2:8].all()) is gap_kept
+        assert not first[30:].any()
+        np.testing.assert_array_equal(mask, cs.largest_component(vol))
+    casc = cs.Cascade(stages, norm.Normalizer(0.0, 1.0), None, voxel_mm=0.5,
+                      settings=cs.InferenceSettings(mode="full", context_gap_mm=0.0))
+    np.testing.assert_array_equal(casc.predict(vol, return_stages=True)[2][0][1], cs.largest_component(vol))

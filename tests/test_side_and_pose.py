@@ -259,3 +259,72 @@ def test_a_turn_on_the_labyrinths_own_cube_loses_nothing_at_the_scans_edge():
     assert cube.sum() >= 0.95 * kept and own <= cube.sum() - 0.08 * kept, (kept, own, cube.sum())
     back = turn_volume(cube, turn, back=True, cval=0.0, frame=frame, scan_shape=tight.shape) > 0.5
     assert dice(back, tight > 0) > 0.95  # two linear interpolations of 5-voxel balls
+
+
+def test_find_turns_reads_both_sides_the_smaller_turn_first():
+    from scipy.spatial.transform import Rotation
+
+    from innerear.inference.align import ANATOMY_FRAME, Turn, find_turn, find_turns, turn_volume
+
+    labels, centre = _ball_labyrinth()
+    turned = np.rint(turn_volume(labels, Turn(Rotation.from_euler("x", 60, degrees=True).as_matrix(), 60.0, centre,
+                                              "left"), back=True, order=0)).astype(np.uint8)
+    turns = find_turns(turned, ANATOMY_FRAME)
+    assert [t.side for t in turns] in (["left", "right"], ["right", "left"]) and len(turns) == 2
+    assert turns[0].angle_deg <= turns[1].angle_deg and turns[0] is not None
+    assert find_turn(turned, ANATOMY_FRAME).angle_deg == turns[0].angle_deg
+    assert find_turns(np.where(labels == 2, 2, 0), ANATOMY_FRAME) == []
+
+
+def _decoy_cascade(voxel_mm: float, decoy_for: np.ndarray):
+    """A stand-in network that finds the whole labyrinth only within 40° of the training frame,
+    only the vestibule elsewhere, and on ``decoy_for`` (the scan's first pass) a false labyrinth,
+    cochlea and canals swapped, whose frame leads nowhere."""
+    from innerear.inference.align import ANATOMY_FRAME, find_turn
+    from innerear.inference.engine import Cascade
+
+    class Decoyed(Cascade):
+        @property
+        def pooling(self) -> int:  # no networks: any interpolated grid will do
+            return 1
+
+        def _stages(self, image, run, stats):
+            labels = np.rint(image).astype(np.intp)
+            if np.array_equal(image, decoy_for):
+                seen = np.choose(labels, [0, 3, 2, 1])
+            else:
+                turn = find_turn(labels, ANATOMY_FRAME)
+                seen = labels if turn is not None and turn.angle_deg < 40.0 else np.where(labels == 2, 2, 0)
+            classes = np.eye(4, dtype=np.float32)[seen]
+            return [(1.0 - classes[..., 0], seen > 0)], classes
+
+    return Decoyed(stages=[], normalizer=None, grid=None, voxel_mm=voxel_mm, anatomy_frame=dict(ANATOMY_FRAME))
+
+
+def test_a_first_pass_whose_frame_leads_nowhere_tries_the_other_side_then_the_search():
+    """Demo phantom 7 acquired 45° further turned: its first pass read a turn from which no
+    realigned pass, as a left or a right ear, showed a labyrinth (0.72 Dice). The engine then
+    searches the cube's turns as for a first pass with no labyrinth, and realigns from there."""
+    labels, _ = _ball_labyrinth(radius=5.0)
+    turned = np.ascontiguousarray(np.rot90(labels, 1, (0, 1))).astype(np.float32)
+    cascade = _decoy_cascade(0.5, turned)
+    stats: dict = {}
+    [(_, first)], classes = cascade._stages(turned, InferenceSettings(), stats)
+    mask, _, classes = cascade._realigned(turned, first, classes, InferenceSettings(), stats)
+    record = stats["alignment"]
+    nowhere = [p for p in record["passes"] if p["frame_moved_deg"] is None]
+    assert {p["side"] for p in nowhere} == {"left", "right"}  # both sides' turns were tried first
+    assert record["searched"][-1]["labyrinth"] and record["realigned"]
+    assert np.array_equal(np.argmax(classes, axis=-1), turned.astype(np.intp))
+
+
+def test_when_no_realigned_pass_shows_a_labyrinth_the_first_pass_stands():
+    labels, _ = _ball_labyrinth(radius=5.0)
+    turned = np.ascontiguousarray(np.rot90(labels, 1, (0, 1))).astype(np.float32)
+    cascade = _decoy_cascade(0.2, turned)  # 9.6 mm: too small a field of view to search
+    cascade.anatomy_frame["min_mm3"] = {}  # balls of 4 mm³ at 0.2 mm still give a frame
+    stats: dict = {}
+    [(_, first)], classes = cascade._stages(turned, InferenceSettings(), stats)
+    mask, _, kept = cascade._realigned(turned, first, classes, InferenceSettings(), stats)
+    assert not stats["alignment"]["realigned"] and "searched" not in stats["alignment"]
+    assert len(stats["alignment"]["passes"]) == 2 and np.array_equal(kept, classes) and np.array_equal(mask, first)

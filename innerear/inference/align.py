@@ -64,33 +64,39 @@ def _frame(cochlea: np.ndarray, canals: np.ndarray) -> np.ndarray:
     return np.stack([e1, e2, np.cross(e1, e2)])
 
 
-def find_turn(labels: np.ndarray, frame: dict[str, Any], voxel_mm: float | None = None) -> Turn | None:
+def find_turns(labels: np.ndarray, frame: dict[str, Any], voxel_mm: float | None = None) -> list[Turn]:
     """The labyrinth's turn from ``frame`` read from a structure label map (1 cochlea, 2 vestibule,
-    3 canals) on an isotropic grid of ``voxel_mm``; None when a structure is smaller than the
-    frame's ``min_mm3`` (a partial labyrinth gives no reliable frame)."""
+    3 canals) on an isotropic grid of ``voxel_mm``, as a left ear and as a right ear, the smaller
+    turn first; empty when a structure is smaller than the frame's ``min_mm3`` (a partial labyrinth
+    gives no reliable frame). A poor first pass of a much turned scan can make the wrong side's
+    turn the smaller one, so the engine tries the other when the first leads nowhere."""
     voxel_mm3 = float(voxel_mm) ** 3 if voxel_mm else None
     least = frame.get("min_mm3", {})
     cents = []
     for code, name in ((1, "cochlea"), (2, "vestibule"), (3, "canals")):
         idx = np.argwhere(labels == code)
         if len(idx) < 10 or (voxel_mm3 is not None and len(idx) * voxel_mm3 < float(least.get(name, 0.0))):
-            return None
+            return []
         cents.append(idx.mean(0))
     c, v, k = cents
     if min(np.linalg.norm(c - v), np.linalg.norm(k - v)) < 1e-6:
-        return None
+        return []
     observed = _frame(c - v, k - v)
     centre = np.argwhere(labels > 0).mean(0)
-    best = None
+    turns = []
     for side, flip in (("left", np.array([1.0, 1.0, 1.0])), ("right", np.array([-1.0, 1.0, 1.0]))):
         ref = _frame(np.asarray(frame["cochlea"], float) * flip, np.asarray(frame["canals"], float) * flip)
         rotation = ref.T @ observed  # observed direction d -> rotation @ d in the reference frame
         if np.linalg.det(rotation) < 0:  # a mirror, not a turn: the other side's frame
             continue
-        angle = turn_between(np.eye(3), rotation)
-        if best is None or angle < best.angle_deg:
-            best = Turn(rotation, angle, centre, side)
-    return best
+        turns.append(Turn(rotation, turn_between(np.eye(3), rotation), centre, side))
+    return sorted(turns, key=lambda t: t.angle_deg)
+
+
+def find_turn(labels: np.ndarray, frame: dict[str, Any], voxel_mm: float | None = None) -> Turn | None:
+    """The smaller of :func:`find_turns`' turns (the more likely side), or None."""
+    turns = find_turns(labels, frame, voxel_mm)
+    return turns[0] if turns else None
 
 
 #: the turned grid of an interpolated realignment: a cube about the labyrinth's centre holding the

@@ -44,6 +44,7 @@ from innerear.inference.align import (
     ANATOMY_FRAME,
     cube_turn,
     find_turn,
+    find_turns,
     frame_shape,
     quarter_turn,
     search_turns,
@@ -51,20 +52,36 @@ from innerear.inference.align import (
     turn_volume,
 )
 from innerear.inference.modelfolder import read_model_folder
-from innerear.metrics import dice, largest_component
+from innerear.metrics import dice, largest_component, near_largest
 from innerear.nets.backend import quiet_retracing
 from innerear.nets.checkpoints import load_model
 from innerear.settings.views import from_slices, orientation_axis, to_slices
 
 MODES = ("fast", "compiled", "full")
 
+#: a model in physical units keeps, in the masks it hands to later stages, the pieces of at least
+#: CONTEXT_MIN_MM3 within CONTEXT_GAP_MM of an earlier stage's largest component. Demo phantom 7
+#: scanned 45 degrees further turned lost two thirds of its cochlea when stage 1 left the upper
+#: turns 0.6 mm off the vestibule (a piece of 26 mm³; its false positives lay 5-7 mm away), and
+#: later stages, shown only the largest component, never found them again. The smallest pieces
+#: within 1 mm of phantom 0's labyrinth were specks of 0.3-0.9 mm³ that no stage should grow
+#: (2026-12-04; figures in benchmarks/results/bench_turns.json)
+CONTEXT_GAP_MM = 1.0
+CONTEXT_MIN_MM3 = 2.0
+
 
 # --------------------------------------------------------------------------- building blocks
 def postprocess(probabilities: np.ndarray, threshold: float = 0.5, keep_largest: bool = True,
-                connectivity: int = 26) -> np.ndarray:
-    """Threshold stage probabilities and keep the largest 3D component (the paper's step)."""
+                connectivity: int = 26, near_vox: float = 0.0, near_min_voxels: int = 0) -> np.ndarray:
+    """Threshold stage probabilities and keep the largest 3D component (the paper's step); with
+    ``near_vox`` also the components of at least ``near_min_voxels`` that come that close to it
+    (:func:`near_largest`)."""
     mask = (np.asarray(probabilities) >= threshold).astype(np.uint8)
-    return largest_component(mask, connectivity) if keep_largest else mask
+    if not keep_largest:
+        return mask
+    if near_vox > 0:
+        return near_largest(mask, near_vox, connectivity, near_min_voxels)
+    return largest_component(mask, connectivity)
 
 
 def stage_inputs(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -92,12 +109,17 @@ class InferenceSettings:
     the canonical grid) and averages the two, so that a left ear and its mirror image give
     mirror-image answers (twice the prediction time). ``align``: a cascade with an anatomy frame
     segments a scan whose labyrinth is turned from it by more than its threshold once more in
-    the labyrinth's own axes (:mod:`innerear.inference.align`).
+    the labyrinth's own axes (:mod:`innerear.inference.align`). ``context_gap_mm``: a model in
+    physical units hands later stages, besides an earlier stage's largest component, every piece
+    that comes within this distance of it (0: the largest only, the paper's step, which grid
+    models always take); the last stage's mask is the largest component.
     """
 
     mode: str = "fast"
     mirror: bool = False
     align: bool = False
+    context_gap_mm: float = CONTEXT_GAP_MM
+    context_min_mm3: float = CONTEXT_MIN_MM3
     margin: int = DEFAULT_MARGIN
     batch_size: int | None = None
     bucket: int | None = None
@@ -167,8 +189,10 @@ def mirror_agreement(prob: np.ndarray, mirrored: np.ndarray) -> dict[str, float 
 
 def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
               threshold: float = 0.5, settings: InferenceSettings | None = None, *, view_axes: str = "ras",
-              connectivity: int = 26, stats: dict | None = None, return_classes: bool = False):
-    """One stage on one volume: ``(probabilities, post-processed mask)``.
+              connectivity: int = 26, stats: dict | None = None, return_classes: bool = False,
+              near_vox: float = 0.0, near_min_voxels: int = 0):
+    """One stage on one volume: ``(probabilities, post-processed mask)``; the mask is the largest
+    component, with ``near_vox`` and the pieces that close to it (:func:`postprocess`).
 
     The probabilities are the foreground's: a multi-class network's ``1 - p(background)``.
     With ``return_classes`` also its ``(x, y, z, k)`` class probabilities (``None`` for a
@@ -194,7 +218,7 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
     if prob.ndim == 4:  # a multi-class network: the foreground is every class but background
         class_prob = prob
         prob = 1.0 - class_prob[..., 0]
-    mask = postprocess(prob, threshold, connectivity=connectivity)
+    mask = postprocess(prob, threshold, connectivity=connectivity, near_vox=near_vox, near_min_voxels=near_min_voxels)
     if stats is not None:
         stats.setdefault("stages", []).append({
             "view": view, "mode": settings.mode, "seconds": time.perf_counter() - t0,
@@ -296,10 +320,15 @@ class Cascade:
         masks: list[np.ndarray] = []
         stages = []
         class_prob = None
+        voxel = self._voxel_mm
+        gap = run.context_gap_mm / voxel if voxel else 0.0  # grid models: the paper's largest component
+        least = int(np.ceil(run.context_min_mm3 / voxel ** 3)) if voxel else 0
         for k, (view, model) in enumerate(self.stages):
+            last = k == len(self.stages) - 1
             prob, mask, classes = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
-                                            connectivity=self.connectivity, stats=stats, return_classes=True)
-            if k == len(self.stages) - 1:
+                                            connectivity=self.connectivity, stats=stats, return_classes=True,
+                                            near_vox=0.0 if last else gap, near_min_voxels=least)
+            if last:
                 class_prob = classes
             del classes
             masks.append(mask)
@@ -319,56 +348,82 @@ class Cascade:
         is undone exactly by that quarter turn (no interpolation: the labyrinth is then left at a
         pose the training phantoms span); any other turn is interpolated. A first pass that shows
         no whole labyrinth in a field of view that could hold one starts from the first of the
-        cube's turns whose pass shows one (:meth:`_searched`).
+        cube's turns whose pass shows one (:meth:`_searched`) and is realigned whatever its turn.
+        The frame is read as a left and as a right ear and the smaller turn tried first; when no
+        pass from it shows a whole labyrinth (a poor first pass can make the wrong side's turn the
+        smaller), the other side's; when neither does, the cube's turns are searched as for a first
+        pass that shows no labyrinth. When no realigned pass shows one, the first pass stands.
         """
         frame = self.anatomy_frame
         voxel = self._voxel_mm
-        turn = find_turn(labels_from_classes(mask, class_prob), frame, voxel)
-        limit, snap, refine, passes, fov = (float(frame.get(key, ANATOMY_FRAME[key])) for key in (
-            "realign_above_deg", "snap_within_deg", "refine_above_deg", "max_passes", "search_min_fov_mm"))
-        record: dict = {"turn_deg": None if turn is None else round(turn.angle_deg, 1), "realign_above_deg": limit,
+        turns = find_turns(labels_from_classes(mask, class_prob), frame, voxel)
+        limit, fov = (float(frame.get(key, ANATOMY_FRAME[key])) for key in ("realign_above_deg", "search_min_fov_mm"))
+        record: dict = {"turn_deg": round(turns[0].angle_deg, 1) if turns else None, "realign_above_deg": limit,
                         "realigned": False, "passes": []}
-        first = mask
-        if turn is None and voxel is not None and min(image.shape) * voxel >= fov:
-            turn, record["searched"], first = self._searched(image, run, stats, voxel, first)
-        if turn is not None and turn.angle_deg > limit:
-            kept = None  # (frame moved, pass index, mask, class probabilities, turn)
-            for k in range(int(passes)):
-                quarter = cube_turn(turn.rotation, within_deg=snap)
-                turned_prob = self._in_frame(image, turn, quarter, run, stats, first)
-                turned_mask = postprocess(1.0 - turned_prob[..., 0], self.threshold, connectivity=self.connectivity)
-                refined = find_turn(labels_from_classes(turned_mask, turned_prob), frame, voxel)
-                moved = None if refined is None else turn_between(turn.rotation, refined.rotation)
-                record["passes"].append({"turn_deg": round(turn.angle_deg, 1), "exact_quarter_turn": quarter is not None,
-                                         "frame_moved_deg": None if moved is None else round(moved, 1)})
-                score = np.inf if moved is None else moved
-                if kept is None or score < kept[0]:
-                    kept = (score, k, turned_mask, turned_prob, turn)
-                if moved is None or moved <= refine:
-                    break
-                turn = refined
-            _, index, mask, class_prob, turn = kept
-            record.update(realigned=True, side=turn.side, kept_pass=index + 1)
+        can_search = voxel is not None and min(image.shape) * voxel >= fov
+        searched = False
+        if not turns and can_search:
+            turns, record["searched"], mask, class_prob = self._searched(image, run, stats, voxel, mask, class_prob)
+            searched = bool(turns)  # the scan's first pass was no labyrinth: realign at any turn
+        kept = None
+        if turns and (searched or turns[0].angle_deg > limit):
+            kept = self._refined(image, turns, mask, run, stats, record["passes"])
+            if kept is None and not searched and can_search:  # the first pass's frame led nowhere
+                turns, record["searched"], found, _ = self._searched(image, run, stats, voxel, mask, class_prob)
+                kept = self._refined(image, turns, found, run, stats, record["passes"]) if turns else None
+        if kept is not None:  # else no realigned pass showed a whole labyrinth: the first pass stands
+            _, number, mask, class_prob, turn = kept
+            record.update(realigned=True, side=turn.side, kept_pass=number)
         prob = 1.0 - class_prob[..., 0]
         if stats is not None:
             stats["alignment"] = record
         return mask, prob, class_prob
 
+    def _refined(self, image: np.ndarray, turns: list, mask: np.ndarray, run: InferenceSettings, stats: dict | None,
+                 passes: list[dict]):
+        """Realigned passes from each of ``turns`` in order (the next only when no pass from the
+        one before showed a whole labyrinth), each refined while its frame moves: the pass whose
+        frame moved least, ``(frame moved, pass number, mask, class probabilities, turn)``, or None
+        when no pass showed a whole labyrinth. Each pass is appended to ``passes``."""
+        frame = self.anatomy_frame
+        snap, refine, most = (float(frame.get(key, ANATOMY_FRAME[key])) for key in (
+            "snap_within_deg", "refine_above_deg", "max_passes"))
+        kept = None
+        for turn in turns:
+            for _ in range(int(most)):
+                quarter = cube_turn(turn.rotation, within_deg=snap)
+                turned_prob = self._in_frame(image, turn, quarter, run, stats, mask)
+                turned_mask = postprocess(1.0 - turned_prob[..., 0], self.threshold, connectivity=self.connectivity)
+                refined = find_turn(labels_from_classes(turned_mask, turned_prob), frame, self._voxel_mm)
+                moved = None if refined is None else turn_between(turn.rotation, refined.rotation)
+                passes.append({"turn_deg": round(turn.angle_deg, 1), "side": turn.side,
+                               "exact_quarter_turn": quarter is not None,
+                               "frame_moved_deg": None if moved is None else round(moved, 1)})
+                if moved is not None and (kept is None or moved < kept[0]):
+                    kept = (moved, len(passes), turned_mask, turned_prob, turn)
+                if moved is None or moved <= refine:
+                    break
+                turn = refined
+            if kept is not None:
+                return kept
+        return None
+
     def _searched(self, image: np.ndarray, run: InferenceSettings, stats: dict | None, voxel: float,
-                  mask: np.ndarray):
-        """The labyrinth's turn read from the first of the cube's turns (:func:`align.search_turns`)
-        whose pass, without mirroring, shows a whole labyrinth: ``(turn or None, what was tried,
-        that pass's mask or else ``mask``)``. The turn is read from that pass's labels mapped back
-        to the scan's grid, so it is the scan's."""
+                  mask: np.ndarray, class_prob: np.ndarray):
+        """The labyrinth's turns (:func:`align.find_turns`) read from the first of the cube's turns
+        (:func:`align.search_turns`) whose pass, without mirroring, shows a whole labyrinth:
+        ``(turns, what was tried, that pass's mask and class probabilities)``, or ``([], what was
+        tried, mask, class_prob)`` when none does. The turns are read from that pass's labels mapped
+        back to the scan's grid, so they are the scan's."""
         tried = []
         for name, quarter in search_turns():
-            class_prob = self._in_frame(image, None, quarter, replace(run, mirror=False), stats)
-            found = postprocess(1.0 - class_prob[..., 0], self.threshold, connectivity=self.connectivity)
-            turn = find_turn(labels_from_classes(found, class_prob), self.anatomy_frame, voxel)
-            tried.append({"turn": name, "labyrinth": turn is not None})
-            if turn is not None:
-                return turn, tried, found
-        return None, tried, mask
+            found_prob = self._in_frame(image, None, quarter, replace(run, mirror=False), stats)
+            found = postprocess(1.0 - found_prob[..., 0], self.threshold, connectivity=self.connectivity)
+            turns = find_turns(labels_from_classes(found, found_prob), self.anatomy_frame, voxel)
+            tried.append({"turn": name, "labyrinth": bool(turns)})
+            if turns:
+                return turns, tried, found, found_prob
+        return [], tried, mask, class_prob
 
     @property
     def _voxel_mm(self) -> float | None:

@@ -711,17 +711,22 @@ def _lateral_wall(vtheta: np.ndarray, voff: np.ndarray, vh: np.ndarray, rc, voxe
     theta = lo + (np.arange(nb) + 0.5) * _BIN
     k = _windows(theta, rc(theta), voxel)
     j0, j1 = np.maximum(np.arange(nb) - k, 0), np.minimum(np.arange(nb) + k + 1, nb)
-    offset = np.array([omax[a:b].max() for a, b in zip(j0, j1)])
+    seen = csum[j1] - csum[j0] > 0  # a window with no voxel (a gap in a segmented duct) is bridged
+
+    def bridged(v: np.ndarray) -> np.ndarray:  # across empty windows, linear in angle
+        return v if seen.all() else np.interp(theta, theta[seen], v[seen])
+
+    offset = bridged(np.array([omax[a:b].max() for a, b in zip(j0, j1)]))
     # where the lumen narrows along the duct (the apical turn), the window's outermost voxel
     # lies at its basal side: take it again, each bin's outermost voxel moved along the
     # wall's own slope to the bin's angle
     slope = np.gradient(_smooth_steps(offset, j0, j1), theta)
-    offset = np.array([np.max(omax[a:b] + s * (t - theta[a:b])) for a, b, s, t in zip(j0, j1, slope, theta)])
+    offset = bridged(np.array([np.max(omax[a:b] + s * (t - theta[a:b])) for a, b, s, t in zip(j0, j1, slope, theta)]))
     offset = offset + _GAP * voxel
     n = np.maximum(csum[j1] - csum[j0], 1.0)
-    height = (hsum[j1] - hsum[j0]) / n
-    mean = (osum[j1] - osum[j0]) / n
-    var = np.maximum((o2sum[j1] - o2sum[j0]) / n - mean ** 2, 0.0)
+    height = bridged((hsum[j1] - hsum[j0]) / n)
+    mean = bridged((osum[j1] - osum[j0]) / n)
+    var = bridged(np.maximum((o2sum[j1] - o2sum[j0]) / n - mean ** 2, 0.0))
     # angle bins are wedges: their voxels' mean radius lies var / radius outside the section's centre
     middle = mean - var / np.maximum(rc(theta) + mean, voxel)
 

@@ -528,6 +528,36 @@ def load_markdown(record: dict[str, Any] | None) -> str:
                         " Source: `benchmarks/results/bench_load.json`."])
 
 
+TURNS = "bench_turns"  # benchmarks/bench_turns.py's record
+
+
+def turns_markdown(record: dict[str, Any] | None) -> str:
+    """``benchmarks/bench_turns.py``'s record: per turn, the change of Dice from the same phantoms as
+    acquired, with and without the pieces near stage 1's largest component; or how to measure it."""
+    if record is None:
+        return missing_note("`benchmarks/results/bench_turns.json`", ".venv/bin/python benchmarks/bench_turns.py")
+    goal = float(record["goal_change"])
+    shipped = float(record["shipped_context_gap_mm"])
+    rows = []
+    for s in record["summary"]:
+        acquired = "median_change" not in s
+        rows.append({"context to later stages": ("largest component only (the paper)" if s["context_gap_mm"] == 0
+                                                 else f"and pieces of {record['context_min_mm3']:g} mm³ or more "
+                                                      f"within {s['context_gap_mm']:g} mm (shipped)"),
+                     "scan": s["turn"], "phantoms": str(s["n"]), "median Dice": f"{s['median_dice']:.3f}",
+                     "median change": "" if acquired else f"{s['median_change']:+.3f}",
+                     "largest drop": "" if acquired else f"{s['largest_drop']:.3f}",
+                     f"within {goal:g}": "" if acquired else f"{s['within_goal']} of {s['n']}"})
+    now = [s for s in record["summary"] if s["context_gap_mm"] == shipped and "median_change" in s]
+    within = sum(s["within_goal"] for s in now)
+    total = sum(s["n"] for s in now)
+    worst = max(now, key=lambda s: s["largest_drop"])
+    text = (f"With the shipped engine, {within} of {total} turned scans stay within {goal:g} of the same phantom's "
+            f"Dice as acquired; the largest drop is {worst['largest_drop']:.3f} ({worst['turn']}).")
+    return "\n\n".join([to_markdown(records_table(rows)), text, context_line(record) +
+                        " Source: `benchmarks/results/bench_turns.json`."])
+
+
 TRAIN_SPEED = "bench_train_speed"  # benchmarks/bench_train_speed.py's record
 
 
