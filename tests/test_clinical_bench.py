@@ -73,3 +73,30 @@ def test_reliability_section_renders_the_committed_fault_and_load_records():
     text = load_markdown(load)
     assert f"{load['good_with_mask_and_report']} of {load['good']} good scans" in text and "| 50 |" in text
     assert "Not yet measured" in fault_injection_markdown(None) and "Not yet measured" in load_markdown(None)
+
+
+def test_turns_section_renders_the_committed_record_and_counts_within_the_goal():
+    """``benchmarks/bench_turns.py``'s summary (change from the same phantom as acquired) and its
+    rendering on the Performance page."""
+    import importlib.util
+
+    from innerear.reporting.performance import read_record, turns_markdown
+
+    spec = importlib.util.spec_from_file_location("bench_turns", ROOT / "benchmarks" / "bench_turns.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_indices("0-2,7") == [0, 1, 2, 7]
+    rows = [{"phantom": p, "turn": t, "context_gap_mm": g, "dice": d}
+            for p, t, g, d in ((0, "as acquired", 0.0, 0.95), (0, "45 deg further", 0.0, 0.90),
+                               (1, "as acquired", 0.0, 0.93), (1, "45 deg further", 0.0, 0.925))]
+    summary = bench.summarise(rows, [0.0])
+    turned = [s for s in summary if s["turn"] == "45 deg further"][0]
+    assert turned["within_goal"] == 1 and turned["largest_drop"] == 0.05 and turned["n"] == 2
+    record = read_record(ROOT / "benchmarks" / "results" / "bench_turns.json")
+    text = turns_markdown(record)
+    shipped = [s for s in record["summary"] if s["context_gap_mm"] == record["shipped_context_gap_mm"]
+               and "median_change" in s]
+    within = sum(s["within_goal"] for s in shipped)
+    assert f"{within} of {sum(s['n'] for s in shipped)} turned scans stay within" in text
+    assert "largest component only (the paper)" in text and "(shipped)" in text
+    assert "Not yet measured" in turns_markdown(None)
