@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from innerear.settings.layout import cache_dir
-from innerear.settings.profiles import BACKBONES, PROFILES, default_data_dir, get_profile, import_backend, project_root
+from innerear.settings.profiles import (BACKBONES, PROFILES, RUNTIMES, default_data_dir, get_profile, import_backend,
+                                       project_root)
 from innerear.settings.views import PAPER_ORDER, check_order
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -203,7 +204,7 @@ def _segment_one(args: argparse.Namespace) -> int:
     rep = segment_to_files(scan, args.out, args.model, mesh=args.mesh, report=args.report,
                            labels=args.labels, probabilities=args.probabilities, spacing=args.spacing,
                            force=args.force, progress=not args.quiet, allow_empty=args.allow_empty,
-                           before_model=_threads_from_env, dicom_seg=args.dicom_seg)
+                           dicom_seg=args.dicom_seg, runtime=args.runtime)
     ear = rep["inner_ear"]
     for warning in rep["warnings"]:
         print(f"innerear: warning: {scan}: {warning}", file=sys.stderr)
@@ -266,7 +267,7 @@ def _cmd_segment_batch(args: argparse.Namespace, inputs: list[Path]) -> int:
     options = BatchOptions(labels=args.labels is not None, probabilities=args.probabilities is not None,
                            mesh=args.mesh is not None, force=args.force, allow_empty=args.allow_empty,
                            spacing=tuple(args.spacing) if args.spacing else None)
-    segmenter = Segmenter(args.model, load=False, progress=not args.quiet, before_load=_threads_from_env)
+    segmenter = Segmenter(args.model, load=False, progress=not args.quiet, runtime=args.runtime)
     segmenter.load()  # once, and before any output: a model that cannot be loaded stops the batch here
     out.mkdir(exist_ok=True)
     rows = segment_batch(segmenter, scans, out, options, on_row=_print_row)
@@ -286,6 +287,30 @@ def _cmd_upgrade_model(args: argparse.Namespace) -> int:
     folder = upgrade_model(args.model_dir)
     print(f"{folder}: converted to model folder format version {FORMAT_VERSION}")
     return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    # lazy: the inference floor loads the data floor and SciPy, which `innerear --help` does without
+    from innerear.inference.modelfolder import export_onnx_folder
+
+    import_backend()  # the export reads the .keras networks
+    written = export_onnx_folder(args.model_dir, force=args.force)
+    for path in written:
+        print(f"{path}: exported (answers checked against {path.with_suffix('.keras').name})")
+    if not written:
+        print(f"{args.model_dir}: every stage's best.onnx is current (--force exports again)")
+    return 0
+
+
+def _add_export_onnx(sub) -> None:
+    p = sub.add_parser("export-onnx", help="export a model folder's networks to ONNX (fast segmentation on a CPU)",
+                       description="Write best.onnx beside each stage's best.keras (Keras' ONNX export), check "
+                                   "that each answers like its network, and record which .keras file it came "
+                                   "from; innerear segment then runs them in ONNX Runtime without importing "
+                                   "TensorFlow. Exports that are current are kept unless --force.")
+    p.add_argument("model_dir", help="the model folder (with cascade.json)")
+    p.add_argument("--force", action="store_true", help="export every stage again")
+    p.set_defaults(func=_cmd_export_onnx)
 
 
 def _add_upgrade_model(sub) -> None:
@@ -379,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_segment(sub)
     _add_upgrade_model(sub)
+    _add_export_onnx(sub)
     _add_train(sub)
     _add_reproduce(sub)
     return parser
@@ -465,6 +491,10 @@ def _add_segment(sub) -> None:
     p.add_argument("--allow-empty", action="store_true",
                    help="write the mask even when it is empty or its volume is implausible for a human inner ear "
                         "(by default that ends with exit status 1 and nothing written)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="how the networks run: onnx (ONNX Runtime, the model folder's best.onnx exports; no "
+                        "TensorFlow import), keras (the .keras networks), or auto (default: onnx when the folder "
+                        "has every export, as the shipped models do)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
 

@@ -86,7 +86,8 @@ def physical_geometry(shape: Sequence[int], affine: np.ndarray, voxel_mm: float 
     Each axis gets ``ceil(extent / voxel_mm)`` voxels of exactly ``voxel_mm``, rounded up to a
     multiple of ``multiple`` and centred on the scan (the padding splits between both sides);
     new voxel ``i`` sits at source index ``starts + i * steps``. An axis already at ``voxel_mm``
-    keeps its voxel centres (an odd padding puts the extra voxel after the scan).
+    keeps its voxel centres (an odd padding puts the extra voxel after the scan), also when its
+    voxel size differs from ``voxel_mm`` by less than a thousandth of a voxel over the scan's length.
     """
     shape = np.asarray(shape, int)
     spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
@@ -96,7 +97,9 @@ def physical_geometry(shape: Sequence[int], affine: np.ndarray, voxel_mm: float 
     needed = np.maximum(1, np.ceil(shape / steps - 1e-6)).astype(int)
     grid = (multiple * np.ceil(needed / multiple)).astype(int)
     starts = (shape - 1) / 2.0 - (grid - 1) / 2.0 * steps
-    same = np.abs(steps - 1.0) < 1e-9
+    # already at voxel_mm: up to the round-off of a voxel size stored as float32 (NIfTI's pixdim),
+    # which would otherwise cost a full spline resampling to move voxels by a millionth of a voxel
+    same = np.abs(steps - 1.0) * shape < 1e-3
     steps = np.where(same, 1.0, steps)
     starts = np.where(same, -((grid - shape) // 2), starts)
     step_affine = np.eye(4)

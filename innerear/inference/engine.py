@@ -25,9 +25,8 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Any, Sequence
 
-import keras
 import numpy as np
 
 from innerear.data.normalize import Normalizer, normalizer_from_dict
@@ -51,13 +50,14 @@ from innerear.inference.align import (
     turn_between,
     turn_volume,
 )
-from innerear.inference.modelfolder import read_model_folder
-from innerear.metrics import dice, largest_component, near_largest
+from innerear.inference.modelfolder import SegmentError, read_model_folder
+from innerear.metrics import bounding_box, dice, largest_component, major_components, near_largest
 from innerear.nets.backend import quiet_retracing
-from innerear.nets.checkpoints import load_model
 from innerear.settings.views import from_slices, orientation_axis, to_slices
 
 MODES = ("fast", "compiled", "full")
+#: a stage network: a Keras model, or its ONNX export in ONNX Runtime (:class:`innerear.nets.onnx.OnnxNet`)
+Net = Any
 
 #: a model in physical units keeps, in the masks it hands to later stages, the pieces of at least
 #: CONTEXT_MIN_MM3 within CONTEXT_GAP_MM of an earlier stage's largest component. Demo phantom 7
@@ -68,6 +68,13 @@ MODES = ("fast", "compiled", "full")
 #: (2026-12-04; figures in benchmarks/results/bench_turns.json)
 CONTEXT_GAP_MM = 1.0
 CONTEXT_MIN_MM3 = 2.0
+#: fast mode's first stage (a model in physical units) probes every PROBE_STEP-th slice before it
+#: predicts the region found (:func:`probe_region`); at 0.15 mm a probe every 0.6 mm, thinner than a
+#: canal's lumen. The region holds the probe's components of at least PROBE_KEEP of its largest: a
+#: first stage's scattered false positives (tens of voxels per slice in the 30 mm reference block)
+#: would otherwise spread the region over every slice
+PROBE_STEP = 4
+PROBE_KEEP = 0.1
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -112,7 +119,10 @@ class InferenceSettings:
     the labyrinth's own axes (:mod:`innerear.inference.align`). ``context_gap_mm``: a model in
     physical units hands later stages, besides an earlier stage's largest component, every piece
     that comes within this distance of it (0: the largest only, the paper's step, which grid
-    models always take); the last stage's mask is the largest component.
+    models always take); the last stage's mask is the largest component. ``probe_step``: in
+    ``"fast"`` mode a physical model's first stage first predicts every ``probe_step``-th slice (and the last) at
+    full size, then only the rectangles around what that probe found (:func:`probe_region`); 0 or
+    1 predicts every slice at full size.
     """
 
     mode: str = "fast"
@@ -125,6 +135,7 @@ class InferenceSettings:
     bucket: int | None = None
     full_fraction: float = 0.75
     fixed_batch: bool | None = None
+    probe_step: int = PROBE_STEP
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -139,7 +150,7 @@ class InferenceSettings:
         return int(self.batch_size or (8 if self.compiled else 32))
 
 
-def _stage_probabilities(model: keras.Model, view: str, inputs: np.ndarray, masks: Sequence[np.ndarray],
+def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Sequence[np.ndarray],
                          settings: InferenceSettings, view_axes: str):
     """A network's probabilities for one volume's stage inputs (full slices, or in ``"fast"``
     mode only the earlier masks' rectangles): ``(prob, pixels computed, n, h, w, crops)``."""
@@ -148,7 +159,7 @@ def _stage_probabilities(model: keras.Model, view: str, inputs: np.ndarray, mask
     crops = None
     if masks and settings.mode == "fast":
         align = pooling_factor(model)
-        bucket = auto_bucket(align) if settings.bucket is None else int(settings.bucket)
+        bucket = auto_bucket(align, model) if settings.bucket is None else int(settings.bucket)
         crops = roi_crops(masks, view, int(settings.margin), align, bucket, settings.full_fraction, view_axes) or None
     if crops is None:  # every slice at full size
         prob = predict_volume(model, inputs, view, settings.batch, settings.compiled, settings.fixed_batch,
@@ -173,12 +184,44 @@ def _stage_probabilities(model: keras.Model, view: str, inputs: np.ndarray, mask
     return from_slices(out, view, view_axes), pixels, n, h, w, crops
 
 
+def probe_region(model: Net, view: str, inputs: np.ndarray, threshold: float, settings: InferenceSettings,
+                 view_axes: str, connectivity: int = 26) -> tuple[list[np.ndarray], int]:
+    """Where a first stage has to look, in fast mode: ``([region], pixels computed)``.
+
+    The network predicts every ``settings.probe_step``-th slice of ``inputs`` (and the last) at full
+    size; every voxel between two probed slices that either of them calls foreground at half the
+    stage's threshold (generous on purpose) is a candidate, and the region is the candidates'
+    components of at least :data:`PROBE_KEEP` of the largest one's size (the stage keeps its largest
+    component, and what lies near it, which the margin covers). :func:`run_stage` then predicts only the
+    rectangles around it within ``margin`` (:func:`~innerear.inference.kernels.roi_crops`), as the
+    later stages do around the earlier masks. A probe that finds nothing gives no region (``[]``):
+    the stage then predicts every slice at full size.
+    """
+    slices = to_slices(inputs, view, view_axes)
+    n, h, w = slices.shape[:3]
+    picked = np.unique(np.append(np.arange(0, n, int(settings.probe_step)), n - 1))
+    pred = predict_slices(model, slices[picked], settings.batch, True, settings.fixed_batch)
+    foreground = (1.0 - pred[..., 0] if pred.ndim == 4 else pred) >= 0.5 * threshold
+    pixels = len(picked) * h * w
+    if not foreground.any():
+        return [], pixels
+    stack = np.zeros((n, h, w), bool)
+    for a, b, fa, fb in zip(picked[:-1], picked[1:], foreground[:-1], foreground[1:]):
+        stack[a:b + 1] |= fa | fb
+    return [major_components(from_slices(stack, view, view_axes), PROBE_KEEP, connectivity)], pixels
+
+
 def mirror_agreement(prob: np.ndarray, mirrored: np.ndarray) -> dict[str, float | None]:
     """How far a stage's answer and its answer on the mirror image (mapped back) agree: the Dice of
     the foreground (``"inner_ear"``) and, for a multi-class network, of each class's most-likely
     voxels (keys ``"1"``, ``"2"``, ...; None where neither predicts that class)."""
     if prob.ndim == 4:
-        a, b = np.argmax(prob, axis=-1), np.argmax(mirrored, axis=-1)
+        # a voxel whose background probability is >= 0.5 is background for argmax (the classes sum to 1
+        # and ties go to the first): only the box of voxels where either answer is below that can differ
+        box = bounding_box(np.logical_or(prob[..., 0] < 0.5, mirrored[..., 0] < 0.5))
+        if box is None:  # both all background
+            return {"inner_ear": 1.0, **{str(k): None for k in range(1, prob.shape[-1])}}
+        a, b = np.argmax(prob[box], axis=-1), np.argmax(mirrored[box], axis=-1)
         out: dict[str, float | None] = {"inner_ear": dice(a > 0, b > 0)}
         for k in range(1, prob.shape[-1]):
             ak, bk = a == k, b == k
@@ -187,7 +230,7 @@ def mirror_agreement(prob: np.ndarray, mirrored: np.ndarray) -> dict[str, float 
     return {"inner_ear": dice(prob >= 0.5, mirrored >= 0.5)}
 
 
-def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
+def run_stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray],
               threshold: float = 0.5, settings: InferenceSettings | None = None, *, view_axes: str = "ras",
               connectivity: int = 26, stats: dict | None = None, return_classes: bool = False,
               near_vox: float = 0.0, near_min_voxels: int = 0):
@@ -197,17 +240,22 @@ def run_stage(model: keras.Model, view: str, image_norm: np.ndarray, masks: Sequ
     The probabilities are the foreground's: a multi-class network's ``1 - p(background)``.
     With ``return_classes`` also its ``(x, y, z, k)`` class probabilities (``None`` for a
     binary network) as a third item. In ``"fast"`` mode a stage with earlier masks predicts
-    only their region (see :mod:`innerear.inference.kernels`); without earlier masks (stage 1) or
-    with empty ones it predicts every slice at full size. A dict passed as ``stats``
+    only their region (see :mod:`innerear.inference.kernels`), the first stage only the region its
+    probe found (:func:`probe_region`); with empty earlier masks, or a probe that found nothing,
+    a stage predicts every slice at full size. A dict passed as ``stats``
     receives the stage's seconds and the fraction of pixels computed.
     """
     settings = settings or InferenceSettings()
     t0 = time.perf_counter()
     agreement = None
     inputs = stage_inputs(image_norm, masks)
-    prob, pixels, n, h, w, crops = _stage_probabilities(model, view, inputs, masks, settings, view_axes)
+    region, probed = list(masks), 0
+    if not masks and settings.mode == "fast" and settings.probe_step > 1:
+        region, probed = probe_region(model, view, inputs, threshold, settings, view_axes, connectivity)
+    prob, pixels, n, h, w, crops = _stage_probabilities(model, view, inputs, region, settings, view_axes)
+    pixels += probed
     if settings.mirror:  # the same network on the left-right mirror image, mapped back and averaged
-        flipped = [np.flip(np.asarray(m), 0) for m in masks]
+        flipped = [np.flip(np.asarray(m), 0) for m in region]
         prob_m, pixels_m, *_ = _stage_probabilities(model, view, np.flip(inputs, 0), flipped, settings, view_axes)
         prob_m = np.flip(prob_m, 0)
         agreement = mirror_agreement(prob, prob_m)
@@ -250,7 +298,7 @@ class Cascade:
     volume with :meth:`predict`.
     """
 
-    stages: list[tuple[str, keras.Model]]
+    stages: list[tuple[str, Net]]
     normalizer: Normalizer
     grid: int | None  # the reproduction's N^3 grid; None for a model in physical units
     threshold: float = 0.5
@@ -323,6 +371,8 @@ class Cascade:
         voxel = self._voxel_mm
         gap = run.context_gap_mm / voxel if voxel else 0.0  # grid models: the paper's largest component
         least = int(np.ceil(run.context_min_mm3 / voxel ** 3)) if voxel else 0
+        if not voxel:  # grid models (the reproduction): the paper's stage 1 sees every slice
+            run = replace(run, probe_step=0)
         for k, (view, model) in enumerate(self.stages):
             last = k == len(self.stages) - 1
             prob, mask, classes = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
@@ -445,14 +495,30 @@ class Cascade:
                                      scan_shape=image.shape) for k in range(turned.shape[-1])], axis=-1)
 
 
-def load_cascade(run_dir: str | os.PathLike) -> Cascade:
+def load_cascade(run_dir: str | os.PathLike, runtime: str = "keras") -> Cascade:
     """Load a trained cascade from a folder with ``cascade.json`` (a run's deepest stage folder or a
-    model folder), read and checked by :func:`innerear.inference.modelfolder.read_model_folder`."""
+    model folder), read and checked by :func:`innerear.inference.modelfolder.read_model_folder`.
+
+    ``runtime``: ``"keras"`` loads each stage's ``best.keras``; ``"onnx"`` its ``best.onnx`` in
+    ONNX Runtime (Keras is not imported); ``"auto"`` ONNX where the folder has every export
+    (:meth:`~innerear.inference.modelfolder.ModelFolder.runtime`). A stale export raises
+    :class:`~innerear.inference.modelfolder.SegmentError` naming it."""
     model = read_model_folder(run_dir, search=False)
     spec = model.spec
-    stages = [(stage.view, load_model(stage.network)) for stage in model.stages]
+    runtime = model.runtime(runtime)
+    if runtime == "onnx":
+        from innerear.nets.onnx import StaleExport, load_onnx  # lazy: ONNX Runtime only for this runtime
+
+        try:
+            stages = [(stage.view, load_onnx(stage.network)) for stage in model.stages]
+        except StaleExport as exc:
+            raise SegmentError(exc.path, exc.problem) from exc
+    else:
+        from innerear.nets.checkpoints import load_model  # lazy: Keras only for this runtime
+
+        stages = [(stage.view, load_model(stage.network)) for stage in model.stages]
     return Cascade(stages=stages, normalizer=normalizer_from_dict(spec.normalizer), grid=spec.grid,
-                   threshold=float(spec.threshold), info=spec.to_dict(), view_axes=spec.view_axes,
-                   connectivity=int(spec.connectivity), voxel_mm=spec.voxel_mm,
+                   threshold=float(spec.threshold), info=dict(spec.to_dict(), runtime=runtime),
+                   view_axes=spec.view_axes, connectivity=int(spec.connectivity), voxel_mm=spec.voxel_mm,
                    settings=InferenceSettings(mirror=bool(spec.mirror), align=spec.anatomy_frame is not None),
                    anatomy_frame=spec.anatomy_frame)

@@ -45,10 +45,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import keras
 import numpy as np
 from scipy import ndimage
 
+from innerear.nets.shape import output_classes, pooling_factor
 from innerear.settings.views import from_slices, to_slices
 
 __all__ = ["output_classes", "pooling_factor", "predict_slices", "predict_volume", "roi_crops", "auto_bucket", "DEFAULT_MARGIN"]
@@ -56,33 +56,22 @@ __all__ = ["output_classes", "pooling_factor", "predict_slices", "predict_volume
 DEFAULT_MARGIN = 16
 
 
-def pooling_factor(model: keras.Model) -> int:
-    """``2**depth``: the product of the model's pooling strides (a slice side must be a multiple)."""
-    factor = 1
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.MaxPooling2D):
-            strides = layer.strides if layer.strides is not None else layer.pool_size
-            factor *= int(strides[0])
-    return factor
+def _compiles_per_shape(model) -> bool:
+    """Whether predicting ``model`` compiles once per input shape: a Keras model on JAX (an ONNX
+    export and TensorFlow's shape-generic predict step do not; an ONNX-only run never imports Keras)."""
+    if hasattr(model, "session"):
+        return False
+    import keras
 
-
-def output_classes(model: keras.Model) -> int:
-    """Channels of the network's output: 1 (binary sigmoid) or the number of softmax classes."""
-    return int(model.outputs[0].shape[-1])
-
-
-def auto_bucket(align: int) -> int:
-    # TensorFlow compiles one shape-generic predict step (reduce_retracing), so any rectangle
-    # size is cheap; JAX compiles once per shape, so few shapes pay off
-    return 64 if keras.backend.backend() == "jax" else align
-
-
-def _auto_fixed_batch() -> bool:
-    # one compiled program per input shape on JAX: pad the last batch instead of compiling again
     return keras.backend.backend() == "jax"
 
 
-def predict_slices(model: keras.Model, slices: np.ndarray, batch_size: int = 8, compiled: bool = True,
+def auto_bucket(align: int, model=None) -> int:
+    """Rectangle sides' rounding in fast mode: few shapes (64) where each shape compiles, else ``align``."""
+    return 64 if _compiles_per_shape(model) else align
+
+
+def predict_slices(model, slices: np.ndarray, batch_size: int = 8, compiled: bool = True,
                    fixed_batch: bool | None = None) -> np.ndarray:
     """Predict a stack of slices ``(n, h, w, c)``; returns ``(n, h, w)`` float32 probabilities
     (``(n, h, w, k)`` class probabilities for a network with ``k > 1`` output classes).
@@ -98,7 +87,7 @@ def predict_slices(model: keras.Model, slices: np.ndarray, batch_size: int = 8, 
     if n == 0:
         return out
     batch_size = max(1, int(batch_size))
-    fixed_batch = _auto_fixed_batch() if fixed_batch is None else fixed_batch
+    fixed_batch = _compiles_per_shape(model) if fixed_batch is None else fixed_batch  # pad: no new compile
     for start in range(0, n, batch_size):
         batch = np.ascontiguousarray(slices[start:start + batch_size], dtype=np.float32)
         m = batch.shape[0]
@@ -108,12 +97,16 @@ def predict_slices(model: keras.Model, slices: np.ndarray, batch_size: int = 8, 
             pred = model.predict_on_batch(batch)
         else:
             pred = model(batch, training=False)
-        pred = np.asarray(keras.ops.convert_to_numpy(pred), np.float32)[:m]
+        if not isinstance(pred, np.ndarray):  # a backend tensor (an ONNX export gives NumPy)
+            import keras
+
+            pred = keras.ops.convert_to_numpy(pred)
+        pred = np.asarray(pred, np.float32)[:m]
         out[start:start + m] = pred[..., 0] if classes == 1 else pred
     return out
 
 
-def predict_volume(model: keras.Model, inputs: np.ndarray, orientation: str, batch_size: int = 8,
+def predict_volume(model, inputs: np.ndarray, orientation: str, batch_size: int = 8,
                    compiled: bool = True, fixed_batch: bool | None = None, view_axes: str = "ras") -> np.ndarray:
     """Predict every slice of a ``(x, y, z, c)`` volume along ``orientation``; ``(x, y, z)`` probabilities."""
     slices = to_slices(np.asarray(inputs, np.float32), orientation, view_axes)

@@ -7,6 +7,8 @@ A model folder (a shipped model, an exported one, or a run's deepest stage folde
     <stage>/stage.json        one stage (:class:`StageSpec`: view, stage, channels, grid or voxel_mm)
                               and its training record
     <stage>/best.keras        the stage's network
+    <stage>/best.onnx         optional: the same network exported to ONNX (:mod:`innerear.nets.onnx`),
+                              which ``innerear segment`` runs without importing Keras (``runtime``)
     model_card.json           provenance only (recipe, data, training, measurements); never read to load
 
 :func:`read_model_folder` is the one loader: it reads and validates every file (a problem raises
@@ -30,6 +32,8 @@ import numpy as np
 from innerear.data.normalize import normalizer_from_dict
 from innerear.inference.checks import PLAUSIBLE_VOLUME
 from innerear.io import VOXEL_MM_RANGE, atomic_path, json_round_trip, write_json
+from innerear.nets.onnx import ONNX_NAME, onnxruntime_available
+from innerear.settings.profiles import RUNTIMES
 from innerear.settings.views import ORIENTATIONS
 
 #: the model-folder format this innerear reads and writes (a folder without one is format 1)
@@ -131,6 +135,11 @@ class StageSpec:
         """The stage's Keras network (``best.keras``)."""
         return self.folder / "best.keras"
 
+    @property
+    def onnx(self) -> Path:
+        """The stage's ONNX export (``best.onnx``; optional)."""
+        return self.folder / ONNX_NAME
+
 
 @dataclass(frozen=True)
 class ModelFolder:
@@ -143,7 +152,27 @@ class ModelFolder:
     @property
     def files(self) -> list[Path]:
         """The files whose change changes the loaded model."""
-        return [self.folder / "cascade.json"] + [s.network for s in self.stages]
+        return ([self.folder / "cascade.json"] + [s.network for s in self.stages]
+                + [s.onnx for s in self.stages if s.onnx.is_file()])
+
+    def runtime(self, requested: str = "auto") -> str:
+        """Which runtime loads the networks: ``"keras"``, or ``"onnx"`` (ONNX Runtime, no Keras import).
+
+        ``"auto"`` takes ONNX when every stage has ``best.onnx`` and ONNX Runtime is installed;
+        ``"onnx"`` requires both (:class:`SegmentError` naming what is missing)."""
+        if requested not in RUNTIMES:
+            raise SegmentError(self.folder, f"unknown runtime {requested!r}; use one of {list(RUNTIMES)}")
+        if requested == "keras":
+            return "keras"
+        missing = [s.onnx for s in self.stages if not s.onnx.is_file()]
+        available = onnxruntime_available()
+        if requested == "auto":
+            return "onnx" if not missing and available else "keras"
+        if missing:
+            raise SegmentError(missing[0], "no ONNX export of this stage (innerear upgrade-model FOLDER exports one)")
+        if not available:
+            raise SegmentError(self.folder, "runtime onnx needs the onnxruntime package (pip install onnxruntime)")
+        return "onnx"
 
 
 def check_model_voxel(path: Path, voxel_mm: Any) -> None:
@@ -264,8 +293,8 @@ def stage_summary(info: dict[str, Any]) -> dict[str, Any]:
 def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: dict | None = None) -> Path:
     """Copy a trained cascade (a run's deepest stage folder) into a self-contained model folder.
 
-    ``dest`` gets ``stage<k>_<view>/{best.keras,stage.json}`` per stage (the networks without
-    their optimizer state), a ``cascade.json`` (format :data:`FORMAT_VERSION`) whose stage paths
+    ``dest`` gets ``stage<k>_<view>/{best.keras,best.onnx,stage.json}`` per stage (the networks without
+    their optimizer state, and their ONNX exports), a ``cascade.json`` (format :data:`FORMAT_VERSION`) whose stage paths
     are relative to ``dest`` and which states the plausible volumes (:data:`PLAUSIBLE_VOLUME`
     unless the run states its own), and a ``model_card.json`` of provenance: the stages'
     held-out Dice and training record, the run's recipe, plus ``card`` (which must not repeat
@@ -274,6 +303,7 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
     """
     # lazy: Keras loads only when a model is exported, not when `innerear segment` checks a folder
     from innerear.nets.checkpoints import save_for_inference
+    from innerear.nets.onnx import export_onnx  # lazy: as above
 
     repeated = sorted(set(card or {}) & set(_CARD_FACTS))
     if repeated:
@@ -287,6 +317,7 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
             name = f"stage{stage.stage}_{stage.view}"
             (tmp / name).mkdir()
             save_for_inference(stage.network, tmp / name / "best.keras")  # no optimizer state
+            export_onnx(tmp / name / "best.keras")
             shutil.copy2(stage.folder / "stage.json", tmp / name / "stage.json")
             names.append(name)
             summaries.append(stage_summary(json.loads((stage.folder / "stage.json").read_text())))
@@ -305,6 +336,22 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
             path.chmod(0o755 if path.is_dir() else 0o644)
     dest.chmod(0o755)
     return dest
+
+
+def export_onnx_folder(model_dir: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Export every stage's ``best.keras`` of a model folder to ``best.onnx`` (:func:`innerear.nets.onnx.export_onnx`)
+    and check that each export answers like its network; returns the files written. A stage whose
+    export is current (it records its ``.keras`` file's SHA-256) is skipped unless ``force``."""
+    # lazy: the export and its check import Keras, which reading a model folder does without
+    from innerear.nets.onnx import check_export, export_onnx, recorded_sha256, sha256
+
+    written = []
+    for stage in read_model_folder(model_dir).stages:
+        if not force and stage.onnx.is_file() and recorded_sha256(stage.onnx) == sha256(stage.network):
+            continue
+        written.append(export_onnx(stage.network))
+        check_export(stage.network, stage.channels)
+    return written
 
 
 def _upgraded(folder: Path, old: dict[str, Any], card: dict[str, Any] | None

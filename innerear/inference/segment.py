@@ -109,24 +109,35 @@ def model_voxel_mm(cascade) -> tuple[float, float, float] | None:
 _LOADED: dict[tuple, object] = {}
 
 
-def load_model_dir(model_dir: str | os.PathLike | None = None, *, reuse: bool = True):
+def load_model_dir(model_dir: str | os.PathLike | None = None, *, reuse: bool = True, runtime: str = "auto"):
     """Load a model folder (default: the shipped model) as a :class:`~innerear.inference.engine.Cascade`.
 
     The folder is read and checked by :func:`~innerear.inference.modelfolder.read_model_folder`
-    before Keras is imported. With ``reuse`` a folder whose files are unchanged is loaded once
-    per process.
+    before anything heavy is imported. ``runtime`` (:meth:`~innerear.inference.modelfolder.ModelFolder.runtime`):
+    ``"auto"`` runs the folder's ONNX exports in ONNX Runtime when it has them (no Keras import,
+    the shipped models' way), else Keras (with ``$INNEREAR_THREADS`` threads when set). With
+    ``reuse`` a folder whose files are unchanged is loaded once per process.
     """
     model = read_model_folder(model_dir)
-    import_backend()
-    # lazy: the engine imports Keras, which comes after the command line's checks and thread settings
+    chosen = model.runtime(runtime)
+    if chosen == "keras":
+        import_backend()
+        if os.environ.get("INNEREAR_THREADS"):
+            from innerear.nets.backend import set_threads  # lazy: Keras only for this runtime
+
+            set_threads(int(os.environ["INNEREAR_THREADS"]))
+    # lazy: the engine imports only what the chosen runtime needs, after the command line's checks
     from innerear.inference.engine import load_cascade
 
-    key = (str(model.folder.resolve()), tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in model.files))
+    key = (str(model.folder.resolve()), chosen,
+           tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in model.files))
     if reuse and key in _LOADED:
         return _LOADED[key]
     try:
-        cascade = load_cascade(model.folder)
-    except Exception as exc:  # keras raises many types for a damaged .keras file
+        cascade = load_cascade(model.folder, runtime=chosen)
+    except SegmentError:
+        raise
+    except Exception as exc:  # keras and onnxruntime raise many types for a damaged network file
         raise SegmentError(model.folder, f"model cannot be loaded ({type(exc).__name__}: {exc})") from exc
     cascade.info = dict(cascade.info, folder=str(model.folder))
     if reuse:
@@ -362,7 +373,8 @@ def _model_section(cascade, folder: Path, prepared: Prepared, structures: bool) 
         "fold": spec.get("fold"), "order": list(cascade.order), "grid": cascade.grid,
         "voxel_mm": list(voxel_mm) if voxel_mm is not None else None,
         "kind": "physical (fixed voxel size)" if voxel_mm is not None else "grid (every scan resampled to N^3)",
-        "structures": structures, "normalizer": cascade.normalizer.to_dict(), "training": card,
+        "structures": structures, "normalizer": cascade.normalizer.to_dict(), "runtime": spec.get("runtime", "keras"),
+        "training": card,
     }
 
 
@@ -493,8 +505,9 @@ class Segmenter:
     ``Segmenter()`` uses the shipped model (``innerear/models/robust_cascade``, trained on
     SYNTHETIC phantoms only); ``Segmenter(model_dir)`` a model folder
     (format: ``innerear.inference.modelfolder``), which is read and checked at once. The networks are
-    loaded at once too, or with ``load=False`` at the first segmentation (after ``before_load()``,
-    where the command line sets the backend's threads). ``cascade`` wraps an engine already in
+    loaded at once too, or with ``load=False`` at the first segmentation (after ``before_load()``).
+    ``runtime``: how the networks run (:func:`load_model_dir`; default: the folder's ONNX exports
+    in ONNX Runtime when it has them, else Keras). ``cascade`` wraps an engine already in
     memory (an ``innerear.inference.engine.Cascade``) instead. ``progress`` shows a progress
     bar per scan on stderr.
 
@@ -506,8 +519,9 @@ class Segmenter:
 
     def __init__(self, model_dir: str | os.PathLike | None = None, *, load: bool = True, progress: bool = False,
                  before_load: Callable[[], None] | None = None, cascade: Any = None,
-                 chunk_voxels: int = 1 << 20) -> None:
+                 chunk_voxels: int = 1 << 20, runtime: str = "auto") -> None:
         self.model_dir = model_dir
+        self.runtime = runtime
         self.progress = progress
         self.chunk_voxels = chunk_voxels
         self._before_load = before_load
@@ -524,7 +538,7 @@ class Segmenter:
         if self._cascade is None:
             if self._before_load is not None:
                 self._before_load()
-            self._cascade = load_model_dir(self.model_dir)
+            self._cascade = load_model_dir(self.model_dir, runtime=self.runtime)
             self.folder = Path(self._cascade.info.get("folder", self.folder))
         return self._cascade
 
@@ -590,6 +604,7 @@ def segment_scan(
     before_model: Callable[[], None] | None = None,
     labels_out: dict | None = None,
     require_labels: str | os.PathLike | None = None,
+    runtime: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Segment the inner ear in one scan file: ``(mask, affine, report)`` (:class:`Segmenter` with
     arrays and dicts, for scripts that want no result object).
@@ -601,10 +616,10 @@ def segment_scan(
     ``model_dir`` (default: the shipped model) is loaded after the scan was read and checked and
     after calling ``before_model``. A dict passed as ``labels_out`` receives the structure map as
     ``labels_out["labels"]`` (None for a binary model). ``require_labels`` (the label map's output
-    path) refuses a binary model as soon as it is loaded, naming that path.
+    path) refuses a binary model as soon as it is loaded, naming that path. ``runtime``: see :class:`Segmenter`.
     """
     segmenter = Segmenter(model_dir, load=False, progress=progress, before_load=before_model, cascade=cascade,
-                          chunk_voxels=chunk_voxels)
+                          chunk_voxels=chunk_voxels, runtime=runtime)
     result = segmenter._segment(path, spacing, probabilities=False, require_labels=require_labels)
     if labels_out is not None:
         labels_out["labels"] = result.labels
@@ -750,6 +765,7 @@ def segment_to_files(
     allow_empty: bool = False,
     before_model: Callable[[], None] | None = None,
     dicom_seg: str | os.PathLike | None = None,
+    runtime: str = "auto",
 ) -> dict:
     """Segment ``scan`` and write the mask (and mesh, report, structure label map, probabilities): all
     of them, or none (:meth:`Segmenter.segment_to_files` with a model loaded for this one scan).
@@ -765,7 +781,8 @@ def segment_to_files(
     their folders exist and are writable, overwriting without ``force``, the model folder).
     An empty mask or an implausible inner-ear volume (the report's ``checks``) is refused
     with :class:`SegmentError` and nothing is written, unless ``allow_empty``. The files are
-    written to temporary names and renamed only when all of them are complete. Returns the report.
+    written to temporary names and renamed only when all of them are complete. ``runtime``: see
+    :class:`Segmenter`. Returns the report.
     """
     scan = Path(scan)
     if not scan.exists():
@@ -774,7 +791,7 @@ def segment_to_files(
                dicom_seg=dicom_seg).check(scan, force)
     if dicom_seg is not None and spacing is not None:
         raise SegmentError(scan, "--dicom-seg takes its geometry from the DICOM series; omit --spacing")
-    segmenter = Segmenter(model_dir, load=False, progress=progress, before_load=before_model)
+    segmenter = Segmenter(model_dir, load=False, progress=progress, before_load=before_model, runtime=runtime)
     return segmenter.segment_to_files(scan, out, labels=labels, probabilities=probabilities, mesh=mesh, report=report,
                                       spacing=spacing, force=force, allow_empty=allow_empty, dicom_seg=dicom_seg)
 

@@ -9,7 +9,8 @@ A/B values, turn areas, canal geometry) and the published human measurements the
 beside (:mod:`~innerear.metrics.literature`, with its table in ``reference/``). NumPy, SciPy and scikit-image only: no deep learning, so results code and the
 data floor (phantoms that measure themselves, the label-resampling check) can use it.
 It sits below :mod:`innerear.data` for that reason."""
-from innerear.metrics.components import CONNECTIVITY, largest_component, near_largest, topology
+from innerear.metrics.components import (CONNECTIVITY, bounding_box, largest_component, major_components, near_largest,
+                                         topology)
 from innerear.metrics.scores import (
                                      METRIC_KEYS,
                                      DistanceMethod,
@@ -29,6 +30,6 @@ from innerear.metrics.scores import (
                                      surface_distances,
 )
 
-__all__ = ["CONNECTIVITY", "METRIC_KEYS", "DistanceMethod", "as_mask", "check_spacing", "components_per_slice",
+__all__ = ["CONNECTIVITY", "METRIC_KEYS", "bounding_box", "major_components", "DistanceMethod", "as_mask", "check_spacing", "components_per_slice",
            "confusion_counts", "dice", "evaluate", "fragmentation", "largest_component", "near_largest", "overlap_metrics",
            "per_structure", "roc_auc", "structure_labels", "structure_regions", "surface", "surface_distances", "topology"]

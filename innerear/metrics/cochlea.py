@@ -75,7 +75,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import isotonic_regression
 
-from innerear.metrics.components import largest_component, topology
+from innerear.metrics.components import bounding_box, largest_component, topology
 
 METHOD_NAME = "lateral-wall spiral unwrapping"
 METHOD = (f"{METHOD_NAME}: the modiolar axis is fitted to the mask's geodesic centreline (where turns touch, "
@@ -118,15 +118,6 @@ class CochleaMeasures:
 
 
 # =========================================================================== preparing the mask
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """The smallest box holding every voxel of a non-empty mask."""
-    box = []
-    for ax in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
-
-
 def _working_grid(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``mask`` (already cropped, its corner at voxel 0 of ``affine``), block-averaged to about
     0.06 mm where its voxels are finer than about 0.04 mm (a voxel is inside when at least
@@ -443,7 +434,7 @@ def _prepare(cochlea_mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     n_all = int(np.count_nonzero(mask))
     if n_all == 0:
         raise ValueError("cochlea mask is empty: nothing to measure")
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     comp = largest_component(mask[box]).view(bool)
     n_kept = int(np.count_nonzero(comp))
     shift = np.eye(4)

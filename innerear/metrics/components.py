@@ -9,13 +9,23 @@ from scipy import ndimage
 CONNECTIVITY = {6: 1, 18: 2, 26: 3}  # 3D neighbourhood -> scipy's generate_binary_structure rank
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every True voxel of a boolean array, as slices (None when it has none)."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def _labelled(m: np.ndarray, connectivity: int) -> tuple[tuple[slice, ...], np.ndarray, int, np.ndarray]:
     """A non-empty mask's components on its foreground's bounding box: ``(box, labels, n, sizes)``
     (``sizes[0]`` is 0, the background)."""
     if connectivity not in CONNECTIVITY:
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    box = tuple(slice(int(np.argmax(a)), len(a) - int(np.argmax(a[::-1])))
-                for a in (m.any(axis=tuple(j for j in range(m.ndim) if j != i)) for i in range(m.ndim)))
+    box = bounding_box(m)
     crop = m[box]
     structure = ndimage.generate_binary_structure(m.ndim, CONNECTIVITY[connectivity])
     try:  # 2 bytes per voxel while there are fewer than 65536 components (almost always)
@@ -55,6 +65,21 @@ def largest_component(mask: ArrayLike, connectivity: int = 26,
         else:
             np.equal(labels, int(np.argmax(sizes)), out=out[box].view(bool))
     return (out, int(n)) if return_count else out
+
+
+def major_components(mask: ArrayLike, fraction: float, connectivity: int = 26) -> NDArray[np.bool_]:
+    """Every 3D connected component of at least ``fraction`` of the largest one's voxels (boolean;
+    empty stays empty): the largest component and its rivals."""
+    m = np.asarray(mask)
+    out = np.zeros(m.shape, bool)
+    if m.any():
+        box, labels, n, sizes = _labelled(m, connectivity)
+        if n <= 1:
+            out[box] = labels != 0
+        else:
+            keep = np.flatnonzero(sizes >= fraction * sizes.max())
+            out[box] = np.isin(labels, keep[keep > 0])
+    return out
 
 
 def near_largest(mask: ArrayLike, within_vox: float, connectivity: int = 26,

@@ -67,6 +67,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from innerear.metrics.components import bounding_box
 from innerear.settings.structures import STRUCTURE_NAMES
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -215,15 +216,6 @@ def surface(mask: ArrayLike) -> NDArray[np.bool_]:
     return np.logical_and(m, ~ndimage.binary_erosion(m, structure=_SIX, border_value=0))
 
 
-def _union_bbox(x: NDArray[np.bool_], y: NDArray[np.bool_]) -> tuple[slice, ...]:
-    slices = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(np.any(x, axis=others) | np.any(y, axis=others))
-        slices.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(slices)
-
-
 def _points_mm(mask: NDArray[np.bool_], spacing: tuple[float, float, float]) -> NDArray[np.float64]:
     return np.argwhere(mask) * np.asarray(spacing, dtype=np.float64)
 
@@ -290,7 +282,7 @@ def surface_distances(
         return {"hausdorff_mm": _INF, "hd95_mm": _INF, "assd_mm": _INF}
     # Everything outside the union bounding box is background, so cropping changes nothing
     # (border_value=0 in the erosion treats outside the crop as background, as it is).
-    box = _union_bbox(x, y)
+    box = bounding_box(np.logical_or(x, y))
     x, y = x[box], y[box]
     sx, sy = surface(x), surface(y)
     only_x = np.logical_and(x, ~y)

@@ -6,11 +6,11 @@ import logging
 import os
 from typing import Iterator
 
-import keras
-
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and the backend; on TensorFlow also ask for deterministic ops."""
+    import keras  # lazy: an ONNX-only segmentation imports this module without Keras
+
     keras.utils.set_random_seed(int(seed))
     if deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf  # backend-specific switch, only when that backend is active
@@ -21,6 +21,8 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
 def set_threads(n: int) -> None:
     """Limit the backend's CPU threads (call before the first model is built)."""
     os.environ["OMP_NUM_THREADS"] = str(n)
+    import keras
+
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 

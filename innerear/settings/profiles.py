@@ -13,6 +13,9 @@ from typing import Any
 
 BACKBONES = ("unet", "res_unet", "se_unet")
 CONNECTIVITIES = (6, 18, 26)
+#: how a model folder's networks run when segmenting: auto, ONNX Runtime, Keras
+#: (:meth:`innerear.inference.modelfolder.ModelFolder.runtime`)
+RUNTIMES = ("auto", "onnx", "keras")
 BACKBONE_LABELS: dict[str, str] = {"unet": "U-Net", "res_unet": "ResU-Net", "se_unet": "SEU-Net"}
 SE_MODES = ("authors", "standard")  # the SE block: the authors' scalar gate, or Hu et al.'s
 

@@ -1,0 +1,174 @@
+"""A stage network as ONNX: exported from its ``.keras`` file, run with ONNX Runtime.
+
+``innerear segment`` on a CPU spends most of its start-up importing TensorFlow (about 4 s on a
+2-core machine) and loading and tracing three Keras models (2-3 s): more than the 30 mm block's
+whole goal of 5 s (issue 25). A model folder can therefore hold, beside each stage's
+``best.keras``, the same network exported with Keras' own ``model.export(format="onnx")``
+(``best.onnx``); ONNX Runtime loads it in milliseconds and predicts without importing Keras.
+
+The ONNX file records the SHA-256 of the ``.keras`` file it was exported from, the network's
+pooling factor and output classes (ONNX metadata). :func:`load_onnx` refuses a file whose
+``.keras`` has changed since: an answer from a stale export would not be the model's.
+The Keras network stays the source of truth (training, the notebooks, a GPU); the ONNX
+copy is how the shipped segmenter runs on a CPU. A test checks that both give the same
+probabilities (to 1e-4) and masks.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OnnxNet", "StaleExport", "check_export", "export_onnx", "load_onnx", "onnx_path", "onnxruntime_available",
+           "recorded_sha256", "sha256"]
+
+#: the largest difference of a probability between a network and its export that :func:`check_export` accepts
+EXPORT_TOLERANCE = 1e-4
+
+#: the ONNX file of a stage beside its ``best.keras``
+ONNX_NAME = "best.onnx"
+
+
+class StaleExport(ValueError):
+    """An ONNX file that was not exported from the ``.keras`` file beside it (or has no record of it)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+def onnx_path(keras_path: str | os.PathLike) -> Path:
+    """Where a stage's ONNX export lives: ``best.onnx`` beside ``best.keras``."""
+    return Path(keras_path).with_name(ONNX_NAME)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime can be imported here."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_onnx(keras_path: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Export a saved stage network to ONNX (``best.onnx`` beside it unless ``dest``), written atomically.
+
+    Uses Keras' ``model.export(format="onnx")`` (tf2onnx under TensorFlow) with dynamic batch
+    and slice sizes; the file's metadata records the source's SHA-256, pooling factor and classes.
+    """
+    import keras
+    import onnx
+
+    from innerear.io import atomic_path  # lazy: only an export writes
+    from innerear.nets.checkpoints import load_model  # lazy: Keras, which running an export does without
+    from innerear.nets.shape import output_classes, pooling_factor  # lazy: as above
+
+    keras_path = Path(keras_path)
+    dest = Path(dest) if dest is not None else onnx_path(keras_path)
+    model = load_model(keras_path, compile=False)
+    side = 2 * pooling_factor(model)
+    probe = np.zeros((1, side, side, int(model.inputs[0].shape[-1])), np.float32)
+    model(probe, training=False)  # Keras exports only a network that has been called
+    meta = {"innerear_keras_sha256": sha256(keras_path), "innerear_pooling": str(pooling_factor(model)),
+            "innerear_classes": str(output_classes(model)), "innerear_backend": keras.backend.backend()}
+    with atomic_path(dest, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter's deprecation notices about TensorFlow and NumPy
+        model.export(str(tmp), format="onnx", verbose=False)
+        proto = onnx.load(str(tmp))
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+    return dest
+
+
+def recorded_sha256(path: str | os.PathLike) -> str | None:
+    """The SHA-256 of the ``.keras`` file an ONNX export records (None: no record)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}.get("innerear_keras_sha256")
+
+
+def check_export(keras_path: str | os.PathLike, channels: int, seed: int = 0) -> float:
+    """The largest difference between the network's and its ONNX export's probabilities on random
+    slices of two sizes; raises :class:`StaleExport` above :data:`EXPORT_TOLERANCE`."""
+    import keras
+
+    from innerear.nets.checkpoints import load_model  # lazy: Keras, which running an export does without
+
+    model = load_model(keras_path, compile=False)
+    net = load_onnx(keras_path)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for h, w in ((2 * net.pooling, 3 * net.pooling), (5 * net.pooling, 4 * net.pooling)):
+        x = rng.standard_normal((2, h, w, channels)).astype(np.float32)
+        ref = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), np.float32)
+        worst = max(worst, float(np.abs(net.predict_on_batch(x) - ref).max()))
+    if worst > EXPORT_TOLERANCE:
+        raise StaleExport(net.path, f"answers differ from {Path(keras_path).name} by {worst:.2g} (tolerance "
+                                    f"{EXPORT_TOLERANCE:g})")
+    return worst
+
+
+@dataclass
+class OnnxNet:
+    """A stage network in ONNX Runtime, with the few things the engine asks of a Keras model:
+    ``predict_on_batch`` (and a call) on ``(n, h, w, c)`` float32 slices, its pooling factor,
+    output classes and input channels."""
+
+    session: Any
+    path: Path
+    pooling: int
+    classes: int
+    channels: int
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, h, w, classes)`` for a batch of slices."""
+        feed = {self.session.get_inputs()[0].name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return self.session.run(None, feed)[0]
+
+    def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
+        return self.predict_on_batch(batch)
+
+
+def load_onnx(keras_path: str | os.PathLike, threads: int | None = None) -> OnnxNet:
+    """The ONNX export beside ``keras_path`` in ONNX Runtime (``threads``: intra-op threads,
+    default ``$INNEREAR_THREADS`` or all cores). Raises :class:`StaleExport` when the export
+    does not record ``keras_path``'s current SHA-256."""
+    import onnxruntime as ort
+
+    keras_path = Path(keras_path)
+    path = onnx_path(keras_path)
+    options = ort.SessionOptions()
+    threads = threads or int(os.environ.get("INNEREAR_THREADS", "0") or 0)
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    recorded = meta.get("innerear_keras_sha256")
+    if recorded is None:
+        raise StaleExport(path, "no record of the .keras file it was exported from; export it again "
+                                "(innerear export-onnx FOLDER) or delete it")
+    if recorded != sha256(keras_path):
+        raise StaleExport(path, f"exported from a different {keras_path.name} than the one beside it; "
+                                "export it again (innerear export-onnx FOLDER) or delete it")
+    channels = int(session.get_inputs()[0].shape[-1])
+    return OnnxNet(session, path, int(meta["innerear_pooling"]), int(meta["innerear_classes"]), channels)
