@@ -7,16 +7,21 @@ speed check uses. Measured, each in a fresh process unless said otherwise:
 * ``segment``: ``python -m innerear segment SCAN -o MASK --report R`` ``--runs`` times (default 5):
   wall time including start-up (median), and the report's own steps (read, load model, prepare,
   cascade, map back, largest component, measure) as medians;
+* ``configurations``: the same command side by side, runs interleaved: this checkout as shipped
+  (ONNX Runtime), this checkout with ``--runtime keras``, and with ``--compare CHECKOUT`` an
+  earlier checkout of the project (the code before a change, run with this venv);
 * ``start-up``: the interpreter importing ``innerear.cli`` (what every command pays before it
-  reads an argument) and importing Keras with its backend (TensorFlow), median of three;
+  reads an argument), importing Keras with its backend (TensorFlow), and importing ONNX Runtime,
+  median of three;
 * ``cascade``: in one process with the networks loaded and warmed up, the engine on the prepared
   volume per stage (seconds, share of the slice area computed), with test-time mirroring (the
-  shipped setting) and without, and at batch sizes 8 (default) and 32.
+  shipped setting) and without, with stage 1's probe (the shipped setting) and without (every
+  first-stage slice at full size), and at batch sizes 8 (default) and 32.
 
 The record (``benchmarks/results/bench_segment_profile.json``) holds the goal of issue 25
 (5 s wall) beside the median, and is rendered on the book's Performance page.
 
-    .venv/bin/python benchmarks/bench_segment_profile.py [--runs 5] [--workdir DIR]
+    .venv/bin/python benchmarks/bench_segment_profile.py [--runs 5] [--workdir DIR] [--compare CHECKOUT]
 """
 from __future__ import annotations
 
@@ -50,69 +55,79 @@ def block_scan(folder: Path, voxel_mm: float) -> Path:
     return folder / ph.write_specimen(spec, folder)["image"]
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+def _env(root: Path = ROOT) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
                 TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def _wall(cmd: list[str]) -> float:
+def _wall(cmd: list[str], root: Path = ROOT) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env=_env(root), cwd=root, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
-def segment_runs(scan: Path, folder: Path, runs: int) -> dict:
-    """``innerear segment`` in fresh processes: wall seconds and the report's steps, as medians."""
-    walls, steps = [], []
+def segment_runs(scan: Path, folder: Path, runs: int, configs: dict[str, tuple[Path, list[str]]]) -> dict:
+    """``innerear segment`` in fresh processes, each configuration ``(checkout, extra arguments)`` in
+    turn ``runs`` times: wall seconds and the report's steps, as medians per configuration."""
+    walls: dict[str, list[float]] = {name: [] for name in configs}
+    steps: dict[str, list[dict]] = {name: [] for name in configs}
     for i in range(runs):
-        mask, report = folder / f"mask{i}.nii.gz", folder / f"report{i}.json"
-        walls.append(_wall([sys.executable, "-m", "innerear", "segment", str(scan), "-o", str(mask), "--report",
-                            str(report), "--quiet", "--force"]))
-        rep = json.loads(report.read_text())
-        steps.append(dict(rep["timings_s"], total_inside=rep["total_s"]))
-        print(f"  segment run {i + 1}/{runs}: {walls[-1]:.1f} s wall, steps {rep['timings_s']}", flush=True)
-    median_steps = {k: round(statistics.median(s[k] for s in steps), 3) for k in steps[0]}
-    return {"runs": runs, "wall_s": [round(w, 2) for w in walls], "median_wall_s": round(statistics.median(walls), 2),
-            "median_steps_s": median_steps}
+        for name, (root, extra) in configs.items():
+            mask, report = folder / f"mask_{i}.nii.gz", folder / f"report_{i}.json"
+            walls[name].append(_wall([sys.executable, "-m", "innerear", "segment", str(scan), "-o", str(mask),
+                                      "--report", str(report), "--quiet", "--force", *extra], root))
+            rep = json.loads(report.read_text())
+            steps[name].append(dict(rep["timings_s"], total_inside=rep["total_s"]))
+            print(f"  {name} run {i + 1}/{runs}: {walls[name][-1]:.1f} s wall, steps {rep['timings_s']}", flush=True)
+    out = {}
+    for name in configs:
+        median_steps = {k: round(statistics.median(s.get(k, 0.0) for s in steps[name]), 3) for k in steps[name][0]}
+        out[name] = {"runs": runs, "wall_s": [round(w, 2) for w in walls[name]],
+                     "median_wall_s": round(statistics.median(walls[name]), 2), "median_steps_s": median_steps,
+                     "arguments": " ".join(configs[name][1]), "checkout": str(configs[name][0])}
+    return out
 
 
 def startup(repeats: int = 3) -> dict:
     """Seconds a fresh interpreter needs to import the command line, and Keras with its backend."""
     out = {}
     for name, code in (("python + innerear.cli", "import innerear.cli"),
-                       ("python + keras (tensorflow)", "import keras; keras.ops.zeros((1,))")):
+                       ("python + keras (tensorflow)", "import keras; keras.ops.zeros((1,))"),
+                       ("python + onnxruntime", "import onnxruntime")):
         out[name] = round(statistics.median(_wall([sys.executable, "-c", code]) for _ in range(repeats)), 2)
     return out
 
 
 def cascade_profile(scan: Path) -> list[dict]:
     """The engine on the prepared block in this process, networks loaded and warmed up: seconds per
-    stage for mirroring on/off and batch 8/32 (each configuration run twice, the second timed)."""
+    stage with and without mirroring and stage 1's probe, at batch 8 (and 32 as shipped otherwise);
+    each configuration run twice, the second timed."""
     from innerear.inference import segment as sg
-    from innerear.inference.engine import InferenceSettings
+    from innerear.inference.engine import PROBE_STEP, InferenceSettings
 
     cascade = sg.load_model_dir(None)
     prepared = sg.prepare(sg.read_scan(scan, None), cascade)
     rows = []
-    for mirror in (True, False):
-        for batch in (8, 32):
-            run = InferenceSettings(mirror=mirror, align=cascade.settings.align, batch_size=batch)
-            saved, cascade.settings = cascade.settings, run
-            try:
-                cascade.predict(prepared.volume)  # warm-up: traces the predict steps for these shapes
-                stats: dict = {}
-                t0 = time.perf_counter()
-                cascade.predict(prepared.volume, stats=stats)
-                seconds = time.perf_counter() - t0
-            finally:
-                cascade.settings = saved
-            rows.append({"mirror": mirror, "batch": batch, "seconds": round(seconds, 2),
-                         "prepared_shape": "x".join(map(str, prepared.volume.shape)),
-                         "stages": [{"view": s["view"], "seconds": round(s["seconds"], 2),
-                                     "pixel_fraction": round(s["pixel_fraction"], 3)} for s in stats["stages"]],
-                         "realigned": bool((stats.get("alignment") or {}).get("realigned"))})
-            per_stage = ", ".join(f"{s['view']} {s['seconds']:.1f}" for s in stats["stages"])
-            print(f"  cascade mirror={mirror} batch={batch}: {seconds:.1f} s ({per_stage})", flush=True)
+    for mirror, probe, batch in ((True, PROBE_STEP, 8), (True, 0, 8), (False, PROBE_STEP, 8), (False, 0, 8),
+                                 (True, PROBE_STEP, 32)):
+        run = InferenceSettings(mirror=mirror, align=cascade.settings.align, batch_size=batch, probe_step=probe)
+        saved, cascade.settings = cascade.settings, run
+        try:
+            cascade.predict(prepared.volume)  # warm-up
+            stats: dict = {}
+            t0 = time.perf_counter()
+            cascade.predict(prepared.volume, stats=stats)
+            seconds = time.perf_counter() - t0
+        finally:
+            cascade.settings = saved
+        rows.append({"mirror": mirror, "probe_step": probe, "batch": batch, "seconds": round(seconds, 2),
+                     "runtime": cascade.info.get("runtime"),
+                     "prepared_shape": "x".join(map(str, prepared.volume.shape)),
+                     "stages": [{"view": s["view"], "seconds": round(s["seconds"], 2),
+                                 "pixel_fraction": round(s["pixel_fraction"], 3)} for s in stats["stages"]],
+                     "realigned": bool((stats.get("alignment") or {}).get("realigned"))})
+        per_stage = ", ".join(f"{s['view']} {s['seconds']:.1f}" for s in stats["stages"])
+        print(f"  cascade mirror={mirror} probe={probe} batch={batch}: {seconds:.1f} s ({per_stage})", flush=True)
     return rows
 
 
@@ -120,31 +135,53 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--compare", default=None, metavar="CHECKOUT",
+                    help="an earlier checkout of the project, timed side by side as 'before'")
     ap.add_argument("--json", default=None, help="record (default: benchmarks/results/bench_segment_profile.json)")
     args = ap.parse_args(argv)
     from innerear.inference.modelfolder import read_model_folder
 
     voxel = float(read_model_folder(None).spec.voxel_mm)
+    configs: dict[str, tuple[Path, list[str]]] = {}
+    if args.compare:
+        configs["before"] = (Path(args.compare).resolve(), [])
+    configs["shipped"] = (ROOT, [])
+    configs["keras runtime"] = (ROOT, ["--runtime", "keras"])
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)
         scan = block_scan(folder, voxel)
         print("start-up ...", flush=True)
         start = startup()
         print(f"  {start}\nsegment ...", flush=True)
-        seg = segment_runs(scan, folder, args.runs)
+        runs = segment_runs(scan, folder, args.runs, configs)
         print("cascade ...", flush=True)
         casc = cascade_profile(scan)
+    seg = runs["shipped"]
     shape = 3 * (int(round(BLOCK_MM / voxel)),)
     out = {"what": f"innerear segment on a {BLOCK_MM:.0f} mm block at the shipped model's voxel size ({voxel} mm, "
-                   f"{'x'.join(map(str, shape))} voxels, uint16): wall time with start-up (fresh processes), the "
-                   "report's steps, import costs, and the engine's stages in one warm process",
-           "goal_wall_s": GOAL_S, "segment": seg, "startup_s": start, "cascade": casc,
+                   f"{'x'.join(map(str, shape))} voxels, uint16): wall time with start-up (fresh processes, "
+                   "configurations interleaved), the report's steps, import costs, and the engine's stages in one "
+                   "warm process",
+           "goal_wall_s": GOAL_S, "segment": seg, "configurations": runs, "startup_s": start, "cascade": casc,
            "goal_met": seg["median_wall_s"] <= GOAL_S}
-    print(f"median wall {seg['median_wall_s']:.1f} s (goal {GOAL_S:.0f} s)")
+    if args.compare:
+        out["compare_note"] = (f"'before' is the checkout {args.compare} (git "
+                               f"{_git_head(Path(args.compare))}) run with this venv")
+    for name, r in runs.items():
+        print(f"{name}: median wall {r['median_wall_s']:.1f} s")
+    print(f"goal {GOAL_S:.0f} s: {'met' if out['goal_met'] else 'not met'}")
     from innerear.reporting.performance import results_path, write_record
 
     print(f"wrote {write_record(args.json or results_path(ROOT, 'bench_segment_profile'), 'bench_segment_profile', out)}")
     return 0
+
+
+def _git_head(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 if __name__ == "__main__":

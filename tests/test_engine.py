@@ -152,3 +152,70 @@ def test_a_physical_cascade_hands_later_stages_the_pieces_near_the_largest():
     casc = cs.Cascade(stages, norm.Normalizer(0.0, 1.0), None, voxel_mm=0.5,
                       settings=cs.InferenceSettings(mode="full", context_gap_mm=0.0))
     np.testing.assert_array_equal(casc.predict(vol, return_stages=True)[2][0][1], cs.largest_component(vol))
+
+
+class _PixelNet:
+    """A stand-in network without context: foreground probability 1 where the image channel is
+    above 0.5 (so cropping cannot change its answer); counts the pixels it is asked for."""
+
+    pooling, classes, session = 4, 1, None
+
+    def __init__(self) -> None:
+        self.pixels = 0
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        self.pixels += int(np.prod(batch.shape[:3]))
+        return (batch[..., :1] > 0.5).astype(np.float32)
+
+
+def _labyrinth_and_specks() -> np.ndarray:
+    vol = np.zeros((64, 48, 40), np.float32)
+    vol[20:44, 14:34, 10:30] = 1.0  # the structure
+    vol[3, 3, 3] = vol[60, 44, 36] = vol[5, 40, 33] = 1.0  # a first stage's scattered false positives
+    return vol
+
+
+def test_probe_region_holds_the_major_components_and_drops_specks():
+    from innerear.metrics import major_components
+
+    vol = _labyrinth_and_specks()
+    net = _PixelNet()
+    [region], pixels = cs.probe_region(net, "coronal", vol[..., None], 0.5, cs.InferenceSettings(), "ras")
+    assert region[20:44, 14:34, 10:30].all()  # probed every 4th slice, filled between: the whole block
+    assert not region[3, 3, 3] and not region[60, 44, 36]
+    assert pixels == net.pixels < vol.size  # the probe saw a quarter of the slices (and the last)
+    two = np.zeros((20, 20, 20), bool)
+    two[1:9, 1:9, 1:9] = True  # 512
+    two[12:16, 12:16, 12:16] = True  # 64: an eighth of the largest
+    np.testing.assert_array_equal(major_components(two, 0.1), two)
+    np.testing.assert_array_equal(major_components(two, 0.2), cs.largest_component(two) > 0)
+    assert not major_components(np.zeros((3, 3, 3)), 0.1).any()
+
+
+def test_probed_first_stage_gives_the_full_stage_s_mask_for_a_network_without_context():
+    vol = _labyrinth_and_specks()
+    masks, computed = {}, {}
+    for step in (0, 4):
+        net = _PixelNet()
+        stats: dict = {}
+        settings = cs.InferenceSettings(probe_step=step, mirror=True, margin=2)
+        _, masks[step] = cs.run_stage(net, "coronal", vol, [], settings=settings, stats=stats)
+        computed[step] = stats["stages"][0]["pixel_fraction"]
+    np.testing.assert_array_equal(masks[4], masks[0])
+    assert computed[0] == 2.0 and computed[4] < 1.0  # mirrored: two full passes, or the probe and two regions
+    net = _PixelNet()  # a probe that finds nothing: every slice at full size
+    _, empty = cs.run_stage(net, "coronal", np.zeros_like(vol), [], settings=cs.InferenceSettings())
+    n, h, w = to_slices(vol, "coronal").shape
+    probed = len(range(0, n, 4)) + (1 if (n - 1) % 4 else 0)  # every 4th slice and the last
+    assert not empty.any() and net.pixels == vol.size + probed * h * w
+
+
+def test_grid_cascades_keep_the_paper_s_first_stage():
+    vol = _labyrinth_and_specks()
+    for voxel, expected in ((None, 1.0), (0.15, None)):
+        stats: dict = {}
+        casc = cs.Cascade([("coronal", _PixelNet())], norm.Normalizer(0.0, 1.0), None if voxel else 64,
+                          voxel_mm=voxel)
+        casc.predict(vol, stats=stats, margin=2)
+        fraction = stats["stages"][0]["pixel_fraction"]
+        assert fraction == expected if expected else fraction < 1.0

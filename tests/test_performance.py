@@ -118,15 +118,26 @@ def test_train_speed_page_part_is_computed_from_its_record(tmp_path):
 
 def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     stages = [{"view": v, "seconds": 1.0, "pixel_fraction": f} for v, f in (("coronal", 2.0), ("sagittal", 0.5))]
+    shipped = {"runs": 5, "median_wall_s": 20.0, "wall_s": [20.0] * 5,
+               "median_steps_s": {"load_model": 4.0, "cascade": 10.0, "measure": 1.0, "total_inside": 16.0}}
+    before = dict(shipped, median_wall_s=50.0, median_steps_s={"load_model": 6.0, "cascade": 30.0})
+    keras = dict(shipped, median_wall_s=30.0)
     rec = perf.read_record(perf.write_record(tmp_path / "s.json", "bench_segment_profile", {
-        "goal_wall_s": 5.0, "goal_met": False, "startup_s": {"python + keras (tensorflow)": 3.25},
-        "segment": {"runs": 5, "median_wall_s": 20.0, "wall_s": [20.0] * 5,
-                    "median_steps_s": {"load_model": 4.0, "cascade": 10.0, "measure": 1.0, "total_inside": 16.0}},
-        "cascade": [{"mirror": m, "batch": 8, "seconds": s, "stages": stages} for m, s in ((True, 9.5), (False, 5.0))]}))
+        "goal_wall_s": 5.0, "goal_met": False,
+        "startup_s": {"python + keras (tensorflow)": 3.25, "python + onnxruntime": 0.25},
+        "segment": shipped, "configurations": {"before": before, "shipped": shipped, "keras runtime": keras},
+        "cascade": [{"mirror": m, "probe_step": p, "batch": 8, "seconds": s, "stages": stages}
+                    for m, p, s in ((True, 4, 9.5), (True, 0, 12.0), (False, 4, 5.0))]}))
     text = perf.segment_profile_markdown(rec)
     assert "takes 20.0 s wall (median of 5 runs); the goal is 5 s, not met" in text
+    assert "Before this change it took 50.0 s, 2.5 times as long" in text
     assert "the cascade (three stages) (10.0 s) and load the networks (4.0 s)" in text
     assert "| start-up: interpreter, imports, argument checks | 4.0 | 20% |" in text  # 20 s wall - 16 s inside
-    assert "9.5 s with test-time mirroring (the shipped setting) and 5.0 s without" in text
-    assert "| yes | 8 | 9.5 | 1.0 (100%) | 1.0 (25%) |" in text  # mirrored: both passes' pixels halved
+    assert "3.2 s only to import Keras and TensorFlow, which the shipped runtime avoids, and 0.2 s" in text
+    assert "With `--runtime keras` the same run takes 30.0 s." in text
+    assert "9.5 s with stage 1's probe (the shipped setting) and 12.0 s when stage 1 predicts every slice" in text
+    assert "| as shipped (ONNX Runtime) | 20.0 | 5 | 4.0 | 10.0 | 2.5x |" in text
+    assert "| yes | every 4th slice | 8 | 9.5 | 1.0 (100%) | 1.0 (25%) |" in text  # mirrored: pixels halved
     assert text.index("| load the networks |") < text.index("| the cascade (three stages) |")  # pipeline order
+
+

@@ -4,6 +4,7 @@ Every figure in its model card comes from this script or from the domain-shift b
 
     .venv/bin/python tools/ship_robust.py train --work WORK     # innerear train --recipe robust (resumable)
     .venv/bin/python tools/ship_robust.py export --work WORK    # into the package, + the speed check
+    .venv/bin/python tools/ship_robust.py speed --work WORK     # the speed check again, into the card
     .venv/bin/python benchmarks/bench_domain_shift.py           # the matrix (benchmarks/results/domain_shift.json)
     .venv/bin/python benchmarks/bench_clinical.py --part matrix # the clinical CBCT matrix (clinical_matrix.json)
     .venv/bin/python benchmarks/bench_clinical.py --part ablation --v1-tree V1 \
@@ -107,6 +108,17 @@ def cmd_export(work: Path) -> None:
     print(f"exported to {MODEL_DIR}")
 
 
+def cmd_speed(work: Path) -> None:
+    """The speed check of the shipped model again (after a change to the engine), into its card."""
+    from innerear.io import write_json
+
+    card_path = MODEL_DIR / "model_card.json"  # provenance only: the loader never reads it
+    card = json.loads(card_path.read_text())
+    card["speed"] = speed_check(MODEL_DIR, work)
+    write_json(card_path, card)
+    print(json.dumps(card["speed"], indent=2))
+
+
 def limits(record: dict) -> list[str]:
     """The model's limits in plain words; the ones that depend on results are computed."""
     goal = record.get("goal_dice", 0.85)
@@ -183,13 +195,15 @@ def cmd_card() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("step", choices=("train", "export", "card"))
+    ap.add_argument("step", choices=("train", "export", "speed", "card"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/ship_robust"))
     args = ap.parse_args()
     if args.step == "train":
         cmd_train(args.work)
     elif args.step == "export":
         cmd_export(args.work)
+    elif args.step == "speed":
+        cmd_speed(args.work)
     else:
         cmd_card()
 

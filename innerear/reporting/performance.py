@@ -648,14 +648,31 @@ def segment_profile_table(record: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
+_CONFIG_NAMES = {"before": "before this change (an earlier checkout)", "shipped": "as shipped (ONNX Runtime)",
+                 "keras runtime": "`--runtime keras` (TensorFlow)"}
+
+
+def segment_configurations_table(record: dict[str, Any]) -> pd.DataFrame:
+    """``innerear segment`` configurations side by side: median wall seconds, runs, speed-up over the first."""
+    import pandas as pd
+
+    runs = record.get("configurations") or {"shipped": record["segment"]}
+    first = next(iter(runs.values()))["median_wall_s"]
+    return pd.DataFrame([{"configuration": _CONFIG_NAMES.get(name, name), "median wall seconds": f"{r['median_wall_s']:.1f}",
+                          "runs": str(r["runs"]), "load the networks": f"{r['median_steps_s'].get('load_model', 0):.1f}",
+                          "cascade": f"{r['median_steps_s'].get('cascade', 0):.1f}",
+                          "speed-up": f"{first / r['median_wall_s']:.1f}x"} for name, r in runs.items()])
+
+
 def segment_cascade_table(record: dict[str, Any]) -> pd.DataFrame:
-    """The engine in a warm process: seconds per stage for mirroring on/off and two batch sizes."""
+    """The engine in a warm process: seconds per stage with/without mirroring, stage 1's probe, batch sizes."""
     import pandas as pd
 
     rows = []
     for r in record["cascade"]:
-        row = {"test-time mirroring": "yes" if r["mirror"] else "no", "slices per call": str(r["batch"]),
-               "cascade seconds": f"{r['seconds']:.1f}"}
+        row = {"test-time mirroring": "yes" if r["mirror"] else "no",
+               "stage 1 probe": f"every {r['probe_step']}th slice" if r.get("probe_step") else "no (every slice)",
+               "slices per call": str(r["batch"]), "cascade seconds": f"{r['seconds']:.1f}"}
         passes = 2 if r["mirror"] else 1  # the engine counts the mirrored pass's pixels too
         for s in r["stages"]:
             row[f"{s['view']} seconds (share of slice area)"] = f"{s['seconds']:.1f} ({s['pixel_fraction'] / passes:.0%})"
@@ -664,22 +681,33 @@ def segment_cascade_table(record: dict[str, Any]) -> pd.DataFrame:
 
 
 def segment_profile_sentence(record: dict[str, Any]) -> str:
-    """The goal, the median, and the largest parts, computed from the record."""
+    """The goal, the median, the change from before, and the largest parts, computed from the record."""
     seg, start = record["segment"], record["startup_s"]
     steps = {k: v for k, v in seg["median_steps_s"].items() if k != "total_inside"}
     top = sorted(steps.items(), key=lambda kv: -kv[1])[:2]
     keras_s = start.get("python + keras (tensorflow)")
-    plain = [r for r in record["cascade"] if not r["mirror"] and r["batch"] == 8]
-    mirrored = [r for r in record["cascade"] if r["mirror"] and r["batch"] == 8]
+    ort_s = start.get("python + onnxruntime")
+    runs = record.get("configurations") or {}
+    shipped = [r for r in record["cascade"] if r["mirror"] and r["batch"] == 8 and r.get("probe_step", 0)]
+    full = [r for r in record["cascade"] if r["mirror"] and r["batch"] == 8 and not r.get("probe_step")]
     text = (f"`innerear segment` on the block takes {seg['median_wall_s']:.1f} s wall (median of {seg['runs']} runs); "
-            f"the goal is {record['goal_wall_s']:.0f} s, {'met' if record['goal_met'] else 'not met'}. The largest "
-            f"parts: {_STEP_NAMES.get(top[0][0], top[0][0])} ({top[0][1]:.1f} s) and "
-            f"{_STEP_NAMES.get(top[1][0], top[1][0])} ({top[1][1]:.1f} s).")
-    if keras_s is not None:
+            f"the goal is {record['goal_wall_s']:.0f} s, {'met' if record['goal_met'] else 'not met'}.")
+    if "before" in runs:
+        before = runs["before"]["median_wall_s"]
+        text += (f" Before this change it took {before:.1f} s, {before / seg['median_wall_s']:.1f} times as long "
+                 f"(side by side in one run).")
+    text += (f" The largest parts: {_STEP_NAMES.get(top[0][0], top[0][0])} ({top[0][1]:.1f} s) and "
+             f"{_STEP_NAMES.get(top[1][0], top[1][0])} ({top[1][1]:.1f} s).")
+    if keras_s is not None and ort_s is not None:
+        text += (f" A fresh interpreter needs {keras_s:.1f} s only to import Keras and TensorFlow, which the "
+                 f"shipped runtime avoids, and {ort_s:.1f} s to import ONNX Runtime.")
+    elif keras_s is not None:
         text += f" A fresh interpreter needs {keras_s:.1f} s only to import Keras and TensorFlow."
-    if plain and mirrored:
-        text += (f" In a warm process the cascade takes {mirrored[0]['seconds']:.1f} s with test-time mirroring "
-                 f"(the shipped setting) and {plain[0]['seconds']:.1f} s without.")
+    if "keras runtime" in runs:
+        text += f" With `--runtime keras` the same run takes {runs['keras runtime']['median_wall_s']:.1f} s."
+    if shipped and full:
+        text += (f" In a warm process the cascade takes {shipped[0]['seconds']:.1f} s with stage 1's probe (the "
+                 f"shipped setting) and {full[0]['seconds']:.1f} s when stage 1 predicts every slice at full size.")
     return text
 
 
@@ -688,6 +716,6 @@ def segment_profile_markdown(record: dict[str, Any] | None) -> str:
     if record is None:
         return missing_note(f"`benchmarks/results/{SEGMENT_PROFILE}.json`",
                             ".venv/bin/python benchmarks/bench_segment_profile.py")
-    return "\n\n".join([segment_profile_sentence(record), to_markdown(segment_profile_table(record)),
-                        to_markdown(segment_cascade_table(record)),
+    return "\n\n".join([segment_profile_sentence(record), to_markdown(segment_configurations_table(record)),
+                        to_markdown(segment_profile_table(record)), to_markdown(segment_cascade_table(record)),
                         context_line(record) + f" Source: `benchmarks/results/{SEGMENT_PROFILE}.json`."])
