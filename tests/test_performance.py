@@ -141,3 +141,17 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     assert text.index("| load the networks |") < text.index("| the cascade (three stages) |")  # pipeline order
 
 
+
+
+def test_probe_page_part_gives_the_worst_group_and_the_speed_up(tmp_path):
+    groups = [{"group": "CBCT crop", "n": 2, "probe_dice": 0.95, "full_dice": 0.952, "difference": -0.002,
+               "worst_difference": -0.004, "dice_between": 0.99, "probe_cascade_s": 2.0, "full_cascade_s": 4.0},
+              {"group": "turned", "n": 4, "probe_dice": 0.94, "full_dice": 0.935, "difference": 0.005,
+               "worst_difference": -0.001, "dice_between": 0.985, "probe_cascade_s": 3.0, "full_cascade_s": 9.0}]
+    rec = perf.read_record(perf.write_record(tmp_path / "p.json", "bench_probe", {
+        "tolerance": 0.01, "passed": True, "worst_group_difference": -0.002, "groups": groups, "rows": []}))
+    text = perf.probe_markdown(rec)
+    assert "On 6 scans in 2 groups, the probe changes a group's mean Dice by -0.002 at worst (CBCT crop)" in text
+    assert "the tolerance is 0.01, kept. The cascade is 2.5 times as fast with it" in text
+    assert "| turned | 4 | 0.940 | 0.935 | +0.005 (-0.001) | 0.985 | 3.0 / 9.0 |" in text
+    assert "absent" in perf.probe_markdown(None)

@@ -528,6 +528,35 @@ def load_markdown(record: dict[str, Any] | None) -> str:
                         " Source: `benchmarks/results/bench_load.json`."])
 
 
+PROBE = "bench_probe"  # benchmarks/bench_probe.py's record
+
+
+def probe_markdown(record: dict[str, Any] | None) -> str:
+    """``benchmarks/bench_probe.py``'s record: per group of scans, the Dice with stage 1's probe and with
+    every first-stage slice, their paired difference and the cascade's seconds; or how to measure it."""
+    if record is None:
+        return missing_note("`benchmarks/results/bench_probe.json`", ".venv/bin/python benchmarks/bench_probe.py")
+    rows = [{"scans": g["group"], "n": str(g["n"]), "Dice, probe (shipped)": f"{g['probe_dice']:.3f}",
+             "Dice, every slice": f"{g['full_dice']:.3f}",
+             "difference (worst scan)": f"{g['difference']:+.3f} ({g['worst_difference']:+.3f})",
+             "Dice between the masks": f"{g['dice_between']:.3f}",
+             "cascade seconds, probe / every slice": f"{g['probe_cascade_s']:.1f} / {g['full_cascade_s']:.1f}"}
+            for g in record["groups"]]
+    groups = record["groups"]
+    n = sum(g["n"] for g in groups)
+    tol = float(record["tolerance"])
+    worst = min(groups, key=lambda g: g["difference"])
+    import statistics
+
+    faster = statistics.median(g["full_cascade_s"] / g["probe_cascade_s"] for g in groups if g["probe_cascade_s"])
+    text = (f"On {n} scans in {len(groups)} groups, the probe changes a group's mean Dice by {worst['difference']:+.3f} "
+            f"at worst ({worst['group']}); the tolerance is {tol:g}, "
+            f"{'kept' if record['passed'] else 'NOT kept'}. The cascade is {faster:.1f} times as fast with it "
+            f"(median over the groups).")
+    return "\n\n".join([text, to_markdown(records_table(rows)), context_line(record) +
+                        " Source: `benchmarks/results/bench_probe.json`."])
+
+
 TURNS = "bench_turns"  # benchmarks/bench_turns.py's record
 
 
