@@ -284,8 +284,12 @@ def labels_from_classes(mask: np.ndarray, class_prob: np.ndarray | None) -> np.n
     """
     if class_prob is None:
         return None
-    labels = (np.argmax(class_prob[..., 1:], axis=-1) + 1).astype(np.uint8)
-    labels[np.asarray(mask) == 0] = 0
+    mask = np.asarray(mask) != 0
+    labels = np.zeros(mask.shape, np.uint8)
+    box = bounding_box(mask)
+    if box is not None:  # the argmax only where the mask is (a small box of a large scan)
+        inside = (np.argmax(class_prob[box][..., 1:], axis=-1) + 1).astype(np.uint8)
+        labels[box] = np.where(mask[box], inside, 0)
     return labels
 
 
