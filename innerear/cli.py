@@ -336,7 +336,8 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
     from innerear.training.robust import get_recipe, train_robust
 
     last = train_robust(get_recipe(args.recipe, seed=args.seed), out, verbose=not args.quiet)
-    print(f"cascade: {last / 'cascade.json'}  (innerear segment SCAN -o MASK --model {last})")
+    print(f"cascade: {last / 'cascade.json'}  (innerear segment SCAN -o MASK --model {last}; "
+          f"innerear export-onnx {last} first makes it run without TensorFlow)")
     return 0
 
 

@@ -4,6 +4,8 @@ The engine predicts a stage's slices in one of three modes (``mode=``):
 
 ``"full"``
     The authors' way: every slice of every stage at full size, eager ``model(x)`` calls.
+    (A stage network may also be an ONNX export in ONNX Runtime, :mod:`innerear.nets.onnx`: the
+    same probabilities to 1e-4, no compilation, no TensorFlow.)
 ``"compiled"``
     Every slice at full size through ``model.predict_on_batch`` (the backend's compiled
     predict step: a ``tf.function`` on TensorFlow, ``jax.jit`` on JAX; on TensorFlow the
@@ -18,7 +20,11 @@ The engine predicts a stage's slices in one of three modes (``mode=``):
     and measure multiples of the network's pooling factor ``2**depth`` (so the pooling grid
     is the one of the full slice and the network accepts the size), rounded up to multiples
     of ``bucket`` so that few shapes occur (one compilation each on JAX), and a rectangle
-    that would cover ``full_fraction`` of the slice becomes the full slice.
+    that would cover ``full_fraction`` of the slice becomes the full slice. A model in physical
+    units (the shipped segmenter) also restricts its **first stage** this way, to the region
+    that a probe of every 4th slice found (:func:`innerear.inference.engine.probe_region`;
+    measured by ``benchmarks/bench_probe.py``); grid models (the reproduction) predict every
+    first-stage slice.
 
 Where ``"fast"`` is **not exact**, and why the masks still (almost always) agree:
 

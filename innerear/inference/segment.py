@@ -506,8 +506,9 @@ class Segmenter:
     SYNTHETIC phantoms only); ``Segmenter(model_dir)`` a model folder
     (format: ``innerear.inference.modelfolder``), which is read and checked at once. The networks are
     loaded at once too, or with ``load=False`` at the first segmentation (after ``before_load()``).
-    ``runtime``: how the networks run (:func:`load_model_dir`; default: the folder's ONNX exports
-    in ONNX Runtime when it has them, else Keras). ``cascade`` wraps an engine already in
+    ``runtime``: how the networks run: ``"auto"`` (default) runs the folder's ONNX exports in ONNX
+    Runtime when it has them (the shipped models do; TensorFlow is never imported), else the Keras
+    networks; ``"onnx"`` insists on the exports, ``"keras"`` uses the ``.keras`` networks. ``cascade`` wraps an engine already in
     memory (an ``innerear.inference.engine.Cascade``) instead. ``progress`` shows a progress
     bar per scan on stderr.
 
