@@ -151,7 +151,7 @@ def test_probe_page_part_gives_the_worst_group_and_the_speed_up(tmp_path):
     rec = perf.read_record(perf.write_record(tmp_path / "p.json", "bench_probe", {
         "tolerance": 0.01, "passed": True, "worst_group_difference": -0.002, "groups": groups, "rows": []}))
     text = perf.probe_markdown(rec)
-    assert "On 6 scans in 2 groups, the probe changes a group's mean Dice by -0.002 at worst (CBCT crop)" in text
+    assert "On 6 scans in 2 groups, the probe changes a group's mean Dice by -0.0020 at worst (CBCT crop)" in text
     assert "the tolerance is 0.01, kept. The cascade is 2.5 times as fast with it" in text
     assert "| turned | 4 | 0.940 | 0.935 | +0.005 (-0.001) | 0.985 | 3.0 / 9.0 |" in text
     assert "absent" in perf.probe_markdown(None)

@@ -549,7 +549,7 @@ def probe_markdown(record: dict[str, Any] | None) -> str:
     import statistics
 
     faster = statistics.median(g["full_cascade_s"] / g["probe_cascade_s"] for g in groups if g["probe_cascade_s"])
-    text = (f"On {n} scans in {len(groups)} groups, the probe changes a group's mean Dice by {worst['difference']:+.3f} "
+    text = (f"On {n} scans in {len(groups)} groups, the probe changes a group's mean Dice by {worst['difference']:+.4f} "
             f"at worst ({worst['group']}); the tolerance is {tol:g}, "
             f"{'kept' if record['passed'] else 'NOT kept'}. The cascade is {faster:.1f} times as fast with it "
             f"(median over the groups).")
