@@ -54,6 +54,7 @@ def _segment(cascade, path: Path, probe_step: int) -> tuple[np.ndarray, np.ndarr
 
 def compare(cascade, scans: list[tuple[str, Path, Path]], read_truth, score) -> list[dict]:
     """Each scan with and without the probe: Dice against the truth, between the masks, seconds."""
+    from innerear.inference.engine import PROBE_STEP
     from innerear.metrics import dice
 
     rows = []
@@ -61,7 +62,7 @@ def compare(cascade, scans: list[tuple[str, Path, Path]], read_truth, score) -> 
         truth = read_truth(record)
         row: dict = {"group": group, "scan": path.name}
         masks = {}
-        for name, step in (("probe", cascade.settings.probe_step or 4), ("full", 0)):
+        for name, step in (("probe", PROBE_STEP), ("full", 0)):
             mask, labels, report, seconds = _segment(cascade, path, step)
             s = score(mask, labels, truth, report["input"]["spacing_mm"], report)
             row[name] = {"dice": s["dice"], "cascade_s": round(seconds, 2),

@@ -100,7 +100,7 @@ def startup(repeats: int = 3) -> dict:
 
 def cascade_profile(scan: Path) -> list[dict]:
     """The engine on the prepared block in this process, networks loaded and warmed up: seconds per
-    stage with and without mirroring and stage 1's probe, at batch 8 (and 32 as shipped otherwise);
+    stage with and without mirroring and stage 1's probe at batch 8, and as shipped at batch 32;
     each configuration run twice, the second timed."""
     from innerear.inference import segment as sg
     from innerear.inference.engine import PROBE_STEP, InferenceSettings

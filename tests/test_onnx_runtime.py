@@ -29,7 +29,7 @@ def test_shipped_exports_are_current(model):
 
 def test_export_answers_like_its_network():
     stage = read_model_folder(DEFAULT_MODEL).stages[2]  # three input channels, four classes
-    worst = check_export(stage.network, stage.channels)
+    worst = check_export(stage.network)
     assert 0.0 <= worst <= EXPORT_TOLERANCE
 
 

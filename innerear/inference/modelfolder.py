@@ -165,12 +165,11 @@ class ModelFolder:
         if requested == "keras":
             return "keras"
         missing = [s.onnx for s in self.stages if not s.onnx.is_file()]
-        available = onnxruntime_available()
         if requested == "auto":
-            return "onnx" if not missing and available else "keras"
+            return "onnx" if not missing and onnxruntime_available() else "keras"
         if missing:
-            raise SegmentError(missing[0], "no ONNX export of this stage (innerear upgrade-model FOLDER exports one)")
-        if not available:
+            raise SegmentError(missing[0], "no ONNX export of this stage (innerear export-onnx FOLDER exports one)")
+        if not onnxruntime_available():
             raise SegmentError(self.folder, "runtime onnx needs the onnxruntime package (pip install onnxruntime)")
         return "onnx"
 
@@ -339,19 +338,14 @@ def export_model(cascade_dir: str | os.PathLike, dest: str | os.PathLike, card: 
 
 
 def export_onnx_folder(model_dir: str | os.PathLike, force: bool = False) -> list[Path]:
-    """Export every stage's ``best.keras`` of a model folder to ``best.onnx`` (:func:`innerear.nets.onnx.export_onnx`)
-    and check that each export answers like its network; returns the files written. A stage whose
+    """Export every stage's ``best.keras`` of a model folder to ``best.onnx`` (:func:`innerear.nets.onnx.export_onnx`,
+    which checks that each export answers like its network); returns the files written. A stage whose
     export is current (it records its ``.keras`` file's SHA-256) is skipped unless ``force``."""
-    # lazy: the export and its check import Keras, which reading a model folder does without
-    from innerear.nets.onnx import check_export, export_onnx, recorded_sha256, sha256
+    # lazy: the export imports Keras, which reading a model folder does without
+    from innerear.nets.onnx import export_onnx, recorded_sha256, sha256
 
-    written = []
-    for stage in read_model_folder(model_dir).stages:
-        if not force and stage.onnx.is_file() and recorded_sha256(stage.onnx) == sha256(stage.network):
-            continue
-        written.append(export_onnx(stage.network))
-        check_export(stage.network, stage.channels)
-    return written
+    return [export_onnx(stage.network) for stage in read_model_folder(model_dir).stages
+            if force or not stage.onnx.is_file() or recorded_sha256(stage.onnx) != sha256(stage.network)]
 
 
 def _upgraded(folder: Path, old: dict[str, Any], card: dict[str, Any] | None

@@ -70,6 +70,8 @@ def export_onnx(keras_path: str | os.PathLike, dest: str | os.PathLike | None = 
 
     Uses Keras' ``model.export(format="onnx")`` (tf2onnx under TensorFlow) with dynamic batch
     and slice sizes; the file's metadata records the source's SHA-256, pooling factor and classes.
+    The export is checked before it is renamed into place: its probabilities must be those of the
+    network within :data:`EXPORT_TOLERANCE` (:class:`StaleExport` otherwise, nothing written).
     """
     import keras
     import onnx
@@ -81,10 +83,10 @@ def export_onnx(keras_path: str | os.PathLike, dest: str | os.PathLike | None = 
     keras_path = Path(keras_path)
     dest = Path(dest) if dest is not None else onnx_path(keras_path)
     model = load_model(keras_path, compile=False)
-    side = 2 * pooling_factor(model)
-    probe = np.zeros((1, side, side, int(model.inputs[0].shape[-1])), np.float32)
-    model(probe, training=False)  # Keras exports only a network that has been called
-    meta = {"innerear_keras_sha256": sha256(keras_path), "innerear_pooling": str(pooling_factor(model)),
+    pooling = pooling_factor(model)
+    # Keras exports only a network that has been called
+    model(np.zeros((1, 2 * pooling, 2 * pooling, _channels(model)), np.float32), training=False)
+    meta = {"innerear_keras_sha256": sha256(keras_path), "innerear_pooling": str(pooling),
             "innerear_classes": str(output_classes(model)), "innerear_backend": keras.backend.backend()}
     with atomic_path(dest, suffix=".onnx") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converter's deprecation notices about TensorFlow and NumPy
@@ -94,6 +96,7 @@ def export_onnx(keras_path: str | os.PathLike, dest: str | os.PathLike | None = 
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
+        _check(model, _session(tmp), pooling, dest, keras_path)
     return dest
 
 
@@ -105,25 +108,35 @@ def recorded_sha256(path: str | os.PathLike) -> str | None:
     return {p.key: p.value for p in proto.metadata_props}.get("innerear_keras_sha256")
 
 
-def check_export(keras_path: str | os.PathLike, channels: int, seed: int = 0) -> float:
-    """The largest difference between the network's and its ONNX export's probabilities on random
-    slices of two sizes; raises :class:`StaleExport` above :data:`EXPORT_TOLERANCE`."""
+def _channels(model) -> int:
+    return int(model.inputs[0].shape[-1])
+
+
+def _check(model, session, pooling: int, path: Path, keras_path: Path, seed: int = 0) -> float:
+    """The largest difference between the network's and an ONNX session's probabilities on random
+    slices of two sizes; raises :class:`StaleExport` (naming ``path``) above :data:`EXPORT_TOLERANCE`."""
     import keras
 
+    rng = np.random.default_rng(seed)
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    for h, w in ((2 * pooling, 3 * pooling), (5 * pooling, 4 * pooling)):
+        x = rng.standard_normal((2, h, w, _channels(model))).astype(np.float32)
+        ref = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), np.float32)
+        worst = max(worst, float(np.abs(session.run(None, {name: x})[0] - ref).max()))
+    if worst > EXPORT_TOLERANCE:
+        raise StaleExport(path, f"answers differ from {keras_path.name} by {worst:.2g} (tolerance "
+                                f"{EXPORT_TOLERANCE:g})")
+    return worst
+
+
+def check_export(keras_path: str | os.PathLike, seed: int = 0) -> float:
+    """The largest difference between a saved network's and its ONNX export's probabilities (the
+    export beside it, which must record it); raises :class:`StaleExport` above :data:`EXPORT_TOLERANCE`."""
     from innerear.nets.checkpoints import load_model  # lazy: Keras, which running an export does without
 
-    model = load_model(keras_path, compile=False)
     net = load_onnx(keras_path)
-    rng = np.random.default_rng(seed)
-    worst = 0.0
-    for h, w in ((2 * net.pooling, 3 * net.pooling), (5 * net.pooling, 4 * net.pooling)):
-        x = rng.standard_normal((2, h, w, channels)).astype(np.float32)
-        ref = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), np.float32)
-        worst = max(worst, float(np.abs(net.predict_on_batch(x) - ref).max()))
-    if worst > EXPORT_TOLERANCE:
-        raise StaleExport(net.path, f"answers differ from {Path(keras_path).name} by {worst:.2g} (tolerance "
-                                    f"{EXPORT_TOLERANCE:g})")
-    return worst
+    return _check(load_model(keras_path, compile=False), net.session, net.pooling, net.path, Path(keras_path), seed)
 
 
 @dataclass
@@ -147,21 +160,27 @@ class OnnxNet:
         return self.predict_on_batch(batch)
 
 
-def load_onnx(keras_path: str | os.PathLike, threads: int | None = None) -> OnnxNet:
-    """The ONNX export beside ``keras_path`` in ONNX Runtime (``threads``: intra-op threads,
-    default ``$INNEREAR_THREADS`` or all cores). Raises :class:`StaleExport` when the export
-    does not record ``keras_path``'s current SHA-256."""
+def _session(path: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime session on the CPU (``threads``: intra-op threads, default ``$INNEREAR_THREADS``
+    or all cores)."""
     import onnxruntime as ort
 
-    keras_path = Path(keras_path)
-    path = onnx_path(keras_path)
     options = ort.SessionOptions()
     threads = threads or int(os.environ.get("INNEREAR_THREADS", "0") or 0)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_onnx(keras_path: str | os.PathLike, threads: int | None = None) -> OnnxNet:
+    """The ONNX export beside ``keras_path`` in ONNX Runtime (``threads``: intra-op threads,
+    default ``$INNEREAR_THREADS`` or all cores). Raises :class:`StaleExport` when the export
+    does not record ``keras_path``'s current SHA-256."""
+    keras_path = Path(keras_path)
+    path = onnx_path(keras_path)
+    session = _session(path, threads)
     meta = session.get_modelmeta().custom_metadata_map
     recorded = meta.get("innerear_keras_sha256")
     if recorded is None:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -136,6 +137,12 @@ def context_line(record: dict[str, Any]) -> str:
     cmd = f" by `{ctx['command']}`" if ctx.get("command") else ""
     return (f"Measured {ctx.get('date', '?')}{cmd} on {m.get('cpu_count', '?')} CPU(s) ({m.get('cpu', '?')}"
             f"{mem}); Python {v.get('python', '?')}{', ' + libs if libs else ''}.")
+
+
+def record_part(record: dict[str, Any], name: str, *parts: str) -> str:
+    """A page section from a benchmark's record: its paragraphs and tables, then the context line
+    naming ``benchmarks/results/<name>.json``."""
+    return "\n\n".join([*parts, context_line(record) + f" Source: `benchmarks/results/{name}.json`."])
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -464,8 +471,7 @@ def clinical_markdown(record: dict[str, Any] | None, part: str) -> str:
     if record is None:
         return missing_note(f"`benchmarks/results/{CLINICAL[part]}.json`",
                             f".venv/bin/python benchmarks/bench_clinical.py --part {part}")
-    return "\n\n".join([to_markdown(clinical_table(record)), clinical_sentence(record),
-                        context_line(record) + f" Source: `benchmarks/results/{CLINICAL[part]}.json`."])
+    return record_part(record, CLINICAL[part], to_markdown(clinical_table(record)), clinical_sentence(record))
 
 
 def readme_block(root: str | os.PathLike) -> str | None:
@@ -509,8 +515,7 @@ def fault_injection_markdown(record: dict[str, Any] | None) -> str:
             f"`innerear segment` was killed {seg['kills_done']} times mid-write: every scan "
             f"{'has' if seg['every_scan_has_mask_and_report'] else 'does not have'} its mask and report, and the masks "
             f"{'equal' if seg['masks_equal_to_reference'] else 'differ from'} those of an uninterrupted batch.")
-    return "\n\n".join([to_markdown(records_table(rows)), text, context_line(record) +
-                        " Source: `benchmarks/results/fault_injection.json`."])
+    return record_part(record, "fault_injection", to_markdown(records_table(rows)), text)
 
 
 def load_markdown(record: dict[str, Any] | None) -> str:
@@ -524,8 +529,7 @@ def load_markdown(record: dict[str, Any] | None) -> str:
             f"{record['good_with_mask_and_report']} of {record['good']} good scans got their mask and report, "
             f"{record['bad_reported_failed']} bad ones were reported with their reason, the batch exited "
             f"{record['exit_status']}; median {record['median_scan_s']:.1f} s per scan.")
-    return "\n\n".join([text, to_markdown(records_table(rows)), context_line(record) +
-                        " Source: `benchmarks/results/bench_load.json`."])
+    return record_part(record, "bench_load", text, to_markdown(records_table(rows)))
 
 
 PROBE = "bench_probe"  # benchmarks/bench_probe.py's record
@@ -546,15 +550,12 @@ def probe_markdown(record: dict[str, Any] | None) -> str:
     n = sum(g["n"] for g in groups)
     tol = float(record["tolerance"])
     worst = min(groups, key=lambda g: g["difference"])
-    import statistics
-
     faster = statistics.median(g["full_cascade_s"] / g["probe_cascade_s"] for g in groups if g["probe_cascade_s"])
     text = (f"On {n} scans in {len(groups)} groups, the probe changes a group's mean Dice by {worst['difference']:+.4f} "
             f"at worst ({worst['group']}); the tolerance is {tol:g}, "
             f"{'kept' if record['passed'] else 'NOT kept'}. The cascade is {faster:.1f} times as fast with it "
             f"(median over the groups).")
-    return "\n\n".join([text, to_markdown(records_table(rows)), context_line(record) +
-                        " Source: `benchmarks/results/bench_probe.json`."])
+    return record_part(record, PROBE, text, to_markdown(records_table(rows)))
 
 
 TURNS = "bench_turns"  # benchmarks/bench_turns.py's record
@@ -583,8 +584,7 @@ def turns_markdown(record: dict[str, Any] | None) -> str:
     worst = max(now, key=lambda s: s["largest_drop"])
     text = (f"With the shipped engine, {within} of {total} turned scans stay within {goal:g} of the same phantom's "
             f"Dice as acquired; the largest drop is {worst['largest_drop']:.3f} ({worst['turn']}).")
-    return "\n\n".join([to_markdown(records_table(rows)), text, context_line(record) +
-                        " Source: `benchmarks/results/bench_turns.json`."])
+    return record_part(record, TURNS, to_markdown(records_table(rows)), text)
 
 
 TRAIN_SPEED = "bench_train_speed"  # benchmarks/bench_train_speed.py's record
@@ -649,8 +649,7 @@ def train_speed_markdown(record: dict[str, Any] | None) -> str:
     """The training-step profile: sentence, table, context; or how to measure it."""
     if record is None:
         return missing_note(f"`benchmarks/results/{TRAIN_SPEED}.json`", ".venv/bin/python benchmarks/bench_train_speed.py")
-    return "\n\n".join([train_speed_sentence(record), to_markdown(train_speed_table(record)),
-                        context_line(record) + f" Source: `benchmarks/results/{TRAIN_SPEED}.json`."])
+    return record_part(record, TRAIN_SPEED, train_speed_sentence(record), to_markdown(train_speed_table(record)))
 
 
 SEGMENT_PROFILE = "bench_segment_profile"  # benchmarks/bench_segment_profile.py's record
@@ -745,6 +744,6 @@ def segment_profile_markdown(record: dict[str, Any] | None) -> str:
     if record is None:
         return missing_note(f"`benchmarks/results/{SEGMENT_PROFILE}.json`",
                             ".venv/bin/python benchmarks/bench_segment_profile.py")
-    return "\n\n".join([segment_profile_sentence(record), to_markdown(segment_configurations_table(record)),
-                        to_markdown(segment_profile_table(record)), to_markdown(segment_cascade_table(record)),
-                        context_line(record) + f" Source: `benchmarks/results/{SEGMENT_PROFILE}.json`."])
+    return record_part(record, SEGMENT_PROFILE, segment_profile_sentence(record),
+                       to_markdown(segment_configurations_table(record)), to_markdown(segment_profile_table(record)),
+                       to_markdown(segment_cascade_table(record)))
