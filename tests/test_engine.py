@@ -219,3 +219,39 @@ def test_grid_cascades_keep_the_paper_s_first_stage():
         casc.predict(vol, stats=stats, margin=2)
         fraction = stats["stages"][0]["pixel_fraction"]
         assert fraction == expected if expected else fraction < 1.0
+
+
+class _ClassNet:
+    """A stand-in 4-class network without context: soft class probabilities from the image channel's
+    value, certain background below 0.5 (as outside a stage's region), so that cropping cannot change
+    its answer."""
+
+    pooling, classes, session = 4, 4, None
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        value = batch[..., 0]
+        k = np.where(value > 0.5, np.clip(np.round(value), 1, 3), 0).astype(int)
+        out = np.full(value.shape + (4,), 0.1, np.float32)
+        np.put_along_axis(out, k[..., None], 0.7, axis=-1)
+        out[k == 0] = (1.0, 0.0, 0.0, 0.0)
+        return out
+
+
+@pytest.mark.parametrize("view", ["coronal", "sagittal", "axial"])
+def test_a_stage_s_region_and_its_mirror_give_the_full_slices_answer(view):
+    vol = np.zeros((48, 40, 36), np.float32)  # off-centre along x: the mirrored region lies elsewhere
+    vol[4:14, 10:30, 8:20] = 1.0
+    vol[8:12, 12:20, 10:14] = 2.0
+    vol[6:9, 22:28, 14:18] = 3.0
+    region = vol > 0
+    out = {}
+    for mode in ("fast", "compiled"):  # the region's rectangles, or every slice at full size
+        stats: dict = {}
+        settings = cs.InferenceSettings(mode=mode, mirror=True, margin=2)
+        out[mode] = cs.run_stage(_ClassNet(), view, vol, [region], settings=settings, stats=stats,
+                                 return_classes=True)
+        out[mode + " pixels"] = stats["stages"][0]["pixel_fraction"]
+    for fast, full in zip(out["fast"], out["compiled"]):
+        np.testing.assert_array_equal(fast, full)
+    assert out["fast"][2].shape == vol.shape + (4,) and out["fast"][1].sum() == region.sum()
+    assert out["fast pixels"] < 1.0 < out["compiled pixels"]

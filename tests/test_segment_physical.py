@@ -141,6 +141,21 @@ def test_histogram_distance_is_zero_for_the_same_scan_and_large_for_an_inverted_
     assert histogram_distance(shifted, (edges, density)) == pytest.approx(0.2, abs=1e-6)
 
 
+def test_histogram_distance_is_scipys_wasserstein_distance_of_the_bin_centres():
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # bins that differ in number, width and range, some of them empty
+        ea = np.sort(rng.uniform(-1, 2, rng.integers(2, 40)))
+        eb = np.sort(rng.uniform(-0.5, 3, rng.integers(2, 60)))
+        da, db = rng.random(len(ea) - 1) * (rng.random(len(ea) - 1) > 0.2), rng.random(len(eb) - 1)
+        if not da.any():
+            da[0] = 1.0
+        expected = wasserstein_distance(0.5 * (ea[1:] + ea[:-1]), 0.5 * (eb[1:] + eb[:-1]), da * np.diff(ea),
+                                        db * np.diff(eb))
+        assert histogram_distance((ea, da), (eb, db)) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
 # --------------------------------------------------------------------------- geometry
 @pytest.mark.parametrize("name", sorted(AFFINES))
 def test_prepare_and_map_back_round_trip(name):

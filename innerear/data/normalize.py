@@ -180,12 +180,19 @@ def histogram_distance(a, b) -> float:
     99.5th percentiles), that intensity mass must move to turn one distribution into the other:
     0 for the same distribution, about the shift for a shifted one, and finite and graded
     where the two do not overlap (where KL or chi-squared distances are infinite or saturate).
-    Bin masses sit at the bin centres (``scipy.stats.wasserstein_distance``).
+    Bin masses sit at the bin centres; the distance is the area between the two cumulative
+    distributions (what ``scipy.stats.wasserstein_distance`` computes, without importing
+    ``scipy.stats``, half a second of every ``innerear segment``; a test compares the two).
     """
-    from scipy.stats import wasserstein_distance
-
     (ea, da), (eb, db) = _histogram_pair(a), _histogram_pair(b)
     wa, wb = da * np.diff(ea), db * np.diff(eb)
     if wa.sum() <= 0 or wb.sum() <= 0:
         raise ValueError("an empty histogram has no distance")
-    return float(wasserstein_distance(0.5 * (ea[1:] + ea[:-1]), 0.5 * (eb[1:] + eb[:-1]), wa, wb))
+    ca, cb = 0.5 * (ea[1:] + ea[:-1]), 0.5 * (eb[1:] + eb[:-1])  # increasing, as the edges are
+    points = np.union1d(ca, cb)
+
+    def cdf(centres: np.ndarray, weights: np.ndarray) -> np.ndarray:  # at each point but the last
+        cumulative = np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()
+        return cumulative[np.searchsorted(centres, points[:-1], side="right")]
+
+    return float(np.sum(np.abs(cdf(ca, wa) - cdf(cb, wb)) * np.diff(points)))

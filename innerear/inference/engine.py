@@ -150,12 +150,44 @@ class InferenceSettings:
         return int(self.batch_size or (8 if self.compiled else 32))
 
 
+Box = tuple[slice, ...]
+
+
+def _crops_box(crops: Sequence[tuple[int, int, int, int, int]], view: str, view_axes: str) -> Box:
+    """The volume box ``(x, y, z)`` that holds every rectangle ``(slice, row0, rows, col0, cols)``."""
+    index = [c[0] for c in crops]
+    in_slices = (slice(min(index), max(index) + 1), slice(min(c[1] for c in crops), max(c[1] + c[2] for c in crops)),
+                 slice(min(c[3] for c in crops), max(c[3] + c[4] for c in crops)))
+    box = list(in_slices[1:])
+    box.insert(orientation_axis(view, view_axes), in_slices[0])  # the slicing axis back in its place
+    return tuple(box)
+
+
+def _background(shape: Sequence[int], classes: int) -> np.ndarray:
+    """Probabilities that say background everywhere: 0 (binary), or class 0 at 1 (``classes > 1``)."""
+    out = np.zeros(tuple(shape) + ((classes,) if classes > 1 else ()), np.float32)
+    if classes > 1:
+        out[..., 0] = 1.0
+    return out
+
+
+def _placed(part: np.ndarray, box: Box, within: Box, classes: int) -> np.ndarray:
+    """``part`` (the probabilities on ``box``) in a background array over the larger box ``within``."""
+    if box == within:
+        return part
+    out = _background([w.stop - w.start for w in within], classes)
+    out[tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, within))] = part
+    return out
+
+
 def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Sequence[np.ndarray],
                          settings: InferenceSettings, view_axes: str):
     """A network's probabilities for one volume's stage inputs (full slices, or in ``"fast"``
-    mode only the earlier masks' rectangles): ``(prob, pixels computed, n, h, w, crops)``."""
+    mode only the earlier masks' rectangles): ``(box, probabilities on the box, pixels computed,
+    n, h, w, crops)``; outside the box (the rectangles' bounding box) everything is background."""
     slices = to_slices(inputs, view, view_axes)
     n, h, w = slices.shape[:3]
+    whole = tuple(slice(0, size) for size in inputs.shape[:3])
     crops = None
     if masks and settings.mode == "fast":
         align = pooling_factor(model)
@@ -164,11 +196,12 @@ def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Seque
     if crops is None:  # every slice at full size
         prob = predict_volume(model, inputs, view, settings.batch, settings.compiled, settings.fixed_batch,
                               view_axes)
-        return prob, n * h * w, n, h, w, None
+        return whole, prob, n * h * w, n, h, w, None
+    box = _crops_box(crops, view, view_axes)
     classes = output_classes(model)
-    out = np.zeros((n, h, w) + ((classes,) if classes > 1 else ()), np.float32)
-    if classes > 1:
-        out[..., 0] = 1.0  # outside the rectangles: background
+    out = _background([b.stop - b.start for b in box], classes)
+    out_slices = to_slices(out, view, view_axes)  # the box's slices; its corner is at (i0, rows0, cols0)
+    i0, rows0, cols0 = min(c[0] for c in crops), min(c[1] for c in crops), min(c[3] for c in crops)
     groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
     for i, r0, nr, c0, nc in crops:
         groups.setdefault((nr, nc), []).append((i, r0, c0))
@@ -179,9 +212,9 @@ def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Seque
             batch = np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk])
             pred = predict_slices(model, batch, settings.batch, True, settings.fixed_batch)
             for (i, r0, c0), p in zip(chunk, pred):
-                out[i, r0:r0 + nr, c0:c0 + nc] = p
+                out_slices[i - i0, r0 - rows0:r0 - rows0 + nr, c0 - cols0:c0 - cols0 + nc] = p
             pixels += len(chunk) * nr * nc
-    return from_slices(out, view, view_axes), pixels, n, h, w, crops
+    return box, out, pixels, n, h, w, crops
 
 
 def probe_region(model: Net, view: str, inputs: np.ndarray, threshold: float, settings: InferenceSettings,
@@ -252,20 +285,33 @@ def run_stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.
     region, probed = list(masks), 0
     if not masks and settings.mode == "fast" and settings.probe_step > 1:
         region, probed = probe_region(model, view, inputs, threshold, settings, view_axes, connectivity)
-    prob, pixels, n, h, w, crops = _stage_probabilities(model, view, inputs, region, settings, view_axes)
+    box, part, pixels, n, h, w, crops = _stage_probabilities(model, view, inputs, region, settings, view_axes)
     pixels += probed
+    classes = output_classes(model)
     if settings.mirror:  # the same network on the left-right mirror image, mapped back and averaged
         flipped = [np.flip(np.asarray(m), 0) for m in region]
-        prob_m, pixels_m, *_ = _stage_probabilities(model, view, np.flip(inputs, 0), flipped, settings, view_axes)
-        prob_m = np.flip(prob_m, 0)
-        agreement = mirror_agreement(prob, prob_m)
-        prob = 0.5 * (prob + prob_m)
+        box_m, part_m, pixels_m, *_ = _stage_probabilities(model, view, np.flip(inputs, 0), flipped, settings,
+                                                           view_axes)
+        size = inputs.shape[0]
+        box_m = (slice(size - box_m[0].stop, size - box_m[0].start),) + box_m[1:]  # the box mapped back
+        union = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, box_m))
+        # outside the union both answers are background exactly, and so is their mean
+        part, part_m = _placed(part, box, union, classes), _placed(np.flip(part_m, 0), box_m, union, classes)
+        agreement = mirror_agreement(part, part_m)
+        part, box = 0.5 * (part + part_m), union
         pixels += pixels_m
-        del prob_m
+        del part_m
+    shape = inputs.shape[:3]
+    whole = tuple(slice(0, size) for size in shape)
     class_prob = None
-    if prob.ndim == 4:  # a multi-class network: the foreground is every class but background
-        class_prob = prob
-        prob = 1.0 - class_prob[..., 0]
+    if classes > 1:  # a multi-class network: the foreground is every class but background
+        prob = np.zeros(shape, np.float32)
+        prob[box] = 1.0 - part[..., 0]
+        if return_classes:
+            class_prob = _placed(part, box, whole, classes)
+    else:
+        prob = _placed(part, box, whole, classes)
+    del part
     mask = postprocess(prob, threshold, connectivity=connectivity, near_vox=near_vox, near_min_voxels=near_min_voxels)
     if stats is not None:
         stats.setdefault("stages", []).append({
@@ -379,12 +425,13 @@ class Cascade:
             run = replace(run, probe_step=0)
         for k, (view, model) in enumerate(self.stages):
             last = k == len(self.stages) - 1
-            prob, mask, classes = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
-                                            connectivity=self.connectivity, stats=stats, return_classes=True,
-                                            near_vox=0.0 if last else gap, near_min_voxels=least)
-            if last:
-                class_prob = classes
-            del classes
+            out = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
+                            connectivity=self.connectivity, stats=stats, return_classes=last,
+                            near_vox=0.0 if last else gap, near_min_voxels=least)
+            prob, mask = out[:2]
+            if last:  # the class probabilities of the last stage only (a full (x, y, z, k) array)
+                class_prob = out[2]
+            del out
             masks.append(mask)
             stages.append((prob, mask))
         return stages, class_prob
