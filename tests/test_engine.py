@@ -255,3 +255,19 @@ def test_a_stage_s_region_and_its_mirror_give_the_full_slices_answer(view):
         np.testing.assert_array_equal(fast, full)
     assert out["fast"][2].shape == vol.shape + (4,) and out["fast"][1].sum() == region.sum()
     assert out["fast pixels"] < 1.0 < out["compiled pixels"]
+
+
+def test_class_probabilities_on_a_box_are_the_whole_array_s():
+    rng = np.random.default_rng(0)
+    part = rng.dirichlet(np.ones(4), size=(5, 6, 7)).astype(np.float32)
+    boxed = cs.ClassProbabilities(part, (slice(2, 7), slice(1, 7), slice(3, 10)), (9, 8, 12))
+    whole = boxed.full()
+    assert whole.shape == (9, 8, 12, 4) and np.array_equal(whole[2:7, 1:7, 3:10], part)
+    assert np.all(whole[0] == (1, 0, 0, 0)) and np.array_equal(boxed.foreground(), 1.0 - whole[..., 0])
+    inside = np.zeros((9, 8, 12), bool)
+    inside[3:6, 2:5, 4:9] = True
+    across = inside.copy()
+    across[0, 0, 0] = True  # a mask voxel outside the box: the whole array's rule (class 1 on a tie)
+    for mask in (inside, across, np.zeros_like(inside)):
+        np.testing.assert_array_equal(boxed.labels(mask), cs.labels_from_classes(mask, whole))
+    assert cs.ClassProbabilities.of(whole).box == (slice(0, 9), slice(0, 8), slice(0, 12))

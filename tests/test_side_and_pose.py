@@ -14,7 +14,7 @@ import pytest
 
 from innerear.data import phantom as ph
 from innerear.data.phantom.acquisition import Acquisition, _synth_imaging
-from innerear.inference.engine import InferenceSettings, run_stage
+from innerear.inference.engine import ClassProbabilities, InferenceSettings, run_stage
 from innerear.metrics import dice
 from innerear.nets.backbones import build
 from innerear.settings.profiles import get_profile
@@ -206,7 +206,7 @@ def test_a_first_pass_showing_no_labyrinth_is_searched_through_the_cubes_turns()
             turn = find_turn(labels, ANATOMY_FRAME)
             seen = labels if turn is not None and turn.angle_deg < 40.0 else np.where(labels == 2, 2, 0)
             classes = np.eye(4, dtype=np.float32)[seen]
-            return [(1.0 - classes[..., 0], seen > 0)], classes
+            return [(1.0 - classes[..., 0], seen > 0)], ClassProbabilities.of(classes)
 
     labels, _ = _ball_labyrinth(radius=5.0)  # touching balls: one component
     turned = np.ascontiguousarray(np.rot90(labels, 1, (0, 1)))
@@ -214,11 +214,12 @@ def test_a_first_pass_showing_no_labyrinth_is_searched_through_the_cubes_turns()
     stats: dict = {}
     [(_, first)], classes = cascade._stages(turned.astype(np.float32), InferenceSettings(), stats)
     assert find_turn(np.where(first, 2, 0), ANATOMY_FRAME) is None  # the first pass: no frame
-    mask, _, classes = cascade._realigned(turned.astype(np.float32), first, classes, InferenceSettings(), stats)
+    mask, _, classes = cascade._realigned(turned.astype(np.float32), first, classes.foreground(), classes,
+                                          InferenceSettings(), stats)
     record = stats["alignment"]
     assert record["searched"][-1]["labyrinth"] and record["searched"][-1]["turn"].endswith("about z")
     assert record["realigned"] and record["passes"][0]["exact_quarter_turn"]
-    assert np.array_equal(np.argmax(classes, axis=-1), turned)
+    assert np.array_equal(np.argmax(classes.full(), axis=-1), turned)
     assert dice(mask, turned > 0) == 1.0
 
 
@@ -234,7 +235,8 @@ def test_no_search_in_a_field_of_view_too_small_for_a_labyrinth():
     only_vestibule = np.eye(4, dtype=np.float32)[np.where(labels == 2, 2, 0)]
     cascade = Blind(stages=[], normalizer=None, grid=None, voxel_mm=0.2, anatomy_frame=dict(ANATOMY_FRAME))
     stats: dict = {}
-    cascade._realigned(labels.astype(np.float32), labels == 2, only_vestibule, InferenceSettings(), stats)
+    cascade._realigned(labels.astype(np.float32), labels == 2, 1.0 - only_vestibule[..., 0],
+                       ClassProbabilities.of(only_vestibule), InferenceSettings(), stats)
     assert "searched" not in stats["alignment"] and not stats["alignment"]["realigned"]
 
 
@@ -296,7 +298,7 @@ def _decoy_cascade(voxel_mm: float, decoy_for: np.ndarray):
                 turn = find_turn(labels, ANATOMY_FRAME)
                 seen = labels if turn is not None and turn.angle_deg < 40.0 else np.where(labels == 2, 2, 0)
             classes = np.eye(4, dtype=np.float32)[seen]
-            return [(1.0 - classes[..., 0], seen > 0)], classes
+            return [(1.0 - classes[..., 0], seen > 0)], ClassProbabilities.of(classes)
 
     return Decoyed(stages=[], normalizer=None, grid=None, voxel_mm=voxel_mm, anatomy_frame=dict(ANATOMY_FRAME))
 
@@ -310,12 +312,12 @@ def test_a_first_pass_whose_frame_leads_nowhere_tries_the_other_side_then_the_se
     cascade = _decoy_cascade(0.5, turned)
     stats: dict = {}
     [(_, first)], classes = cascade._stages(turned, InferenceSettings(), stats)
-    mask, _, classes = cascade._realigned(turned, first, classes, InferenceSettings(), stats)
+    mask, _, classes = cascade._realigned(turned, first, classes.foreground(), classes, InferenceSettings(), stats)
     record = stats["alignment"]
     nowhere = [p for p in record["passes"] if p["frame_moved_deg"] is None]
     assert {p["side"] for p in nowhere} == {"left", "right"}  # both sides' turns were tried first
     assert record["searched"][-1]["labyrinth"] and record["realigned"]
-    assert np.array_equal(np.argmax(classes, axis=-1), turned.astype(np.intp))
+    assert np.array_equal(np.argmax(classes.full(), axis=-1), turned.astype(np.intp))
 
 
 def test_when_no_realigned_pass_shows_a_labyrinth_the_first_pass_stands():
@@ -325,6 +327,6 @@ def test_when_no_realigned_pass_shows_a_labyrinth_the_first_pass_stands():
     cascade.anatomy_frame["min_mm3"] = {}  # balls of 4 mm³ at 0.2 mm still give a frame
     stats: dict = {}
     [(_, first)], classes = cascade._stages(turned, InferenceSettings(), stats)
-    mask, _, kept = cascade._realigned(turned, first, classes, InferenceSettings(), stats)
+    mask, _, kept = cascade._realigned(turned, first, classes.foreground(), classes, InferenceSettings(), stats)
     assert not stats["alignment"]["realigned"] and "searched" not in stats["alignment"]
-    assert len(stats["alignment"]["passes"]) == 2 and np.array_equal(kept, classes) and np.array_equal(mask, first)
+    assert len(stats["alignment"]["passes"]) == 2 and kept is classes and np.array_equal(mask, first)

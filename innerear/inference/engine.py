@@ -32,9 +32,11 @@ import numpy as np
 from innerear.data.normalize import Normalizer, normalizer_from_dict
 from innerear.inference.kernels import (
     DEFAULT_MARGIN,
+    IN_FLIGHT,
     auto_bucket,
     output_classes,
     pooling_factor,
+    predict_batches,
     predict_slices,
     predict_volume,
     roi_crops,
@@ -180,6 +182,43 @@ def _placed(part: np.ndarray, box: Box, within: Box, classes: int) -> np.ndarray
     return out
 
 
+@dataclass(frozen=True)
+class ClassProbabilities:
+    """A multi-class stage's ``(x, y, z, k)`` probabilities (background first), held on the box where
+    anything was predicted: outside it every voxel is background (class 0 at 1). A scan's whole
+    array costs more to build than most stages take; :meth:`full` builds it when asked."""
+
+    part: np.ndarray
+    box: Box
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "ClassProbabilities":
+        """A whole ``(x, y, z, k)`` array."""
+        return cls(array, tuple(slice(0, n) for n in array.shape[:3]), tuple(array.shape[:3]))
+
+    def full(self) -> np.ndarray:
+        """The ``(x, y, z, k)`` array."""
+        return _placed(self.part, self.box, tuple(slice(0, n) for n in self.shape), self.part.shape[-1])
+
+    def foreground(self) -> np.ndarray:
+        """The foreground's probabilities, ``1 - p(background)``."""
+        prob = np.zeros(self.shape, np.float32)
+        prob[self.box] = 1.0 - self.part[..., 0]
+        return prob
+
+    def labels(self, mask: np.ndarray) -> np.ndarray:
+        """:func:`labels_from_classes` of ``mask``, without the whole array where the mask lies in the box."""
+        mask = np.asarray(mask) != 0
+        inside = bounding_box(mask)
+        if inside is not None and any(m.start < b.start or m.stop > b.stop for m, b in zip(inside, self.box)):
+            return labels_from_classes(mask, self.full())
+        labels = np.zeros(self.shape, np.uint8)
+        if inside is not None:
+            labels[self.box] = labels_from_classes(mask[self.box], self.part)
+        return labels
+
+
 def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Sequence[np.ndarray],
                          settings: InferenceSettings, view_axes: str):
     """A network's probabilities for one volume's stage inputs (full slices, or in ``"fast"``
@@ -205,12 +244,14 @@ def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Seque
     groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
     for i, r0, nr, c0, nc in crops:
         groups.setdefault((nr, nc), []).append((i, r0, c0))
+    jobs = [(items[start:start + settings.batch], nr, nc) for (nr, nc), items in sorted(groups.items())
+            for start in range(0, len(items), settings.batch)]  # batches of rectangles of one shape
     pixels = 0
-    for (nr, nc), items in sorted(groups.items()):
-        for start in range(0, len(items), settings.batch):
-            chunk = items[start:start + settings.batch]
-            batch = np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk])
-            pred = predict_slices(model, batch, settings.batch, True, settings.fixed_batch)
+    for k in range(0, len(jobs), IN_FLIGHT):
+        flight = jobs[k:k + IN_FLIGHT]
+        batches = [np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk]) for chunk, nr, nc in flight]
+        for (chunk, nr, nc), pred in zip(flight, predict_batches(model, batches, True, settings.batch,
+                                                                   settings.fixed_batch)):
             for (i, r0, c0), p in zip(chunk, pred):
                 out_slices[i - i0, r0 - rows0:r0 - rows0 + nr, c0 - cols0:c0 - cols0 + nc] = p
             pixels += len(chunk) * nr * nc
@@ -278,7 +319,17 @@ def run_stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.
     a stage predicts every slice at full size. A dict passed as ``stats``
     receives the stage's seconds and the fraction of pixels computed.
     """
-    settings = settings or InferenceSettings()
+    prob, mask, classes = _stage(model, view, image_norm, masks, threshold, settings or InferenceSettings(),
+                                 view_axes, connectivity, stats, near_vox, near_min_voxels)
+    if return_classes:
+        return prob, mask, None if classes is None else classes.full()
+    return prob, mask
+
+
+def _stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.ndarray], threshold: float,
+           settings: InferenceSettings, view_axes: str, connectivity: int, stats: dict | None, near_vox: float,
+           near_min_voxels: int) -> tuple[np.ndarray, np.ndarray, ClassProbabilities | None]:
+    """:func:`run_stage`, its class probabilities on their box: ``(probabilities, mask, classes or None)``."""
     t0 = time.perf_counter()
     agreement = None
     inputs = stage_inputs(image_norm, masks)
@@ -301,16 +352,13 @@ def run_stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.
         part, box = 0.5 * (part + part_m), union
         pixels += pixels_m
         del part_m
-    shape = inputs.shape[:3]
-    whole = tuple(slice(0, size) for size in shape)
+    shape = tuple(inputs.shape[:3])
     class_prob = None
     if classes > 1:  # a multi-class network: the foreground is every class but background
-        prob = np.zeros(shape, np.float32)
-        prob[box] = 1.0 - part[..., 0]
-        if return_classes:
-            class_prob = _placed(part, box, whole, classes)
+        class_prob = ClassProbabilities(part, box, shape)
+        prob = class_prob.foreground()
     else:
-        prob = _placed(part, box, whole, classes)
+        prob = _placed(part, box, tuple(slice(0, size) for size in shape), classes)
     del part
     mask = postprocess(prob, threshold, connectivity=connectivity, near_vox=near_vox, near_min_voxels=near_min_voxels)
     if stats is not None:
@@ -320,7 +368,7 @@ def run_stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.
             "shapes": 1 if crops is None else len({c[2:5:2] for c in crops}),
             "mirror_agreement": agreement,
         })
-    return (prob, mask, class_prob) if return_classes else (prob, mask)
+    return prob, mask, class_prob
 
 
 def labels_from_classes(mask: np.ndarray, class_prob: np.ndarray | None) -> np.ndarray | None:
@@ -400,21 +448,21 @@ class Cascade:
         run = InferenceSettings(**opts)
         image = self.normalizer(volume)
         with quiet_retracing():
-            stages, class_prob = self._stages(image, run, stats)
+            stages, classes = self._stages(image, run, stats)
             mask, prob = stages[-1][1], stages[-1][0]
-            if run.align and self.anatomy_frame and class_prob is not None:
-                mask, prob, class_prob = self._realigned(image, mask, class_prob, run, stats)
+            if run.align and self.anatomy_frame and classes is not None:
+                mask, prob, classes = self._realigned(image, mask, prob, classes, run, stats)
         out: tuple = (mask, prob)
         if return_labels:
-            out += (labels_from_classes(mask, class_prob),)
+            out += (None if classes is None else classes.labels(mask),)
         if return_stages:
             out += (stages,)
         if return_classes:
-            out += (class_prob,)
+            out += (None if classes is None else classes.full(),)
         return out
 
     def _stages(self, image: np.ndarray, run: InferenceSettings, stats: dict | None):
-        """Every stage on a normalised volume: ``(stages, last stage's class probabilities)``."""
+        """Every stage on a normalised volume: ``(stages, last stage's ClassProbabilities or None)``."""
         masks: list[np.ndarray] = []
         stages = []
         class_prob = None
@@ -425,21 +473,19 @@ class Cascade:
             run = replace(run, probe_step=0)
         for k, (view, model) in enumerate(self.stages):
             last = k == len(self.stages) - 1
-            out = run_stage(model, view, image, masks, self.threshold, run, view_axes=self.view_axes,
-                            connectivity=self.connectivity, stats=stats, return_classes=last,
-                            near_vox=0.0 if last else gap, near_min_voxels=least)
-            prob, mask = out[:2]
-            if last:  # the class probabilities of the last stage only (a full (x, y, z, k) array)
-                class_prob = out[2]
-            del out
+            prob, mask, classes = _stage(model, view, image, masks, self.threshold, run, self.view_axes,
+                                         self.connectivity, stats, 0.0 if last else gap, least)
+            if last:  # the class probabilities of the last stage only
+                class_prob = classes
+            del classes
             masks.append(mask)
             stages.append((prob, mask))
         return stages, class_prob
 
-    def _realigned(self, image: np.ndarray, mask: np.ndarray, class_prob: np.ndarray, run: InferenceSettings,
-                   stats: dict | None):
-        """The final pass in the labyrinth's reference frame when the first pass found it turned
-        (:mod:`innerear.inference.align`): ``(mask, probabilities, class probabilities)``.
+    def _realigned(self, image: np.ndarray, mask: np.ndarray, prob: np.ndarray, classes: ClassProbabilities,
+                   run: InferenceSettings, stats: dict | None):
+        """The final pass in the labyrinth's reference frame when the first pass (``mask``, ``prob``,
+        ``classes``) found it turned (:mod:`innerear.inference.align`): ``(mask, probabilities, classes)``.
 
         A turned scan's first pass is its worst, so the turn read from it can be off by 20° or
         more; the frame is read again from each realigned pass and, while it moves by more than
@@ -457,7 +503,8 @@ class Cascade:
         """
         frame = self.anatomy_frame
         voxel = self._voxel_mm
-        turns = find_turns(labels_from_classes(mask, class_prob), frame, voxel)
+        first = class_prob = classes
+        turns = find_turns(classes.labels(mask), frame, voxel)
         limit, fov = (float(frame.get(key, ANATOMY_FRAME[key])) for key in ("realign_above_deg", "search_min_fov_mm"))
         record: dict = {"turn_deg": round(turns[0].angle_deg, 1) if turns else None, "realign_above_deg": limit,
                         "realigned": False, "passes": []}
@@ -475,7 +522,8 @@ class Cascade:
         if kept is not None:  # else no realigned pass showed a whole labyrinth: the first pass stands
             _, number, mask, class_prob, turn = kept
             record.update(realigned=True, side=turn.side, kept_pass=number)
-        prob = 1.0 - class_prob[..., 0]
+        if class_prob is not first:  # another pass's
+            prob = class_prob.foreground()
         if stats is not None:
             stats["alignment"] = record
         return mask, prob, class_prob
@@ -494,8 +542,8 @@ class Cascade:
             for _ in range(int(most)):
                 quarter = cube_turn(turn.rotation, within_deg=snap)
                 turned_prob = self._in_frame(image, turn, quarter, run, stats, mask)
-                turned_mask = postprocess(1.0 - turned_prob[..., 0], self.threshold, connectivity=self.connectivity)
-                refined = find_turn(labels_from_classes(turned_mask, turned_prob), frame, self._voxel_mm)
+                turned_mask = postprocess(turned_prob.foreground(), self.threshold, connectivity=self.connectivity)
+                refined = find_turn(turned_prob.labels(turned_mask), frame, self._voxel_mm)
                 moved = None if refined is None else turn_between(turn.rotation, refined.rotation)
                 passes.append({"turn_deg": round(turn.angle_deg, 1), "side": turn.side,
                                "exact_quarter_turn": quarter is not None,
@@ -510,7 +558,7 @@ class Cascade:
         return None
 
     def _searched(self, image: np.ndarray, run: InferenceSettings, stats: dict | None, voxel: float,
-                  mask: np.ndarray, class_prob: np.ndarray):
+                  mask: np.ndarray, class_prob: ClassProbabilities):
         """The labyrinth's turns (:func:`align.find_turns`) read from the first of the cube's turns
         (:func:`align.search_turns`) whose pass, without mirroring, shows a whole labyrinth:
         ``(turns, what was tried, that pass's mask and class probabilities)``, or ``([], what was
@@ -519,8 +567,8 @@ class Cascade:
         tried = []
         for name, quarter in search_turns():
             found_prob = self._in_frame(image, None, quarter, replace(run, mirror=False), stats)
-            found = postprocess(1.0 - found_prob[..., 0], self.threshold, connectivity=self.connectivity)
-            turns = find_turns(labels_from_classes(found, found_prob), self.anatomy_frame, voxel)
+            found = postprocess(found_prob.foreground(), self.threshold, connectivity=self.connectivity)
+            turns = find_turns(found_prob.labels(found), self.anatomy_frame, voxel)
             tried.append({"turn": name, "labyrinth": bool(turns)})
             if turns:
                 return turns, tried, found, found_prob
@@ -532,18 +580,20 @@ class Cascade:
         return self.voxel_mm if isinstance(self.voxel_mm, (int, float)) else None
 
     def _in_frame(self, image: np.ndarray, turn, quarter: np.ndarray | None, run: InferenceSettings,
-                  stats: dict | None, mask: np.ndarray | None = None) -> np.ndarray:
+                  stats: dict | None, mask: np.ndarray | None = None) -> ClassProbabilities:
         """The class probabilities of one pass in the turned frame, mapped to the scan's grid: exact
         for a quarter turn; otherwise cubic B-spline for the image, linear for the probabilities,
         on a cube about the labyrinth that holds ``mask`` (the pass that read the turn, needed for
         an interpolated turn) whatever the turn (:func:`align.frame_shape`)."""
         if quarter is not None:
             _, turned = self._stages(quarter_turn(image, quarter), run, stats)
-            return quarter_turn(turned, quarter, back=True)
+            return ClassProbabilities.of(quarter_turn(turned.full(), quarter, back=True))
         frame = frame_shape(mask, turn.centre, self._voxel_mm or 1.0, self.pooling)
         _, turned = self._stages(turn_volume(image, turn, order=3, frame=frame), run, stats)
-        return np.stack([turn_volume(turned[..., k], turn, back=True, cval=1.0 if k == 0 else 0.0, frame=frame,
-                                     scan_shape=image.shape) for k in range(turned.shape[-1])], axis=-1)
+        turned = turned.full()
+        return ClassProbabilities.of(np.stack([
+            turn_volume(turned[..., k], turn, back=True, cval=1.0 if k == 0 else 0.0, frame=frame,
+                        scan_shape=image.shape) for k in range(turned.shape[-1])], axis=-1))
 
 
 def load_cascade(run_dir: str | os.PathLike, runtime: str = "keras") -> Cascade:

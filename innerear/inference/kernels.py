@@ -57,9 +57,13 @@ from scipy import ndimage
 from innerear.nets.shape import output_classes, pooling_factor
 from innerear.settings.views import from_slices, to_slices
 
-__all__ = ["output_classes", "pooling_factor", "predict_slices", "predict_volume", "roi_crops", "auto_bucket", "DEFAULT_MARGIN"]
+__all__ = ["output_classes", "pooling_factor", "predict_batches", "predict_slices", "predict_volume", "roi_crops",
+           "auto_bucket", "DEFAULT_MARGIN", "IN_FLIGHT"]
 
 DEFAULT_MARGIN = 16
+#: batches handed to :func:`predict_batches` at a time: enough for an ONNX export's sessions to work
+#: side by side, few enough that a full-size volume is not copied whole into batches at once
+IN_FLIGHT = 8
 
 
 def _compiles_per_shape(model) -> bool:
@@ -77,15 +81,46 @@ def auto_bucket(align: int, model=None) -> int:
     return 64 if _compiles_per_shape(model) else align
 
 
+def predict_batches(model, batches: Sequence[np.ndarray], compiled: bool = True, batch_size: int = 8,
+                    fixed_batch: bool | None = None) -> list[np.ndarray]:
+    """Predict batches of slices ``(n, h, w, c)`` (each at most ``batch_size``): per batch ``(n, h, w)``
+    float32 probabilities (``(n, h, w, k)`` class probabilities for a network with ``k > 1`` output
+    classes).
+
+    ``compiled`` uses ``model.predict_on_batch`` (the backend's compiled predict step), otherwise
+    an eager ``model(x, training=False)`` call (the authors' way). An ONNX export with several
+    sessions (:class:`innerear.nets.onnx.OnnxNet`) predicts the batches side by side, one per
+    session. ``fixed_batch`` pads a short batch to ``batch_size`` (default: on JAX only).
+    """
+    classes = output_classes(model)
+    fixed_batch = _compiles_per_shape(model) if fixed_batch is None else fixed_batch  # pad: no new compile
+    sizes = [len(b) for b in batches]
+    feeds = []
+    for batch in batches:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if fixed_batch and len(batch) < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], np.float32)])
+        feeds.append(batch)
+    side_by_side = getattr(model, "predict_batches", None)
+    if compiled and side_by_side is not None:
+        preds = side_by_side(feeds)
+    else:
+        preds = [model.predict_on_batch(b) if compiled else model(b, training=False) for b in feeds]
+    out = []
+    for pred, m in zip(preds, sizes):
+        if not isinstance(pred, np.ndarray):  # a backend tensor (an ONNX export gives NumPy)
+            import keras
+
+            pred = keras.ops.convert_to_numpy(pred)
+        pred = np.asarray(pred, np.float32)[:m]
+        out.append(pred[..., 0] if classes == 1 else pred)
+    return out
+
+
 def predict_slices(model, slices: np.ndarray, batch_size: int = 8, compiled: bool = True,
                    fixed_batch: bool | None = None) -> np.ndarray:
-    """Predict a stack of slices ``(n, h, w, c)``; returns ``(n, h, w)`` float32 probabilities
-    (``(n, h, w, k)`` class probabilities for a network with ``k > 1`` output classes).
-
-    ``compiled`` uses ``model.predict_on_batch`` (the backend's compiled predict step),
-    otherwise an eager ``model(x, training=False)`` call (the authors' way).
-    ``fixed_batch`` pads the last batch to ``batch_size`` (default: on JAX only).
-    """
+    """Predict a stack of slices ``(n, h, w, c)`` in batches of ``batch_size`` (:func:`predict_batches`);
+    returns ``(n, h, w)`` float32 probabilities (``(n, h, w, k)`` for ``k > 1`` output classes)."""
     slices = np.asarray(slices)
     n = slices.shape[0]
     classes = output_classes(model)
@@ -93,22 +128,12 @@ def predict_slices(model, slices: np.ndarray, batch_size: int = 8, compiled: boo
     if n == 0:
         return out
     batch_size = max(1, int(batch_size))
-    fixed_batch = _compiles_per_shape(model) if fixed_batch is None else fixed_batch  # pad: no new compile
-    for start in range(0, n, batch_size):
-        batch = np.ascontiguousarray(slices[start:start + batch_size], dtype=np.float32)
-        m = batch.shape[0]
-        if fixed_batch and m < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - m,) + batch.shape[1:], np.float32)])
-        if compiled:
-            pred = model.predict_on_batch(batch)
-        else:
-            pred = model(batch, training=False)
-        if not isinstance(pred, np.ndarray):  # a backend tensor (an ONNX export gives NumPy)
-            import keras
-
-            pred = keras.ops.convert_to_numpy(pred)
-        pred = np.asarray(pred, np.float32)[:m]
-        out[start:start + m] = pred[..., 0] if classes == 1 else pred
+    starts = range(0, n, batch_size)
+    for k in range(0, len(starts), IN_FLIGHT):
+        chunk = starts[k:k + IN_FLIGHT]
+        preds = predict_batches(model, [slices[i:i + batch_size] for i in chunk], compiled, batch_size, fixed_batch)
+        for i, pred in zip(chunk, preds):
+            out[i:i + len(pred)] = pred
     return out
 
 
