@@ -5,7 +5,8 @@ The engine predicts a stage's slices in one of three modes (``mode=``):
 ``"full"``
     The authors' way: every slice of every stage at full size, eager ``model(x)`` calls.
     (A stage network may also be an ONNX export in ONNX Runtime, :mod:`innerear.nets.onnx`: the
-    same probabilities to 1e-4, no compilation, no TensorFlow.)
+    same probabilities to 1e-4, no compilation, no TensorFlow; its sessions take the batches
+    side by side, :func:`predict_batches`.)
 ``"compiled"``
     Every slice at full size through ``model.predict_on_batch`` (the backend's compiled
     predict step: a ``tf.function`` on TensorFlow, ``jax.jit`` on JAX; on TensorFlow the

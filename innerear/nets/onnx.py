@@ -12,6 +12,12 @@ pooling factor and output classes (ONNX metadata). :func:`load_onnx` refuses a f
 The Keras network stays the source of truth (training, the notebooks, a GPU); the ONNX
 copy is how the shipped segmenter runs on a CPU. A test checks that both give the same
 probabilities (to 1e-4) and masks.
+
+Each network is opened as :data:`SESSIONS` sessions that share the cores (two 1-thread sessions
+on a 2-core machine) and take a stage's batches side by side (:meth:`OnnxNet.predict_batches`):
+ONNX Runtime's threads within one convolution scale poorly on the small rectangles that later
+stages predict, two batches at once keep both cores busy. The answers do not depend on it (each
+batch is computed whole by one session).
 """
 from __future__ import annotations
 
