@@ -718,8 +718,12 @@ def segment_profile_sentence(record: dict[str, Any]) -> str:
     runs = record.get("configurations") or {}
     shipped = [r for r in record["cascade"] if r["mirror"] and r["batch"] == 8 and r.get("probe_step", 0)]
     full = [r for r in record["cascade"] if r["mirror"] and r["batch"] == 8 and not r.get("probe_step")]
+    verdict = "met" if record["goal_met"] else "not met"
+    if record["goal_met"] and seg["median_wall_s"] > 0.95 * record["goal_wall_s"]:  # within the runs' noise
+        verdict = f"met at the limit ({seg['median_wall_s']:.2f} s; the runs spread from {min(seg['wall_s']):.2f} " \
+                  f"to {max(seg['wall_s']):.2f} s)"
     text = (f"`innerear segment` on the block takes {seg['median_wall_s']:.1f} s wall (median of {seg['runs']} runs); "
-            f"the goal is {record['goal_wall_s']:.0f} s, {'met' if record['goal_met'] else 'not met'}.")
+            f"the goal is {record['goal_wall_s']:.0f} s, {verdict}.")
     if "before" in runs:
         before = runs["before"]["median_wall_s"]
         text += (f" Before this change it took {before:.1f} s, {before / seg['median_wall_s']:.1f} times as long "
