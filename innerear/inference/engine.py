@@ -32,7 +32,6 @@ import numpy as np
 from innerear.data.normalize import Normalizer, normalizer_from_dict
 from innerear.inference.kernels import (
     DEFAULT_MARGIN,
-    IN_FLIGHT,
     auto_bucket,
     output_classes,
     pooling_factor,
@@ -155,14 +154,16 @@ class InferenceSettings:
 Box = tuple[slice, ...]
 
 
-def _crops_box(crops: Sequence[tuple[int, int, int, int, int]], view: str, view_axes: str) -> Box:
-    """The volume box ``(x, y, z)`` that holds every rectangle ``(slice, row0, rows, col0, cols)``."""
-    index = [c[0] for c in crops]
-    in_slices = (slice(min(index), max(index) + 1), slice(min(c[1] for c in crops), max(c[1] + c[2] for c in crops)),
-                 slice(min(c[3] for c in crops), max(c[3] + c[4] for c in crops)))
-    box = list(in_slices[1:])
-    box.insert(orientation_axis(view, view_axes), in_slices[0])  # the slicing axis back in its place
-    return tuple(box)
+def _whole(shape: Sequence[int]) -> Box:
+    """The box of a whole volume of ``shape`` (its first three axes)."""
+    return tuple(slice(0, int(n)) for n in shape[:3])
+
+
+def _crops_box(crops: Sequence[tuple[int, int, int, int, int]]) -> Box:
+    """The box, in slice order ``(slice, row, col)``, that holds every rectangle ``(slice, row0, rows, col0, cols)``."""
+    return (slice(min(c[0] for c in crops), max(c[0] for c in crops) + 1),
+            slice(min(c[1] for c in crops), max(c[1] + c[2] for c in crops)),
+            slice(min(c[3] for c in crops), max(c[3] + c[4] for c in crops)))
 
 
 def _background(shape: Sequence[int], classes: int) -> np.ndarray:
@@ -195,11 +196,11 @@ class ClassProbabilities:
     @classmethod
     def of(cls, array: np.ndarray) -> "ClassProbabilities":
         """A whole ``(x, y, z, k)`` array."""
-        return cls(array, tuple(slice(0, n) for n in array.shape[:3]), tuple(array.shape[:3]))
+        return cls(array, _whole(array.shape), tuple(array.shape[:3]))
 
     def full(self) -> np.ndarray:
         """The ``(x, y, z, k)`` array."""
-        return _placed(self.part, self.box, tuple(slice(0, n) for n in self.shape), self.part.shape[-1])
+        return _placed(self.part, self.box, _whole(self.shape), self.part.shape[-1])
 
     def foreground(self) -> np.ndarray:
         """The foreground's probabilities, ``1 - p(background)``."""
@@ -226,7 +227,6 @@ def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Seque
     n, h, w, crops)``; outside the box (the rectangles' bounding box) everything is background."""
     slices = to_slices(inputs, view, view_axes)
     n, h, w = slices.shape[:3]
-    whole = tuple(slice(0, size) for size in inputs.shape[:3])
     crops = None
     if masks and settings.mode == "fast":
         align = pooling_factor(model)
@@ -235,26 +235,25 @@ def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Seque
     if crops is None:  # every slice at full size
         prob = predict_volume(model, inputs, view, settings.batch, settings.compiled, settings.fixed_batch,
                               view_axes)
-        return whole, prob, n * h * w, n, h, w, None
-    box = _crops_box(crops, view, view_axes)
-    classes = output_classes(model)
-    out = _background([b.stop - b.start for b in box], classes)
+        return _whole(inputs.shape), prob, n * h * w, n, h, w, None
+    in_slices = _crops_box(crops)
+    box = list(in_slices[1:])
+    box.insert(orientation_axis(view, view_axes), in_slices[0])  # the slicing axis back in its place
+    box = tuple(box)
+    out = _background([b.stop - b.start for b in box], output_classes(model))
     out_slices = to_slices(out, view, view_axes)  # the box's slices; its corner is at (i0, rows0, cols0)
-    i0, rows0, cols0 = min(c[0] for c in crops), min(c[1] for c in crops), min(c[3] for c in crops)
+    i0, rows0, cols0 = (b.start for b in in_slices)
     groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
     for i, r0, nr, c0, nc in crops:
         groups.setdefault((nr, nc), []).append((i, r0, c0))
     jobs = [(items[start:start + settings.batch], nr, nc) for (nr, nc), items in sorted(groups.items())
             for start in range(0, len(items), settings.batch)]  # batches of rectangles of one shape
+    batches = (np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk]) for chunk, nr, nc in jobs)
     pixels = 0
-    for k in range(0, len(jobs), IN_FLIGHT):
-        flight = jobs[k:k + IN_FLIGHT]
-        batches = [np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk]) for chunk, nr, nc in flight]
-        for (chunk, nr, nc), pred in zip(flight, predict_batches(model, batches, True, settings.batch,
-                                                                   settings.fixed_batch)):
-            for (i, r0, c0), p in zip(chunk, pred):
-                out_slices[i - i0, r0 - rows0:r0 - rows0 + nr, c0 - cols0:c0 - cols0 + nc] = p
-            pixels += len(chunk) * nr * nc
+    for (chunk, nr, nc), pred in zip(jobs, predict_batches(model, batches, True, settings.batch, settings.fixed_batch)):
+        for (i, r0, c0), p in zip(chunk, pred):
+            out_slices[i - i0, r0 - rows0:r0 - rows0 + nr, c0 - cols0:c0 - cols0 + nc] = p
+        pixels += len(chunk) * nr * nc
     return box, out, pixels, n, h, w, crops
 
 
@@ -358,7 +357,7 @@ def _stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.nda
         class_prob = ClassProbabilities(part, box, shape)
         prob = class_prob.foreground()
     else:
-        prob = _placed(part, box, tuple(slice(0, size) for size in shape), classes)
+        prob = _placed(part, box, _whole(shape), classes)
     del part
     mask = postprocess(prob, threshold, connectivity=connectivity, near_vox=near_vox, near_min_voxels=near_min_voxels)
     if stats is not None:

@@ -50,7 +50,8 @@ stage has small, sub-threshold values there); the mask is what the contract is a
 """
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -82,40 +83,41 @@ def auto_bucket(align: int, model=None) -> int:
     return 64 if _compiles_per_shape(model) else align
 
 
-def predict_batches(model, batches: Sequence[np.ndarray], compiled: bool = True, batch_size: int = 8,
-                    fixed_batch: bool | None = None) -> list[np.ndarray]:
-    """Predict batches of slices ``(n, h, w, c)`` (each at most ``batch_size``): per batch ``(n, h, w)``
-    float32 probabilities (``(n, h, w, k)`` class probabilities for a network with ``k > 1`` output
-    classes).
+def predict_batches(model, batches: Iterable[np.ndarray], compiled: bool = True, batch_size: int = 8,
+                    fixed_batch: bool | None = None) -> Iterator[np.ndarray]:
+    """Predict batches of slices ``(n, h, w, c)`` (each at most ``batch_size``), in order: per batch
+    ``(n, h, w)`` float32 probabilities (``(n, h, w, k)`` class probabilities for a network with
+    ``k > 1`` output classes).
 
     ``compiled`` uses ``model.predict_on_batch`` (the backend's compiled predict step), otherwise
     an eager ``model(x, training=False)`` call (the authors' way). An ONNX export with several
     sessions (:class:`innerear.nets.onnx.OnnxNet`) predicts the batches side by side, one per
-    session. ``fixed_batch`` pads a short batch to ``batch_size`` (default: on JAX only).
+    session, :data:`IN_FLIGHT` at a time (``batches`` is read that many at a time, so a generator
+    never has a whole volume copied into batches). ``fixed_batch`` pads a short batch to
+    ``batch_size`` (default: on JAX only).
     """
     classes = output_classes(model)
     fixed_batch = _compiles_per_shape(model) if fixed_batch is None else fixed_batch  # pad: no new compile
-    sizes = [len(b) for b in batches]
-    feeds = []
-    for batch in batches:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if fixed_batch and len(batch) < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], np.float32)])
-        feeds.append(batch)
-    side_by_side = getattr(model, "predict_batches", None)
-    if compiled and side_by_side is not None:
-        preds = side_by_side(feeds)
-    else:
-        preds = [model.predict_on_batch(b) if compiled else model(b, training=False) for b in feeds]
-    out = []
-    for pred, m in zip(preds, sizes):
-        if not isinstance(pred, np.ndarray):  # a backend tensor (an ONNX export gives NumPy)
-            import keras
+    side_by_side = getattr(model, "predict_batches", None) if compiled else None
+    pending = iter(batches)
+    while flight := list(itertools.islice(pending, IN_FLIGHT)):
+        feeds = []
+        for batch in flight:
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+            if fixed_batch and len(batch) < batch_size:
+                batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], np.float32)])
+            feeds.append(batch)
+        if side_by_side is not None:
+            preds = side_by_side(feeds)
+        else:
+            preds = [model.predict_on_batch(b) if compiled else model(b, training=False) for b in feeds]
+        for pred, batch in zip(preds, flight):
+            if not isinstance(pred, np.ndarray):  # a backend tensor (an ONNX export gives NumPy)
+                import keras
 
-            pred = keras.ops.convert_to_numpy(pred)
-        pred = np.asarray(pred, np.float32)[:m]
-        out.append(pred[..., 0] if classes == 1 else pred)
-    return out
+                pred = keras.ops.convert_to_numpy(pred)
+            pred = np.asarray(pred, np.float32)[:len(batch)]
+            yield pred[..., 0] if classes == 1 else pred
 
 
 def predict_slices(model, slices: np.ndarray, batch_size: int = 8, compiled: bool = True,
@@ -123,18 +125,13 @@ def predict_slices(model, slices: np.ndarray, batch_size: int = 8, compiled: boo
     """Predict a stack of slices ``(n, h, w, c)`` in batches of ``batch_size`` (:func:`predict_batches`);
     returns ``(n, h, w)`` float32 probabilities (``(n, h, w, k)`` for ``k > 1`` output classes)."""
     slices = np.asarray(slices)
-    n = slices.shape[0]
     classes = output_classes(model)
     out = np.empty(slices.shape[:3] + ((classes,) if classes > 1 else ()), np.float32)
-    if n == 0:
-        return out
     batch_size = max(1, int(batch_size))
-    starts = range(0, n, batch_size)
-    for k in range(0, len(starts), IN_FLIGHT):
-        chunk = starts[k:k + IN_FLIGHT]
-        preds = predict_batches(model, [slices[i:i + batch_size] for i in chunk], compiled, batch_size, fixed_batch)
-        for i, pred in zip(chunk, preds):
-            out[i:i + len(pred)] = pred
+    starts = range(0, slices.shape[0], batch_size)
+    preds = predict_batches(model, (slices[i:i + batch_size] for i in starts), compiled, batch_size, fixed_batch)
+    for i, pred in zip(starts, preds):
+        out[i:i + len(pred)] = pred
     return out
 
 

@@ -231,7 +231,8 @@ def load_onnx(keras_path: str | os.PathLike, threads: int | None = None, session
     path = onnx_path(keras_path)
     threads = int(threads or _cores())
     count = max(1, min(int(sessions or SESSIONS), threads))
-    session = _session(path, max(1, threads // count))
+    each = max(1, threads // count)  # intra-op threads per session
+    session = _session(path, each)
     meta = session.get_modelmeta().custom_metadata_map
     recorded = meta.get("innerear_keras_sha256")
     if recorded is None:
@@ -241,5 +242,5 @@ def load_onnx(keras_path: str | os.PathLike, threads: int | None = None, session
         raise StaleExport(path, f"exported from a different {keras_path.name} than the one beside it; "
                                 "export it again (innerear export-onnx FOLDER) or delete it")
     channels = int(session.get_inputs()[0].shape[-1])
-    workers = tuple(_session(path, max(1, threads // count)) for _ in range(count - 1))
+    workers = tuple(_session(path, each) for _ in range(count - 1))
     return OnnxNet(session, path, int(meta["innerear_pooling"]), int(meta["innerear_classes"]), channels, workers)
