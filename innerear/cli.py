@@ -532,7 +532,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--no-book", action="store_true", help="skip the book build")
     p.add_argument("--only", nargs="*", default=None, help="only notebooks whose name starts with these")
     p.add_argument("--site", default=None, help="where executed pages and the HTML go (default: the project)")
-    p.add_argument("--workers", type=positive_int, default=None, help="local Dask workers for training (default: one per core)")
+    p.add_argument("--workers", type=positive_int, default=None, help="training processes run at once on this machine (default: one per core)")
     p.add_argument("--scheduler", default=None, help="address of a Dask scheduler (tcp://host:8786) to train on")
     p.set_defaults(func=_cmd_reproduce)
 

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from innerear import cli
 from innerear.reporting import pipeline, figures as viz
@@ -115,3 +116,41 @@ def test_every_notebook_is_executed_and_in_the_table_of_contents():
     for name in notebooks:
         assert f"book/executed/{name}" in toc or f"book/executed/{name.split('_')[0]}" in toc, name
     assert "file: book/api" in toc and (root / "book" / "api.md").exists()
+
+
+def _fake_group_trainer(calls, fail_backbone=None):
+    """A stand-in for ``pipeline._train_group`` that records its calls (no training)."""
+    import threading
+
+    lock = threading.Lock()
+
+    def train(profile_name, seed, root, group, threads):
+        with lock:
+            calls.append((group, threads))
+        if group[0][0] == fail_backbone:
+            raise RuntimeError(f"training {group[0][0]} fold {group[0][1]} failed: boom")
+        return [{"backbone": b, "fold": f, "views": "/".join(v), "dice": [0.9] * len(v), "epochs": [3] * len(v),
+                 "train_seconds": 1.0} for b, f, v in group]
+    return train
+
+
+def test_train_all_runs_every_group_once_locally_with_one_thread_per_worker(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline, "_train_group", _fake_group_trainer(calls))
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 4)
+    profile = get_profile("demo")
+    results = pipeline.train_all(profile, 0, tmp_path, workers=2, verbose=False)
+    jobs = pipeline.training_jobs(profile)
+    assert sorted((r["backbone"], r["fold"], tuple(r["views"].split("/"))) for r in results) == sorted(jobs)
+    assert sorted(map(str, (g for g, _ in calls))) == sorted(map(str, pipeline.job_groups(jobs)))
+    assert {t for _, t in calls} == {2}  # 4 cores / 2 workers
+
+
+def test_train_all_finishes_the_other_groups_when_one_fails(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline, "_train_group", _fake_group_trainer(calls, fail_backbone="se_unet"))
+    profile = get_profile("demo")
+    with pytest.raises(RuntimeError, match=r"4 of 12 training groups failed") as err:
+        pipeline.train_all(profile, 0, tmp_path, workers=2, verbose=False)
+    assert "se_unet fold" in str(err.value)
+    assert len(calls) == 12  # every group was still trained

@@ -13,10 +13,10 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from innerear.data.phantom import write_phantom_set
 from innerear.data.preprocess import prepare_dataset
@@ -271,7 +271,7 @@ def _train_group(profile_name: str, seed: int, root: str, group: list[tuple], th
     entry point, :func:`innerear.training.paper.train_run`. One process per group pays the
     framework's start-up once and lets runs of the same architecture share compiled networks
     (:class:`~innerear.training.fit.ModelPool`); a separate process keeps each group's memory and
-    threads to itself (TensorFlow inside a Dask worker ran 2-3x slower here).
+    threads to itself (TensorFlow in a thread of the parent process ran 2-3x slower here).
     """
     env = dict(os.environ, INNEREAR_HOME=root, TF_CPP_MIN_LOG_LEVEL="3")
     if threads:
@@ -299,50 +299,66 @@ def _train_group(profile_name: str, seed: int, root: str, group: list[tuple], th
 
 def train_all(profile: Profile, seed: int, root: Path, workers: int | None = None,
               scheduler: str | None = None, verbose: bool = True) -> list[dict]:
-    """Train every run the book needs, in parallel on a Dask cluster.
+    """Train every run the book needs, in parallel: local worker processes, or a Dask cluster.
 
     The runs are grouped (:func:`job_groups`) and each group is one task that trains its
     runs in one process; runs that share their first stages are in the same group, so
     shared stages are trained once and no two workers write the same folder. Without
-    ``scheduler`` a local cluster of ``workers`` threads is started (default: one per CPU
-    core; the training itself runs in a subprocess per task); with a scheduler address
-    (``tcp://host:8786``) the tasks go to that cluster, whose workers must see the same
+    ``scheduler`` the tasks run on this machine, ``workers`` at a time (default: one per CPU
+    core), each a subprocess with ``cores // workers`` backend threads, taken longest first;
+    a plain thread pool waits on them (a local Dask cluster doing the same waiting cost about
+    9 % of a core on a 2-core machine, issue 25). With a scheduler address
+    (``tcp://host:8786``) the tasks go to that Dask cluster, whose workers must see the same
     project folder.
     """
-    from dask.distributed import Client, LocalCluster, as_completed  # lazy: Dask only where training runs
-
     jobs = [j for j in training_jobs(profile)
             if not (stage_dir(runs_root(root), profile, *j) / "stage.json").exists()]
     if not jobs:
         return []
-    n_workers = workers or max(1, os.cpu_count() or 1)
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-        threads = None
-    else:
-        cluster = LocalCluster(n_workers=1, threads_per_worker=n_workers, processes=False,
-                               dashboard_address=None, memory_limit=0, silence_logs=40)
-        client = Client(cluster)
-        threads = max(1, (os.cpu_count() or 1) // n_workers)
     groups = job_groups(jobs)
+    results: list[dict] = []
+
+    def report(group_results: list[dict]) -> None:
+        for r in group_results:
+            results.append(r)
+            if verbose:
+                print(f"[train {len(results)}/{len(jobs)}] {r['backbone']} fold {r['fold']} {r['views']}: "
+                      f"held-out Dice per stage {r['dice']}, epochs {r['epochs']}, {r['train_seconds']:.0f} s",
+                      flush=True)
+
+    if scheduler:
+        _train_on_cluster(scheduler, profile, seed, root, groups, report)
+        return results
+    n_workers = workers or max(1, os.cpu_count() or 1)
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="train") as pool:
+        futures = [pool.submit(_train_group, profile.name, seed, str(root), group, threads) for group in groups]
+        failures = []
+        for fut in as_completed(futures):  # a failed group does not stop the others: their stages stay valid
+            try:
+                report(fut.result())
+            except RuntimeError as exc:
+                failures.append(str(exc))
+                print(f"[train] FAILED {exc}", file=sys.stderr, flush=True)
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(groups)} training groups failed:\n" + "\n".join(failures))
+    return results
+
+
+def _train_on_cluster(scheduler: str, profile: Profile, seed: int, root: Path, groups: list[list[tuple]],
+                      report: Callable[[list[dict]], None]) -> None:
+    """The groups as tasks on the Dask cluster at ``scheduler``; each finished group goes to ``report``."""
+    from dask.distributed import Client, as_completed as dask_completed  # lazy: Dask only for a cluster
+
+    client = Client(scheduler)
     try:
-        futures = [client.submit(_train_group, profile.name, seed, str(root), group, threads, pure=False,
+        futures = [client.submit(_train_group, profile.name, seed, str(root), group, None, pure=False,
                                  key=f"train-{profile.name}-{group[0][0]}-{len(group)}runs-{i}")
                    for i, group in enumerate(groups)]
-        results = []
-        for fut in as_completed(futures):
-            for r in fut.result():
-                results.append(r)
-                if verbose:
-                    print(f"[train {len(results)}/{len(jobs)}] {r['backbone']} fold {r['fold']} {r['views']}: "
-                          f"held-out Dice per stage {r['dice']}, epochs {r['epochs']}, {r['train_seconds']:.0f} s",
-                          flush=True)
-        return results
+        for fut in dask_completed(futures):
+            report(fut.result())
     finally:
         client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def ensure_phantoms(profile: Profile, seed: int, root: Path) -> Path:

@@ -7,7 +7,7 @@ resumes the run with :func:`innerear.training.cascade.train_cascade` and returns
 :class:`RunResult`. Every caller of the paper recipe goes through it:
 
 * ``innerear run`` and ``innerear train`` (:mod:`innerear.cli`);
-* ``innerear reproduce``: its Dask tasks (:func:`innerear.reporting.pipeline.train_all`) start
+* ``innerear reproduce``: its training tasks (:func:`innerear.reporting.pipeline.train_all`) start
   ``innerear run --job ...`` in a fresh process per group of runs, which calls it;
 * the notebooks ``02_backbones`` and ``03_cascade_training``.
 
