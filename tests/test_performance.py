@@ -104,16 +104,61 @@ def _train_speed_rows():
                  spe=1, threads=2, speed_vs_before=0.8)]
 
 
+def _train_speed_rows_with_backends():
+    """A record as the extended benchmark writes it: workers, backends, an XLA row."""
+    row = dict(all_epoch_s=[1.0], forward_share=0.25, step_s=0.3, workers=1, backend="tensorflow")
+    return [dict(row, name="1 thread, 1 step per call (before)", epoch_s=12.0, effective_epoch_s=12.0, spe=1,
+                 threads=1, jit=False, achieved_gflops=12.0, peak_gflops=35.0, share_of_peak=0.34, speed_vs_before=1.0),
+            dict(row, name="1 thread, XLA", epoch_s=11.9, effective_epoch_s=11.9, spe=64, threads=1, jit=True,
+                 achieved_gflops=12.1, peak_gflops=35.0, share_of_peak=0.35, speed_vs_before=1.01),
+            dict(row, name="1 thread, 64 steps", epoch_s=12.2, effective_epoch_s=12.2, spe=64, threads=1, jit=False,
+                 achieved_gflops=11.7, peak_gflops=35.0, share_of_peak=0.33, speed_vs_before=0.98),
+            dict(row, name="2 threads", epoch_s=9.7, effective_epoch_s=9.7, spe=1, threads=2, jit=False,
+                 achieved_gflops=14.7, peak_gflops=52.0, share_of_peak=0.28, speed_vs_before=1.24),
+            dict(row, name="2 workers side by side", epoch_s=20.8, effective_epoch_s=10.4, spe=64, threads=1,
+                 jit=False, workers=2, achieved_gflops=13.6, peak_gflops=52.0, share_of_peak=0.26,
+                 speed_vs_before=1.15),
+            dict(row, name="PyTorch, 2 threads", backend="torch", epoch_s=6.5, effective_epoch_s=6.5, spe=1,
+                 threads=2, jit=False, achieved_gflops=21.6, peak_gflops=52.0, share_of_peak=0.41,
+                 speed_vs_before=1.85)]
+
+
 def test_train_speed_page_part_is_computed_from_its_record(tmp_path):
     rec = perf.read_record(perf.write_record(tmp_path / "t.json", "bench_train_speed", {"rows": _train_speed_rows()}))
     text = perf.train_speed_markdown(rec)
-    # the fastest row is named with its ratio to the one-step loop, and the two-thread row's epoch
-    assert "1 thread, 64 steps per call, trains a demo epoch in 3.20 s (1.25× the one-step-per-call loop)" in text
-    assert "42% of the 105 GFLOP/s" in text and "Two threads in one process are slower (5.00 s per epoch" in text
-    assert "XLA" not in text  # no XLA row measured: no sentence about it
+    # an older record (no backend, workers or CPU flags): the fastest row is named with its ratio
+    # to the one-step loop, and the two-thread row is compared with the single-thread one
+    assert ("1 thread, 64 steps per call (TensorFlow), trains a demo epoch in 3.20 s (1.25× the one-step-per-call "
+            "TensorFlow loop)") in text
+    assert "42% of the 105 GFLOP/s" in text
+    assert "two threads in one process are slower than one (5.00 vs 3.20 s per epoch)" in text
+    assert "XLA" not in text and "side by side" not in text and "This CPU reports" not in text
     fig = perf.train_speed_figure(rec)
     assert len(fig.axes[0].patches) == 6  # a peak and an achieved bar per configuration
     assert "train_speed" in perf.train_speed_markdown(None) and "absent" in perf.train_speed_markdown(None)
+
+
+def test_train_speed_sentences_follow_the_measurements(tmp_path):
+    flags = {"avx2": True, "fma": True, "avx512f": False}
+    rec = perf.read_record(perf.write_record(tmp_path / "t.json", "bench_train_speed",
+                                             {"rows": _train_speed_rows_with_backends(), "cpu_flags": flags}))
+    text = perf.train_speed_sentence(rec)
+    assert text.startswith("This CPU reports AVX2, FMA and not AVX-512.")
+    assert "The fastest configuration, PyTorch, 2 threads, trains a demo epoch in 6.50 s (1.85×" in text
+    assert "two threads in one process are faster than one (9.70 vs 12.00 s per epoch)" in text
+    assert ("Two single-thread workers side by side, as `innerear reproduce` runs them, take 20.80 s per epoch each "
+            "(1.70× the 12.20 s of one alone), 10.40 s per epoch of work: slower than one two-thread worker (9.70 s)"
+            ) in text
+    assert "XLA compilation gives 11.90 s per epoch against 12.20 s without: no gain on this CPU." in text
+    assert "6.50 s with PyTorch, 2 threads. The fastest of them, PyTorch, 2 threads, is 1.49× as fast" in text
+    table = perf.train_speed_table(rec)
+    assert list(table["backend"]) == ["tensorflow"] * 5 + ["torch"] and list(table["workers"])[4] == 2
+    assert list(table["seconds per epoch of work"])[4] == "10.40"
+    # the same record with the pair faster than one two-thread worker says so
+    rows = _train_speed_rows_with_backends()
+    rows[4].update(epoch_s=16.0, effective_epoch_s=8.0)
+    rec2 = perf.read_record(perf.write_record(tmp_path / "u.json", "bench_train_speed", {"rows": rows}))
+    assert "8.00 s per epoch of work: faster than one two-thread worker (9.70 s)" in perf.train_speed_sentence(rec2)
 
 
 def test_segment_profile_page_part_splits_the_wall_time(tmp_path):

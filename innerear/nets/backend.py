@@ -19,7 +19,8 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
 
 
 def set_threads(n: int) -> None:
-    """Limit the backend's CPU threads (call before the first model is built)."""
+    """Limit the backend's CPU threads (call before the first model is built; JAX sizes its pool by the
+    cores the process may use, so pin the process instead)."""
     os.environ["OMP_NUM_THREADS"] = str(n)
     import keras
 
@@ -31,6 +32,10 @@ def set_threads(n: int) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(n)
         except RuntimeError:  # the runtime is already initialised in this process
             pass
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_num_threads(n)
 
 
 @contextlib.contextmanager

@@ -590,38 +590,94 @@ def turns_markdown(record: dict[str, Any] | None) -> str:
 TRAIN_SPEED = "bench_train_speed"  # benchmarks/bench_train_speed.py's record
 
 
+def _train_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's rows with the fields older records lack filled in (TensorFlow, one worker)."""
+    return [{"backend": "tensorflow", "workers": 1, **r, "effective_epoch_s": r.get("effective_epoch_s", r["epoch_s"])}
+            for r in record["rows"]]
+
+
 def train_speed_table(record: dict[str, Any]) -> pd.DataFrame:
-    """``bench_train_speed``'s configurations: epoch seconds, achieved and peak GFLOP/s, speed-up."""
+    """``bench_train_speed``'s configurations: backend, workers, epoch seconds, achieved and peak
+    GFLOP/s, speed-up (per epoch of work: two workers side by side finish two epochs at once)."""
     import pandas as pd
 
     return pd.DataFrame([{
-        "configuration": r["name"], "seconds per epoch": f"{r['epoch_s']:.2f}", "seconds per step": f"{r['step_s']:.3f}",
+        "configuration": r["name"], "backend": r["backend"], "workers": r["workers"],
+        "seconds per epoch (each worker)": f"{r['epoch_s']:.2f}", "seconds per epoch of work": f"{r['effective_epoch_s']:.2f}",
         "achieved GFLOP/s": f"{r['achieved_gflops']:.1f}", "matmul peak GFLOP/s": f"{r['peak_gflops']:.0f}",
         "share of peak": f"{r['share_of_peak']:.0%}", "forward share of a step": f"{r['forward_share']:.0%}",
-        "speed vs before": f"{r['speed_vs_before']:.2f}"} for r in record["rows"]])
+        "speed vs before": f"{r['speed_vs_before']:.2f}"} for r in _train_rows(record)])
+
+
+def _cpu_flags_sentence(flags: dict[str, bool]) -> str:
+    if not flags:
+        return ""
+    names = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX"}
+    has = [n for f, n in names.items() if flags.get(f) is True]
+    lacks = [n for f, n in names.items() if flags.get(f) is False]
+    text = f"This CPU reports {', '.join(has) or 'none of the vector extensions checked'}"
+    return text + (f" and not {', '.join(lacks)}." if lacks else ".")
+
+
+def _label(row: dict[str, Any]) -> str:
+    """A configuration's name, with its backend where the name does not say it."""
+    return f"{row['name']} (TensorFlow)" if row["backend"] == "tensorflow" else row["name"]
+
+
+def _count(n: int) -> str:
+    return {2: "Two", 3: "Three", 4: "Four"}.get(n, str(n))
+
+
+def _compare(a: float, b: float) -> str:
+    """'faster' / 'slower' / 'as fast' for a time ``a`` against ``b`` (within 3 % counts as equal)."""
+    return "as fast as" if abs(a - b) <= 0.03 * b else ("faster than" if a < b else "slower than")
 
 
 def train_speed_sentence(record: dict[str, Any]) -> str:
-    """What the profile says, from the record: the fastest configuration, its share of the measured
-    peak, and what the second thread and XLA did."""
-    rows = record["rows"]
-    best = min(rows, key=lambda r: r["epoch_s"])
-    before = next((r for r in rows if r["spe"] == 1 and r["threads"] == 1 and not r["jit"]), rows[0])
-    two = [r for r in rows if r["threads"] == 2]
-    jit = [r for r in rows if r["jit"]]
-    parts = [f"The fastest configuration, {best['name']}, trains a demo epoch in {best['epoch_s']:.2f} s "
-             f"({before['epoch_s'] / best['epoch_s']:.2f}× the one-step-per-call loop), reaching "
-             f"{best['achieved_gflops']:.0f} GFLOP/s of convolution arithmetic, {best['share_of_peak']:.0%} of the "
-             f"{best['peak_gflops']:.0f} GFLOP/s a large single-thread matrix product reaches on this CPU."]
-    if two:
-        t = min(two, key=lambda r: r["epoch_s"])
-        parts.append(f"Two threads in one process are slower ({t['epoch_s']:.2f} s per epoch, "
-                     f"{t['share_of_peak']:.0%} of the two-thread peak): eight-channel convolutions on 64² slices are "
-                     "too small to split, so the pipeline runs one single-threaded worker per core instead.")
+    """What the profile says, from the record: the CPU, the fastest configuration and its share of the
+    measured peak, and what a second thread, a second worker, XLA and the other backends did."""
+    rows = _train_rows(record)
+    tf = [r for r in rows if r["backend"] == "tensorflow"]
+    best = min(rows, key=lambda r: r["effective_epoch_s"])
+    before = next((r for r in tf if r["spe"] == 1 and r["threads"] == 1 and not r["jit"] and r["workers"] == 1), rows[0])
+    parts = [_cpu_flags_sentence(record.get("cpu_flags") or {}),
+             f"The fastest configuration, {_label(best)}, trains a demo epoch in "
+             f"{best['effective_epoch_s']:.2f} s ({before['epoch_s'] / best['effective_epoch_s']:.2f}× the one-step-per-call "
+             f"TensorFlow loop), reaching {best['achieved_gflops']:.0f} GFLOP/s of convolution arithmetic, "
+             f"{best['share_of_peak']:.0%} of the {best['peak_gflops']:.0f} GFLOP/s a large matrix product reaches on "
+             "these cores with the same threads."]
+    alone = [r for r in tf if r["workers"] == 1]
+    one = min((r for r in alone if r["threads"] == 1 and not r["jit"]), key=lambda r: r["epoch_s"], default=None)
+    two = min((r for r in alone if r["threads"] == 2 and not r["jit"]), key=lambda r: r["epoch_s"], default=None)
+    if one and two:
+        parts.append(f"On TensorFlow, two threads in one process are {_compare(two['epoch_s'], one['epoch_s'])} one "
+                     f"({two['epoch_s']:.2f} vs {one['epoch_s']:.2f} s per epoch).")
+    pair = next((r for r in tf if r["workers"] > 1), None)
+    if pair and one:
+        solo = next((r for r in alone if r["threads"] == 1 and r["spe"] == pair["spe"] and r["jit"] == pair["jit"]), one)
+        text = (f"{_count(pair['workers'])} single-thread workers side by side, as `innerear reproduce` runs them, take "
+                f"{pair['epoch_s']:.2f} s per epoch each ({pair['epoch_s'] / solo['epoch_s']:.2f}× the "
+                f"{solo['epoch_s']:.2f} s of one alone), {pair['effective_epoch_s']:.2f} s per epoch of work")
+        if two:
+            text += (f": {_compare(pair['effective_epoch_s'], two['epoch_s'])} one two-thread worker "
+                     f"({two['epoch_s']:.2f} s)")
+        parts.append(text + ".")
+    jit = min((r for r in tf if r["jit"]), key=lambda r: r["epoch_s"], default=None)
     if jit:
-        j = min(jit, key=lambda r: r["epoch_s"])
-        parts.append(f"XLA compilation gives {j['epoch_s']:.2f} s per epoch, no gain on this CPU.")
-    return " ".join(parts)
+        plain = next((r for r in tf if not r["jit"] and r["threads"] == jit["threads"] and r["spe"] == jit["spe"]
+                      and r["workers"] == jit["workers"]), None)
+        if plain:
+            gain = "a gain" if jit["epoch_s"] < 0.97 * plain["epoch_s"] else "no gain"
+            parts.append(f"XLA compilation gives {jit['epoch_s']:.2f} s per epoch against {plain['epoch_s']:.2f} s "
+                         f"without: {gain} on this CPU.")
+    others = [r for r in rows if r["backend"] != "tensorflow"]
+    if others and two:
+        fast = min(others, key=lambda r: r["effective_epoch_s"])
+        parts.append("On Keras' other backends the same epoch takes "
+                     + "; ".join(f"{r['effective_epoch_s']:.2f} s with {r['name']}" for r in others)
+                     + f". The fastest of them, {fast['name']}, is {two['epoch_s'] / fast['effective_epoch_s']:.2f}× as "
+                       "fast as TensorFlow's best two-thread epoch.")
+    return " ".join(p for p in parts if p)
 
 
 def train_speed_figure(record: dict[str, Any]):
