@@ -146,8 +146,8 @@ def test_train_speed_sentences_follow_the_measurements(tmp_path):
     assert text.startswith("This CPU reports AVX2, FMA and not AVX-512.")
     assert "The fastest configuration, PyTorch, 2 threads, trains a demo epoch in 6.50 s (1.85×" in text
     assert "two threads in one process are faster than one (9.70 vs 12.00 s per epoch)" in text
-    assert ("Two single-thread workers side by side, as `innerear reproduce` runs them, take 20.80 s per epoch each "
-            "(1.70× the 12.20 s of one alone), 10.40 s per epoch of work: slower than one two-thread worker (9.70 s)"
+    assert ("Two single-thread workers side by side, as `innerear reproduce` runs them, take 20.80 s per epoch each, "
+            "1.70× the 12.20 s of one alone, so 10.40 s per epoch of work: slower than one two-thread worker (9.70 s)"
             ) in text
     assert "XLA compilation gives 11.90 s per epoch against 12.20 s without: no gain on this CPU." in text
     assert "6.50 s with PyTorch, 2 threads. The fastest of them, PyTorch, 2 threads, is 1.49× as fast" in text
@@ -157,8 +157,12 @@ def test_train_speed_sentences_follow_the_measurements(tmp_path):
     # the same record with the pair faster than one two-thread worker says so
     rows = _train_speed_rows_with_backends()
     rows[4].update(epoch_s=16.0, effective_epoch_s=8.0)
+    rows[4]["all_epoch_s"] = [15.0, 16.0, 19.0]
+    rows[5].update(epoch_s=9.0, effective_epoch_s=9.0)
     rec2 = perf.read_record(perf.write_record(tmp_path / "u.json", "bench_train_speed", {"rows": rows}))
-    assert "8.00 s per epoch of work: faster than one two-thread worker (9.70 s)" in perf.train_speed_sentence(rec2)
+    text2 = perf.train_speed_sentence(rec2)
+    assert "of one alone (median; 15.00-19.00 s over 3 epochs), so 8.00 s per epoch of work: faster than" in text2
+    assert "trains a demo epoch of work every 8.00 s" in text2
 
 
 def test_segment_profile_page_part_splits_the_wall_time(tmp_path):

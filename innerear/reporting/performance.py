@@ -624,6 +624,12 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['name']} (TensorFlow)" if row["backend"] == "tensorflow" else row["name"]
 
 
+def _spread(row: dict[str, Any]) -> str:
+    """' (a-b s over n epochs)' from a row's epochs, when it has more than one."""
+    epochs = row.get("all_epoch_s") or []
+    return f" (median; {min(epochs):.2f}-{max(epochs):.2f} s over {len(epochs)} epochs)" if len(epochs) > 1 else ""
+
+
 def _count(n: int) -> str:
     return {2: "Two", 3: "Three", 4: "Four"}.get(n, str(n))
 
@@ -641,8 +647,8 @@ def train_speed_sentence(record: dict[str, Any]) -> str:
     best = min(rows, key=lambda r: r["effective_epoch_s"])
     before = next((r for r in tf if r["spe"] == 1 and r["threads"] == 1 and not r["jit"] and r["workers"] == 1), rows[0])
     parts = [_cpu_flags_sentence(record.get("cpu_flags") or {}),
-             f"The fastest configuration, {_label(best)}, trains a demo epoch in "
-             f"{best['effective_epoch_s']:.2f} s ({before['epoch_s'] / best['effective_epoch_s']:.2f}× the one-step-per-call "
+             f"The fastest configuration, {_label(best)}, trains a demo epoch "
+             f"{'of work every' if best['workers'] > 1 else 'in'} {best['effective_epoch_s']:.2f} s ({before['epoch_s'] / best['effective_epoch_s']:.2f}× the one-step-per-call "
              f"TensorFlow loop), reaching {best['achieved_gflops']:.0f} GFLOP/s of convolution arithmetic, "
              f"{best['share_of_peak']:.0%} of the {best['peak_gflops']:.0f} GFLOP/s a large matrix product reaches on "
              "these cores with the same threads."]
@@ -656,8 +662,8 @@ def train_speed_sentence(record: dict[str, Any]) -> str:
     if pair and one:
         solo = next((r for r in alone if r["threads"] == 1 and r["spe"] == pair["spe"] and r["jit"] == pair["jit"]), one)
         text = (f"{_count(pair['workers'])} single-thread workers side by side, as `innerear reproduce` runs them, take "
-                f"{pair['epoch_s']:.2f} s per epoch each ({pair['epoch_s'] / solo['epoch_s']:.2f}× the "
-                f"{solo['epoch_s']:.2f} s of one alone), {pair['effective_epoch_s']:.2f} s per epoch of work")
+                f"{pair['epoch_s']:.2f} s per epoch each, {pair['epoch_s'] / solo['epoch_s']:.2f}× the "
+                f"{solo['epoch_s']:.2f} s of one alone{_spread(pair)}, so {pair['effective_epoch_s']:.2f} s per epoch of work")
         if two:
             text += (f": {_compare(pair['effective_epoch_s'], two['epoch_s'])} one two-thread worker "
                      f"({two['epoch_s']:.2f} s)")
