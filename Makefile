@@ -31,9 +31,13 @@ reproduce: setup
 # tests/nbval_sanitize.cfg (addresses, random ids, paths, seconds)
 SMOKE_PAGES := _build/test-site/book/executed/*.ipynb _build/test-site/book/executed/*/*.ipynb
 
+# pytest: one worker process per core (at most 4), a test module's tests kept in one worker so its
+# module-scoped fixtures (trained cascades, the shipped segmenter) are built once
+PYTEST_WORKERS := -n auto --maxprocesses 4 --dist loadscope
+
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=25 tests
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_WORKERS) tests
 	$(BIN)/innerear reproduce --profile smoke --seed $(SEED) --site _build/test-site
 	INNEREAR_HOME=$(CURDIR) INNEREAR_PROFILE=smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_PAGES)
@@ -41,7 +45,7 @@ test: setup
 	INNEREAR_SITE=_build/test-site $(BIN)/python -m pytest -q -p no:cacheprovider tests_book
 
 test-fast: setup
-	$(BIN)/python -m pytest -q --durations=25 tests
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_WORKERS) tests
 
 # JupyterLab from .venv, the project as its root and the file browser at notebooks/. Its kernel
 # "python3" is .venv's own Python (the kernelspec ipykernel installs in .venv, which Jupyter in a
