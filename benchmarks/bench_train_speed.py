@@ -57,7 +57,6 @@ OTHER_BACKENDS = (  # run with --backend-python; PyTorch's Keras backend takes o
     {"name": "PyTorch, 1 thread", "backend": "torch", "threads": 1, "spe": 1, "jit": False},
     {"name": "PyTorch, 2 threads", "backend": "torch", "threads": 2, "spe": 1, "jit": False},
 )
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
 
 _CHILD = r"""
 import json, os, statistics, sys, time
@@ -146,16 +145,6 @@ def run_side_by_side(code: str, arg: str, n: int) -> list[dict]:
     return [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
 
 
-def cpu_flags() -> dict[str, bool]:
-    """Which of :data:`VECTOR_FLAGS` this CPU reports (``/proc/cpuinfo``)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return {}
-    return {f: f in flags for f in VECTOR_FLAGS}
-
-
 def measure(cfg: dict, repeats: int, backend_python: str | None) -> dict:
     """One configuration's child output(s), merged: all workers' epochs, first worker's counts."""
     arg = json.dumps({**cfg, "repeats": repeats})
@@ -203,7 +192,6 @@ def main() -> int:
         r["speed_vs_before"] = round(base / r["effective_epoch_s"], 2)
     doc = {"what": "one demo training epoch (U-Net base 8, 64² slices, batch 20, 29 steps) per configuration, "
                    "each in a fresh process, median of --repeats epochs; FLOPs are the convolutions' only",
-           "cpu_flags": cpu_flags(),
            "forward_flop_per_slice": flop,
            "matmul_peak_gflops": {str(k): round(v, 1) for k, v in peak.items()},
            "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}

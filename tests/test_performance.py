@@ -26,6 +26,19 @@ def test_record_round_trip_carries_its_context(tmp_path):
         perf.read_record(tmp_path / "plain.json")
 
 
+def test_the_context_names_the_cpus_vector_extensions(tmp_path):
+    """The same machine kind came with and without AVX-512: a record says which it had."""
+    flags = perf.cpu_flags()
+    if Path("/proc/cpuinfo").exists():
+        assert set(flags) == set(perf.VECTOR_EXTENSIONS) and all(isinstance(v, bool) for v in flags.values())
+    rec = perf.read_record(perf.write_record(tmp_path / "r.json", "k", {}))
+    assert rec["context"]["machine"]["cpu_flags"] == flags
+    rec["context"]["machine"]["cpu_flags"] = {"avx2": True, "fma": True, "avx512f": False}
+    assert "(" + rec["context"]["machine"]["cpu"] + ", AVX2, FMA; no AVX-512, " in perf.context_line(rec)
+    rec["context"]["machine"].pop("cpu_flags")  # an older record: no flags, no claim
+    assert "AVX" not in perf.context_line(rec)
+
+
 def test_render_record_shows_every_measured_value(tmp_path):
     rec = perf.read_record(perf.write_record(tmp_path / "r.json", "k", {
         "rows": [{"backbone": "unet", "step_s": 0.1234567, "params": 1930657}],
@@ -125,6 +138,7 @@ def _train_speed_rows_with_backends():
 
 def test_train_speed_page_part_is_computed_from_its_record(tmp_path):
     rec = perf.read_record(perf.write_record(tmp_path / "t.json", "bench_train_speed", {"rows": _train_speed_rows()}))
+    rec["context"]["machine"].pop("cpu_flags")
     text = perf.train_speed_markdown(rec)
     # an older record (no backend, workers or CPU flags): the fastest row is named with its ratio
     # to the one-step loop, and the two-thread row is compared with the single-thread one

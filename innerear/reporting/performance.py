@@ -51,6 +51,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the vector extensions that set what these cores can do in fp32 (the machine kind has come with
+# and without AVX-512, and training and segmenting times differ about threefold between them)
+VECTOR_EXTENSIONS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16",
+                     "amx_tile": "AMX"}
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of :data:`VECTOR_EXTENSIONS` this CPU reports (``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            line = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        return {}
+    flags = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    return {f: f in flags for f in VECTOR_EXTENSIONS} if flags else {}
+
+
+def vector_extensions_text(flags: dict[str, bool]) -> str:
+    """'AVX2, FMA; no AVX-512, AVX-512 BF16, AMX' from :func:`cpu_flags`' answer ('' when unknown)."""
+    has = [n for f, n in VECTOR_EXTENSIONS.items() if flags.get(f) is True]
+    lacks = [n for f, n in VECTOR_EXTENSIONS.items() if flags.get(f) is False]
+    return "; ".join(p for p in (", ".join(has), "no " + ", ".join(lacks) if lacks else "") if p)
+
+
 def _memory_gib() -> float | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -75,7 +99,7 @@ def run_context() -> dict[str, Any]:
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "system": platform.system(),
-                    "memory_gib": round(mem, 1) if mem else None},
+                    "memory_gib": round(mem, 1) if mem else None, "cpu_flags": cpu_flags()},
         "versions": versions(),
         "command": _command(),
     }
@@ -134,6 +158,8 @@ def context_line(record: dict[str, Any]) -> str:
     libs = ", ".join(f"{k} {x}" for k, x in (("keras", v.get("keras")), ("tensorflow", tf), ("jax", v.get("jax")))
                      if x)
     mem = f", {m['memory_gib']} GiB memory" if m.get("memory_gib") else ""
+    vec = vector_extensions_text(m.get("cpu_flags") or {})
+    mem = f", {vec}{mem}" if vec else mem
     cmd = f" by `{ctx['command']}`" if ctx.get("command") else ""
     return (f"Measured {ctx.get('date', '?')}{cmd} on {m.get('cpu_count', '?')} CPU(s) ({m.get('cpu', '?')}"
             f"{mem}); Python {v.get('python', '?')}{', ' + libs if libs else ''}.")
@@ -610,13 +636,8 @@ def train_speed_table(record: dict[str, Any]) -> pd.DataFrame:
 
 
 def _cpu_flags_sentence(flags: dict[str, bool]) -> str:
-    if not flags:
-        return ""
-    names = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX"}
-    has = [n for f, n in names.items() if flags.get(f) is True]
-    lacks = [n for f, n in names.items() if flags.get(f) is False]
-    text = f"This CPU reports {', '.join(has) or 'none of the vector extensions checked'}"
-    return text + (f" and not {', '.join(lacks)}." if lacks else ".")
+    text = vector_extensions_text(flags)
+    return f"This CPU reports {text.replace('; no', ' and not')}." if text else ""
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -646,7 +667,8 @@ def train_speed_sentence(record: dict[str, Any]) -> str:
     tf = [r for r in rows if r["backend"] == "tensorflow"]
     best = min(rows, key=lambda r: r["effective_epoch_s"])
     before = next((r for r in tf if r["spe"] == 1 and r["threads"] == 1 and not r["jit"] and r["workers"] == 1), rows[0])
-    parts = [_cpu_flags_sentence(record.get("cpu_flags") or {}),
+    flags = record.get("cpu_flags") or record["context"].get("machine", {}).get("cpu_flags") or {}
+    parts = [_cpu_flags_sentence(flags),
              f"The fastest configuration, {_label(best)}, trains a demo epoch "
              f"{'of work every' if best['workers'] > 1 else 'in'} {best['effective_epoch_s']:.2f} s ({before['epoch_s'] / best['effective_epoch_s']:.2f}× the one-step-per-call "
              f"TensorFlow loop), reaching {best['achieved_gflops']:.0f} GFLOP/s of convolution arithmetic, "
