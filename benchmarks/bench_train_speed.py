@@ -13,8 +13,8 @@ batch 20, 29 steps per epoch as a fold of 9 phantoms × 64 slices gives):
 * with ``--backend-python PY`` (an interpreter with keras, jax and torch installed), the same
   epoch on Keras' JAX and PyTorch backends, as an alternative to TensorFlow on this CPU.
 
-The record names the CPU's vector extensions (AVX2, FMA, AVX-512): the same 2-core machine kind
-has come with and without AVX-512, and the epoch times differ by about 3x between them.
+The record's context names the CPU's vector extensions (AVX2, FMA, AVX-512): the same 2-core
+machine kind has come with and without AVX-512, and the epoch times depend on it.
 
 It also counts the U-Net's convolution FLOPs per training step (forward ≈ 2·H·W·k²·Cin·Cout per
 slice and layer, backward ≈ twice that) and measures what these cores reach on a large fp32

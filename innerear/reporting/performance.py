@@ -52,7 +52,7 @@ def cpu_model() -> str:
 
 
 # the vector extensions that set what these cores can do in fp32 (the machine kind has come with
-# and without AVX-512, and training and segmenting times differ about threefold between them)
+# and without AVX-512, and the training and segmenting records differ widely between them)
 VECTOR_EXTENSIONS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16",
                      "amx_tile": "AMX"}
 
@@ -667,8 +667,7 @@ def train_speed_sentence(record: dict[str, Any]) -> str:
     tf = [r for r in rows if r["backend"] == "tensorflow"]
     best = min(rows, key=lambda r: r["effective_epoch_s"])
     before = next((r for r in tf if r["spe"] == 1 and r["threads"] == 1 and not r["jit"] and r["workers"] == 1), rows[0])
-    flags = record.get("cpu_flags") or record["context"].get("machine", {}).get("cpu_flags") or {}
-    parts = [_cpu_flags_sentence(flags),
+    parts = [_cpu_flags_sentence(record["context"].get("machine", {}).get("cpu_flags") or {}),
              f"The fastest configuration, {_label(best)}, trains a demo epoch "
              f"{'of work every' if best['workers'] > 1 else 'in'} {best['effective_epoch_s']:.2f} s ({before['epoch_s'] / best['effective_epoch_s']:.2f}× the one-step-per-call "
              f"TensorFlow loop), reaching {best['achieved_gflops']:.0f} GFLOP/s of convolution arithmetic, "
@@ -695,7 +694,7 @@ def train_speed_sentence(record: dict[str, Any]) -> str:
         plain = next((r for r in tf if not r["jit"] and r["threads"] == jit["threads"] and r["spe"] == jit["spe"]
                       and r["workers"] == jit["workers"]), None)
         if plain:
-            gain = "a gain" if jit["epoch_s"] < 0.97 * plain["epoch_s"] else "no gain"
+            gain = "a gain" if _compare(jit["epoch_s"], plain["epoch_s"]) == "faster than" else "no gain"
             parts.append(f"XLA compilation gives {jit['epoch_s']:.2f} s per epoch against {plain['epoch_s']:.2f} s "
                          f"without: {gain} on this CPU.")
     others = [r for r in rows if r["backend"] != "tensorflow"]
