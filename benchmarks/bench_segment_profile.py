@@ -123,7 +123,7 @@ def cascade_profile(scan: Path) -> list[dict]:
         rows.append({"mirror": mirror, "probe_step": probe, "batch": batch, "seconds": round(seconds, 2),
                      "runtime": cascade.info.get("runtime"),
                      "prepared_shape": "x".join(map(str, prepared.volume.shape)),
-                     "stages": [{"view": s["view"], "seconds": round(s["seconds"], 2),
+                     "stages": [{"view": s["view"], "seconds": round(s["seconds"], 2), "passes": s["passes"],
                                  "pixel_fraction": round(s["pixel_fraction"], 3)} for s in stats["stages"]],
                      "realigned": bool((stats.get("alignment") or {}).get("realigned"))})
         per_stage = ", ".join(f"{s['view']} {s['seconds']:.1f}" for s in stats["stages"])

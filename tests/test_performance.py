@@ -202,6 +202,8 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     assert "9.5 s with stage 1's probe (the shipped setting) and 12.0 s when stage 1 predicts every slice" in text
     assert "| as shipped (ONNX Runtime) | 20.0 | 5 | 4.0 | 10.0 | 2.5x |" in text
     assert "| yes | every 4th slice | 8 | 9.5 | 1.0 (100%) | 1.0 (25%) |" in text  # mirrored: pixels halved
+    rec["cascade"][0]["stages"] = [dict(s, passes=p) for s, p in zip(stages, (2, 1))]  # as the engine records
+    assert "| yes | every 4th slice | 8 | 9.5 | 1.0 (100%) | 1.0 (50%) |" in perf.segment_profile_markdown(rec)
     at_limit = dict(shipped, median_wall_s=4.98, wall_s=[5.6, 4.9, 4.98, 5.01, 4.95])
     rec.update(goal_met=True, segment=at_limit)
     assert "the goal is 5 s, met at the limit (4.98 s; the runs spread from 4.90 to 5.60 s)." in \

@@ -784,8 +784,8 @@ def segment_cascade_table(record: dict[str, Any]) -> pd.DataFrame:
         row = {"test-time mirroring": "yes" if r["mirror"] else "no",
                "stage 1 probe": f"every {r['probe_step']}th slice" if r.get("probe_step") else "no (every slice)",
                "slices per call": str(r["batch"]), "cascade seconds": f"{r['seconds']:.1f}"}
-        passes = 2 if r["mirror"] else 1  # the engine counts the mirrored pass's pixels too
-        for s in r["stages"]:
+        for s in r["stages"]:  # the engine counts a mirrored pass's pixels too
+            passes = s.get("passes", 2 if r["mirror"] else 1)  # records before 2026-12-06: two with mirroring
             row[f"{s['view']} seconds (share of slice area)"] = f"{s['seconds']:.1f} ({s['pixel_fraction'] / passes:.0%})"
         rows.append(row)
     return pd.DataFrame(rows)
