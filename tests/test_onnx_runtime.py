@@ -13,7 +13,7 @@ import pytest
 
 from innerear.inference.modelfolder import (DEFAULT_MODEL, PAPER_RECIPE_MODEL, SegmentError, export_onnx_folder,
                                             read_model_folder)
-from innerear.nets.onnx import EXPORT_TOLERANCE, check_export, recorded_sha256, sha256
+from innerear.nets.onnx import EXPORT_TOLERANCE, check_export, recorded_sha256, sha256, softmax_last
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,42 @@ def test_export_answers_like_its_network():
     stage = read_model_folder(DEFAULT_MODEL).stages[2]  # three input channels, four classes
     worst = check_export(stage.network)
     assert 0.0 <= worst <= EXPORT_TOLERANCE
+
+
+def _closing_softmax_graph(extra_use: bool = False):
+    """A 1x1 convolution to 4 classes in channels-first layout, closed as tf2onnx closes a network:
+    ``Softmax(axis=1)`` then a transpose to channels-last (``extra_use``: the softmax also feeds a second output)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(1).standard_normal((4, 2, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["soft"], axis=1),
+             helper.make_node("Transpose", ["soft"], ["y"], perm=[0, 2, 3, 1])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, None, 4])]
+    if extra_use:
+        nodes.append(helper.make_node("Identity", ["soft"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 4, None, None]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, None, None])],
+                              outputs, [weights])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+
+
+def test_closing_softmax_moves_behind_the_transpose_with_the_same_answers():
+    import onnx
+    import onnxruntime as ort
+
+    x = np.random.default_rng(2).standard_normal((3, 2, 5, 7)).astype(np.float32)
+    proto = _closing_softmax_graph()
+    before = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert softmax_last(proto) and not softmax_last(proto)  # changed once, then nothing left to move
+    onnx.checker.check_model(proto)
+    assert [(n.op_type, [a.i for a in n.attribute if a.name == "axis"]) for n in proto.graph.node[-2:]] == \
+        [("Transpose", []), ("Softmax", [3])]
+    after = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert after.shape == (3, 5, 7, 4) and np.array_equal(after, before)
+    assert not softmax_last(_closing_softmax_graph(extra_use=True))  # its channels-first result is used elsewhere
+    for stage in read_model_folder(DEFAULT_MODEL).stages:  # the shipped exports are written this way
+        assert [n.op_type for n in onnx.load(str(stage.onnx)).graph.node[-2:]] == ["Transpose", "Softmax"]
 
 
 @pytest.fixture(scope="module")
