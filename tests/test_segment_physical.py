@@ -19,7 +19,7 @@ from innerear import cli
 from innerear.io import read_volume, write_volume
 from innerear.metrics import dice
 from innerear.data.normalize import (Normalizer, PercentileNormalizer, histogram_distance, normalised_histogram,
-                                      normalizer_from_dict)
+                                     normalised_sample, normalizer_from_dict, strided_sample)
 from innerear.data.scan import map_to_scan, prepare_scan_physical
 from innerear.inference.checks import HISTOGRAM_WARN_DISTANCE, plausible_volume, touches_border, volume_check
 from innerear.inference.modelfolder import SegmentError, read_model_folder
@@ -596,3 +596,15 @@ def test_a_cochlea_that_is_no_spiral_is_reported_not_fatal(tmp_path, physical_mo
     assert code == 0
     cochlea = json.loads((tmp_path / "ear.json").read_text())["cochlea"]
     assert cochlea["available"] is False and "could not be measured" in cochlea["reason"]
+
+
+def test_a_normalised_sample_is_the_sample_of_the_normalised_scan():
+    rng = np.random.default_rng(5)
+    volume = rng.normal(1000.0, 300.0, (41, 37, 30)).astype(np.float32)
+    volume[2, 3, 4], volume[20, 20, 20], volume[30, 1, 1] = np.nan, np.inf, -np.inf  # soft clip maps ±inf
+    box = (slice(3, 38), slice(2, 35), slice(1, 29))
+    for normalizer in (PercentileNormalizer(), Normalizer(1000.0, 300.0)):
+        for samples in (1 << 21, 4000):  # every voxel, and a stride of 3
+            expected = strided_sample(normalizer(volume)[box], samples)
+            np.testing.assert_array_equal(normalised_sample(normalizer, volume, box, samples), expected)
+    assert normalised_sample(PercentileNormalizer(), volume, box, 4000).size < 4000

@@ -16,7 +16,8 @@ class Normalizer:
     mean: float
     std: float
 
-    def __call__(self, volume: np.ndarray) -> np.ndarray:
+    def __call__(self, volume: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+        """``volume`` z-scored (the statistics are the training fold's: ``reference`` changes nothing)."""
         return ((np.asarray(volume, np.float32) - self.mean) / self.std).astype(np.float32)
 
     def to_dict(self) -> dict:
@@ -52,10 +53,25 @@ def strided_sample(volume: np.ndarray, max_samples: int = PERCENTILE_SAMPLES) ->
 
     A regular stride reads a memory-mapped scan without copying it whole and, unlike a random
     draw, gives the same sample on every call."""
+    sample = np.asarray(strided_view(volume, max_samples), np.float32).ravel()
+    return sample[np.isfinite(sample)]
+
+
+def strided_view(volume: np.ndarray, max_samples: int = PERCENTILE_SAMPLES) -> np.ndarray:
+    """The regular grid of voxels :func:`strided_sample` reads (every ``k``-th along each axis), as a
+    view of ``volume``, non-finite voxels included."""
     volume = np.asanyarray(volume)
     k = max(1, int(np.ceil((volume.size / max(1, max_samples)) ** (1.0 / max(1, volume.ndim)))))
-    sample = np.asarray(volume[(slice(None, None, k),) * volume.ndim], np.float32).ravel()
-    return sample[np.isfinite(sample)]
+    return volume[(slice(None, None, k),) * volume.ndim]
+
+
+def normalised_sample(normalizer, volume: np.ndarray, box: tuple[slice, ...] | None = None,
+                      max_samples: int = PERCENTILE_SAMPLES) -> np.ndarray:
+    """``strided_sample(normalizer(volume)[box], max_samples)`` without normalising the whole volume:
+    the sample's voxels, normalised with the whole volume's statistics (the same numbers; a check
+    of a 208³ scan's histogram normalised 9 million voxels to read 1 million)."""
+    part = volume if box is None else np.asanyarray(volume)[box]
+    return strided_sample(normalizer(strided_view(part, max_samples), reference=volume), np.inf)
 
 
 @dataclass(frozen=True)
@@ -98,8 +114,10 @@ class PercentileNormalizer:
             raise ValueError("cannot normalise a constant volume")
         return float(lo), float(hi)
 
-    def __call__(self, volume: np.ndarray) -> np.ndarray:
-        lo, hi = self.percentiles(volume)
+    def __call__(self, volume: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+        """``volume`` normalised with its own percentiles, or with those of ``reference`` (the scan that
+        ``volume`` is a part or a sample of)."""
+        lo, hi = self.percentiles(volume if reference is None else reference)
         scale = (self.high_value - self.low_value) / (hi - lo)
         out = np.asarray(volume, np.float32) - np.float32(lo)
         out *= np.float32(scale)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from innerear.data.normalize import histogram_distance, normalised_histogram
+from innerear.data.normalize import histogram_distance, normalised_histogram, normalised_sample
 from innerear.settings.structures import CLASS_NAMES
 
 #: inner-ear volumes (mm³) a segmentation may have; :func:`~innerear.inference.modelfolder.export_model`
@@ -102,7 +102,8 @@ def intensity_check(cascade, prepared: np.ndarray, reference: dict | None,
         return out
     try:
         edges = np.asarray(ref["edges"], float)
-        hist = normalised_histogram(cascade.normalizer(prepared)[core], bins=edges)
+        sample = normalised_sample(cascade.normalizer, prepared, core)  # the voxels the histogram reads
+        hist = normalised_histogram(sample, bins=edges, max_samples=max(1, sample.size))
         distance = histogram_distance(hist, ref)
     except (KeyError, TypeError, ValueError) as exc:
         out["note"] = f"the model's intensity_histogram is unusable ({exc})"

@@ -301,7 +301,8 @@ def mirror_agreement(prob: np.ndarray, mirrored: np.ndarray) -> dict[str, float 
         box = bounding_box(np.logical_or(prob[..., 0] < 0.5, mirrored[..., 0] < 0.5))
         if box is None:  # both all background
             return {"inner_ear": 1.0, **{str(k): None for k in range(1, prob.shape[-1])}}
-        a, b = np.argmax(prob[box], axis=-1), np.argmax(mirrored[box], axis=-1)
+        a = np.argmax(prob[box], axis=-1)
+        b = a if mirrored is prob else np.argmax(mirrored[box], axis=-1)  # a stage that is its own mirror
         out: dict[str, float | None] = {"inner_ear": dice(a > 0, b > 0)}
         for k in range(1, prob.shape[-1]):
             ak, bk = a == k, b == k
