@@ -84,7 +84,8 @@ def segment_runs(scan: Path, folder: Path, runs: int, configs: dict[str, tuple[P
         median_steps = {k: round(statistics.median(s.get(k, 0.0) for s in steps[name]), 3) for k in steps[name][0]}
         out[name] = {"runs": runs, "wall_s": [round(w, 2) for w in walls[name]],
                      "median_wall_s": round(statistics.median(walls[name]), 2), "median_steps_s": median_steps,
-                     "arguments": " ".join(configs[name][1]), "checkout": str(configs[name][0])}
+                     "arguments": " ".join(configs[name][1]), "checkout": str(configs[name][0]),
+                     "git": _git_head(configs[name][0])}
     return out
 
 
@@ -135,16 +136,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--compare", default=None, metavar="CHECKOUT",
-                    help="an earlier checkout of the project, timed side by side as 'before'")
+    ap.add_argument("--compare", action="append", default=[], metavar="[LABEL=]CHECKOUT",
+                    help="an earlier checkout of the project, timed side by side as LABEL (default 'before'); "
+                         "may be given more than once")
     ap.add_argument("--json", default=None, help="record (default: benchmarks/results/bench_segment_profile.json)")
     args = ap.parse_args(argv)
     from innerear.inference.modelfolder import read_model_folder
 
     voxel = float(read_model_folder(None).spec.voxel_mm)
     configs: dict[str, tuple[Path, list[str]]] = {}
-    if args.compare:
-        configs["before"] = (Path(args.compare).resolve(), [])
+    for item in args.compare:
+        label, _, path = item.rpartition("=")
+        configs[label or "before"] = (Path(path).resolve(), [])
     configs["shipped"] = (ROOT, [])
     configs["keras runtime"] = (ROOT, ["--runtime", "keras"])
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -165,8 +168,8 @@ def main(argv=None) -> int:
            "goal_wall_s": GOAL_S, "segment": seg, "configurations": runs, "startup_s": start, "cascade": casc,
            "goal_met": seg["median_wall_s"] <= GOAL_S}
     if args.compare:
-        out["compare_note"] = (f"'before' is the checkout {args.compare} (git "
-                               f"{_git_head(Path(args.compare))}) run with this venv")
+        out["compare_note"] = "; ".join(f"'{name}' is the checkout {root} (git {runs[name]['git']}) run with this venv"
+                                        for name, (root, _) in configs.items() if root != ROOT)
     for name, r in runs.items():
         print(f"{name}: median wall {r['median_wall_s']:.1f} s")
     print(f"goal {GOAL_S:.0f} s: {'met' if out['goal_met'] else 'not met'}")

@@ -211,6 +211,12 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     rec.update(segment=dict(at_limit, median_wall_s=4.0))
     assert "the goal is 5 s, met." in perf.segment_profile_markdown(rec)
     assert text.index("| load the networks |") < text.index("| the cascade (three stages) |")  # pipeline order
+    rec["configurations"]["previous"] = dict(shipped, median_wall_s=25.0, git="abc1234", checkout="/x")
+    rec["configurations"]["before"]["git"] = "f0f98cd"
+    text = perf.segment_profile_markdown(rec)
+    assert "The code of the previous record (git abc1234) took 25.0 s in the same run, 6.25 times as long." in text
+    assert "| before this change (an earlier checkout), git f0f98cd | 50.0 |" in text
+    assert "| the previous record's code, git abc1234 | 25.0 |" in text
 
 
 

@@ -760,7 +760,14 @@ def segment_profile_table(record: dict[str, Any]) -> pd.DataFrame:
 
 
 _CONFIG_NAMES = {"before": "before this change (an earlier checkout)", "shipped": "as shipped (ONNX Runtime)",
-                 "keras runtime": "`--runtime keras` (TensorFlow)"}
+                 "keras runtime": "`--runtime keras` (TensorFlow)", "previous": "the previous record's code"}
+
+
+def _config_name(name: str, run: dict[str, Any]) -> str:
+    """A configuration's name on the page, with the commit it ran when the record names one."""
+    label = _CONFIG_NAMES.get(name, name)
+    earlier = name not in ("shipped", "keras runtime")  # the code measured, not this checkout
+    return f"{label}, git {run['git']}" if earlier and run.get("git") else label
 
 
 def segment_configurations_table(record: dict[str, Any]) -> pd.DataFrame:
@@ -769,7 +776,7 @@ def segment_configurations_table(record: dict[str, Any]) -> pd.DataFrame:
 
     runs = record.get("configurations") or {"shipped": record["segment"]}
     first = next(iter(runs.values()))["median_wall_s"]
-    return pd.DataFrame([{"configuration": _CONFIG_NAMES.get(name, name), "median wall seconds": f"{r['median_wall_s']:.1f}",
+    return pd.DataFrame([{"configuration": _config_name(name, r), "median wall seconds": f"{r['median_wall_s']:.1f}",
                           "runs": str(r["runs"]), "load the networks": f"{r['median_steps_s'].get('load_model', 0):.1f}",
                           "cascade": f"{r['median_steps_s'].get('cascade', 0):.1f}",
                           "speed-up": f"{first / r['median_wall_s']:.1f}x"} for name, r in runs.items()])
@@ -811,6 +818,11 @@ def segment_profile_sentence(record: dict[str, Any]) -> str:
         before = runs["before"]["median_wall_s"]
         text += (f" Before this change it took {before:.1f} s, {before / seg['median_wall_s']:.1f} times as long "
                  f"(side by side in one run).")
+    if "previous" in runs:
+        prev = runs["previous"]
+        text += (f" The code of the previous record{' (git ' + prev['git'] + ')' if prev.get('git') else ''} took "
+                 f"{prev['median_wall_s']:.1f} s in the same run, {prev['median_wall_s'] / seg['median_wall_s']:.2f} "
+                 f"times as long.")
     text += (f" The largest parts: {_STEP_NAMES.get(top[0][0], top[0][0])} ({top[0][1]:.1f} s) and "
              f"{_STEP_NAMES.get(top[1][0], top[1][0])} ({top[1][1]:.1f} s).")
     if keras_s is not None and ort_s is not None:
