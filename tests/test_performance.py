@@ -194,7 +194,7 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
                     for m, p, s in ((True, 4, 9.5), (True, 0, 12.0), (False, 4, 5.0))]}))
     text = perf.segment_profile_markdown(rec)
     assert "takes 20.0 s wall (median of 5 runs); the goal is 5 s, not met" in text
-    assert "Before this change it took 50.0 s, 2.5 times as long" in text
+    assert "Before the speed-up it took 50.0 s, 2.5 times as long" in text
     assert "the cascade (three stages) (10.0 s) and load the networks (4.0 s)" in text
     assert "| start-up: interpreter, imports, argument checks | 4.0 | 20% |" in text  # 20 s wall - 16 s inside
     assert "3.2 s only to import Keras and TensorFlow, which the shipped runtime avoids, and 0.2 s" in text
@@ -202,8 +202,13 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     assert "9.5 s with stage 1's probe (the shipped setting) and 12.0 s when stage 1 predicts every slice" in text
     assert "| as shipped (ONNX Runtime) | 20.0 | 5 | 4.0 | 10.0 | 2.5x |" in text
     assert "| yes | every 4th slice | 8 | 9.5 | 1.0 (100%) | 1.0 (25%) |" in text  # mirrored: pixels halved
+    assert "Test-time mirroring, which makes a left ear and its mirror image get mirror-image answers, costs " \
+           "4.5 s of it (5.0 s without)." in text
     rec["cascade"][0]["stages"] = [dict(s, passes=p) for s, p in zip(stages, (2, 1))]  # as the engine records
-    assert "| yes | every 4th slice | 8 | 9.5 | 1.0 (100%) | 1.0 (50%) |" in perf.segment_profile_markdown(rec)
+    text = perf.segment_profile_markdown(rec)
+    assert "| yes | every 4th slice | 8 | 9.5 | 1.0 (100%) | 1.0 (50%) |" in text
+    assert "(5.0 s without); the sagittal stage predicts once, since the mirror only reverses the order of its " \
+           "slices." in text
     at_limit = dict(shipped, median_wall_s=4.98, wall_s=[5.6, 4.9, 4.98, 5.01, 4.95])
     rec.update(goal_met=True, segment=at_limit)
     assert "the goal is 5 s, met at the limit (4.98 s; the runs spread from 4.90 to 5.60 s)." in \
@@ -215,7 +220,8 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     rec["configurations"]["before"]["git"] = "f0f98cd"
     text = perf.segment_profile_markdown(rec)
     assert "The code of the previous record (git abc1234) took 25.0 s in the same run, 6.25 times as long." in text
-    assert "| before this change (an earlier checkout), git f0f98cd | 50.0 |" in text
+    assert "Before the speed-up (git f0f98cd) it took 50.0 s" in text
+    assert "| before the speed-up (an earlier checkout), git f0f98cd | 50.0 |" in text
     assert "| the previous record's code, git abc1234 | 25.0 |" in text
 
 

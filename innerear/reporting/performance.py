@@ -759,7 +759,7 @@ def segment_profile_table(record: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
-_CONFIG_NAMES = {"before": "before this change (an earlier checkout)", "shipped": "as shipped (ONNX Runtime)",
+_CONFIG_NAMES = {"before": "before the speed-up (an earlier checkout)", "shipped": "as shipped (ONNX Runtime)",
                  "keras runtime": "`--runtime keras` (TensorFlow)", "previous": "the previous record's code"}
 
 
@@ -816,7 +816,8 @@ def segment_profile_sentence(record: dict[str, Any]) -> str:
             f"the goal is {record['goal_wall_s']:.0f} s, {verdict}.")
     if "before" in runs:
         before = runs["before"]["median_wall_s"]
-        text += (f" Before this change it took {before:.1f} s, {before / seg['median_wall_s']:.1f} times as long "
+        commit = f" (git {runs['before']['git']})" if runs["before"].get("git") else ""
+        text += (f" Before the speed-up{commit} it took {before:.1f} s, {before / seg['median_wall_s']:.1f} times as long "
                  f"(side by side in one run).")
     if "previous" in runs:
         prev = runs["previous"]
@@ -835,6 +836,14 @@ def segment_profile_sentence(record: dict[str, Any]) -> str:
     if shipped and full:
         text += (f" In a warm process the cascade takes {shipped[0]['seconds']:.1f} s with stage 1's probe (the "
                  f"shipped setting) and {full[0]['seconds']:.1f} s when stage 1 predicts every slice at full size.")
+    plain = [r for r in record["cascade"] if not r["mirror"] and r["batch"] == 8 and r.get("probe_step")]
+    if shipped and plain:
+        once = [s["view"] for s in shipped[0]["stages"] if s.get("passes") == 1]
+        text += (f" Test-time mirroring, which makes a left ear and its mirror image get mirror-image answers, "
+                 f"costs {shipped[0]['seconds'] - plain[0]['seconds']:.1f} s of it ({plain[0]['seconds']:.1f} s "
+                 f"without)")
+        text += (f"; the {' and '.join(once)} stage predicts once, since the mirror only reverses the order of "
+                 f"its slices." if once else ".")
     return text
 
 
