@@ -167,6 +167,25 @@ def test_find_turn_reads_a_turned_labyrinth_and_turn_volume_undoes_it():
     assert dice(round_trip == 1, turned == 1) > 0.9 and dice(round_trip == 3, turned == 3) > 0.9
 
 
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_a_turn_in_slabs_side_by_side_is_the_turn_in_one_call(threads, monkeypatch):
+    from scipy import ndimage
+    from scipy.spatial.transform import Rotation
+
+    from innerear.inference.align import _affine
+
+    monkeypatch.setenv("INNEREAR_THREADS", threads)
+    vol = ndimage.gaussian_filter(np.random.default_rng(4).random((30, 26, 22)), 1.5).astype(np.float32)
+    rot = Rotation.from_euler("zx", [50, 20], degrees=True).as_matrix()
+    offset = np.array([15.0, 13.0, 11.0]) - rot @ np.array([17.5, 17.5, 17.5])
+    for order in (0, 1, 3):
+        for mode, cval in (("nearest", 0.0), ("constant", 0.25)):
+            expected = ndimage.affine_transform(vol, rot, offset=offset, output_shape=(36, 36, 36), order=order,
+                                                mode=mode, cval=cval, output=np.float32)
+            got = _affine(vol, rot, offset, (36, 36, 36), order, mode, cval)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"order {order}, {mode}")
+
+
 def test_quarter_turns_are_exact_and_found_near_a_turn():
     from scipy.spatial.transform import Rotation
 

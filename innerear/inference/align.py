@@ -12,11 +12,14 @@ the smaller turn), so mirroring never counts as a turn.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from innerear.settings.threads import cores
 
 #: the training phantoms' frame (left-ear convention, RAS): unit vectors from the vestibule's
 #: centroid to the cochlea's and to the semicircular canals', the mean of 12 phantoms of the
@@ -135,8 +138,43 @@ def turn_volume(volume: np.ndarray, turn: Turn, back: bool = False, order: int =
         shape = volume.shape if frame is None else tuple(frame)
     offset = src - rot @ dst
     mode = "nearest" if cval is None else "constant"
-    return ndimage.affine_transform(np.asarray(volume, np.float32), rot, offset=offset, output_shape=shape,
-                                    order=order, mode=mode, cval=0.0 if cval is None else cval, output=np.float32)
+    return _affine(np.asarray(volume, np.float32), rot, offset, tuple(shape), order, mode, 0.0 if cval is None else cval)
+
+
+#: voxels of edge padding before a spline filter in mode "nearest" (as ``ndimage.affine_transform`` pads)
+SPLINE_PAD = 12
+
+
+def _affine(volume: np.ndarray, matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, ...], order: int,
+            mode: str, cval: float) -> np.ndarray:
+    """``ndimage.affine_transform`` into float32, its output computed in slabs along the first axis,
+    one per core side by side (the interpolation releases the GIL): a 45-degree turn of a 20 mm scan
+    into its 192³ frame took 4.5-7.1 s in one call on a 2-core machine (2026-12-06). The spline
+    coefficients of an order above 1 are filtered once for every slab, as ``affine_transform`` filters
+    them (edge-padded by :data:`SPLINE_PAD` voxels in mode ``"nearest"``). The same values as one call
+    to float rounding: a slab's coordinates are summed from its own corner."""
+    slabs = min(cores(), shape[0])
+    if slabs <= 1:
+        return ndimage.affine_transform(volume, matrix, offset=offset, output_shape=shape, order=order, mode=mode,
+                                        cval=cval, output=np.float32)
+    coefficients, pad = volume, 0
+    if order > 1:
+        if mode == "nearest":
+            coefficients, pad = np.pad(volume, SPLINE_PAD, mode="edge"), SPLINE_PAD
+        coefficients = ndimage.spline_filter(coefficients, order, output=np.float64, mode=mode)
+    out = np.empty(shape, np.float32)
+    bounds = np.linspace(0, shape[0], slabs + 1).astype(int)
+
+    def slab(lo: int, hi: int) -> None:
+        corner = np.zeros(len(shape))
+        corner[0] = lo
+        ndimage.affine_transform(coefficients, matrix, offset=offset + matrix @ corner + pad,
+                                 output_shape=(hi - lo,) + shape[1:], order=order, mode=mode, cval=cval,
+                                 output=out[lo:hi], prefilter=False)
+
+    with ThreadPoolExecutor(slabs) as pool:
+        list(pool.map(slab, bounds[:-1], bounds[1:]))
+    return out
 
 
 def turn_between(a: np.ndarray, b: np.ndarray) -> float:

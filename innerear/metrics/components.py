@@ -98,6 +98,9 @@ def near_largest(mask: ArrayLike, within_vox: float, connectivity: int = 26,
         out[box] = labels != 0
         return out
     largest = int(np.argmax(sizes))
+    if not np.any(np.delete(sizes, [0, largest]) >= max(1, min_voxels)):  # no other piece could be kept
+        out[box] = labels == largest
+        return out
     on_largest = labels == largest
     reach = int(np.ceil(within_vox))  # only a component within the largest's box plus this can be near
     near = []

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from innerear.settings.threads import cores
+
 __all__ = ["OnnxNet", "StaleExport", "check_export", "export_onnx", "load_onnx", "onnx_path", "onnxruntime_available",
            "recorded_sha256", "sha256", "softmax_last"]
 
@@ -257,17 +259,6 @@ def _session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _cores() -> int:
-    """The cores this process may use: ``$INNEREAR_THREADS``, else its CPU affinity."""
-    threads = int(os.environ.get("INNEREAR_THREADS", "0") or 0)
-    if threads:
-        return threads
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def load_onnx(keras_path: str | os.PathLike, threads: int | None = None, sessions: int | None = None) -> OnnxNet:
     """The ONNX export beside ``keras_path`` in ONNX Runtime: ``sessions`` sessions (default
     :data:`SESSIONS`, at most one per core) sharing ``threads`` cores (default ``$INNEREAR_THREADS``
@@ -275,7 +266,7 @@ def load_onnx(keras_path: str | os.PathLike, threads: int | None = None, session
     ``keras_path``'s current SHA-256."""
     keras_path = Path(keras_path)
     path = onnx_path(keras_path)
-    threads = int(threads or _cores())
+    threads = int(threads or cores())
     count = max(1, min(int(sessions or SESSIONS), threads))
     each = max(1, threads // count)  # intra-op threads per session
     session = _session(path, each)
