@@ -223,6 +223,9 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     assert "Before the speed-up (git f0f98cd) it took 50.0 s" in text
     assert "| before the speed-up (an earlier checkout), git f0f98cd | 50.0 |" in text
     assert "| the previous record's code, git abc1234 | 25.0 |" in text
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if "git f0f98cd |" in line or "abc1234 |" in line
+            or line.startswith("| as shipped") or line.startswith("| `--runtime keras`")]
+    assert [r.split(" ")[0] for r in rows] == ["before", "the", "as", "`--runtime"]  # oldest code first, keras last
 
 
 

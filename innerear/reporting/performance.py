@@ -759,8 +759,9 @@ def segment_profile_table(record: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
-_CONFIG_NAMES = {"before": "before the speed-up (an earlier checkout)", "shipped": "as shipped (ONNX Runtime)",
-                 "keras runtime": "`--runtime keras` (TensorFlow)", "previous": "the previous record's code"}
+#: the configurations' names on the page, in the order of its table (oldest code first; others after)
+_CONFIG_NAMES = {"before": "before the speed-up (an earlier checkout)", "previous": "the previous record's code",
+                 "shipped": "as shipped (ONNX Runtime)", "keras runtime": "`--runtime keras` (TensorFlow)"}
 
 
 def _config_name(name: str, run: dict[str, Any]) -> str:
@@ -775,6 +776,8 @@ def segment_configurations_table(record: dict[str, Any]) -> pd.DataFrame:
     import pandas as pd
 
     runs = record.get("configurations") or {"shipped": record["segment"]}
+    order = list(_CONFIG_NAMES)  # a record's keys come back sorted by name
+    runs = dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     first = next(iter(runs.values()))["median_wall_s"]
     return pd.DataFrame([{"configuration": _config_name(name, r), "median wall seconds": f"{r['median_wall_s']:.1f}",
                           "runs": str(r["runs"]), "load the networks": f"{r['median_steps_s'].get('load_model', 0):.1f}",
