@@ -47,9 +47,10 @@ def fit_normalizer(volumes: Iterable[np.ndarray]) -> Normalizer:
 PERCENTILE_SAMPLES = 1 << 21
 
 
-def strided_sample(volume: np.ndarray, max_samples: int = PERCENTILE_SAMPLES) -> np.ndarray:
+def strided_sample(volume: np.ndarray, max_samples: int | None = PERCENTILE_SAMPLES) -> np.ndarray:
     """At most about ``max_samples`` voxels of ``volume`` on a regular grid (every ``k``-th voxel
-    along each axis), as a flat float32 array; the whole volume when it is that small.
+    along each axis), as a flat float32 array; the whole volume when it is that small or
+    ``max_samples`` is None. Non-finite voxels are left out.
 
     A regular stride reads a memory-mapped scan without copying it whole and, unlike a random
     draw, gives the same sample on every call."""
@@ -57,10 +58,12 @@ def strided_sample(volume: np.ndarray, max_samples: int = PERCENTILE_SAMPLES) ->
     return sample[np.isfinite(sample)]
 
 
-def strided_view(volume: np.ndarray, max_samples: int = PERCENTILE_SAMPLES) -> np.ndarray:
-    """The regular grid of voxels :func:`strided_sample` reads (every ``k``-th along each axis), as a
-    view of ``volume``, non-finite voxels included."""
+def strided_view(volume: np.ndarray, max_samples: int | None = PERCENTILE_SAMPLES) -> np.ndarray:
+    """The regular grid of voxels :func:`strided_sample` reads (every ``k``-th along each axis; every
+    voxel when ``max_samples`` is None), as a view of ``volume``, non-finite voxels included."""
     volume = np.asanyarray(volume)
+    if max_samples is None:
+        return volume
     k = max(1, int(np.ceil((volume.size / max(1, max_samples)) ** (1.0 / max(1, volume.ndim)))))
     return volume[(slice(None, None, k),) * volume.ndim]
 
@@ -71,7 +74,7 @@ def normalised_sample(normalizer, volume: np.ndarray, box: tuple[slice, ...] | N
     the sample's voxels, normalised with the whole volume's statistics (the same numbers; a check
     of a 208³ scan's histogram normalised 9 million voxels to read 1 million)."""
     part = volume if box is None else np.asanyarray(volume)[box]
-    return strided_sample(normalizer(strided_view(part, max_samples), reference=volume), np.inf)
+    return strided_sample(normalizer(strided_view(part, max_samples), reference=volume), None)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ HISTOGRAM_RANGE = (-0.5, 1.5)
 
 def normalised_histogram(volume_norm: np.ndarray, bins: int | Sequence[float] = 80,
                          value_range: tuple[float, float] = HISTOGRAM_RANGE,
-                         max_samples: int = PERCENTILE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+                         max_samples: int | None = PERCENTILE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
     """``(edges, density)`` of a normalised volume's intensities (``np.histogram(density=True)``).
 
     ``bins`` is a number of equal bins over ``value_range`` or the edges themselves; values

@@ -165,10 +165,8 @@ def _affine(volume: np.ndarray, matrix: np.ndarray, offset: np.ndarray, shape: t
     out = np.empty(shape, np.float32)
     bounds = np.linspace(0, shape[0], slabs + 1).astype(int)
 
-    def slab(lo: int, hi: int) -> None:
-        corner = np.zeros(len(shape))
-        corner[0] = lo
-        ndimage.affine_transform(coefficients, matrix, offset=offset + matrix @ corner + pad,
+    def slab(lo: int, hi: int) -> None:  # its first voxel's input coordinates: the offset plus lo steps along axis 0
+        ndimage.affine_transform(coefficients, matrix, offset=offset + matrix[:, 0] * lo + pad,
                                  output_shape=(hi - lo,) + shape[1:], order=order, mode=mode, cval=cval,
                                  output=out[lo:hi], prefilter=False)
 

@@ -764,8 +764,13 @@ _CONFIG_NAMES = {"before": "before the speed-up (an earlier checkout)", "previou
                  "shipped": "as shipped (ONNX Runtime)", "keras runtime": "`--runtime keras` (TensorFlow)"}
 
 
+def _commit(run: dict[str, Any]) -> str:
+    """' (git abc1234)' for a configuration whose record names its commit, else ''."""
+    return f" (git {run['git']})" if run.get("git") else ""
+
+
 def _config_name(name: str, run: dict[str, Any]) -> str:
-    """A configuration's name on the page, with the commit it ran when the record names one."""
+    """A configuration's name on the page, with the commit it ran for an earlier checkout."""
     label = _CONFIG_NAMES.get(name, name)
     earlier = name not in ("shipped", "keras runtime")  # the code measured, not this checkout
     return f"{label}, git {run['git']}" if earlier and run.get("git") else label
@@ -819,12 +824,11 @@ def segment_profile_sentence(record: dict[str, Any]) -> str:
             f"the goal is {record['goal_wall_s']:.0f} s, {verdict}.")
     if "before" in runs:
         before = runs["before"]["median_wall_s"]
-        commit = f" (git {runs['before']['git']})" if runs["before"].get("git") else ""
-        text += (f" Before the speed-up{commit} it took {before:.1f} s, {before / seg['median_wall_s']:.1f} times as long "
+        text += (f" Before the speed-up{_commit(runs['before'])} it took {before:.1f} s, {before / seg['median_wall_s']:.1f} times as long "
                  f"(side by side in one run).")
     if "previous" in runs:
         prev = runs["previous"]
-        text += (f" The code of the previous record{' (git ' + prev['git'] + ')' if prev.get('git') else ''} took "
+        text += (f" The code of the previous record{_commit(prev)} took "
                  f"{prev['median_wall_s']:.1f} s in the same run, {prev['median_wall_s'] / seg['median_wall_s']:.2f} "
                  f"times as long.")
     text += (f" The largest parts: {_STEP_NAMES.get(top[0][0], top[0][0])} ({top[0][1]:.1f} s) and "
