@@ -226,6 +226,42 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     rows = [line.split("|")[1].strip() for line in text.splitlines() if "git f0f98cd |" in line or "abc1234 |" in line
             or line.startswith("| as shipped") or line.startswith("| `--runtime keras`")]
     assert [r.split(" ")[0] for r in rows] == ["before", "the", "as", "`--runtime"]  # oldest code first, keras last
+    assert "Acquired" not in text and "same mask" not in text  # no turned block, no masks compared in this record
+    assert "network time" not in text  # no network floor in this record
+    earlier = rec["segment"]
+    rec.update(segment=shipped)  # 20 s wall, 16 s inside the report's steps
+    rec["network_floor"] = {"slice_shape": "208x208", "per_slice_ms": {"coronal": 20.0, "sagittal": 21.5},
+                            "floor_s": 3.0, "cascade_s": 9.5}
+    text = perf.segment_profile_markdown(rec)
+    assert ("The stage networks take coronal 20.0, sagittal 21.5 ms per 208×208 slice on this machine (both cores), "
+            "so the slices the shipped cascade predicts need at least 3.0 s of network time (32% of its 9.5 s); with "
+            "the 4.0 s of start-up and exit outside the report's steps that is 7.0 s, above the goal of 5 s before the "
+            "scan is read, prepared or measured, so on this machine the goal needs fewer or smaller slices predicted, "
+            "not faster code.") in text
+    rec["network_floor"]["floor_s"] = 0.5
+    assert "that is 4.5 s, within the goal of 5 s." in perf.segment_profile_markdown(rec)
+    del rec["network_floor"]
+    rec.update(segment=earlier)
+    turned = dict(shipped, median_wall_s=30.0, runs=3, realigned_passes=2, dice=0.9512, same_mask_as_shipped=True)
+    rec["turned"] = {"turn_deg": 45.0, "configurations": {
+        "shipped": turned, "previous": dict(turned, median_wall_s=45.0, git="abc1234"),
+        "before": dict(turned, median_wall_s=60.0, git="f0f98cd", same_mask_as_shipped=False, dice=0.95)}}
+    text = perf.segment_profile_markdown(rec)
+    assert ("Acquired 45° further turned, the block takes 30.0 s wall (median of 3 runs, 7.5 times the block as "
+            "acquired): the engine finds the labyrinth turned and segments it 2 more times in its own frame, Dice "
+            "0.951 against the phantom's label.") in text
+    assert ("The previous record's code (git abc1234) took 45.0 s in the same run, 1.50 times as long, with the same "
+            "mask voxel for voxel. The code from before the speed-up (git f0f98cd) took 60.0 s in the same run, 2.00 "
+            "times as long, with a different mask.") in text
+    assert "| the previous record's code, git abc1234 | 45.0 | 3 | 10.0 | 2 | 0.951 | yes |" in text
+    assert "| before the speed-up (an earlier checkout), git f0f98cd | 60.0 | 3 | 10.0 | 2 | 0.950 | no |" in text
+    assert text.index("git f0f98cd | 60.0") < text.index("git abc1234 | 45.0") < text.index("| as shipped (ONNX Runtime) | 30.0")
+    for name, same in (("shipped", True), ("previous", True), ("keras runtime", False)):
+        rec["configurations"][name] = dict(rec["configurations"][name], same_mask_as_shipped=same)
+    text = perf.segment_profile_markdown(rec)
+    assert "| the previous record's code, git abc1234 | 25.0 | 5 | 4.0 | 10.0 | 2.0x | yes |" in text
+    assert "| `--runtime keras` (TensorFlow) | 30.0 | 5 | 4.0 | 10.0 | 1.7x | no |" in text
+    assert "| before the speed-up (an earlier checkout), git f0f98cd | 50.0 | 5 | 6.0 | 30.0 | 1.0x | n/a |" in text
 
 
 

@@ -780,14 +780,15 @@ def segment_configurations_table(record: dict[str, Any]) -> pd.DataFrame:
     """``innerear segment`` configurations side by side: median wall seconds, runs, speed-up over the first."""
     import pandas as pd
 
-    runs = record.get("configurations") or {"shipped": record["segment"]}
-    order = list(_CONFIG_NAMES)  # a record's keys come back sorted by name
-    runs = dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    runs = _in_order(record.get("configurations") or {"shipped": record["segment"]})
     first = next(iter(runs.values()))["median_wall_s"]
+    compared = any("same_mask_as_shipped" in r for r in runs.values())  # records from 2026-12-06 on
     return pd.DataFrame([{"configuration": _config_name(name, r), "median wall seconds": f"{r['median_wall_s']:.1f}",
                           "runs": str(r["runs"]), "load the networks": f"{r['median_steps_s'].get('load_model', 0):.1f}",
                           "cascade": f"{r['median_steps_s'].get('cascade', 0):.1f}",
-                          "speed-up": f"{first / r['median_wall_s']:.1f}x"} for name, r in runs.items()])
+                          "speed-up": f"{first / r['median_wall_s']:.1f}x",
+                          **({"same mask as shipped": _yes_no(r.get("same_mask_as_shipped"))} if compared else {})}
+                         for name, r in runs.items()])
 
 
 def segment_cascade_table(record: dict[str, Any]) -> pd.DataFrame:
@@ -851,14 +852,81 @@ def segment_profile_sentence(record: dict[str, Any]) -> str:
                  f"without)")
         text += (f"; the {' and '.join(once)} stage predicts once, since the mirror only reverses the order of "
                  f"its slices." if once else ".")
+    if record.get("network_floor"):
+        text += " " + _network_floor_sentence(record)
+    return text
+
+
+def _network_floor_sentence(record: dict[str, Any]) -> str:
+    """The cascade's network time at this machine's measured throughput, against the goal."""
+    floor, seg = record["network_floor"], record["segment"]
+    startup = seg["median_wall_s"] - seg["median_steps_s"].get("total_inside", seg["median_wall_s"])
+    views = [s["view"] for s in record["cascade"][0]["stages"]] if record.get("cascade") else []
+    views += [v for v in floor["per_slice_ms"] if v not in views]  # the cascade's order (a record's keys are sorted)
+    ms = ", ".join(f"{v} {floor['per_slice_ms'][v]:.1f}" for v in views if v in floor["per_slice_ms"])
+    least = floor["floor_s"] + startup
+    verdict = (f"above the goal of {record['goal_wall_s']:.0f} s before the scan is read, prepared or measured, so "
+               f"on this machine the goal needs fewer or smaller slices predicted, not faster code"
+               if least > record["goal_wall_s"] else f"within the goal of {record['goal_wall_s']:.0f} s")
+    return (f"The stage networks take {ms} ms per {floor['slice_shape'].replace('x', '×')} slice on this machine "
+            f"(both cores), so the slices the shipped cascade predicts need at least {floor['floor_s']:.1f} s of "
+            f"network time ({floor['floor_s'] / floor['cascade_s']:.0%} of its {floor['cascade_s']:.1f} s); with the "
+            f"{startup:.1f} s of start-up and exit outside the report's steps that is {least:.1f} s, {verdict}.")
+
+
+def _in_order(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Configurations in the page's order (:data:`_CONFIG_NAMES`; a record's keys come back sorted by name)."""
+    order = list(_CONFIG_NAMES)
+    return dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def _yes_no(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "no")
+
+
+def segment_turned_table(record: dict[str, Any]) -> pd.DataFrame:
+    """The turned block per configuration: median wall seconds, runs, realigned passes, Dice, same mask."""
+    import pandas as pd
+
+    runs = _in_order(record["turned"]["configurations"])
+    return pd.DataFrame([{"configuration": _config_name(name, r), "median wall seconds": f"{r['median_wall_s']:.1f}",
+                          "runs": str(r["runs"]), "cascade": f"{r['median_steps_s'].get('cascade', 0):.1f}",
+                          "realigned passes": str(r["realigned_passes"]),
+                          "Dice against the label": f"{r['dice']:.3f}" if r.get("dice") is not None else "n/a",
+                          "same mask as shipped": _yes_no(r.get("same_mask_as_shipped"))}
+                         for name, r in runs.items()])
+
+
+def segment_turned_sentence(record: dict[str, Any]) -> str:
+    """The turned block's wall time, its realigned passes and Dice, and earlier code's time beside it."""
+    turned = record["turned"]
+    runs = turned["configurations"]
+    seg = runs["shipped"]
+    text = (f"Acquired {turned['turn_deg']:g}° further turned, the block takes {seg['median_wall_s']:.1f} s wall "
+            f"(median of {seg['runs']} runs, {seg['median_wall_s'] / record['segment']['median_wall_s']:.1f} times "
+            f"the block as acquired): the engine finds the labyrinth turned and segments it "
+            f"{seg['realigned_passes']} more time{'s' if seg['realigned_passes'] != 1 else ''} in its own frame")
+    text += f", Dice {seg['dice']:.3f} against the phantom's label." if seg.get("dice") is not None else "."
+    for name in ("previous", "before"):
+        if name in runs:
+            r = runs[name]
+            same = {True: "the same mask voxel for voxel", False: "a different mask"}.get(r.get("same_mask_as_shipped"),
+                                                                                        "a mask not compared")
+            whose = "The previous record's code" if name == "previous" else "The code from before the speed-up"
+            text += (f" {whose}{_commit(r)} took "
+                     f"{r['median_wall_s']:.1f} s in the same run, {r['median_wall_s'] / seg['median_wall_s']:.2f} "
+                     f"times as long, with {same}.")
     return text
 
 
 def segment_profile_markdown(record: dict[str, Any] | None) -> str:
-    """``bench_segment_profile``'s record: sentence, the steps, the engine per stage; or how to measure it."""
+    """``bench_segment_profile``'s record: sentence, the steps, the engine per stage, the turned block (when
+    measured); or how to measure it."""
     if record is None:
         return missing_note(f"`benchmarks/results/{SEGMENT_PROFILE}.json`",
                             ".venv/bin/python benchmarks/bench_segment_profile.py")
-    return record_part(record, SEGMENT_PROFILE, segment_profile_sentence(record),
-                       to_markdown(segment_configurations_table(record)), to_markdown(segment_profile_table(record)),
-                       to_markdown(segment_cascade_table(record)))
+    parts = [to_markdown(segment_configurations_table(record)), to_markdown(segment_profile_table(record)),
+             to_markdown(segment_cascade_table(record))]
+    if record.get("turned"):
+        parts += [segment_turned_sentence(record), to_markdown(segment_turned_table(record))]
+    return record_part(record, SEGMENT_PROFILE, segment_profile_sentence(record), *parts)
