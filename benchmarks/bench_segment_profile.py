@@ -16,7 +16,7 @@ speed check uses. Measured, each in a fresh process unless said otherwise:
 * ``cascade``: in one process with the networks loaded and warmed up, the engine on the prepared
   volume per stage (seconds, share of the slice area computed), with test-time mirroring (the
   shipped setting) and without, with stage 1's probe (the shipped setting) and without (every
-  first-stage slice at full size), and at batch sizes 8 (default) and 32;
+  first-stage slice at full size), and at batch sizes 8 (default) and 32 (median of 3 runs each);
 * ``network_floor``: each stage network's seconds per full-size slice at this machine's throughput
   (both cores), times the slice area the shipped cascade predicts: the network time no scheduling
   can go below without predicting fewer or smaller slices;
@@ -139,10 +139,11 @@ def startup(repeats: int = 3) -> dict:
     return out
 
 
-def cascade_profile(scan: Path) -> list[dict]:
+def cascade_profile(scan: Path, repeats: int = 3) -> list[dict]:
     """The engine on the prepared block in this process, networks loaded and warmed up: seconds per
     stage with and without mirroring and stage 1's probe at batch 8, and as shipped at batch 32;
-    each configuration run twice, the second timed."""
+    each configuration run once to warm up, then ``repeats`` times: the run of median seconds (its
+    stages' seconds with it), and every run's seconds."""
     from innerear.inference import segment as sg
     from innerear.inference.engine import PROBE_STEP, InferenceSettings
 
@@ -153,15 +154,19 @@ def cascade_profile(scan: Path) -> list[dict]:
                                  (True, PROBE_STEP, 32)):
         run = InferenceSettings(mirror=mirror, align=cascade.settings.align, batch_size=batch, probe_step=probe)
         saved, cascade.settings = cascade.settings, run
+        timed = []
         try:
             cascade.predict(prepared.volume)  # warm-up
-            stats: dict = {}
-            t0 = time.perf_counter()
-            cascade.predict(prepared.volume, stats=stats)
-            seconds = time.perf_counter() - t0
+            for _ in range(repeats):
+                stats: dict = {}
+                t0 = time.perf_counter()
+                cascade.predict(prepared.volume, stats=stats)
+                timed.append((time.perf_counter() - t0, stats))
         finally:
             cascade.settings = saved
+        seconds, stats = sorted(timed, key=lambda t: t[0])[len(timed) // 2]
         rows.append({"mirror": mirror, "probe_step": probe, "batch": batch, "seconds": round(seconds, 2),
+                     "all_seconds": [round(t, 2) for t, _ in timed],
                      "runtime": cascade.info.get("runtime"),
                      "prepared_shape": "x".join(map(str, prepared.volume.shape)),
                      "stages": [{"view": s["view"], "seconds": round(s["seconds"], 2), "passes": s["passes"],
