@@ -46,7 +46,7 @@ import numpy as np
 
 from innerear.data.phantom import artefacts as art
 from innerear.data.phantom.params import ImagingParams, SpecimenParams
-from innerear.data.phantom.raster import interp
+from innerear.data.phantom.raster import coarse_nodes, interp
 from innerear.data.phantom.scene import View
 
 STYLES = ("microct", "cbct", "synth")
@@ -450,7 +450,7 @@ def prepare_scanner(acq: Acquisition, world, index: int, seed: int, rng: np.rand
         jr = np.random.default_rng([int(seed), int(index), 3, _TAG, _LABEL])
         step = 4.0 * voxel
         g0 = lo - step
-        n = np.ceil((hi - lo) / step).astype(int) + 3
+        n = coarse_nodes(lo, hi, step)
         from scipy import ndimage
 
         f = ndimage.gaussian_filter(jr.standard_normal(tuple(n)), 1.0, mode="wrap")

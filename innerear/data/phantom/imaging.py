@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from innerear.data.phantom.params import ImagingParams, SurroundingsParams
-from innerear.data.phantom.raster import ellipsoid_mask, interp, raster, spheres_mask
+from innerear.data.phantom.raster import coarse_nodes, ellipsoid_mask, interp, raster, spheres_mask
 from innerear.data.phantom.realism import paint_dark, slab_tissue
 from innerear.data.phantom.scene import Grid, Labyrinth
 from innerear.data.phantom.specimen import (
@@ -66,7 +66,7 @@ def smooth_fields(surr: SurroundingsParams, imaging: ImagingParams, grid: Grid, 
     hi = np.array([a[-1] for a in grid.axes])
     cg = _COARSE_MM
     cg0 = lo - cg
-    n = np.ceil((hi - lo) / cg).astype(int) + 3
+    n = coarse_nodes(lo, hi, cg)
     gx, gy, gz = (cg0[a] + cg * np.arange(n[a]) for a in range(3))
     # distance to the labyrinth: Euclidean distance transform of its coarse footprint
     foot = ellipsoid_mask(lab.vest, gx, gy, gz)
@@ -90,7 +90,7 @@ def smooth_fields(surr: SurroundingsParams, imaging: ImagingParams, grid: Grid, 
     coarse = np.stack([margin, bias]).astype(np.float32)
     # trabecular texture: smoothed noise, thresholded into bone and pores later
     tg = max(_TEXTURE_MM, grid.voxel)
-    nt = np.ceil((hi - lo) / tg).astype(int) + 3
+    nt = coarse_nodes(lo, hi, tg)
     tex = rng.standard_normal(tuple(nt), dtype=np.float32)
     tex = ndimage.gaussian_filter(tex, surr.pore_mm * scale / tg, mode="wrap")
     tex /= max(float(tex.std()), 1e-9)

@@ -31,7 +31,7 @@ from scipy.spatial import cKDTree
 from innerear.data.phantom.anatomy import Anatomy
 from innerear.data.phantom.geometry import Ellipsoid, Tube, line, perp_frames, rand_unit, resample, tangents, unit
 from innerear.data.phantom.params import AnatomyRealism, SpecimenParams
-from innerear.data.phantom.raster import TubeSet, ellipsoid_mask, interp, raster, spheres_mask
+from innerear.data.phantom.raster import TubeSet, coarse_nodes, ellipsoid_mask, interp, raster, spheres_mask
 from innerear.data.phantom.scene import Grid, Labyrinth
 from innerear.data.phantom.specimen import (
     T_AIR,
@@ -386,7 +386,7 @@ def _honeycomb(lab: Labyrinth, fr: _Frame, grid: Grid, rng: np.random.Generator)
     u_seed = rng.random(n)
     lo, hi = region.centre - region.world_half_extent(), region.centre + region.world_half_extent()
     h0 = lo - _HOLE_MM
-    nh = np.ceil((hi - lo) / _HOLE_MM).astype(int) + 3
+    nh = coarse_nodes(lo, hi, _HOLE_MM)
     holes = ndimage.gaussian_filter(rng.standard_normal(tuple(nh)), 0.5 / _HOLE_MM, mode="wrap").astype(np.float32)
     holes /= max(float(holes.std()), 1e-9)
     info = {"n_seeds": n, "cell_spacing_mm": spacing, "wall_mm": wall, "hole_threshold": hole_threshold,

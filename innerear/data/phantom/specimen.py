@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 
-PHANTOM_VERSION = 2  # 2: anatomy calibrated against human morphometry (issue 21)
+PHANTOM_VERSION = 3  # 2: anatomy calibrated against human morphometry (issue 21); 3: coarse fields' grids
+# sized alike on every CPU (raster.coarse_nodes; version 2 drew some specimens' textures differently on AVX-512)
 GENERATOR = "innerear.phantom"
 
 
