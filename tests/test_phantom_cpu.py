@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from innerear.data.phantom.raster import coarse_nodes
+from innerear.reporting.performance import cpu_flags
 
 
 @pytest.mark.parametrize("step", [0.1, 0.15, 0.3, 0.468])
@@ -42,14 +41,7 @@ for i in range(2):
 """
 
 
-def _avx512() -> bool:
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _avx512(), reason="needs a CPU with AVX-512 to compare numpy's kernels with and without it")
+@pytest.mark.skipif(not cpu_flags().get("avx512f", False), reason="needs a CPU with AVX-512 to compare numpy's kernels with and without it")
 def test_smoke_phantoms_are_the_same_with_and_without_avx512_kernels():
     def draw(disable: str | None) -> str:
         env = {**os.environ, "PYTHONHASHSEED": "0"}

@@ -8,11 +8,12 @@ for the same seed), and rounding to uint16 turns that into a grey level here and
 change to the generator moves far more than that and still fails.
 
 The references were retaken when the anatomy draws were calibrated against human
-morphometry (issue 21, ``PHANTOM_VERSION`` 2), and again when the coarse fields' grids were sized
-alike on every CPU (``PHANTOM_VERSION`` 3: version 2 sized the texture grid of this specimen one node
-larger on AVX2 than on AVX-512, and drew a different texture; ``tests/test_phantom_cpu.py``). If a change is *meant* to alter the phantoms
-(or a numpy/scipy/nibabel upgrade does), bump ``PHANTOM_VERSION`` when the generator changed,
-check the new phantoms, and update the references here deliberately.
+morphometry (issue 21, ``PHANTOM_VERSION`` 2), and again when the coarse fields' grids were
+sized alike on every CPU (``PHANTOM_VERSION`` 3: version 2 sized this specimen's texture grid
+one node larger on AVX2 than on AVX-512 and drew a different texture; see
+``tests/test_phantom_cpu.py``). If a change is *meant* to alter the phantoms (or a
+numpy/scipy/nibabel upgrade does), bump ``PHANTOM_VERSION`` when the generator changed, check
+the new phantoms, and update the references here deliberately.
 """
 from __future__ import annotations
 
