@@ -1,4 +1,7 @@
 """The one inference engine: its modes agree on a TRAINED cascade, and every caller uses it."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -309,3 +312,69 @@ def test_class_probabilities_on_a_box_are_the_whole_array_s():
     for mask in (inside, across, np.zeros_like(inside)):
         np.testing.assert_array_equal(boxed.labels(mask), cs.labels_from_classes(mask, whole))
     assert cs.ClassProbabilities.of(whole).box == (slice(0, 9), slice(0, 8), slice(0, 12))
+
+
+class _Submitting(_SidedNet):
+    """:class:`_SidedNet` taking batches as an ONNX export does (``submit`` returns a future at once),
+    its two workers finishing them out of order; records how many batches it held at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool, self.held, self.most_held, self.calls = ThreadPoolExecutor(2), 0, 0, 0
+        self.lock = threading.Lock()
+
+    def submit(self, batch: np.ndarray):
+        with self.lock:
+            self.held += 1
+            self.calls += 1
+            self.most_held = max(self.most_held, self.held)
+            delay = 0.004 * (self.calls % 3)  # later batches often finish first
+
+        def run() -> np.ndarray:
+            time.sleep(delay)
+            with self.lock:
+                out = self.predict_on_batch(batch)
+            return out
+
+        future = self.pool.submit(run)
+        future.add_done_callback(lambda _: self._done())
+        return future
+
+    def _done(self) -> None:
+        with self.lock:
+            self.held -= 1
+
+
+@pytest.mark.parametrize("view", ["coronal", "axial"])
+def test_batches_handed_ahead_give_the_answers_of_batches_in_turn(view):
+    """An export's sessions are handed batches ahead (:func:`predict_batches` streams them); the answers
+    come back in order, and in fast mode the rectangles built from the separate channels are the stacked
+    inputs' rectangles: the same probabilities and mask as one batch at a time, with and without mirroring."""
+    from innerear.inference.kernels import IN_FLIGHT, predict_batches
+
+    rng = np.random.default_rng(5)
+    vol = rng.random((40, 36, 32)).astype(np.float32)
+    earlier = [(vol > 0.8).astype(np.uint8), np.zeros(vol.shape, np.uint8)]
+    earlier[1][10:30, 5:20, 8:24] = 1
+    for mirror in (False, True):
+        settings = cs.InferenceSettings(mode="fast", mirror=mirror, margin=2, batch_size=3)
+        plain = cs.run_stage(_SidedNet(), view, vol, earlier, settings=settings)
+        net = _Submitting()
+        streamed = cs.run_stage(net, view, vol, earlier, settings=settings)
+        for a, b in zip(plain, streamed):
+            np.testing.assert_array_equal(a, b)
+        assert net.calls > IN_FLIGHT + 1 and net.most_held <= IN_FLIGHT + 1
+    read = []
+
+    def batches():
+        for i in range(20):
+            read.append(i)
+            yield np.full((1, 8, 8, 1), i / 20, np.float32)
+
+    net = _Submitting()
+    out = predict_batches(net, batches(), batch_size=1)
+    first = next(out)
+    assert len(read) == IN_FLIGHT + 1  # read lazily: a volume is never copied whole into batches
+    rest = [first, *out]
+    np.testing.assert_array_equal([r[0, 0, 0] for r in rest], [_SidedNet().predict_on_batch(
+        np.full((1, 8, 8, 1), i / 20, np.float32))[0, 0, 0, 0] for i in range(20)])

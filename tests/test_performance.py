@@ -278,3 +278,72 @@ def test_probe_page_part_gives_the_worst_group_and_the_speed_up(tmp_path):
     assert "the tolerance is 0.01, kept. The cascade is 2.5 times as fast with it" in text
     assert "| turned | 4 | 0.940 | 0.935 | +0.005 (-0.001) | 0.985 | 3.0 / 9.0 |" in text
     assert "absent" in perf.probe_markdown(None)
+
+
+def _reproduce_record(tmp_path, **changes):
+    steps = [{"step": "phantoms", "seconds": 20.0}, {"step": "prepare", "seconds": 10.0},
+             {"step": "training (all stages)", "seconds": 1500.0}, {"step": "notebooks (all)", "seconds": 400.0},
+             {"step": "book", "seconds": 70.0}]
+    payload = {"profile": "demo", "git": "abc1234", "goal_s": 1800.0, "total_s": 2000.0, "make_wall_s": None,
+               "from_clean": True, "skipped_steps": [], "goal_met": False, "steps": steps, "workers": 2,
+               "pages_s": {"04_evaluation.ipynb": 120.0, "01_data_preparation.ipynb": 30.0, "a.ipynb": 65.0,
+                           "b.ipynb": 5.0},
+               "stages": {"n": 48, "stopped_by": {"patience": 47, "max_epochs": 1}, "epochs_total": 700,
+                          "epochs_median": 14.5, "training_seconds_total": 2900.0, "rows": []}}
+    payload.update(changes)
+    return perf.read_record(perf.write_record(tmp_path / "r.json", "bench_reproduce", payload))
+
+
+def test_reproduce_page_part_says_whether_the_goal_is_met(tmp_path):
+    rec = _reproduce_record(tmp_path)
+    text = perf.reproduce_markdown(rec)
+    assert ("`make reproduce` (profile demo) of git abc1234, from a clean clone, took **33 min 20 s** (the run's own "
+            "total; the goal is 30 min, not met).") in text
+    assert ("Its 48 stages trained 700 epochs (median 14.5 per stage) and 47 of them stopped by patience (1 by the "
+            "epoch cap). Training took 25 min, 75% of the run, on 2 worker processes.") in text
+    assert "| training (all stages) | 25 min | 75% |" in text and "| **total** | 33 min 20 s |  |" in text
+    assert "The slowest pages: `04_evaluation.ipynb` (2 min), `a.ipynb` (1 min 5 s), `01_data_preparation.ipynb` (30 s)." \
+        in text
+    assert "Source: `benchmarks/results/bench_reproduce.json`." in text
+    text = perf.reproduce_markdown(_reproduce_record(tmp_path, total_s=1700.0, make_wall_s=1712.0))
+    assert ("took **28 min 20 s** (the run's own total; `make` around it 28 min 32 s wall; the goal is 30 min, not met: "
+            "the time fits, but not every stage stopped by patience).") in text
+    done = {"n": 48, "stopped_by": {"patience": 48}, "epochs_total": 700, "epochs_median": 14.5}
+    text = perf.reproduce_markdown(_reproduce_record(tmp_path, total_s=1700.0, goal_met=True, stages=done))
+    assert "the goal is 30 min, met)" in text and "all of them stopped by patience." in text
+    text = perf.reproduce_markdown(_reproduce_record(tmp_path, total_s=60.0, from_clean=False,
+                                                     skipped_steps=["phantoms", "training (all stages)"], stages=done))
+    assert ("resumed (it skipped phantoms, training (all stages)), so not from a clean tree, took **1 min** (the run's "
+            "own total; the goal is 30 min, not met: the run was not from a clean tree)") in text
+    assert "*Not yet measured on this machine*" in perf.reproduce_markdown(None)
+
+
+def test_bench_reproduce_reads_a_finished_run_and_notices_a_resumed_one(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_reproduce", ROOT / "benchmarks" / "bench_reproduce.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    profile = get_profile("smoke")
+    with pytest.raises(SystemExit, match="no timings record"):
+        bench.summary(tmp_path, "smoke", None)
+    times = {"phantoms": 3.0, "prepare": 2.0, "training (all stages)": 50.0, "a.ipynb": 7.0, "notebooks (all)": 9.0,
+             "total": 65.0}
+    write_timings(tmp_path, profile, 0, times, complete=False)
+    with pytest.raises(SystemExit, match="did not finish"):
+        bench.summary(tmp_path, "smoke", None)
+    write_timings(tmp_path, profile, 0, times, complete=True)
+    with pytest.raises(SystemExit, match="no trained stage"):
+        bench.summary(tmp_path, "smoke", None)
+    for stage, stopped, epochs in (("unet/fold0/coronal", "patience", 9), ("unet/fold0/axial", "max_epochs", 2)):
+        (tmp_path / "runs" / "smoke" / stage).mkdir(parents=True)
+        (tmp_path / "runs" / "smoke" / stage / "done.json").write_text(json.dumps(
+            {"epochs": epochs, "best_epoch": epochs - 3, "seconds": 20.0, "stopped_by": stopped}))
+    out = bench.summary(tmp_path, "smoke", 70.0)
+    assert out["from_clean"] and out["total_s"] == 65.0 and out["make_wall_s"] == 70.0
+    assert out["stages"]["stopped_by"] == {"patience": 1, "max_epochs": 1} and out["stages"]["epochs_total"] == 11
+    assert not out["goal_met"]  # one stage stopped by the cap
+    assert [s["step"] for s in out["steps"]] == ["phantoms", "prepare", "training (all stages)", "notebooks (all)"]
+    write_timings(tmp_path, profile, 0, dict(times, phantoms=0.001, prepare=0.01), complete=True)  # a resumed run
+    out = bench.summary(tmp_path, "smoke", None)
+    assert not out["from_clean"] and out["skipped_steps"] == ["phantoms", "prepare"] and not out["goal_met"]

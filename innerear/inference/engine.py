@@ -106,6 +106,30 @@ def stage_inputs(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
+def _channels(image: np.ndarray, masks: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """A stage's input channels as separate volumes (the float32 image, then the earlier masks as they
+    are): the engine stacks them only where a batch needs them (:func:`_crop_batches`), not whole."""
+    channels = (np.asarray(image, np.float32), *(np.asarray(m) for m in masks))
+    shapes = {c.shape for c in channels}
+    if len(shapes) != 1:
+        raise ValueError(f"image and masks must share a shape, got {sorted(shapes)}")
+    return channels
+
+
+def _stacked(channels: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`stage_inputs` of channels; the image alone as a view (no copy)."""
+    return channels[0][..., None] if len(channels) == 1 else stage_inputs(channels[0], channels[1:])
+
+
+def _crop_batches(channel_slices: Sequence[np.ndarray], jobs: Sequence[tuple[list, int, int]]):
+    """Each job's batch ``(len(chunk), rows, cols, channels)`` float32 of its rectangles ``(slice, row0, col0)``,
+    read from each channel's slice stack: only the rectangles' pixels are copied."""
+    for chunk, nr, nc in jobs:
+        batch = np.empty((len(chunk), nr, nc, len(channel_slices)), np.float32)
+        for j, (i, r0, c0) in enumerate(chunk):
+            for k, slices in enumerate(channel_slices):
+                batch[j, :, :, k] = slices[i, r0:r0 + nr, c0:c0 + nc]
+        yield batch
 
 
 # --------------------------------------------------------------------------- inference
@@ -227,22 +251,23 @@ class ClassProbabilities:
         return labels
 
 
-def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Sequence[np.ndarray],
+def _stage_probabilities(model: Net, view: str, channels: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                          settings: InferenceSettings, view_axes: str):
-    """A network's probabilities for one volume's stage inputs (full slices, or in ``"fast"``
-    mode only the earlier masks' rectangles): ``(box, probabilities on the box, pixels computed,
-    n, h, w, crops)``; outside the box (the rectangles' bounding box) everything is background."""
-    slices = to_slices(inputs, view, view_axes)
-    n, h, w = slices.shape[:3]
+    """A network's probabilities for one volume's stage input ``channels`` (:func:`_channels`; full
+    slices, or in ``"fast"`` mode only the earlier masks' rectangles): ``(box, probabilities on the
+    box, pixels computed, n, h, w, crops)``; outside the box (the rectangles' bounding box)
+    everything is background."""
+    channel_slices = [to_slices(c, view, view_axes) for c in channels]
+    n, h, w = channel_slices[0].shape[:3]
     crops = None
     if masks and settings.mode == "fast":
         align = pooling_factor(model)
         bucket = auto_bucket(align, model) if settings.bucket is None else int(settings.bucket)
         crops = roi_crops(masks, view, int(settings.margin), align, bucket, settings.full_fraction, view_axes) or None
     if crops is None:  # every slice at full size
-        prob = predict_volume(model, inputs, view, settings.batch, settings.compiled, settings.fixed_batch,
+        prob = predict_volume(model, _stacked(channels), view, settings.batch, settings.compiled, settings.fixed_batch,
                               view_axes)
-        return _whole(inputs.shape), prob, n * h * w, n, h, w, None
+        return _whole(channels[0].shape), prob, n * h * w, n, h, w, None
     in_slices = _crops_box(crops)
     box = list(in_slices[1:])
     box.insert(orientation_axis(view, view_axes), in_slices[0])  # the slicing axis back in its place
@@ -255,8 +280,8 @@ def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Seque
         groups.setdefault((nr, nc), []).append((i, r0, c0))
     jobs = [(items[start:start + settings.batch], nr, nc) for (nr, nc), items in sorted(groups.items())
             for start in range(0, len(items), settings.batch)]  # batches of rectangles of one shape
-    batches = (np.stack([slices[i, r0:r0 + nr, c0:c0 + nc] for i, r0, c0 in chunk]) for chunk, nr, nc in jobs)
     pixels = 0
+    batches = _crop_batches(channel_slices, jobs)
     for (chunk, nr, nc), pred in zip(jobs, predict_batches(model, batches, True, settings.batch, settings.fixed_batch)):
         for (i, r0, c0), p in zip(chunk, pred):
             out_slices[i - i0, r0 - rows0:r0 - rows0 + nr, c0 - cols0:c0 - cols0 + nc] = p
@@ -264,8 +289,8 @@ def _stage_probabilities(model: Net, view: str, inputs: np.ndarray, masks: Seque
     return box, out, pixels, n, h, w, crops
 
 
-def probe_region(model: Net, view: str, inputs: np.ndarray, threshold: float, settings: InferenceSettings,
-                 view_axes: str, connectivity: int = 26) -> tuple[list[np.ndarray], int]:
+def probe_region(model: Net, view: str, inputs: np.ndarray | Sequence[np.ndarray], threshold: float,
+                 settings: InferenceSettings, view_axes: str, connectivity: int = 26) -> tuple[list[np.ndarray], int]:
     """Where a first stage has to look, in fast mode: ``([region], pixels computed)``.
 
     The network predicts every ``settings.probe_step``-th slice of ``inputs`` (and the last) at full
@@ -275,9 +300,10 @@ def probe_region(model: Net, view: str, inputs: np.ndarray, threshold: float, se
     component, and what lies near it, which the margin covers). :func:`run_stage` then predicts only the
     rectangles around it within ``margin`` (:func:`~innerear.inference.kernels.roi_crops`), as the
     later stages do around the earlier masks. A probe that finds nothing gives no region (``[]``):
-    the stage then predicts every slice at full size.
+    the stage then predicts every slice at full size. ``inputs``: the stacked ``(x, y, z, c)`` inputs, or
+    the channels as separate volumes.
     """
-    slices = to_slices(inputs, view, view_axes)
+    slices = to_slices(inputs if isinstance(inputs, np.ndarray) else _stacked(inputs), view, view_axes)
     n, h, w = slices.shape[:3]
     picked = np.unique(np.append(np.arange(0, n, int(settings.probe_step)), n - 1))
     pred = predict_slices(model, slices[picked], settings.batch, True, settings.fixed_batch)
@@ -339,11 +365,11 @@ def _stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.nda
     """:func:`run_stage`, its class probabilities on their box: ``(probabilities, mask, classes or None)``."""
     t0 = time.perf_counter()
     agreement, passes = None, 1
-    inputs = stage_inputs(image_norm, masks)
+    channels = _channels(image_norm, masks)
     region, probed = list(masks), 0
     if not masks and settings.mode == "fast" and settings.probe_step > 1:
-        region, probed = probe_region(model, view, inputs, threshold, settings, view_axes, connectivity)
-    box, part, pixels, n, h, w, crops = _stage_probabilities(model, view, inputs, region, settings, view_axes)
+        region, probed = probe_region(model, view, channels, threshold, settings, view_axes, connectivity)
+    box, part, pixels, n, h, w, crops = _stage_probabilities(model, view, channels, region, settings, view_axes)
     pixels += probed
     classes = output_classes(model)
     if settings.mirror and orientation_axis(view, view_axes) == MIRROR_AXIS:
@@ -352,9 +378,9 @@ def _stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.nda
         agreement = mirror_agreement(part, part)
     elif settings.mirror:  # the same network on the left-right mirror image, mapped back and averaged
         flipped = [np.flip(np.asarray(m), MIRROR_AXIS) for m in region]
-        box_m, part_m, pixels_m, *_ = _stage_probabilities(model, view, np.flip(inputs, MIRROR_AXIS), flipped, settings,
-                                                           view_axes)
-        size = inputs.shape[MIRROR_AXIS]
+        box_m, part_m, pixels_m, *_ = _stage_probabilities(model, view, [np.flip(c, MIRROR_AXIS) for c in channels],
+                                                           flipped, settings, view_axes)
+        size = channels[0].shape[MIRROR_AXIS]
         box_m = tuple(slice(size - b.stop, size - b.start) if a == MIRROR_AXIS else b  # the box mapped back
                       for a, b in enumerate(box_m))
         union = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, box_m))
@@ -365,7 +391,7 @@ def _stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.nda
         pixels += pixels_m
         passes = 2
         del part_m
-    shape = tuple(inputs.shape[:3])
+    shape = tuple(channels[0].shape[:3])
     class_prob = None
     if classes > 1:  # a multi-class network: the foreground is every class but background
         class_prob = ClassProbabilities(part, box, shape)

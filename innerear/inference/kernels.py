@@ -50,7 +50,7 @@ stage has small, sub-threshold values there); the mask is what the contract is a
 """
 from __future__ import annotations
 
-import itertools
+import collections
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -63,8 +63,8 @@ __all__ = ["output_classes", "pooling_factor", "predict_batches", "predict_slice
            "auto_bucket", "DEFAULT_MARGIN", "IN_FLIGHT"]
 
 DEFAULT_MARGIN = 16
-#: batches handed to :func:`predict_batches` at a time: enough for an ONNX export's sessions to work
-#: side by side, few enough that a full-size volume is not copied whole into batches at once
+#: batches an ONNX export's sessions are handed ahead of the one :func:`predict_batches` yields: enough
+#: for them to work side by side, few enough that a full-size volume is not copied whole into batches
 IN_FLIGHT = 8
 
 
@@ -90,34 +90,46 @@ def predict_batches(model, batches: Iterable[np.ndarray], compiled: bool = True,
     ``k > 1`` output classes).
 
     ``compiled`` uses ``model.predict_on_batch`` (the backend's compiled predict step), otherwise
-    an eager ``model(x, training=False)`` call (the authors' way). An ONNX export with several
-    sessions (:class:`innerear.nets.onnx.OnnxNet`) predicts the batches side by side, one per
-    session, :data:`IN_FLIGHT` at a time (``batches`` is read that many at a time, so a generator
-    never has a whole volume copied into batches). ``fixed_batch`` pads a short batch to
-    ``batch_size`` (default: on JAX only).
+    an eager ``model(x, training=False)`` call (the authors' way). An ONNX export
+    (:class:`innerear.nets.onnx.OnnxNet`) is handed each batch as soon as it is read
+    (:meth:`~innerear.nets.onnx.OnnxNet.submit`), at most :data:`IN_FLIGHT` ahead of the one
+    yielded: its sessions compute side by side while this thread reads the next batches from
+    ``batches`` and the caller places the answers (a generator is never read whole, so a volume
+    is not copied into batches at once). ``fixed_batch`` pads a short batch to ``batch_size``
+    (default: on JAX only).
     """
     classes = output_classes(model)
     fixed_batch = _compiles_per_shape(model) if fixed_batch is None else fixed_batch  # pad: no new compile
-    side_by_side = getattr(model, "predict_batches", None) if compiled else None
-    pending = iter(batches)
-    while flight := list(itertools.islice(pending, IN_FLIGHT)):
-        feeds = []
-        for batch in flight:
-            batch = np.ascontiguousarray(batch, dtype=np.float32)
-            if fixed_batch and len(batch) < batch_size:
-                batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], np.float32)])
-            feeds.append(batch)
-        if side_by_side is not None:
-            preds = side_by_side(feeds)
-        else:
-            preds = [model.predict_on_batch(b) if compiled else model(b, training=False) for b in feeds]
-        for pred, batch in zip(preds, flight):
-            if not isinstance(pred, np.ndarray):  # a backend tensor (an ONNX export gives NumPy)
-                import keras
 
-                pred = keras.ops.convert_to_numpy(pred)
-            pred = np.asarray(pred, np.float32)[:len(batch)]
-            yield pred[..., 0] if classes == 1 else pred
+    def feed(batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if fixed_batch and len(batch) < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], np.float32)])
+        return batch
+
+    def answer(pred, n: int) -> np.ndarray:
+        if not isinstance(pred, np.ndarray):  # a backend tensor (an ONNX export gives NumPy)
+            import keras
+
+            pred = keras.ops.convert_to_numpy(pred)
+        pred = np.asarray(pred, np.float32)[:n]
+        return pred[..., 0] if classes == 1 else pred
+
+    submit = getattr(model, "submit", None) if compiled else None
+    if submit is None:
+        for batch in batches:
+            pred = model.predict_on_batch(feed(batch)) if compiled else model(feed(batch), training=False)
+            yield answer(pred, len(batch))
+        return
+    pending: collections.deque = collections.deque()
+    for batch in batches:
+        pending.append((submit(feed(batch)), len(batch)))
+        if len(pending) > IN_FLIGHT:
+            future, n = pending.popleft()
+            yield answer(future.result(), n)
+    while pending:
+        future, n = pending.popleft()
+        yield answer(future.result(), n)
 
 
 def predict_slices(model, slices: np.ndarray, batch_size: int = 8, compiled: bool = True,

@@ -17,7 +17,7 @@ copy is how the shipped segmenter runs on a CPU. A test checks that both give th
 probabilities (to 1e-4) and masks.
 
 Each network is opened as :data:`SESSIONS` sessions that share the cores (two 1-thread sessions
-on a 2-core machine) and take a stage's batches side by side (:meth:`OnnxNet.predict_batches`):
+on a 2-core machine) and take a stage's batches side by side (:meth:`OnnxNet.submit`):
 ONNX Runtime's threads within one convolution scale poorly on the small rectangles that later
 stages predict, two batches at once keep both cores busy. The answers do not depend on it (each
 batch is computed whole by one session).
@@ -28,8 +28,8 @@ import hashlib
 import os
 import queue
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +204,9 @@ def check_export(keras_path: str | os.PathLike, seed: int = 0) -> float:
 class OnnxNet:
     """A stage network in ONNX Runtime, with the few things the engine asks of a Keras model:
     ``predict_on_batch`` (and a call) on ``(n, h, w, c)`` float32 slices, its pooling factor,
-    output classes and input channels; and :meth:`predict_batches`, which spreads batches over
-    its sessions (``session`` and ``workers``, sessions of the same file) side by side."""
+    output classes and input channels; and :meth:`submit`, which starts a batch on the next free
+    one of its sessions (``session`` and ``workers``, sessions of the same file) and returns at once,
+    so that the caller prepares the next batches while the sessions compute."""
 
     session: Any
     path: Path
@@ -213,6 +214,16 @@ class OnnxNet:
     classes: int
     channels: int
     workers: tuple = ()
+    _pool: ThreadPoolExecutor = field(init=False, repr=False, compare=False)
+    _free: queue.SimpleQueue = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sessions = (self.session, *self.workers)
+        self._free = queue.SimpleQueue()
+        for session in sessions:
+            self._free.put(session)
+        # one thread per session (started on the first submit): a task always finds a session free
+        self._pool = ThreadPoolExecutor(len(sessions), thread_name_prefix=f"onnx-{self.path.parent.name}")
 
     def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, h, w, classes)`` for a batch of slices."""
@@ -221,25 +232,21 @@ class OnnxNet:
     def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
         return self.predict_on_batch(batch)
 
+    def submit(self, batch: np.ndarray) -> Future:
+        """Start predicting a batch on the next free session; the future holds its probabilities.
+        ONNX Runtime releases the GIL while it runs, so the sessions compute side by side."""
+        return self._pool.submit(self._on_free_session, batch)
+
     def predict_batches(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        """Each batch's probabilities, the batches run side by side on the sessions (each takes the
-        next batch when it is free; ONNX Runtime releases the GIL while it runs)."""
-        sessions = (self.session, *self.workers)
-        if len(sessions) == 1 or len(batches) < 2:
-            return [self.predict_on_batch(b) for b in batches]
-        free: queue.SimpleQueue = queue.SimpleQueue()
-        for session in sessions:
-            free.put(session)
+        """Each batch's probabilities, the batches run side by side on the sessions."""
+        return [future.result() for future in [self.submit(b) for b in batches]]
 
-        def run(batch: np.ndarray) -> np.ndarray:
-            session = free.get()
-            try:
-                return _run(session, batch)
-            finally:
-                free.put(session)
-
-        with ThreadPoolExecutor(len(sessions)) as pool:
-            return list(pool.map(run, batches))
+    def _on_free_session(self, batch: np.ndarray) -> np.ndarray:
+        session = self._free.get()
+        try:
+            return _run(session, batch)
+        finally:
+            self._free.put(session)
 
 
 def _run(session, batch: np.ndarray) -> np.ndarray:
