@@ -141,6 +141,40 @@ def test_the_api_on_a_path_and_on_an_array_agree(tmp_path, segmenter, phantom):
     assert by_spacing.mask.shape == phantom.image.shape
 
 
+def test_networks_load_while_the_first_scan_is_read(tmp_path, segmenter, phantom, monkeypatch):
+    """``load=False``: ONNX networks load in a background thread beside the first scan's read, once; the
+    answer is the loaded segmenter's; a scan that cannot be read leaves the load for the next scan, and a
+    load that fails raises its own error at the load step."""
+    import threading
+
+    from innerear.inference import segment as sg
+
+    path = _write(tmp_path / "scan.nii.gz", phantom.image, phantom.affine)
+    loads, real = [], sg.load_model_dir
+
+    def counted(*args, **kwargs):
+        loads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sg, "load_model_dir", counted)
+    lazy = Segmenter(load=False)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a scan")
+    with pytest.raises(VolumeError, match="bad.nii.gz"):
+        lazy.segment(bad)
+    first = lazy.segment(path)
+    lazy.segment(path, probabilities=False)
+    assert len(loads) == 1 and loads[0].startswith("innerear-load")  # loaded once, beside the first read
+    assert np.array_equal(first.mask, segmenter.segment(path).mask)
+
+    def broken(*args, **kwargs):
+        raise SegmentError(tmp_path / "net", "damaged network")
+
+    monkeypatch.setattr(sg, "load_model_dir", broken)
+    with pytest.raises(SegmentError, match="damaged network"):
+        Segmenter(load=False).segment(path)
+
+
 def test_result_save_writes_everything_or_nothing(tmp_path, segmenter, phantom):
     result = segmenter.segment(np.asarray(phantom.image), affine=phantom.affine)
     names = dict(labels=tmp_path / "l.nrrd", probabilities=tmp_path / "p.nii.gz", mesh=tmp_path / "m.stl",

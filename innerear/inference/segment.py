@@ -44,6 +44,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -505,7 +506,8 @@ class Segmenter:
     ``Segmenter()`` uses the shipped model (``innerear/models/robust_cascade``, trained on
     SYNTHETIC phantoms only); ``Segmenter(model_dir)`` a model folder
     (format: ``innerear.inference.modelfolder``), which is read and checked at once. The networks are
-    loaded at once too, or with ``load=False`` at the first segmentation (after ``before_load()``).
+    loaded at once too, or with ``load=False`` at the first segmentation (after ``before_load()``;
+    ONNX networks in a background thread while the first scan file is read).
     ``runtime``: how the networks run: ``"auto"`` (default) runs the folder's ONNX exports in ONNX
     Runtime when it has them (the shipped models do; TensorFlow is never imported), else the Keras
     networks; ``"onnx"`` insists on the exports, ``"keras"`` uses the ``.keras`` networks. ``cascade`` wraps an engine already in
@@ -527,6 +529,7 @@ class Segmenter:
         self.chunk_voxels = chunk_voxels
         self._before_load = before_load
         self._cascade = cascade
+        self._loading: Future | None = None
         if cascade is None:
             self.folder = read_model_folder(model_dir).folder
         else:
@@ -537,11 +540,32 @@ class Segmenter:
     def load(self) -> Any:
         """The engine (``innerear.inference.engine.Cascade``), loaded on the first call."""
         if self._cascade is None:
-            if self._before_load is not None:
+            loading, self._loading = self._loading, None
+            if loading is None and self._before_load is not None:
                 self._before_load()
-            self._cascade = load_model_dir(self.model_dir, runtime=self.runtime)
+            self._cascade = loading.result() if loading is not None else self._load_networks()
             self.folder = Path(self._cascade.info.get("folder", self.folder))
         return self._cascade
+
+    def _load_networks(self) -> Any:
+        return load_model_dir(self.model_dir, runtime=self.runtime)
+
+    def _load_beside(self) -> None:
+        """Start loading ONNX networks in a background thread while a scan file is read: decompressing the
+        scan (zlib) and opening the sessions (ONNX Runtime) mostly run outside Python's lock, so the two
+        overlap. :meth:`load` waits for it, and raises its error there; ``before_load`` runs first, here."""
+        if self._cascade is not None or self._loading is not None:
+            return
+        try:
+            if read_model_folder(self.model_dir).runtime(self.runtime) != "onnx":
+                return  # Keras: loaded in turn, as before
+        except SegmentError:
+            return  # raised by the load step, after the scan is read, as before
+        if self._before_load is not None:
+            self._before_load()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="innerear-load")
+        self._loading = pool.submit(self._load_networks)
+        pool.shutdown(wait=False)  # the thread ends with its one task
 
     def _loaded(self) -> tuple[Any, Path]:
         return self.load(), self.folder
@@ -567,6 +591,7 @@ class Segmenter:
         else:
             if affine is not None:
                 raise VolumeError(Path(scan), "affine is for arrays; a file's affine comes from its header")
+            self._load_beside()
             checked = read_scan(Path(scan), spacing)
         timings = {"read": round(time.perf_counter() - t_start, 3)}
         return run_segmentation(checked, self._loaded, probabilities=probabilities, progress=self.progress,
