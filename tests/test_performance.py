@@ -214,6 +214,9 @@ def test_segment_profile_page_part_splits_the_wall_time(tmp_path):
     assert "the goal is 5 s, met at the limit (4.98 s; the runs spread from 4.90 to 5.60 s)." in \
         perf.segment_profile_markdown(rec)
     rec.update(segment=dict(at_limit, median_wall_s=4.0))
+    assert "the goal is 5 s, met, with little to spare (the runs spread from 4.90 to 5.60 s)." in \
+        perf.segment_profile_markdown(rec)
+    rec.update(segment=dict(at_limit, median_wall_s=4.0, wall_s=[3.9, 4.0, 4.1, 4.2, 3.8]))
     assert "the goal is 5 s, met." in perf.segment_profile_markdown(rec)
     assert text.index("| load the networks |") < text.index("| the cascade (three stages) |")  # pipeline order
     rec["configurations"]["previous"] = dict(shipped, median_wall_s=25.0, git="abc1234", checkout="/x")
