@@ -350,3 +350,11 @@ def test_bench_reproduce_reads_a_finished_run_and_notices_a_resumed_one(tmp_path
     write_timings(tmp_path, profile, 0, dict(times, phantoms=0.001, prepare=0.01), complete=True)  # a resumed run
     out = bench.summary(tmp_path, "smoke", None)
     assert not out["from_clean"] and out["skipped_steps"] == ["phantoms", "prepare"] and not out["goal_met"]
+
+
+def test_the_model_card_speed_sentence_names_where_it_was_measured():
+    speed = {"what": "innerear segment on a block", "runs": 3, "median_wall_s": 4.44, "median_inside_command_s": 3.34}
+    assert perf.speed_sentence(speed) == ("Speed: innerear segment on a block: median 4.4 s over 3 runs (3.3 s inside "
+                                          "the command).")
+    speed["measured"] = "2026-12-06 on 2 CPU(s) (Intel Xeon)"
+    assert perf.speed_sentence(speed).endswith("(3.3 s inside the command, measured 2026-12-06 on 2 CPU(s) (Intel Xeon)).")

@@ -71,7 +71,11 @@ def speed_check(model: Path, work: Path, runs: int = 3) -> dict:
         walls.append(innerear("segment", str(scan), "-o", str(out), "--model", str(model), "--report", str(report),
                               "--quiet"))
         inside.append(json.loads(report.read_text())["total_s"])
-    return {"what": f"innerear segment on a 30 mm block at the model's voxel size ({voxel} mm, "
+    from innerear.reporting.performance import run_context
+
+    ctx = run_context()
+    return {"measured": f"{ctx['date'][:10]} on {ctx['machine']['cpu_count']} CPU(s) ({ctx['machine']['cpu']})",
+            "what": f"innerear segment on a 30 mm block at the model's voxel size ({voxel} mm, "
                     f"{'x'.join(map(str, spec.image.shape))} voxels, uint16), wall time including start-up",
             "runs": runs, "median_wall_s": round(statistics.median(walls), 1),
             "median_inside_command_s": round(statistics.median(inside), 2), "wall_s": [round(w, 1) for w in walls]}
