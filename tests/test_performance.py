@@ -303,9 +303,9 @@ def test_reproduce_page_part_says_whether_the_goal_is_met(tmp_path):
     assert ("`make reproduce` (profile demo) of git abc1234, from a clean clone, took **33 min 20 s** (the run's own "
             "total; the goal is 30 min, not met).") in text
     assert ("Its 48 stages trained 700 epochs (median 14.5 per stage) and 47 of them stopped by patience (1 by the "
-            "epoch cap). Training took 25 min, 75% of the run, on 2 worker processes.") in text
-    assert "| training (all stages) | 25 min | 75% |" in text and "| **total** | 33 min 20 s |  |" in text
-    assert "The slowest pages: `04_evaluation.ipynb` (2 min), `a.ipynb` (1 min 5 s), `01_data_preparation.ipynb` (30 s)." \
+            "epoch cap). Training took 25 min 0 s, 75% of the run, on 2 worker processes.") in text
+    assert "| training (all stages) | 25 min 0 s | 75% |" in text and "| **total** | 33 min 20 s |  |" in text
+    assert "The slowest pages: `04_evaluation.ipynb` (2 min 0 s), `a.ipynb` (1 min 5 s), `01_data_preparation.ipynb` (30.0 s)." \
         in text
     assert "Source: `benchmarks/results/bench_reproduce.json`." in text
     text = perf.reproduce_markdown(_reproduce_record(tmp_path, total_s=1700.0, make_wall_s=1712.0))
@@ -316,7 +316,7 @@ def test_reproduce_page_part_says_whether_the_goal_is_met(tmp_path):
     assert "the goal is 30 min, met)" in text and "all of them stopped by patience." in text
     text = perf.reproduce_markdown(_reproduce_record(tmp_path, total_s=60.0, from_clean=False,
                                                      skipped_steps=["phantoms", "training (all stages)"], stages=done))
-    assert ("resumed (it skipped phantoms, training (all stages)), so not from a clean tree, took **1 min** (the run's "
+    assert ("resumed (it skipped phantoms, training (all stages)), so not from a clean tree, took **1 min 0 s** (the run's "
             "own total; the goal is 30 min, not met: the run was not from a clean tree)") in text
     assert "*Not yet measured on this machine*" in perf.reproduce_markdown(None)
 

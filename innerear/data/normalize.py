@@ -127,13 +127,13 @@ class PercentileNormalizer:
         volume = np.asarray(volume)
         out = np.empty(volume.shape, np.float32)
         # voxel by voxel: slabs of the first axis on the cores side by side (NumPy releases the GIL)
-        slabs = np.array_split(np.arange(volume.shape[0]), max(1, min(cores(), volume.shape[0]))) if volume.ndim else []
-        jobs = [(slice(int(a[0]), int(a[-1]) + 1),) for a in slabs if a.size] or [()]
-        if len(jobs) == 1:
+        parts = min(cores(), len(volume)) if volume.ndim else 1
+        if parts <= 1:
             self._map(volume, out, lo, hi)
-        else:
-            with ThreadPoolExecutor(len(jobs)) as pool:
-                list(pool.map(lambda box: self._map(volume[box], out[box], lo, hi), jobs))
+            return out
+        bounds = np.linspace(0, len(volume), parts + 1).astype(int)
+        with ThreadPoolExecutor(parts) as pool:
+            list(pool.map(lambda a, b: self._map(volume[a:b], out[a:b], lo, hi), bounds[:-1], bounds[1:]))
         return out
 
     def _map(self, volume: np.ndarray, out: np.ndarray, lo: float, hi: float) -> None:

@@ -99,11 +99,7 @@ def postprocess(probabilities: np.ndarray, threshold: float = 0.5, keep_largest:
 
 def stage_inputs(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
     """Stack the (z-scored) image and the earlier stages' masks as channels: (x, y, z, 1+k)."""
-    channels = [np.asarray(image, np.float32)] + [np.asarray(m, np.float32) for m in masks]
-    shapes = {c.shape for c in channels}
-    if len(shapes) != 1:
-        raise ValueError(f"image and masks must share a shape, got {sorted(shapes)}")
-    return np.stack(channels, axis=-1)
+    return np.stack([c.astype(np.float32, copy=False) for c in _channels(image, masks)], axis=-1)
 
 
 def _channels(image: np.ndarray, masks: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -289,8 +285,8 @@ def _stage_probabilities(model: Net, view: str, channels: Sequence[np.ndarray], 
     return box, out, pixels, n, h, w, crops
 
 
-def probe_region(model: Net, view: str, inputs: np.ndarray | Sequence[np.ndarray], threshold: float,
-                 settings: InferenceSettings, view_axes: str, connectivity: int = 26) -> tuple[list[np.ndarray], int]:
+def probe_region(model: Net, view: str, inputs: np.ndarray, threshold: float, settings: InferenceSettings,
+                 view_axes: str, connectivity: int = 26) -> tuple[list[np.ndarray], int]:
     """Where a first stage has to look, in fast mode: ``([region], pixels computed)``.
 
     The network predicts every ``settings.probe_step``-th slice of ``inputs`` (and the last) at full
@@ -300,10 +296,9 @@ def probe_region(model: Net, view: str, inputs: np.ndarray | Sequence[np.ndarray
     component, and what lies near it, which the margin covers). :func:`run_stage` then predicts only the
     rectangles around it within ``margin`` (:func:`~innerear.inference.kernels.roi_crops`), as the
     later stages do around the earlier masks. A probe that finds nothing gives no region (``[]``):
-    the stage then predicts every slice at full size. ``inputs``: the stacked ``(x, y, z, c)`` inputs, or
-    the channels as separate volumes.
+    the stage then predicts every slice at full size.
     """
-    slices = to_slices(inputs if isinstance(inputs, np.ndarray) else _stacked(inputs), view, view_axes)
+    slices = to_slices(inputs, view, view_axes)
     n, h, w = slices.shape[:3]
     picked = np.unique(np.append(np.arange(0, n, int(settings.probe_step)), n - 1))
     pred = predict_slices(model, slices[picked], settings.batch, True, settings.fixed_batch)
@@ -368,7 +363,7 @@ def _stage(model: Net, view: str, image_norm: np.ndarray, masks: Sequence[np.nda
     channels = _channels(image_norm, masks)
     region, probed = list(masks), 0
     if not masks and settings.mode == "fast" and settings.probe_step > 1:
-        region, probed = probe_region(model, view, channels, threshold, settings, view_axes, connectivity)
+        region, probed = probe_region(model, view, _stacked(channels), threshold, settings, view_axes, connectivity)
     box, part, pixels, n, h, w, crops = _stage_probabilities(model, view, channels, region, settings, view_axes)
     pixels += probed
     classes = output_classes(model)

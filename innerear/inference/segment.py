@@ -530,8 +530,9 @@ class Segmenter:
         self._before_load = before_load
         self._cascade = cascade
         self._loading: Future | None = None
-        if cascade is None:
-            self.folder = read_model_folder(model_dir).folder
+        self._model = read_model_folder(model_dir) if cascade is None else None  # checked at once
+        if self._model is not None:
+            self.folder = self._model.folder
         else:
             self.folder = Path(getattr(cascade, "info", {}).get("folder", model_dir or DEFAULT_MODEL))
         if load:
@@ -554,10 +555,10 @@ class Segmenter:
         """Start loading ONNX networks in a background thread while a scan file is read: decompressing the
         scan (zlib) and opening the sessions (ONNX Runtime) mostly run outside Python's lock, so the two
         overlap. :meth:`load` waits for it, and raises its error there; ``before_load`` runs first, here."""
-        if self._cascade is not None or self._loading is not None:
+        if self._cascade is not None or self._loading is not None or self._model is None:
             return
         try:
-            if read_model_folder(self.model_dir).runtime(self.runtime) != "onnx":
+            if self._model.runtime(self.runtime) != "onnx":
                 return  # Keras: loaded in turn, as before
         except SegmentError:
             return  # raised by the load step, after the scan is read, as before

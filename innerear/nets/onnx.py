@@ -237,10 +237,6 @@ class OnnxNet:
         ONNX Runtime releases the GIL while it runs, so the sessions compute side by side."""
         return self._pool.submit(self._on_free_session, batch)
 
-    def predict_batches(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        """Each batch's probabilities, the batches run side by side on the sessions."""
-        return [future.result() for future in [self.submit(b) for b in batches]]
-
     def _on_free_session(self, batch: np.ndarray) -> np.ndarray:
         session = self._free.get()
         try:

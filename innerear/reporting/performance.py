@@ -739,12 +739,6 @@ def train_speed_markdown(record: dict[str, Any] | None) -> str:
 REPRODUCE = "bench_reproduce"  # benchmarks/bench_reproduce.py's record
 
 
-def _minutes(seconds: float) -> str:
-    """``12 min 5 s`` (or ``45 s``)."""
-    m, s = divmod(int(round(seconds)), 60)
-    return (f"{m} min {s} s" if s else f"{m} min") if m else f"{s} s"
-
-
 def reproduce_sentence(record: dict[str, Any]) -> str:
     """What ``bench_reproduce``'s record says about issue 25's goal for ``make reproduce``."""
     total, goal = float(record["total_s"]), float(record["goal_s"])
@@ -759,17 +753,17 @@ def reproduce_sentence(record: dict[str, Any]) -> str:
     verdict = ("met" if record["goal_met"] else
                "not met" + ("" if total > goal else ": the time fits, but not every stage stopped by patience"
                             if record.get("from_clean", True) else ": the run was not from a clean tree"))
-    around = (f"; `make` around it {_minutes(float(record['make_wall_s']))} wall"
+    around = (f"; `make` around it {format_seconds(float(record['make_wall_s']))} wall"
               if record.get("make_wall_s") is not None else "")
-    text = (f"`make reproduce` (profile {record['profile']}){commit}, {clean}, took **{_minutes(total)}** (the run's "
-            f"own total{around}; the goal is {_minutes(goal)}, {verdict}). ")
+    text = (f"`make reproduce` (profile {record['profile']}){commit}, {clean}, took **{format_seconds(total)}** (the run's "
+            f"own total{around}; the goal is {goal / 60:g} min, {verdict}). ")
     text += (f"Its {stages['n']} stages trained {stages['epochs_total']} epochs (median {stages['epochs_median']:g} "
              f"per stage) and {'all' if patience == stages['n'] else patience} of them stopped by patience"
              + (f" ({others})" if others else "") + ".")
     steps = {s["step"]: float(s["seconds"]) for s in record["steps"]}
     training = steps.get("training (all stages)")
     if training:
-        text += (f" Training took {_minutes(training)}, {training / total:.0%} of the run, on "
+        text += (f" Training took {format_seconds(training)}, {training / total:.0%} of the run, on "
                  f"{record.get('workers') or 'all'} worker processes.")
     return text
 
@@ -779,9 +773,9 @@ def reproduce_table(record: dict[str, Any]) -> pd.DataFrame:
     import pandas as pd
 
     total = float(record["total_s"])
-    rows = [{"step": s["step"], "time": _minutes(float(s["seconds"])), "share": f"{float(s['seconds']) / total:.0%}"}
+    rows = [{"step": s["step"], "time": format_seconds(float(s["seconds"])), "share": f"{float(s['seconds']) / total:.0%}"}
             for s in record["steps"]]
-    rows.append({"step": "**total**", "time": _minutes(total), "share": ""})
+    rows.append({"step": "**total**", "time": format_seconds(total), "share": ""})
     return pd.DataFrame(rows)
 
 
@@ -790,7 +784,7 @@ def reproduce_markdown(record: dict[str, Any] | None) -> str:
     if record is None:
         return missing_note(f"`benchmarks/results/{REPRODUCE}.json`", ".venv/bin/python benchmarks/bench_reproduce.py")
     pages = sorted(record.get("pages_s", {}).items(), key=lambda kv: -kv[1])[:3]
-    slowest = ("The slowest pages: " + ", ".join(f"`{k}` ({_minutes(v)})" for k, v in pages) + ".") if pages else ""
+    slowest = ("The slowest pages: " + ", ".join(f"`{k}` ({format_seconds(v)})" for k, v in pages) + ".") if pages else ""
     return record_part(record, REPRODUCE, reproduce_sentence(record), to_markdown(reproduce_table(record)),
                        *([slowest] if slowest else []))
 
