@@ -384,3 +384,33 @@ def test_train_run_returns_the_run_that_train_cascade_wrote(tmp_path):
     for k, st in enumerate(result.stages):
         folder = layout.stage_dir(tmp_path / "runs", profile, "unet", 0, order[: k + 1])
         assert st == json.loads((folder / "stage.json").read_text())
+
+
+@pytest.mark.slow  # trains a tiny network
+def test_extra_callbacks_see_every_epoch_and_the_replay_rule_is_fits(tmp_path):
+    """``fit(callbacks=...)`` runs them at every epoch the run trains, and the rule
+    ``benchmarks/bench_stopping.py`` applies to a replayed loss curve stops where ``fit`` stopped."""
+    import sys
+
+    import keras
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_stopping import kept_epoch, stop_epoch
+
+    seen: list[int] = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    imgs, labs = _data(1)
+    ds = SliceDataset([imgs[0][..., None]], labs, "axial", batch_size=4, seed=0)
+    run = fit(_tiny_build(), ds, tmp_path / "run", max_epochs=12, patience=2, learning_rate=1e-3, seed=0,
+              min_delta=0.02, callbacks=[Count()])
+    assert seen == list(range(run.epochs))
+    losses = [r["loss"] for r in run.history]
+    assert stop_epoch(losses, 0.02, 2, 12) == run.epochs
+    assert kept_epoch(losses, run.epochs) == run.best_epoch
+    # a curve that never plateaus runs to the cap; one flat from the start stops after `patience`
+    assert stop_epoch([1.0, 0.9, 0.8, 0.7], 0.05, 2, 4) == 4
+    assert stop_epoch([1.0, 0.99, 0.98, 0.97, 0.96], 0.05, 2, 5) == 3

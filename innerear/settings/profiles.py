@@ -117,14 +117,16 @@ PROFILES: dict[str, Profile] = {
         phantoms=PhantomSettings(n_specimens=8, binning=24),
     ),
     # demo: 64^3 is the smallest grid whose resampled labels keep Dice >= 0.90 against the
-    # native ones (notebook 01 computes it); stages train until the training loss stops
-    # falling by 0.002 for 3 epochs (the cap of 40 is a safeguard, not the stopping rule).
-    # 0.002 rather than 0.001: on demo stages replayed epoch by epoch, the epochs a 0.001
-    # threshold adds after the 0.002 stop moved validation Dice by less than its epoch-to-epoch
-    # jitter (about 0.005) while costing a quarter of the training time.
+    # native ones (notebook 01 computes it); stages train until the training loss has not
+    # fallen by 0.008 in 2 epochs (the cap of 40 is a safeguard, not the stopping rule).
+    # Why (0.008, 2) and not (0.002, 3), which trains 2.6x the epochs: held-out Dice stops rising
+    # after about 8-10 epochs while the loss keeps falling slowly. Nine demo stages replayed
+    # epoch by epoch on their recorded inputs (benchmarks/bench_stopping.py, rendered on the
+    # Performance page) measure what each rule's kept network scores; a full paired training
+    # (benchmarks/bench_recipe.py) checks the per-method mean Dice.
     "demo": Profile(
         name="demo", grid=64, base_filters=8, depth=3, batch_size=20, max_epochs=40,
-        patience=3, min_delta=2e-3, learning_rate=1e-3, bn_momentum=0.9, se_mode="standard",
+        patience=2, min_delta=8e-3, learning_rate=1e-3, bn_momentum=0.9, se_mode="standard",
         prior_bias=True, context_dropout=0.3,
         phantoms=PhantomSettings(n_specimens=12, binning=8),
     ),

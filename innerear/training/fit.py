@@ -277,6 +277,7 @@ def fit(
     pool: ModelPool | None = None,
     min_delta: float = 0.0,
     lr_plateau: tuple[float, int] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> FitResult:
     """Train (or resume, or just load) a network in ``run_dir`` and return the best model.
 
@@ -289,7 +290,8 @@ def fit(
     ``lr_plateau=(factor, patience)`` multiplies the learning rate by ``factor`` after
     ``patience`` epochs without a lower training loss (Keras' ``ReduceLROnPlateau``, as the
     authors' code with (0.9, 10)); the lowered rate is saved with the optimizer, the plateau
-    counter restarts on resume.
+    counter restarts on resume. ``callbacks`` run after the run's own at every epoch (e.g. to
+    score each epoch's network, as ``benchmarks/bench_stopping.py`` does).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +306,7 @@ def fit(
     keeper = RunKeeper(run_dir, monitor, patience, state, history, max_epochs, verbose, checkpoint_seconds,
                        min_delta)
     if state["wait"] < patience and initial_epoch < max_epochs:
-        _run_epochs(model, train_data, val_data, keeper, max_epochs, initial_epoch, lr_plateau)
+        _run_epochs(model, train_data, val_data, [keeper, *callbacks], max_epochs, initial_epoch, lr_plateau)
     if keeper.best_weights is not None:
         model.set_weights(keeper.best_weights)
         _save_model_atomic(model, run_dir / "best.keras")
@@ -351,13 +353,14 @@ def _start_or_resume(build: Callable[[], keras.Model], run_dir: Path, seed: int,
     return model, state, [], 0, None
 
 
-def _run_epochs(model: keras.Model, train_data, val_data: SliceDataset | None, keeper: RunKeeper, max_epochs: int,
-                initial_epoch: int, lr_plateau: tuple[float, int] | None) -> None:
-    """Keras' training loop from ``initial_epoch``, with the keeper (checkpoints, early stopping)."""
+def _run_epochs(model: keras.Model, train_data, val_data: SliceDataset | None,
+                callbacks: list[keras.callbacks.Callback], max_epochs: int, initial_epoch: int,
+                lr_plateau: tuple[float, int] | None) -> None:
+    """Keras' training loop from ``initial_epoch``, with the keeper (checkpoints, early stopping) first."""
     streamed = isinstance(train_data, keras.utils.PyDataset)  # batches made on the fly (augmented)
     x, y = (train_data, None) if streamed else train_data.arrays()
     validation = val_data.arrays() if val_data is not None else None
-    callbacks: list[keras.callbacks.Callback] = [keeper]
+    callbacks = list(callbacks)
     if lr_plateau is not None:  # first, so that the epoch's log (history.csv) holds the rate
         factor, lr_patience = lr_plateau
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(

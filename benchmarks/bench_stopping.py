@@ -1,0 +1,208 @@
+"""What the demo recipe's stopping rule costs and buys: stages replayed epoch by epoch (issue 25).
+
+Every demo stage trains until its training loss stops falling by ``min_delta`` for ``patience``
+epochs. Training is 93 % of ``make reproduce``, and its tail epochs each lower the loss a little.
+This benchmark measures what a stricter rule would lose in held-out Dice:
+
+1. From a finished demo run tree (``--tree``, default the project), it takes some stages
+   (``--stages``) with their exact inputs: the fold's normalised images, the earlier stages'
+   saved masks, the same context dropout and the same seed.
+2. It trains each stage again for ``--epochs`` epochs without stopping. After every epoch, the
+   engine predicts the fold's held-out specimens, and the held-out Dice is recorded with the
+   training loss.
+3. For each candidate rule (``min_delta``, ``patience``), it reads off the epoch where that rule
+   stops and the network it keeps (the lowest training loss so far). It reports the epochs that
+   rule trains and that network's held-out Dice, against the rule the profile uses today.
+
+A stage of a cascade is replayed on the run tree's earlier masks, so a rule's effect on later
+stages' inputs is not part of this record; a full paired training (``bench_reproduce.py`` on
+both recipes) measures that.
+
+    .venv/bin/python benchmarks/bench_stopping.py --tree /path/to/finished/demo/tree
+
+writes ``benchmarks/results/bench_stopping.json``. Stages run ``--workers`` at a time, each in
+its own process with ``cores // workers`` threads, as ``innerear reproduce`` trains them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: stages replayed by default: every backbone's first stage (coronal), its last cascade stage
+#: (axial, on the coronal and sagittal masks) and its axial baseline, on fold 0
+DEFAULT_STAGES = tuple(f"{b}/0/{o}" for b in ("unet", "res_unet", "se_unet")
+                       for o in ("coronal", "coronal,sagittal,axial", "axial"))
+#: candidate rules (min_delta, patience); the profile's own is added
+RULES = tuple((d, p) for d in (0.002, 0.003, 0.004, 0.005, 0.006, 0.008) for p in (1, 2, 3))
+
+
+def stop_epoch(losses: list[float], min_delta: float, patience: int, max_epochs: int) -> int:
+    """Epochs the training runs (``fit``'s rule): it stops after ``patience`` epochs in which the
+    loss did not fall by more than ``min_delta`` below its value at the last such fall."""
+    ref, wait = float("inf"), 0
+    for epoch, loss in enumerate(losses[:max_epochs]):
+        if loss < ref - min_delta:
+            ref, wait = loss, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return epoch + 1
+    return min(len(losses), max_epochs)
+
+
+def kept_epoch(losses: list[float], epochs: int) -> int:
+    """The epoch whose network the run keeps: the lowest training loss among the first ``epochs``."""
+    head = losses[:epochs]
+    return min(range(len(head)), key=head.__getitem__)
+
+
+def recorded_losses(tree: Path, spec: str) -> list[float]:
+    """The training losses the run tree recorded for a stage (its ``history.csv``), if any."""
+    backbone, fold, views = spec.split("/")
+    path = tree / "runs" / "demo" / backbone / f"fold{fold}" / Path(*views.split(",")) / "history.csv"
+    return [float(line.split(",")[1]) for line in path.read_text().splitlines()[1:]] if path.exists() else []
+
+
+def replay(tree: Path, spec: str, epochs: int | None, seed: int) -> dict:
+    """Train one stage (``backbone/fold/view,view,...``) again for ``epochs`` epochs (default: as
+    many as the run tree trained it), scoring each."""
+    import keras
+    import numpy as np
+
+    from innerear.data.cohort import load_cohort
+    from innerear.data.normalize import fit_normalizer
+    from innerear.data.preprocess import split_fold
+    from innerear.inference.engine import InferenceSettings, run_stage, stage_inputs
+    from innerear.metrics import dice
+    from innerear.nets.backbones import build_for_profile
+    from innerear.settings.layout import read_stage_masks, stage_dir
+    from innerear.settings.profiles import get_profile
+    from innerear.training.cascade import _stage_seed, drop_context
+    from innerear.training.fit import SliceDataset, fit, set_output_prior
+
+    backbone, fold_text, views = spec.split("/")
+    fold, order = int(fold_text), tuple(views.split(","))
+    profile = get_profile("demo")
+    cohort = load_cohort(profile, seed, tree)
+    by_id = {c.case_id: c for c in cohort.cases}
+    ids = sorted(by_id)
+    train_ids, test_ids = split_fold(ids, cohort.folds, fold)
+    normalizer = fit_normalizer(by_id[c].image for c in train_ids)
+    images = {c: normalizer(by_id[c].image) for c in ids}
+    earlier = [read_stage_masks(stage_dir(tree / "runs", profile, backbone, fold, order[: j + 1]), ids)
+               for j in range(len(order) - 1)]
+    masks = {c: [m[c] for m in earlier] for c in ids}
+    k = len(order) - 1
+    stage_seed = _stage_seed(seed, backbone, fold, order)
+    rng = np.random.default_rng(stage_seed)
+    context = {c: [drop_context(m, profile.context_dropout, rng) for m in masks[c]] for c in train_ids}
+    data = SliceDataset([stage_inputs(images[c], context[c]) for c in train_ids],
+                        [by_id[c].label for c in train_ids], order[k], profile.batch_size, seed=stage_seed)
+    share = float(np.mean([by_id[c].label.mean() for c in train_ids]))
+
+    def network() -> keras.Model:
+        return set_output_prior(build_for_profile(backbone, 1 + k, profile), share)
+
+    original = recorded_losses(tree, spec)
+    epochs = epochs or len(original) or profile.max_epochs
+    rows: list[dict] = []
+
+    class Score(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.t0
+            scores = [dice(run_stage(self.model, order[k], images[c], masks[c], 0.5, InferenceSettings(),
+                                     connectivity=profile.connectivity)[1], by_id[c].label) for c in test_ids]
+            rows.append({"epoch": epoch, "loss": float(logs["loss"]), "seconds": seconds,
+                         "held_out_dice": float(np.mean(scores))})
+
+    with tempfile.TemporaryDirectory() as scratch:
+        fit(network, data, scratch, max_epochs=epochs, patience=epochs + 1, learning_rate=profile.learning_rate,
+            loss=profile.loss, monitor=profile.monitor, seed=stage_seed, min_delta=0.0, callbacks=[Score()])
+    return {"stage": spec, "backbone": backbone, "fold": fold, "order": list(order), "test_ids": test_ids,
+            "epochs": rows, "recorded_losses": original}
+
+
+def summarise(stages: list[dict], rules, profile_rule: tuple[float, int], max_epochs: int) -> list[dict]:
+    """Per rule: epochs trained and held-out Dice kept, summed / averaged over the stages, and
+    each against the profile's rule."""
+    out = []
+    for min_delta, patience in sorted(set(rules) | {profile_rule}):
+        epochs, dices, changes = 0, [], []
+        for stage in stages:
+            losses = [r["loss"] for r in stage["epochs"]]
+            dice_by_epoch = [r["held_out_dice"] for r in stage["epochs"]]
+            n = stop_epoch(losses, min_delta, patience, max_epochs)
+            now = stop_epoch(losses, *profile_rule, max_epochs)
+            epochs += n
+            dices.append(dice_by_epoch[kept_epoch(losses, n)])
+            changes.append(dices[-1] - dice_by_epoch[kept_epoch(losses, now)])
+        baseline = sum(stop_epoch([r["loss"] for r in s["epochs"]], *profile_rule, max_epochs) for s in stages)
+        out.append({"min_delta": min_delta, "patience": patience, "epochs": epochs,
+                    "epoch_share": round(epochs / baseline, 3), "mean_held_out_dice": round(sum(dices) / len(dices), 4),
+                    "mean_dice_change": round(sum(changes) / len(changes), 4),
+                    "worst_dice_change": round(min(changes), 4), "profile_rule": (min_delta, patience) == profile_rule})
+    return out
+
+
+def _worker(tree: str, spec: str, epochs: int | None, seed: int, threads: int, out: str) -> None:
+    env = dict(os.environ, INNEREAR_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    code = ("import json,sys; sys.path.insert(0, %r); from innerear.nets.backend import set_threads; "
+            "set_threads(%d); from bench_stopping import replay; "
+            "json.dump(replay(__import__('pathlib').Path(%r), %r, %r, %d), open(%r, 'w'))"
+            % (str(ROOT / "benchmarks"), threads, tree, spec, epochs, seed, out))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tree", default=str(ROOT), help="a project tree on which make reproduce (demo) finished")
+    ap.add_argument("--stages", nargs="*", default=list(DEFAULT_STAGES), help="backbone/fold/view,view,...")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="epochs per stage (default: as many as the tree trained it, which every stricter rule needs)")
+    ap.add_argument("--workers", type=int, default=None, help="stages at a time (default: one per core)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="record (default: benchmarks/results/bench_stopping.json)")
+    args = ap.parse_args(argv)
+    from innerear.reporting.performance import results_path, write_record
+    from innerear.settings.profiles import get_profile
+
+    profile = get_profile("demo")
+    epochs = args.epochs
+    workers = args.workers or max(1, os.cpu_count() or 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(workers) as pool:
+        outs = [str(Path(scratch) / f"{i}.json") for i in range(len(args.stages))]
+        list(pool.map(lambda a: _worker(args.tree, a[0], epochs, args.seed, threads, a[1]), zip(args.stages, outs)))
+        stages = [json.loads(Path(o).read_text()) for o in outs]
+    rule = (profile.min_delta, profile.patience)
+    rules = summarise(stages, RULES, rule, profile.max_epochs)
+    for r in rules:
+        print(f"min_delta {r['min_delta']:.3f} patience {r['patience']}: {r['epochs']:4d} epochs "
+              f"({r['epoch_share']:.2f} of today's), held-out Dice {r['mean_held_out_dice']:.4f} "
+              f"(change {r['mean_dice_change']:+.4f}, worst {r['worst_dice_change']:+.4f})")
+    record = {"what": "demo stages trained again epoch by epoch on their recorded inputs; held-out Dice of the "
+                      "network each stopping rule keeps", "tree": str(args.tree),
+              "epochs_per_stage": epochs or "as the tree trained it",
+              "profile_rule": {"min_delta": rule[0], "patience": rule[1]}, "workers": workers, "threads": threads,
+              "stages": stages, "rules": rules, "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"wrote {write_record(args.json or results_path(ROOT, 'bench_stopping'), 'bench_stopping', record)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
