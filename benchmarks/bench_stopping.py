@@ -67,6 +67,16 @@ def kept_epoch(losses: list[float], epochs: int) -> int:
     return min(range(len(head)), key=head.__getitem__)
 
 
+def recorded_rule(tree: Path, spec: str) -> tuple[float, int] | None:
+    """The stopping rule ``(min_delta, patience)`` the run tree trained a stage with (its ``done.json``)."""
+    backbone, fold, views = spec.split("/")
+    path = tree / "runs" / "demo" / backbone / f"fold{fold}" / Path(*views.split(",")) / "done.json"
+    if not path.exists():
+        return None
+    done = json.loads(path.read_text())
+    return float(done["min_delta"]), int(done["patience"])
+
+
 def recorded_losses(tree: Path, spec: str) -> list[float]:
     """The training losses the run tree recorded for a stage (its ``history.csv``), if any."""
     backbone, fold, views = spec.split("/")
@@ -133,28 +143,30 @@ def replay(tree: Path, spec: str, epochs: int | None, seed: int) -> dict:
         fit(network, data, scratch, max_epochs=epochs, patience=epochs + 1, learning_rate=profile.learning_rate,
             loss=profile.loss, monitor=profile.monitor, seed=stage_seed, min_delta=0.0, callbacks=[Score()])
     return {"stage": spec, "backbone": backbone, "fold": fold, "order": list(order), "test_ids": test_ids,
-            "epochs": rows, "recorded_losses": original}
+            "epochs": rows, "recorded_losses": original, "recorded_rule": recorded_rule(tree, spec)}
 
 
-def summarise(stages: list[dict], rules, profile_rule: tuple[float, int], max_epochs: int) -> list[dict]:
+def summarise(stages: list[dict], rules, baseline: tuple[float, int], max_epochs: int,
+              profile_rule: tuple[float, int] | None = None) -> list[dict]:
     """Per rule: epochs trained and held-out Dice kept, summed / averaged over the stages, and
-    each against the profile's rule."""
+    each against the ``baseline`` rule (the one the replayed tree trained with)."""
     out = []
-    for min_delta, patience in sorted(set(rules) | {profile_rule}):
+    for min_delta, patience in sorted(set(rules) | {baseline} | ({profile_rule} if profile_rule else set())):
         epochs, dices, changes = 0, [], []
         for stage in stages:
             losses = [r["loss"] for r in stage["epochs"]]
             dice_by_epoch = [r["held_out_dice"] for r in stage["epochs"]]
             n = stop_epoch(losses, min_delta, patience, max_epochs)
-            now = stop_epoch(losses, *profile_rule, max_epochs)
+            now = stop_epoch(losses, *baseline, max_epochs)
             epochs += n
             dices.append(dice_by_epoch[kept_epoch(losses, n)])
             changes.append(dices[-1] - dice_by_epoch[kept_epoch(losses, now)])
-        baseline = sum(stop_epoch([r["loss"] for r in s["epochs"]], *profile_rule, max_epochs) for s in stages)
+        reference = sum(stop_epoch([r["loss"] for r in s["epochs"]], *baseline, max_epochs) for s in stages)
         out.append({"min_delta": min_delta, "patience": patience, "epochs": epochs,
-                    "epoch_share": round(epochs / baseline, 3), "mean_held_out_dice": round(sum(dices) / len(dices), 4),
+                    "epoch_share": round(epochs / reference, 3), "mean_held_out_dice": round(sum(dices) / len(dices), 4),
                     "mean_dice_change": round(sum(changes) / len(changes), 4),
-                    "worst_dice_change": round(min(changes), 4), "profile_rule": (min_delta, patience) == profile_rule})
+                    "worst_dice_change": round(min(changes), 4), "baseline": (min_delta, patience) == baseline,
+                    "profile_rule": (min_delta, patience) == profile_rule})
     return out
 
 
@@ -176,30 +188,56 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="stages at a time (default: one per core)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="record (default: benchmarks/results/bench_stopping.json)")
+    ap.add_argument("--summarise", default=None, metavar="RECORD",
+                    help="train nothing: summarise the replayed stages of an earlier record again")
     args = ap.parse_args(argv)
     from innerear.reporting.performance import results_path, write_record
     from innerear.settings.profiles import get_profile
 
     profile = get_profile("demo")
-    epochs = args.epochs
     workers = args.workers or max(1, os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(workers) as pool:
-        outs = [str(Path(scratch) / f"{i}.json") for i in range(len(args.stages))]
-        list(pool.map(lambda a: _worker(args.tree, a[0], epochs, args.seed, threads, a[1]), zip(args.stages, outs)))
-        stages = [json.loads(Path(o).read_text()) for o in outs]
-    rule = (profile.min_delta, profile.patience)
-    rules = summarise(stages, RULES, rule, profile.max_epochs)
+    if args.summarise:
+        earlier = json.loads(Path(args.summarise).read_text())
+        stages, tree, seconds = earlier["stages"], earlier["tree"], earlier["seconds"]
+        replayed = earlier.get("replayed") or earlier["context"]["date"]
+        workers, threads = earlier["workers"], earlier["threads"]
+        for stage in stages:  # records before the rule was kept per stage: read it from the tree
+            stage.setdefault("recorded_rule", recorded_rule(Path(tree), stage["stage"]))
+    else:
+        tree = args.tree
+        with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(workers) as pool:
+            outs = [str(Path(scratch) / f"{i}.json") for i in range(len(args.stages))]
+            list(pool.map(lambda a: _worker(tree, a[0], args.epochs, args.seed, threads, a[1]),
+                          zip(args.stages, outs)))
+            stages = [json.loads(Path(o).read_text()) for o in outs]
+        seconds = round(time.perf_counter() - t0, 1)
+        replayed = None  # this run: the record's context date
+    baselines = {tuple(s["recorded_rule"]) for s in stages if s.get("recorded_rule")}
+    if len(baselines) > 1:
+        raise SystemExit(f"the replayed stages were trained with different rules: {sorted(baselines)}")
+    if not baselines:
+        raise SystemExit(f"{tree}: no done.json gives the rule the replayed stages were trained with")
+    baseline = baselines.pop()
+    today = (profile.min_delta, profile.patience)
+    rules = summarise(stages, RULES, baseline, profile.max_epochs, today)
+    for stage in stages:  # where the two rules stop on each stage, and the epoch whose network each keeps
+        losses = [e["loss"] for e in stage["epochs"]]
+        stage["stops"] = {name: {"epochs": (n := stop_epoch(losses, *rule, profile.max_epochs)),
+                                 "kept": kept_epoch(losses, n)}
+                          for name, rule in (("baseline", baseline), ("profile", today))}
     for r in rules:
+        mark = " (the tree's rule)" if r["baseline"] else " (the demo profile's rule)" if r["profile_rule"] else ""
         print(f"min_delta {r['min_delta']:.3f} patience {r['patience']}: {r['epochs']:4d} epochs "
-              f"({r['epoch_share']:.2f} of today's), held-out Dice {r['mean_held_out_dice']:.4f} "
-              f"(change {r['mean_dice_change']:+.4f}, worst {r['worst_dice_change']:+.4f})")
+              f"({r['epoch_share']:.2f} of the tree's), held-out Dice {r['mean_held_out_dice']:.4f} "
+              f"(change {r['mean_dice_change']:+.4f}, worst {r['worst_dice_change']:+.4f}){mark}")
     record = {"what": "demo stages trained again epoch by epoch on their recorded inputs; held-out Dice of the "
-                      "network each stopping rule keeps", "tree": str(args.tree),
-              "epochs_per_stage": epochs or "as the tree trained it",
-              "profile_rule": {"min_delta": rule[0], "patience": rule[1]}, "workers": workers, "threads": threads,
-              "stages": stages, "rules": rules, "seconds": round(time.perf_counter() - t0, 1)}
+                      "network each stopping rule keeps", "tree": str(tree),
+              "epochs_per_stage": args.epochs or "as the tree trained it",
+              "baseline_rule": {"min_delta": baseline[0], "patience": baseline[1]},
+              "profile_rule": {"min_delta": today[0], "patience": today[1]}, "workers": workers, "threads": threads,
+              "stages": stages, "rules": rules, "seconds": seconds, "replayed": replayed}
     print(f"wrote {write_record(args.json or results_path(ROOT, 'bench_stopping'), 'bench_stopping', record)}")
     return 0
 

@@ -4,6 +4,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from innerear.reporting import performance as perf
@@ -358,3 +359,107 @@ def test_the_model_card_speed_sentence_names_where_it_was_measured():
                                           "the command).")
     speed["measured"] = "2026-12-06 on 2 CPU(s) (Intel Xeon)"
     assert perf.speed_sentence(speed).endswith("(3.3 s inside the command, measured 2026-12-06 on 2 CPU(s) (Intel Xeon)).")
+
+
+def _load_bench(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stopping_record(tmp_path):
+    bench = _load_bench("bench_stopping")
+    curves = {"unet/0/coronal": ([0.09, 0.05, 0.03, 0.025, 0.022, 0.020, 0.019, 0.0185],
+                                 [0.80, 0.90, 0.93, 0.94, 0.95, 0.95, 0.96, 0.96]),
+              "unet/0/axial": ([0.08, 0.04, 0.035, 0.033, 0.031, 0.030],
+                               [0.85, 0.92, 0.94, 0.945, 0.95, 0.95])}
+    stages = []
+    for spec, (losses, dice) in curves.items():
+        backbone, fold, views = spec.split("/")
+        stages.append({"stage": spec, "backbone": backbone, "fold": int(fold), "order": views.split(","),
+                       "recorded_losses": losses if spec.endswith("coronal") else [*losses[:-1], 0.5],
+                       "recorded_rule": [0.002, 3],
+                       "epochs": [{"epoch": i, "loss": lo, "held_out_dice": d, "seconds": 1.0}
+                                  for i, (lo, d) in enumerate(zip(losses, dice))]})
+    rules = bench.summarise(stages, [(0.008, 2)], (0.002, 3), 40, (0.008, 2))
+    for stage in stages:
+        losses = [e["loss"] for e in stage["epochs"]]
+        stage["stops"] = {k: {"epochs": (n := bench.stop_epoch(losses, *r, 40)), "kept": bench.kept_epoch(losses, n)}
+                          for k, r in (("baseline", (0.002, 3)), ("profile", (0.008, 2)))}
+    payload = {"stages": stages, "rules": rules, "baseline_rule": {"min_delta": 0.002, "patience": 3},
+               "profile_rule": {"min_delta": 0.008, "patience": 2}, "replayed": "2026-12-06T22:52:00+00:00"}
+    return perf.read_record(perf.write_record(tmp_path / "s.json", "bench_stopping", payload))
+
+
+def test_stopping_record_reads_off_each_rules_epochs_and_kept_dice(tmp_path):
+    rec = _stopping_record(tmp_path)
+    by_rule = {(r["min_delta"], r["patience"]): r for r in rec["rules"]}
+    # coronal: the 0.008 rule stops after epoch 5 (no fall of 0.008 below 0.03 in epochs 4-5), keeps epoch 5
+    # (Dice 0.95); the 0.002 rule runs all 8 epochs and keeps the last (0.96). Axial: 4 against 6 epochs.
+    assert by_rule[(0.008, 2)]["epochs"] == 5 + 4 and by_rule[(0.002, 3)]["epochs"] == 8 + 6
+    assert by_rule[(0.008, 2)]["mean_dice_change"] == pytest.approx(((0.95 - 0.96) + (0.945 - 0.95)) / 2, abs=1e-4)
+    assert by_rule[(0.008, 2)]["worst_dice_change"] == pytest.approx(-0.01, abs=1e-4)
+    assert by_rule[(0.002, 3)]["baseline"] and by_rule[(0.008, 2)]["profile_rule"]
+    text = perf.stopping_markdown(rec)
+    assert ("2 demo stages trained again epoch by epoch on their recorded inputs on 2026-12-06 (1 of 2 with exactly "
+            "the training losses the run recorded).") in text
+    assert ("The demo profile's rule (`min_delta` 0.008, patience 2) trains 0.64 of the epochs of the replayed run's "
+            "(`min_delta` 0.002, patience 3): 9 against 14.") in text
+    assert "| `min_delta` 0.008, patience 2 (**the demo profile's**) | 9 | 0.64 | 0.9475 | -0.0075 | -0.0100 |" in text
+    assert "*Not yet measured on this machine*" in perf.stopping_markdown(None)
+    fig = perf.stopping_figure(rec)
+    marked = [[(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines[1:]] for ax in fig.axes[:2]]
+    assert marked == [[(8, 0.96), (5, 0.95)], [(6, 0.95), (4, 0.945)]]  # 1-based epochs, as plotted
+
+
+def test_bench_recipe_pairs_methods_by_specimen_and_checks_the_tolerance(tmp_path):
+    bench = _load_bench("bench_recipe")
+
+    def tree(dice, epochs, training_s, git, rule):
+        return {"tree": "t", "git": git, "date": "d", "seed": 0, "cpu": "c", "min_delta": rule[0], "patience": rule[1],
+                "stages": 2, "epochs": epochs, "stopped_by": {"patience": 2}, "training_s": training_s,
+                "total_s": training_s + 100, "dice": dice}
+
+    ids = [f"phantom_{i:03d}" for i in range(6)]
+    before = {"U-Net": dict(zip(ids, [0.95, 0.96, 0.94, 0.95, 0.97, 0.96])),
+              "AutoCas-U-Net": dict(zip(ids, [0.96, 0.96, 0.95, 0.96, 0.97, 0.97]))}
+    after = {"U-Net": {k: v - 0.004 for k, v in before["U-Net"].items()},
+             "AutoCas-U-Net": {k: v - (0.03 if k == "phantom_000" else 0.0) for k, v in before["AutoCas-U-Net"].items()}}
+    out = bench.compare(tree(before, 1000, 3000.0, "aaa", (0.002, 3)), tree(after, 400, 1300.0, "bbb", (0.008, 2)))
+    rows = {m["method"]: m for m in out["methods"]}
+    assert rows["U-Net"]["difference"] == pytest.approx(-0.004) and rows["U-Net"]["within_tolerance"]
+    assert rows["AutoCas-U-Net"]["largest_change"] == pytest.approx(-0.03)
+    assert rows["AutoCas-U-Net"]["difference"] == pytest.approx(-0.005) and out["passed"]
+    assert out["epoch_ratio"] == 0.4 and out["training_ratio"] == pytest.approx(0.433, abs=1e-3)
+    worse = {"U-Net": {k: v - 0.02 for k, v in before["U-Net"].items()}, "AutoCas-U-Net": before["AutoCas-U-Net"]}
+    failed = bench.compare(tree(before, 1000, 3000.0, "aaa", (0.002, 3)), tree(worse, 400, 1300.0, "bbb", (0.008, 2)))
+    assert not failed["passed"] and failed["worst_difference"] == pytest.approx(-0.02)
+    with pytest.raises(SystemExit, match="different specimens"):
+        bench.paired(before["U-Net"], {k: v for k, v in before["U-Net"].items() if k != "phantom_005"})
+    rec = perf.read_record(perf.write_record(tmp_path / "r.json", "bench_recipe", out))
+    text = perf.recipe_markdown(rec)
+    assert ("with `min_delta` 0.008, patience 2 (git bbb) against `min_delta` 0.002, patience 3 (git aaa), every "
+            "method's mean held-out Dice stays within ±0.01 (the largest mean difference -0.0050).") in text
+    assert "The stages trained 400 epochs instead of 1000 (0.40×), and training took 21 min 40 s instead of 50 min 0 s" \
+        in text
+    assert "| AutoCas-U-Net | 6 | 0.9617 | 0.9567 | -0.0050 | -0.0300 |" in text
+    rec = perf.read_record(perf.write_record(tmp_path / "f.json", "bench_recipe", failed))
+    assert "**not every method's mean held-out Dice stays within ±0.01**" in perf.recipe_markdown(rec)
+    assert "*Not yet measured on this machine*" in perf.recipe_markdown(None)
+
+
+def test_bench_recipe_hash_sees_one_changed_voxel(tmp_path):
+    bench = _load_bench("bench_recipe")
+    for name in ("a", "b"):
+        folder = tmp_path / name / "data" / "cache" / "demo-8"
+        folder.mkdir(parents=True)
+        label = np.zeros((8, 8, 8), np.uint8)
+        label[2, 2, 2] = name == "b"
+        np.savez(folder / "phantom_000.npz", image=np.ones((8, 8, 8), np.float32), label=label)
+    assert bench.specimens_hash(tmp_path / "a", "demo", 8) != bench.specimens_hash(tmp_path / "b", "demo", 8)
+    assert bench.specimens_hash(tmp_path / "a", "demo", 8) == bench.specimens_hash(tmp_path / "a", "demo", 8)
+    with pytest.raises(SystemExit, match="no prepared specimens"):
+        bench.specimens_hash(tmp_path / "c", "demo", 8)

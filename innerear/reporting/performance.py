@@ -986,3 +986,130 @@ def segment_profile_markdown(record: dict[str, Any] | None) -> str:
     if record.get("turned"):
         parts += [segment_turned_sentence(record), to_markdown(segment_turned_table(record))]
     return record_part(record, SEGMENT_PROFILE, segment_profile_sentence(record), *parts)
+
+
+STOPPING = "bench_stopping"  # benchmarks/bench_stopping.py's record
+RECIPE = "bench_recipe"  # benchmarks/bench_recipe.py's record
+
+
+def _rule(rule: dict[str, Any] | tuple) -> str:
+    min_delta, patience = (rule["min_delta"], rule["patience"]) if isinstance(rule, dict) else rule
+    return f"`min_delta` {min_delta:g}, patience {patience}"
+
+
+def stopping_table(record: dict[str, Any]) -> pd.DataFrame:
+    """Each stopping rule on the replayed stages: epochs, share of the tree's rule's, held-out Dice kept."""
+    import pandas as pd
+
+    rows = []
+    for r in sorted(record["rules"], key=lambda r: -r["epoch_share"]):
+        mark = " (the replayed run's)" if r.get("baseline") else " (**the demo profile's**)" if r.get("profile_rule") else ""
+        rows.append({"rule": _rule(r) + mark, "epochs": r["epochs"], "share of epochs": f"{r['epoch_share']:.2f}",
+                     "mean held-out Dice": f"{r['mean_held_out_dice']:.4f}",
+                     "mean change": f"{r['mean_dice_change']:+.4f}", "worst stage": f"{r['worst_dice_change']:+.4f}"})
+    return pd.DataFrame(rows)
+
+
+def stopping_sentence(record: dict[str, Any]) -> str:
+    """What the replay says about the demo profile's stopping rule against the replayed run's."""
+    stages = record["stages"]
+    same = sum(1 for s in stages if s["recorded_losses"][: len(s["epochs"])] == [e["loss"] for e in s["epochs"]])
+    by_rule = {(r["min_delta"], r["patience"]): r for r in record["rules"]}
+    base = record["baseline_rule"]
+    ours = by_rule[(record["profile_rule"]["min_delta"], record["profile_rule"]["patience"])]
+    old = by_rule[(base["min_delta"], base["patience"])]
+    when = str(record.get("replayed") or record["context"]["date"])[:10]
+    return (f"{len(stages)} demo stages trained again epoch by epoch on their recorded inputs on {when} "
+            f"({same} of {len(stages)} with exactly the training losses the run recorded). "
+            f"The demo profile's rule ({_rule(record['profile_rule'])}) trains {ours['epoch_share']:.2f} of the "
+            f"epochs of the replayed run's ({_rule(base)}): {ours['epochs']} against {old['epochs']}. "
+            f"The networks it keeps score a mean held-out Dice of {ours['mean_held_out_dice']:.4f} against "
+            f"{old['mean_held_out_dice']:.4f} ({ours['mean_dice_change']:+.4f}; the largest drop on one stage "
+            f"{ours['worst_dice_change']:+.4f}).")
+
+
+def stopping_figure(record: dict[str, Any]):
+    """Held-out Dice after every epoch of each replayed stage, marking the epoch whose network each
+    of the two rules (the replayed run's, the demo profile's) keeps."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from innerear.settings.profiles import BACKBONE_LABELS
+
+    stages = record["stages"]
+    cols = 3
+    rows = math.ceil(len(stages) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(9, 2.3 * rows + 0.8), sharey=True, squeeze=False)
+    marks = (("baseline", f"kept by the replayed run's rule ({_rule(record['baseline_rule']).replace('`', '')})",
+              "#999999", "o"),
+             ("profile", f"kept by the demo profile's rule ({_rule(record['profile_rule']).replace('`', '')})",
+              "#d62728", "v"))
+    for ax, stage in zip(axes.flat, stages):
+        dice = [e["held_out_dice"] for e in stage["epochs"]]
+        ax.plot(range(1, len(dice) + 1), dice, color="#3b75af", lw=1.2)
+        for key, label, color, marker in marks:
+            kept = stage["stops"][key]["kept"]
+            ax.plot(kept + 1, dice[kept], marker, color=color, ms=7, label=label, mfc="none" if key == "baseline" else color)
+        label = BACKBONE_LABELS.get(stage["backbone"], stage["backbone"])
+        ax.set_title(f"{label}, fold {stage['fold']}: {' → '.join(stage['order'])}", fontsize=8)
+        ax.set_ylim(0.8, 1.0)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes.flat[len(stages):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out Dice", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("Replayed demo stages: held-out Dice after each epoch (synthetic phantoms)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def stopping_markdown(record: dict[str, Any] | None) -> str:
+    """``bench_stopping``'s record: the sentence and the rules' table; or how to measure it."""
+    if record is None:
+        return missing_note(f"`benchmarks/results/{STOPPING}.json`",
+                            ".venv/bin/python benchmarks/bench_stopping.py --tree FINISHED_DEMO_TREE")
+    return record_part(record, STOPPING, stopping_sentence(record), to_markdown(stopping_table(record)))
+
+
+def recipe_table(record: dict[str, Any]) -> pd.DataFrame:
+    """Each method's mean held-out Dice with the slower and the faster recipe, paired by specimen."""
+    import pandas as pd
+
+    return pd.DataFrame([{"method": m["method"], "specimens": m["n"], "before": f"{m['mean_before']:.4f}",
+                          "after": f"{m['mean_after']:.4f}", "difference": f"{m['difference']:+.4f}",
+                          "largest change": f"{m['largest_change']:+.4f}", "Wilcoxon p": f"{m['wilcoxon_p']:.3f}",
+                          f"within ±{record['tolerance']:g}": _yes_no(m["within_tolerance"])}
+                         for m in record["methods"]])
+
+
+def recipe_sentence(record: dict[str, Any]) -> str:
+    """What the paired full trainings say: the Dice check and what the faster rule saved."""
+    before, after = record["runs"]["before"], record["runs"]["after"]
+    tol = record["tolerance"]
+    verdict = (f"every method's mean held-out Dice stays within ±{tol:g}" if record["passed"] else
+               f"**not every method's mean held-out Dice stays within ±{tol:g}**")
+    text = (f"Trained in full with each rule on the same prepared specimens (one hash of their voxels) and seed: "
+            f"with {_rule(after)} (git {after['git']}) against {_rule(before)} (git {before['git']}), {verdict} "
+            f"(the largest mean difference {record['worst_difference']:+.4f}). The stages trained {after['epochs']} "
+            f"epochs instead of {before['epochs']} ({record['epoch_ratio']:.2f}×)")
+    if record.get("training_ratio"):
+        text += (f", and training took {format_seconds(after['training_s'])} instead of "
+                 f"{format_seconds(before['training_s'])} ({record['training_ratio']:.2f}×)")
+    stopped = after["stopped_by"]
+    text += (f". {'All' if stopped.get('patience') == after['stages'] else stopped.get('patience', 0)} of the "
+             f"{after['stages']} stages stopped by patience.")
+    return text
+
+
+def recipe_markdown(record: dict[str, Any] | None) -> str:
+    """``bench_recipe``'s record: the sentence and each method's paired Dice; or how to measure it."""
+    if record is None:
+        return missing_note(f"`benchmarks/results/{RECIPE}.json`",
+                            ".venv/bin/python benchmarks/bench_recipe.py --before OLD_TREE --after NEW_TREE")
+    return record_part(record, RECIPE, recipe_sentence(record), to_markdown(recipe_table(record)))
