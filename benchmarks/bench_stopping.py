@@ -77,6 +77,13 @@ def recorded_rule(tree: Path, spec: str) -> tuple[float, int] | None:
     return float(done["min_delta"]), int(done["patience"])
 
 
+def recorded_dice(tree: Path, spec: str) -> float | None:
+    """The held-out Dice the run tree's own network for a stage scored (its ``stage.json``)."""
+    backbone, fold, views = spec.split("/")
+    path = tree / "runs" / "demo" / backbone / f"fold{fold}" / Path(*views.split(",")) / "stage.json"
+    return float(json.loads(path.read_text())["mean_test_dice"]) if path.exists() else None
+
+
 def recorded_losses(tree: Path, spec: str) -> list[float]:
     """The training losses the run tree recorded for a stage (its ``history.csv``), if any."""
     backbone, fold, views = spec.split("/")
@@ -84,9 +91,9 @@ def recorded_losses(tree: Path, spec: str) -> list[float]:
     return [float(line.split(",")[1]) for line in path.read_text().splitlines()[1:]] if path.exists() else []
 
 
-def replay(tree: Path, spec: str, epochs: int | None, seed: int) -> dict:
+def replay(tree: Path, spec: str, epochs: int | None, seed: int, learning_rate: float | None = None) -> dict:
     """Train one stage (``backbone/fold/view,view,...``) again for ``epochs`` epochs (default: as
-    many as the run tree trained it), scoring each."""
+    many as the run tree trained it), scoring each; ``learning_rate`` replaces the profile's."""
     import keras
     import numpy as np
 
@@ -103,7 +110,7 @@ def replay(tree: Path, spec: str, epochs: int | None, seed: int) -> dict:
 
     backbone, fold_text, views = spec.split("/")
     fold, order = int(fold_text), tuple(views.split(","))
-    profile = get_profile("demo")
+    profile = get_profile("demo", **({"learning_rate": learning_rate} if learning_rate else {}))
     cohort = load_cohort(profile, seed, tree)
     by_id = {c.case_id: c for c in cohort.cases}
     ids = sorted(by_id)
@@ -143,7 +150,8 @@ def replay(tree: Path, spec: str, epochs: int | None, seed: int) -> dict:
         fit(network, data, scratch, max_epochs=epochs, patience=epochs + 1, learning_rate=profile.learning_rate,
             loss=profile.loss, monitor=profile.monitor, seed=stage_seed, min_delta=0.0, callbacks=[Score()])
     return {"stage": spec, "backbone": backbone, "fold": fold, "order": list(order), "test_ids": test_ids,
-            "epochs": rows, "recorded_losses": original, "recorded_rule": recorded_rule(tree, spec)}
+            "epochs": rows, "recorded_losses": original, "recorded_rule": recorded_rule(tree, spec),
+            "learning_rate": profile.learning_rate, "recorded_dice": recorded_dice(tree, spec)}
 
 
 def summarise(stages: list[dict], rules, baseline: tuple[float, int], max_epochs: int,
@@ -170,12 +178,13 @@ def summarise(stages: list[dict], rules, baseline: tuple[float, int], max_epochs
     return out
 
 
-def _worker(tree: str, spec: str, epochs: int | None, seed: int, threads: int, out: str) -> None:
+def _worker(tree: str, spec: str, epochs: int | None, seed: int, threads: int, out: str,
+            learning_rate: float | None = None) -> None:
     env = dict(os.environ, INNEREAR_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     code = ("import json,sys; sys.path.insert(0, %r); from innerear.nets.backend import set_threads; "
             "set_threads(%d); from bench_stopping import replay; "
-            "json.dump(replay(__import__('pathlib').Path(%r), %r, %r, %d), open(%r, 'w'))"
-            % (str(ROOT / "benchmarks"), threads, tree, spec, epochs, seed, out))
+            "json.dump(replay(__import__('pathlib').Path(%r), %r, %r, %d, %r), open(%r, 'w'))"
+            % (str(ROOT / "benchmarks"), threads, tree, spec, epochs, seed, learning_rate, out))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
 
 
@@ -187,6 +196,7 @@ def main(argv=None) -> int:
                     help="epochs per stage (default: as many as the tree trained it, which every stricter rule needs)")
     ap.add_argument("--workers", type=int, default=None, help="stages at a time (default: one per core)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--learning-rate", type=float, default=None, help="replay with this rate instead of the profile's")
     ap.add_argument("--json", default=None, help="record (default: benchmarks/results/bench_stopping.json)")
     ap.add_argument("--summarise", default=None, metavar="RECORD",
                     help="train nothing: summarise the replayed stages of an earlier record again")
@@ -209,7 +219,7 @@ def main(argv=None) -> int:
         tree = args.tree
         with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(workers) as pool:
             outs = [str(Path(scratch) / f"{i}.json") for i in range(len(args.stages))]
-            list(pool.map(lambda a: _worker(tree, a[0], args.epochs, args.seed, threads, a[1]),
+            list(pool.map(lambda a: _worker(tree, a[0], args.epochs, args.seed, threads, a[1], args.learning_rate),
                           zip(args.stages, outs)))
             stages = [json.loads(Path(o).read_text()) for o in outs]
         seconds = round(time.perf_counter() - t0, 1)
