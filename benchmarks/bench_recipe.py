@@ -85,7 +85,8 @@ def read_tree(tree: Path, profile: str) -> dict:
         stopped[d["stopped_by"]] = stopped.get(d["stopped_by"], 0) + 1
     return {"tree": str(tree), "git": git or None, "date": record["context"]["date"], "seed": record["seed"],
             "cpu": record["context"]["machine"]["cpu"], "min_delta": min_delta, "patience": patience,
-            "stages": len(done), "epochs": sum(d["epochs"] for d in done), "stopped_by": stopped,
+            "stages": len(done), "epochs": sum(d["epochs"] for d in done),
+            "epochs_median": statistics.median(d["epochs"] for d in done), "stopped_by": stopped,
             "training_s": steps.get("training (all stages)"), "total_s": float(record["total_s"]), "dice": dice}
 
 

@@ -420,7 +420,7 @@ def test_bench_recipe_pairs_methods_by_specimen_and_checks_the_tolerance(tmp_pat
 
     def tree(dice, epochs, training_s, git, rule):
         return {"tree": "t", "git": git, "date": "d", "seed": 0, "cpu": "c", "min_delta": rule[0], "patience": rule[1],
-                "stages": 2, "epochs": epochs, "stopped_by": {"patience": 2}, "training_s": training_s,
+                "stages": 2, "epochs": epochs, "epochs_median": epochs / 2, "stopped_by": {"patience": 2}, "training_s": training_s,
                 "total_s": training_s + 100, "dice": dice}
 
     ids = [f"phantom_{i:03d}" for i in range(6)]
@@ -443,11 +443,12 @@ def test_bench_recipe_pairs_methods_by_specimen_and_checks_the_tolerance(tmp_pat
     text = perf.recipe_markdown(rec)
     assert ("with `min_delta` 0.008, patience 2 (git bbb) against `min_delta` 0.002, patience 3 (git aaa), every "
             "method's mean held-out Dice stays within ±0.01 (the largest mean difference -0.0050).") in text
-    assert "The stages trained 400 epochs instead of 1000 (0.40×), and training took 21 min 40 s instead of 50 min 0 s" \
-        in text
+    assert ("The stages trained 400 epochs instead of 1000 (0.40×; a median of 200 per stage instead of 500), and "
+            "training took 21 min 40 s instead of 50 min 0 s") in text
     assert "| AutoCas-U-Net | 6 | 0.9617 | 0.9567 | -0.0050 | -0.0300 |" in text
     rec = perf.read_record(perf.write_record(tmp_path / "f.json", "bench_recipe", failed))
-    assert "**not every method's mean held-out Dice stays within ±0.01**" in perf.recipe_markdown(rec)
+    assert ("**not every method's mean held-out Dice stays within ±0.01** (outside it: U-Net -0.0200; the largest mean "
+            "difference -0.0200).") in perf.recipe_markdown(rec)
     assert "*Not yet measured on this machine*" in perf.recipe_markdown(None)
 
 

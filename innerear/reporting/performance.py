@@ -1092,17 +1092,22 @@ def recipe_sentence(record: dict[str, Any]) -> str:
     """What the paired full trainings say: the Dice check and what the faster rule saved."""
     before, after = record["runs"]["before"], record["runs"]["after"]
     tol = record["tolerance"]
-    verdict = (f"every method's mean held-out Dice stays within ±{tol:g}" if record["passed"] else
-               f"**not every method's mean held-out Dice stays within ±{tol:g}**")
+    outside = [f"{m['method']} {m['difference']:+.4f}" for m in record["methods"] if not m["within_tolerance"]]
+    largest = f"the largest mean difference {record['worst_difference']:+.4f}"
+    verdict = (f"every method's mean held-out Dice stays within ±{tol:g} ({largest})" if record["passed"] else
+               f"**not every method's mean held-out Dice stays within ±{tol:g}** (outside it: {', '.join(outside)}; "
+               f"{largest})")
     text = (f"Trained in full with each rule on the same prepared specimens (one hash of their voxels) and seed: "
-            f"with {_rule(after)} (git {after['git']}) against {_rule(before)} (git {before['git']}), {verdict} "
-            f"(the largest mean difference {record['worst_difference']:+.4f}). The stages trained {after['epochs']} "
-            f"epochs instead of {before['epochs']} ({record['epoch_ratio']:.2f}×)")
+            f"with {_rule(after)} (git {after['git']}) against {_rule(before)} (git {before['git']}), {verdict}. "
+            f"The stages trained {after['epochs']} "
+            f"epochs instead of {before['epochs']} ({record['epoch_ratio']:.2f}×"
+            + (f"; a median of {after['epochs_median']:g} per stage instead of {before['epochs_median']:g}"
+               if "epochs_median" in after else "") + ")")
     if record.get("training_ratio"):
         text += (f", and training took {format_seconds(after['training_s'])} instead of "
                  f"{format_seconds(before['training_s'])} ({record['training_ratio']:.2f}×)")
     stopped = after["stopped_by"]
-    text += (f". {'All' if stopped.get('patience') == after['stages'] else stopped.get('patience', 0)} of the "
+    text += (f". {'All' if stopped.get('patience') == after['stages'] else stopped.get('patience', 0)} of its "
              f"{after['stages']} stages stopped by patience.")
     return text
 

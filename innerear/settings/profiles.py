@@ -123,7 +123,9 @@ PROFILES: dict[str, Profile] = {
     # after about 8-10 epochs while the loss keeps falling slowly. Nine demo stages replayed
     # epoch by epoch on their recorded inputs (benchmarks/bench_stopping.py, rendered on the
     # Performance page) measure what each rule's kept network scores; a full paired training
-    # (benchmarks/bench_recipe.py) checks the per-method mean Dice.
+    # (benchmarks/bench_recipe.py) checks the per-method mean Dice. The faster rule is what fits
+    # make reproduce into 30 minutes on two cores; it costs some methods about 0.01 of mean Dice
+    # (the Performance page renders the paired record).
     "demo": Profile(
         name="demo", grid=64, base_filters=8, depth=3, batch_size=20, max_epochs=40,
         patience=2, min_delta=8e-3, learning_rate=1e-3, bn_momentum=0.9, se_mode="standard",
