@@ -67,10 +67,15 @@ def kept_epoch(losses: list[float], epochs: int) -> int:
     return min(range(len(head)), key=head.__getitem__)
 
 
+def _stage_file(tree: Path, spec: str, name: str) -> Path:
+    """A file of a stage's folder in a demo run tree (``spec``: ``backbone/fold/view,view,...``)."""
+    backbone, fold, views = spec.split("/")
+    return tree / "runs" / "demo" / backbone / f"fold{fold}" / Path(*views.split(",")) / name
+
+
 def recorded_rule(tree: Path, spec: str) -> tuple[float, int] | None:
     """The stopping rule ``(min_delta, patience)`` the run tree trained a stage with (its ``done.json``)."""
-    backbone, fold, views = spec.split("/")
-    path = tree / "runs" / "demo" / backbone / f"fold{fold}" / Path(*views.split(",")) / "done.json"
+    path = _stage_file(tree, spec, "done.json")
     if not path.exists():
         return None
     done = json.loads(path.read_text())
@@ -79,15 +84,13 @@ def recorded_rule(tree: Path, spec: str) -> tuple[float, int] | None:
 
 def recorded_dice(tree: Path, spec: str) -> float | None:
     """The held-out Dice the run tree's own network for a stage scored (its ``stage.json``)."""
-    backbone, fold, views = spec.split("/")
-    path = tree / "runs" / "demo" / backbone / f"fold{fold}" / Path(*views.split(",")) / "stage.json"
+    path = _stage_file(tree, spec, "stage.json")
     return float(json.loads(path.read_text())["mean_test_dice"]) if path.exists() else None
 
 
 def recorded_losses(tree: Path, spec: str) -> list[float]:
     """The training losses the run tree recorded for a stage (its ``history.csv``), if any."""
-    backbone, fold, views = spec.split("/")
-    path = tree / "runs" / "demo" / backbone / f"fold{fold}" / Path(*views.split(",")) / "history.csv"
+    path = _stage_file(tree, spec, "history.csv")
     return [float(line.split(",")[1]) for line in path.read_text().splitlines()[1:]] if path.exists() else []
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from innerear.reporting import labels
 from innerear.io import write_json
+from innerear.settings.profiles import BACKBONE_LABELS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1033,8 +1034,6 @@ def stopping_figure(record: dict[str, Any]):
     of the two rules (the replayed run's, the demo profile's) keeps."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-
-    from innerear.settings.profiles import BACKBONE_LABELS
 
     stages = record["stages"]
     cols = 3
