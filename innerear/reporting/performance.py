@@ -1080,9 +1080,10 @@ def recipe_table(record: dict[str, Any]) -> pd.DataFrame:
     """Each method's mean held-out Dice with the slower and the faster recipe, paired by specimen."""
     import pandas as pd
 
-    return pd.DataFrame([{"method": m["method"], "specimens": m["n"], "before": f"{m['mean_before']:.4f}",
-                          "after": f"{m['mean_after']:.4f}", "difference": f"{m['difference']:+.4f}",
-                          "largest change": f"{m['largest_change']:+.4f}", "Wilcoxon p": f"{m['wilcoxon_p']:.3f}",
+    return pd.DataFrame([{"method": m["method"], "mean Dice, slower rule": f"{m['mean_before']:.4f}",
+                          "faster rule": f"{m['mean_after']:.4f}", "difference": f"{m['difference']:+.4f}",
+                          "largest change on one specimen": f"{m['largest_change']:+.4f}",
+                          "Wilcoxon p": f"{m['wilcoxon_p']:.3f}",
                           f"within ±{record['tolerance']:g}": _yes_no(m["within_tolerance"])}
                          for m in record["methods"]])
 
@@ -1096,7 +1097,8 @@ def recipe_sentence(record: dict[str, Any]) -> str:
     verdict = (f"every method's mean held-out Dice stays within ±{tol:g} ({largest})" if record["passed"] else
                f"**not every method's mean held-out Dice stays within ±{tol:g}** (outside it: {', '.join(outside)}; "
                f"{largest})")
-    text = (f"Trained in full with each rule on the same prepared specimens (one hash of their voxels) and seed: "
+    n = max((m["n"] for m in record["methods"]), default=0)
+    text = (f"Trained in full with each rule on the same {n} prepared specimens (one hash of their voxels) and seed: "
             f"with {_rule(after)} (git {after['git']}) against {_rule(before)} (git {before['git']}), {verdict}. "
             f"The stages trained {after['epochs']} "
             f"epochs instead of {before['epochs']} ({record['epoch_ratio']:.2f}×"
