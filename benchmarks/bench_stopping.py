@@ -1,7 +1,7 @@
 """What the demo recipe's stopping rule costs and buys: stages replayed epoch by epoch (issue 25).
 
 Every demo stage trains until its training loss stops falling by ``min_delta`` for ``patience``
-epochs. Training is 93 % of ``make reproduce``, and its tail epochs each lower the loss a little.
+epochs. Training is most of ``make reproduce``, and its tail epochs each lower the loss a little.
 This benchmark measures what a stricter rule would lose in held-out Dice:
 
 1. From a finished demo run tree (``--tree``, default the project), it takes some stages
@@ -12,11 +12,11 @@ This benchmark measures what a stricter rule would lose in held-out Dice:
    training loss.
 3. For each candidate rule (``min_delta``, ``patience``), it reads off the epoch where that rule
    stops and the network it keeps (the lowest training loss so far). It reports the epochs that
-   rule trains and that network's held-out Dice, against the rule the profile uses today.
+   rule trains and that network's held-out Dice, against the rule the run tree trained with.
 
 A stage of a cascade is replayed on the run tree's earlier masks, so a rule's effect on later
-stages' inputs is not part of this record; a full paired training (``bench_reproduce.py`` on
-both recipes) measures that.
+stages' inputs is not part of this record, nor are the folds it does not replay; a full paired
+training (``bench_recipe.py`` on two finished reproductions) measures that.
 
     .venv/bin/python benchmarks/bench_stopping.py --tree /path/to/finished/demo/tree
 
@@ -157,38 +157,41 @@ def replay(tree: Path, spec: str, epochs: int | None, seed: int, learning_rate: 
             "learning_rate": profile.learning_rate, "recorded_dice": recorded_dice(tree, spec)}
 
 
+def stops(losses: list[float], rule: tuple[float, int], max_epochs: int) -> dict[str, int]:
+    """Where ``rule`` (``min_delta``, ``patience``) stops a loss curve: the epochs it trains and the
+    epoch whose network it keeps."""
+    n = stop_epoch(losses, *rule, max_epochs)
+    return {"epochs": n, "kept": kept_epoch(losses, n)}
+
+
 def summarise(stages: list[dict], rules, baseline: tuple[float, int], max_epochs: int,
               profile_rule: tuple[float, int] | None = None) -> list[dict]:
     """Per rule: epochs trained and held-out Dice kept, summed / averaged over the stages, and
     each against the ``baseline`` rule (the one the replayed tree trained with)."""
+    curves = [([r["loss"] for r in s["epochs"]], [r["held_out_dice"] for r in s["epochs"]]) for s in stages]
+    before = [stops(losses, baseline, max_epochs) for losses, _ in curves]
+    reference = sum(b["epochs"] for b in before)
     out = []
-    for min_delta, patience in sorted(set(rules) | {baseline} | ({profile_rule} if profile_rule else set())):
-        epochs, dices, changes = 0, [], []
-        for stage in stages:
-            losses = [r["loss"] for r in stage["epochs"]]
-            dice_by_epoch = [r["held_out_dice"] for r in stage["epochs"]]
-            n = stop_epoch(losses, min_delta, patience, max_epochs)
-            now = stop_epoch(losses, *baseline, max_epochs)
-            epochs += n
-            dices.append(dice_by_epoch[kept_epoch(losses, n)])
-            changes.append(dices[-1] - dice_by_epoch[kept_epoch(losses, now)])
-        reference = sum(stop_epoch([r["loss"] for r in s["epochs"]], *baseline, max_epochs) for s in stages)
-        out.append({"min_delta": min_delta, "patience": patience, "epochs": epochs,
+    for rule in sorted(set(rules) | {baseline} | ({profile_rule} if profile_rule else set())):
+        now = [stops(losses, rule, max_epochs) for losses, _ in curves]
+        dices = [dice[n["kept"]] for n, (_, dice) in zip(now, curves)]
+        changes = [d - dice[b["kept"]] for d, b, (_, dice) in zip(dices, before, curves)]
+        epochs = sum(n["epochs"] for n in now)
+        out.append({"min_delta": rule[0], "patience": rule[1], "epochs": epochs,
                     "epoch_share": round(epochs / reference, 3), "mean_held_out_dice": round(sum(dices) / len(dices), 4),
                     "mean_dice_change": round(sum(changes) / len(changes), 4),
-                    "worst_dice_change": round(min(changes), 4), "baseline": (min_delta, patience) == baseline,
-                    "profile_rule": (min_delta, patience) == profile_rule})
+                    "worst_dice_change": round(min(changes), 4), "baseline": rule == baseline,
+                    "profile_rule": rule == profile_rule})
     return out
 
 
 def _worker(tree: str, spec: str, epochs: int | None, seed: int, threads: int, out: str,
             learning_rate: float | None = None) -> None:
-    env = dict(os.environ, INNEREAR_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    code = ("import json,sys; sys.path.insert(0, %r); from innerear.nets.backend import set_threads; "
-            "set_threads(%d); from bench_stopping import replay; "
-            "json.dump(replay(__import__('pathlib').Path(%r), %r, %r, %d, %r), open(%r, 'w'))"
-            % (str(ROOT / "benchmarks"), threads, tree, spec, epochs, seed, learning_rate, out))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+    """One stage's replay in a fresh process (the backend's threads are fixed at start-up), written to ``out``."""
+    cmd = [sys.executable, __file__, "--tree", tree, "--replay-one", spec, "--out", out, "--seed", str(seed),
+           "--threads", str(threads)]
+    cmd += [*(["--epochs", str(epochs)] if epochs else []), *(["--learning-rate", str(learning_rate)] if learning_rate else [])]
+    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def main(argv=None) -> int:
@@ -203,7 +206,17 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="record (default: benchmarks/results/bench_stopping.json)")
     ap.add_argument("--summarise", default=None, metavar="RECORD",
                     help="train nothing: summarise the replayed stages of an earlier record again")
+    ap.add_argument("--replay-one", default=None, help=argparse.SUPPRESS)  # a worker process: one stage
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.replay_one:
+        from innerear.nets.backend import set_threads
+
+        set_threads(args.threads)
+        Path(args.out).write_text(json.dumps(replay(Path(args.tree), args.replay_one, args.epochs, args.seed,
+                                                    args.learning_rate)))
+        return 0
     from innerear.reporting.performance import results_path, write_record
     from innerear.settings.profiles import get_profile
 
@@ -216,8 +229,6 @@ def main(argv=None) -> int:
         stages, tree, seconds = earlier["stages"], earlier["tree"], earlier["seconds"]
         replayed = earlier.get("replayed") or earlier["context"]["date"]
         workers, threads = earlier["workers"], earlier["threads"]
-        for stage in stages:  # records before the rule was kept per stage: read it from the tree
-            stage.setdefault("recorded_rule", recorded_rule(Path(tree), stage["stage"]))
     else:
         tree = args.tree
         with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(workers) as pool:
@@ -235,11 +246,10 @@ def main(argv=None) -> int:
     baseline = baselines.pop()
     today = (profile.min_delta, profile.patience)
     rules = summarise(stages, RULES, baseline, profile.max_epochs, today)
-    for stage in stages:  # where the two rules stop on each stage, and the epoch whose network each keeps
+    for stage in stages:  # where the two rules stop on each stage (the Performance page's figure)
         losses = [e["loss"] for e in stage["epochs"]]
-        stage["stops"] = {name: {"epochs": (n := stop_epoch(losses, *rule, profile.max_epochs)),
-                                 "kept": kept_epoch(losses, n)}
-                          for name, rule in (("baseline", baseline), ("profile", today))}
+        stage["stops"] = {"baseline": stops(losses, baseline, profile.max_epochs),
+                          "profile": stops(losses, today, profile.max_epochs)}
     for r in rules:
         mark = " (the tree's rule)" if r["baseline"] else " (the demo profile's rule)" if r["profile_rule"] else ""
         print(f"min_delta {r['min_delta']:.3f} patience {r['patience']}: {r['epochs']:4d} epochs "

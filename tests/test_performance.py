@@ -387,8 +387,7 @@ def _stopping_record(tmp_path):
     rules = bench.summarise(stages, [(0.008, 2)], (0.002, 3), 40, (0.008, 2))
     for stage in stages:
         losses = [e["loss"] for e in stage["epochs"]]
-        stage["stops"] = {k: {"epochs": (n := bench.stop_epoch(losses, *r, 40)), "kept": bench.kept_epoch(losses, n)}
-                          for k, r in (("baseline", (0.002, 3)), ("profile", (0.008, 2)))}
+        stage["stops"] = {"baseline": bench.stops(losses, (0.002, 3), 40), "profile": bench.stops(losses, (0.008, 2), 40)}
     payload = {"stages": stages, "rules": rules, "baseline_rule": {"min_delta": 0.002, "patience": 3},
                "profile_rule": {"min_delta": 0.008, "patience": 2}, "replayed": "2026-12-06T22:52:00+00:00"}
     return perf.read_record(perf.write_record(tmp_path / "s.json", "bench_stopping", payload))

@@ -993,9 +993,9 @@ STOPPING = "bench_stopping"  # benchmarks/bench_stopping.py's record
 RECIPE = "bench_recipe"  # benchmarks/bench_recipe.py's record
 
 
-def _rule(rule: dict[str, Any] | tuple) -> str:
-    min_delta, patience = (rule["min_delta"], rule["patience"]) if isinstance(rule, dict) else rule
-    return f"`min_delta` {min_delta:g}, patience {patience}"
+def _rule(rule: dict[str, Any]) -> str:
+    """A stopping rule (a dict with ``min_delta`` and ``patience``) in words."""
+    return f"`min_delta` {rule['min_delta']:g}, patience {rule['patience']}"
 
 
 def stopping_table(record: dict[str, Any]) -> pd.DataFrame:
@@ -1101,9 +1101,8 @@ def recipe_sentence(record: dict[str, Any]) -> str:
     text = (f"Trained in full with each rule on the same {n} prepared specimens (one hash of their voxels) and seed: "
             f"with {_rule(after)} (git {after['git']}) against {_rule(before)} (git {before['git']}), {verdict}. "
             f"The stages trained {after['epochs']} "
-            f"epochs instead of {before['epochs']} ({record['epoch_ratio']:.2f}×"
-            + (f"; a median of {after['epochs_median']:g} per stage instead of {before['epochs_median']:g}"
-               if "epochs_median" in after else "") + ")")
+            f"epochs instead of {before['epochs']} ({record['epoch_ratio']:.2f}×; a median of "
+            f"{after['epochs_median']:g} per stage instead of {before['epochs_median']:g})")
     if record.get("training_ratio"):
         text += (f", and training took {format_seconds(after['training_s'])} instead of "
                  f"{format_seconds(before['training_s'])} ({record['training_ratio']:.2f}×)")

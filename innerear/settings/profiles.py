@@ -119,8 +119,8 @@ PROFILES: dict[str, Profile] = {
     # demo: 64^3 is the smallest grid whose resampled labels keep Dice >= 0.90 against the
     # native ones (notebook 01 computes it); stages train until the training loss has not
     # fallen by 0.008 in 2 epochs (the cap of 40 is a safeguard, not the stopping rule).
-    # Why (0.008, 2) and not (0.002, 3), which trains 2.6x the epochs: held-out Dice stops rising
-    # after about 8-10 epochs while the loss keeps falling slowly. Nine demo stages replayed
+    # Why (0.008, 2) and not (0.002, 3), which trains more than twice the epochs: most of the
+    # held-out Dice comes in the first epochs while the loss keeps falling slowly. Demo stages replayed
     # epoch by epoch on their recorded inputs (benchmarks/bench_stopping.py, rendered on the
     # Performance page) measure what each rule's kept network scores; a full paired training
     # (benchmarks/bench_recipe.py) checks the per-method mean Dice. The faster rule is what fits
